@@ -1,0 +1,231 @@
+package balancer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+)
+
+// Keepalive and unacked-data limits for backend sockets (RELIABILITY T17):
+// a peer that vanishes without FIN is declared dead after about 60 s idle, or
+// 30 s with data unacknowledged.
+const (
+	keepAliveIdle     = 30 * time.Second
+	keepAliveInterval = 10 * time.Second
+	keepAliveCount    = 3
+	userTimeout       = 30 * time.Second
+)
+
+// ErrBudgetExhausted is the DialError.Stop reason when ConnectBudget ran out
+// before MaxAttempts attempts were made.
+var ErrBudgetExhausted = errors.New("balancer: connect budget exhausted")
+
+// newDialer returns the dialer for backend connections. TCP_NODELAY is Go's
+// default; TCP_USER_TIMEOUT is set in Control (Linux only, see sockopt_*.go).
+func newDialer() net.Dialer {
+	return net.Dialer{
+		KeepAliveConfig: net.KeepAliveConfig{
+			Enable:   true,
+			Idle:     keepAliveIdle,
+			Interval: keepAliveInterval,
+			Count:    keepAliveCount,
+		},
+		Control: controlBackendSocket,
+	}
+}
+
+// DialRequest is what the caller knows about the client connection being
+// forwarded.
+type DialRequest struct {
+	// Client is the player's address: the source in the PROXY header.
+	Client net.Addr
+	// Local is the sluice listener address the client connected to: the
+	// destination in the PROXY header.
+	Local net.Addr
+	// SNI is sent with PROXY v2 as a PP2_TYPE_AUTHORITY TLV when non-empty.
+	SNI string
+	// Prefix is written right after the PROXY header, in the same Write
+	// (the peeked ClientHello). It is replayed unchanged on each retry and
+	// not retained after Dial returns.
+	Prefix []byte
+}
+
+// Lease is a connected backend connection with the header and prefix already
+// written. The caller owns Conn (and closes it) and calls Release once the
+// connection has ended.
+type Lease struct {
+	// Conn is the raw socket, so that the relay can splice.
+	Conn *net.TCPConn
+	// Backend is the backend Conn is connected to.
+	Backend *Backend
+	// Attempts is the number of connect attempts this Dial made, the
+	// successful one included.
+	Attempts int
+
+	released atomic.Bool
+}
+
+// Release records that the connection ended: it decrements the backend's
+// active count. It is idempotent, safe on a nil Lease, and does not close
+// Conn.
+func (l *Lease) Release() {
+	if l == nil || !l.released.CompareAndSwap(false, true) {
+		return
+	}
+	l.Backend.active.Add(-1)
+}
+
+// AttemptError is one failed connect attempt.
+type AttemptError struct {
+	Backend string // the backend's configured address
+	Err     error
+}
+
+func (e *AttemptError) Error() string { return e.Backend + ": " + e.Err.Error() }
+func (e *AttemptError) Unwrap() error { return e.Err }
+
+// DialError is returned by Dial when no attempt succeeded. errors.Is and
+// errors.As see each attempt's cause and the stop reason (for example
+// syscall.ECONNREFUSED, ErrBudgetExhausted, context.Canceled). A connect
+// timeout is a net.Error with Timeout() true: context.DeadlineExceeded or
+// os.ErrDeadlineExceeded, depending on whether the context's timer or the
+// socket's deadline fired first.
+type DialError struct {
+	Pool     string
+	Attempts []AttemptError
+	// Stop is why fewer than MaxAttempts attempts were made: ErrBudgetExhausted
+	// or the caller's ctx.Err(). Nil when every allowed attempt ran.
+	Stop error
+}
+
+func (e *DialError) Error() string {
+	var sb strings.Builder
+	sb.WriteString("balancer: pool ")
+	sb.WriteString(strconv.Quote(e.Pool))
+	sb.WriteString(": ")
+	sb.WriteString(strconv.Itoa(len(e.Attempts)))
+	sb.WriteString(" connect attempts failed")
+	if e.Stop != nil {
+		sb.WriteString(" (stopped: ")
+		sb.WriteString(e.Stop.Error())
+		sb.WriteString(")")
+	}
+	for i := range e.Attempts {
+		if i == 0 {
+			sb.WriteString(": ")
+		} else {
+			sb.WriteString("; ")
+		}
+		sb.WriteString(e.Attempts[i].Error())
+	}
+	return sb.String()
+}
+
+func (e *DialError) Unwrap() []error {
+	errs := make([]error, 0, len(e.Attempts)+1)
+	for i := range e.Attempts {
+		errs = append(errs, &e.Attempts[i])
+	}
+	if e.Stop != nil {
+		errs = append(errs, e.Stop)
+	}
+	return errs
+}
+
+// Dial connects to a backend of p and writes the PROXY header (if the pool
+// sends one) and req.Prefix in one Write. On a failed attempt (connect
+// refused or timed out, or that write failing) it retries the next backend,
+// a different one each time, up to MaxAttempts attempts, within
+// ConnectBudget and ctx. Each attempt has min(ConnectTimeout, remaining
+// budget) for connect and write together, and replays exactly the same bytes
+// (RELIABILITY rule 4, T12).
+//
+// A backend that accepts and then resets at once is caught only if the reset
+// arrives before the write: the write usually succeeds into the kernel's send
+// buffer first, and the relay then sees the reset (T13).
+//
+// On success the backend's active count is incremented; the caller must call
+// Lease.Release when the connection ends. Errors: ErrNoBackend when there was
+// nothing to try, *DialError when every attempt failed, or an error building
+// the PROXY header.
+func (p *Pool) Dial(ctx context.Context, req DialRequest) (*Lease, error) {
+	payload, err := buildPayload(p.proxy, &req)
+	if err != nil {
+		return nil, fmt.Errorf("balancer: pool %q: %w", p.name, err)
+	}
+	budget := time.Now().Add(p.connectBudget)
+
+	var st pickState
+	st.reset()
+	var failed []AttemptError
+	var stop error
+	for len(st.tried) < p.maxAttempts {
+		if err := ctx.Err(); err != nil {
+			stop = err
+			break
+		}
+		now := time.Now()
+		if !now.Before(budget) {
+			stop = ErrBudgetExhausted
+			break
+		}
+		i := p.picker.pick(p.backends, &st)
+		if i < 0 {
+			break
+		}
+		st.add(i)
+		b := p.backends[i]
+		deadline := now.Add(p.connectTimeout)
+		if budget.Before(deadline) {
+			deadline = budget
+		}
+		conn, err := p.attempt(ctx, b, deadline, payload)
+		if err == nil {
+			b.active.Add(1)
+			return &Lease{Conn: conn, Backend: b, Attempts: len(st.tried)}, nil
+		}
+		if ctx.Err() == nil {
+			b.failures.Add(1)
+		}
+		failed = append(failed, AttemptError{Backend: b.addr, Err: err})
+	}
+	if len(failed) == 0 && stop == nil {
+		return nil, ErrNoBackend
+	}
+	return nil, &DialError{Pool: p.name, Attempts: failed, Stop: stop}
+}
+
+// attempt connects to b and writes payload, all before deadline.
+func (p *Pool) attempt(ctx context.Context, b *Backend, deadline time.Time, payload []byte) (*net.TCPConn, error) {
+	b.dials.Add(1)
+	actx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	c, err := p.dialer.DialContext(actx, "tcp", b.addr)
+	if err != nil {
+		return nil, err
+	}
+	conn := c.(*net.TCPConn)
+	if len(payload) == 0 {
+		return conn, nil
+	}
+	// One Write: header and prefix leave in one send(2) when the socket
+	// buffer has room, so the backend never sees a header alone (rule 4).
+	if err := conn.SetWriteDeadline(deadline); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	if _, err := conn.Write(payload); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("write proxy header and prefix: %w", err)
+	}
+	if err := conn.SetWriteDeadline(time.Time{}); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return conn, nil
+}
