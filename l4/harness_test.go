@@ -1,0 +1,284 @@
+package l4
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"io"
+	"math/big"
+	mrand "math/rand/v2"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+// checkLeaks fails t if goroutines started during the test outlive it.
+func checkLeaks(t *testing.T) {
+	t.Helper()
+	opt := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, opt) })
+}
+
+// tcpPair returns the two ends of a real loopback TCP connection.
+func tcpPair(tb testing.TB) (dialed, accepted *net.TCPConn) {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer ln.Close()
+	type res struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		c, err := ln.Accept()
+		ch <- res{c, err}
+	}()
+	d, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	r := <-ch
+	if r.err != nil {
+		d.Close()
+		tb.Fatal(r.err)
+	}
+	return d.(*net.TCPConn), r.c.(*net.TCPConn)
+}
+
+// wrapped hides *net.TCPConn (no splice) but still unwraps for CloseWrite.
+type wrapped struct{ net.Conn }
+
+func (w wrapped) NetConn() net.Conn { return w.Conn }
+
+// mode is how the relay's client end looks: the L4 shape (raw TCP, splice),
+// a wrapper (buffer path) or the L7 shape (a terminated *tls.Conn).
+type mode struct {
+	name string
+	path Path
+	tls  bool
+}
+
+var modes = []mode{
+	{name: "splice", path: PathSplice},
+	{name: "buffer", path: PathBuffer},
+	{name: "tls", path: PathBuffer, tls: true},
+}
+
+var testCert = sync.OnceValues(func() (tls.Certificate, *x509.CertPool) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		panic(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "sluice.test"},
+		DNSNames:     []string{"sluice.test"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		panic(err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		panic(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(leaf)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, pool
+})
+
+// tlsPair runs a handshake over a TCP pair: server is the relay's end (as
+// l7 hands it over), client is the test's.
+func tlsPair(tb testing.TB, clientRaw, serverRaw net.Conn) (client, server *tls.Conn) {
+	tb.Helper()
+	cert, pool := testCert()
+	server = tls.Server(serverRaw, &tls.Config{Certificates: []tls.Certificate{cert}})
+	client = tls.Client(clientRaw, &tls.Config{RootCAs: pool, ServerName: "sluice.test"})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() { errc <- server.HandshakeContext(ctx) }()
+	if err := client.HandshakeContext(ctx); err != nil {
+		tb.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		tb.Fatal(err)
+	}
+	return client, server
+}
+
+// harness is one relay between a test client and a test backend.
+type harness struct {
+	client     net.Conn     // the test's client end (*net.TCPConn or *tls.Conn)
+	clientRaw  *net.TCPConn // the socket under client
+	backend    *net.TCPConn // the test's backend end
+	cancel     context.CancelFunc
+	start      time.Time
+	statsc     chan Stats
+	endedc     chan time.Time
+	once       sync.Once
+	stats      Stats
+	endedAt    time.Time
+	gotResult  bool
+	relayEnded bool
+}
+
+func startRelay(tb testing.TB, m mode, opts Options) *harness {
+	tb.Helper()
+	cc, rc := tcpPair(tb)
+	rb, bc := tcpPair(tb)
+	h := &harness{client: cc, clientRaw: cc, backend: bc,
+		statsc: make(chan Stats, 1), endedc: make(chan time.Time, 1)}
+	var relayClient net.Conn = rc
+	switch {
+	case m.tls:
+		h.client, relayClient = tlsPair(tb, cc, rc)
+	case m.path == PathBuffer:
+		relayClient = wrapped{rc}
+	}
+	// Deadlines a caller may leave behind; Relay must replace them.
+	_ = relayClient.SetDeadline(time.Now().Add(-time.Second))
+	_ = rb.SetDeadline(time.Now().Add(-time.Second))
+
+	ctx, cancel := context.WithCancel(context.Background())
+	h.cancel = cancel
+	h.start = time.Now()
+	go func() {
+		st := Relay(ctx, relayClient, rb, opts)
+		h.endedc <- time.Now()
+		h.statsc <- st
+	}()
+	tb.Cleanup(func() {
+		cancel()
+		cc.Close()
+		bc.Close()
+		if _, ok := h.waitFor(20 * time.Second); !ok {
+			tb.Error("relay did not return after cleanup")
+		}
+	})
+	return h
+}
+
+// waitFor waits up to d for the relay to return.
+func (h *harness) waitFor(d time.Duration) (Stats, bool) {
+	if h.gotResult {
+		return h.stats, true
+	}
+	select {
+	case h.endedAt = <-h.endedc:
+		h.stats = <-h.statsc
+		h.gotResult = true
+		return h.stats, true
+	case <-time.After(d):
+		return Stats{}, false
+	}
+}
+
+// wait waits (generously) for the relay to return.
+func (h *harness) wait(tb testing.TB) Stats {
+	tb.Helper()
+	st, ok := h.waitFor(20 * time.Second)
+	if !ok {
+		tb.Fatal("relay did not return within 20s")
+	}
+	return st
+}
+
+// running reports whether the relay has not returned yet, without waiting.
+func (h *harness) running() bool {
+	_, ok := h.waitFor(0)
+	return !ok
+}
+
+// sendN writes n bytes of a seeded pseudo-random stream to c and returns
+// their sha256.
+func sendN(c net.Conn, n int, seed uint64) ([32]byte, error) {
+	var s [32]byte
+	s[0], s[1] = byte(seed), byte(seed>>8)
+	rng := mrand.NewChaCha8(s)
+	sum := sha256.New()
+	buf := make([]byte, 64<<10)
+	for n > 0 {
+		k := min(n, len(buf))
+		_, _ = rng.Read(buf[:k])
+		sum.Write(buf[:k])
+		if _, err := c.Write(buf[:k]); err != nil {
+			return [32]byte{}, err
+		}
+		n -= k
+	}
+	return [32]byte(sum.Sum(nil)), nil
+}
+
+// sumOf is the sha256 sendN(_, n, seed) produces.
+func sumOf(n int, seed uint64) [32]byte {
+	sum, _ := sendN(discardConn{}, n, seed)
+	return sum
+}
+
+type discardConn struct{ net.Conn }
+
+func (discardConn) Write(b []byte) (int, error) { return len(b), nil }
+
+type recvResult struct {
+	n   int64
+	sum [32]byte
+	err error // what ended the read: io.EOF for a clean end
+}
+
+// recvAll reads c until an error.
+func recvAll(c io.Reader) recvResult {
+	sum := sha256.New()
+	n, err := io.Copy(sum, c)
+	if err == nil {
+		err = io.EOF
+	}
+	return recvResult{n: n, sum: [32]byte(sum.Sum(nil)), err: err}
+}
+
+func goRecv(c io.Reader) <-chan recvResult {
+	ch := make(chan recvResult, 1)
+	go func() { ch <- recvAll(c) }()
+	return ch
+}
+
+func goSend(c net.Conn, n int, seed uint64, after func(net.Conn)) <-chan error {
+	ch := make(chan error, 1)
+	go func() {
+		_, err := sendN(c, n, seed)
+		if err == nil && after != nil {
+			after(c)
+		}
+		ch <- err
+	}()
+	return ch
+}
+
+func within[T any](tb testing.TB, ch <-chan T, d time.Duration, what string) T {
+	tb.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(d):
+		tb.Fatalf("%s: nothing within %v", what, d)
+		panic("unreachable")
+	}
+}
+
+func isEOF(err error) bool { return errors.Is(err, io.EOF) }

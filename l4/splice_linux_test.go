@@ -1,0 +1,134 @@
+//go:build linux
+
+package l4
+
+import (
+	"io"
+	"net"
+	"os"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// countFDs counts this process's open fds and, among them, pipe ends.
+func countFDs(tb testing.TB) (total, pipeFDs int) {
+	tb.Helper()
+	runtime.GC()
+	runtime.GC()
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		tb.Skip("no /proc/self/fd:", err)
+	}
+	for _, e := range entries {
+		link, err := os.Readlink("/proc/self/fd/" + e.Name())
+		if err != nil {
+			continue // the ReadDir fd itself, already closed
+		}
+		total++
+		if strings.HasPrefix(link, "pipe:") {
+			pipeFDs++
+		}
+	}
+	return total, pipeFDs
+}
+
+func pooledPipes() int {
+	pipes.mu.Lock()
+	defer pipes.mu.Unlock()
+	return len(pipes.free)
+}
+
+// C11 / rule 8: an idle spliced relay holds its two sockets and no pipe.
+// Every relay first moves data both ways (so each took pipes), then idles.
+func TestIdleRelayHoldsNoPipe(t *testing.T) {
+	checkLeaks(t)
+	const relays = 100
+	total0, pipes0 := countFDs(t)
+	pool0 := pooledPipes()
+
+	hs := make([]*harness, relays)
+	msg := make([]byte, 4*kib)
+	buf := make([]byte, len(msg))
+	for i := range hs {
+		h := startRelay(t, modes[0], Options{})
+		hs[i] = h
+		for _, pair := range [][2]net.Conn{{h.client, h.backend}, {h.backend, h.client}} {
+			if _, err := pair[0].Write(msg); err != nil {
+				t.Fatal(err)
+			}
+			pair[1].SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := io.ReadFull(pair[1], buf); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	time.Sleep(100 * time.Millisecond) // let every direction park
+	total1, pipes1 := countFDs(t)
+	pool1 := pooledPipes()
+
+	sockets := (total1 - pipes1) - (total0 - pipes0)
+	held := (pipes1 - pipes0) - 2*(pool1-pool0) // pipe fds outside the pool
+	t.Logf("%d idle relays: +%d socket fds (%.1f per relay incl. the test's ends), +%d pipe fds, pool %d→%d pipes (cap %d)",
+		relays, sockets, float64(sockets)/relays, pipes1-pipes0, pool0, pool1, pipePoolCap)
+	if sockets != 4*relays {
+		t.Errorf("socket fds grew by %d, want %d (2 relay ends + 2 test ends per relay)", sockets, 4*relays)
+	}
+	if held != 0 {
+		t.Errorf("idle relays hold %d pipe fds outside the pool, want 0", held)
+	}
+	if pool1 > pipePoolCap {
+		t.Errorf("pool holds %d pipes, cap %d", pool1, pipePoolCap)
+	}
+	for _, h := range hs {
+		if !h.running() {
+			t.Fatal("a relay ended while idle")
+		}
+	}
+}
+
+// A direction parked for readability wakes for data that arrived while it
+// was pumping (edge-triggered netpoller: readiness must never be assumed).
+func TestNoLostWakeup(t *testing.T) {
+	checkLeaks(t)
+	h := startRelay(t, modes[0], Options{})
+	buf := make([]byte, 1)
+	for i := range 2000 {
+		if _, err := h.client.Write([]byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+		h.backend.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadFull(h.backend, buf); err != nil || buf[0] != byte(i) {
+			t.Fatalf("message %d: %v %v", i, buf, err)
+		}
+	}
+}
+
+// T18: when no pipe can be made (EMFILE), chunks go through a buffer, the
+// data stays exact and SpliceFallbacks counts them.
+func TestSpliceFallbackWithoutPipes(t *testing.T) {
+	checkLeaks(t)
+	pipes.drain()
+	old := newPipe
+	newPipe = func() (*pipe, error) { return nil, unix.EMFILE }
+	defer func() { newPipe = old }()
+
+	h := startRelay(t, modes[0], Options{})
+	const n = 2 * mib
+	got := goRecv(h.backend)
+	if err := within(t, goSend(h.client, n, 11, closeWrite), 20*time.Second, "send"); err != nil {
+		t.Fatal(err)
+	}
+	r := within(t, got, 20*time.Second, "backend read")
+	if r.n != n || r.sum != sumOf(n, 11) || !isEOF(r.err) {
+		t.Fatalf("backend got %d bytes (sum ok %v), %v", r.n, r.sum == sumOf(n, 11), r.err)
+	}
+	h.backend.Close()
+	st := h.wait(t)
+	if st.Reason != ReasonEOF || st.PathIn != PathSplice || st.BytesIn != n || st.SpliceFallbacks == 0 {
+		t.Errorf("stats %+v: want eof, splice path, %d bytes, fallbacks > 0", st, n)
+	}
+}
