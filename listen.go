@@ -1,0 +1,382 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"sluice/balancer"
+	"sluice/l4"
+	"sluice/tlsutil"
+)
+
+// Socket options for accepted connections (RELIABILITY T17). They are set on
+// the listening socket, which Linux copies into every accepted socket, so the
+// accept path makes no extra syscalls.
+const (
+	keepAliveIdle     = 30 * time.Second
+	keepAliveInterval = 10 * time.Second
+	keepAliveCount    = 3
+	tcpUserTimeout    = 30 * time.Second
+
+	acceptBackoffMin = 5 * time.Millisecond
+	acceptBackoffMax = 100 * time.Millisecond
+
+	// rejectWriteTimeout bounds writing a refusal (TLS alert, HTTP 400) to a
+	// client that does not read; lingerTimeout bounds the read-and-discard
+	// before close, so the refusal is not destroyed by a RST (unread input at
+	// close makes Linux reset the connection).
+	rejectWriteTimeout = time.Second
+	lingerTimeout      = 500 * time.Millisecond
+)
+
+// httpOnTLSPort is what a plain HTTP client gets on a TLS port (RELIABILITY T3).
+const httpOnTLSPort = "HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
+
+// server runs the listeners of one Runtime and every connection they accept.
+type server struct {
+	log       *zap.Logger // access lines and lifecycle: never sampled
+	rejectLog *zap.Logger // refusals before routing: sampled per reason (RELIABILITY T26)
+
+	rt       atomic.Pointer[Runtime]
+	maxConns int64
+	active   atomic.Int64
+	released chan struct{} // wakes an accept loop backing off on EMFILE
+
+	mu        sync.Mutex
+	listeners map[string]*net.TCPListener
+
+	ctx     context.Context // cancelled when the drain ends: relays close
+	cancel  context.CancelFunc
+	accepts sync.WaitGroup
+	conns   sync.WaitGroup
+
+	rejected sync.Map // l4.Reason → *atomic.Uint64, read by tests and later by metrics
+}
+
+func newServer(rt *Runtime, log *zap.Logger, rejectLog *zap.Logger) *server {
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &server{
+		log:       log,
+		rejectLog: rejectLog,
+		released:  make(chan struct{}, 1),
+		listeners: map[string]*net.TCPListener{},
+		ctx:       ctx,
+		cancel:    cancel,
+	}
+	s.rt.Store(rt)
+	s.maxConns = int64(rt.MaxConnections)
+	if s.maxConns == 0 {
+		s.maxConns = autoMaxConnections()
+	}
+	return s
+}
+
+// autoMaxConnections derives the global cap from the open-file limit (Go
+// raises the soft limit to the hard one at start), so sluice refuses new
+// players cleanly instead of failing on EMFILE (RELIABILITY T18).
+func autoMaxConnections() int64 {
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil || lim.Cur == unix.RLIM_INFINITY {
+		return 10000
+	}
+	n := (int64(lim.Cur) - fdReserve) / fdsPerSession
+	return max(n, 16)
+}
+
+// listen binds every listener, or none: on error the ones bound are closed.
+func (s *server) listen() error {
+	rt := s.rt.Load()
+	lc := net.ListenConfig{
+		KeepAlive: -1, // set on the listening socket below, inherited by accepted ones
+		Control:   controlListener,
+	}
+	for _, name := range sortedKeys(rt.Listeners) {
+		lr := rt.Listeners[name]
+		ln, err := lc.Listen(context.Background(), "tcp", lr.address)
+		if err != nil {
+			s.closeListeners()
+			return fmt.Errorf("listeners.%s: %w", name, err)
+		}
+		s.mu.Lock()
+		s.listeners[name] = ln.(*net.TCPListener)
+		s.mu.Unlock()
+	}
+	return nil
+}
+
+func controlListener(_, _ string, c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		for _, o := range [...]struct{ level, opt, val int }{
+			{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
+			{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, int(keepAliveIdle / time.Second)},
+			{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, int(keepAliveInterval / time.Second)},
+			{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, keepAliveCount},
+			{unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(tcpUserTimeout / time.Millisecond)},
+		} {
+			if err := unix.SetsockoptInt(int(fd), o.level, o.opt, o.val); err != nil {
+				serr = fmt.Errorf("setsockopt %d/%d: %w", o.level, o.opt, err)
+				return
+			}
+		}
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}
+
+// addr returns the bound address of a listener (tests listen on port 0).
+func (s *server) addr(name string) net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ln := s.listeners[name]; ln != nil {
+		return ln.Addr()
+	}
+	return nil
+}
+
+// serve starts one accept loop per bound listener.
+func (s *server) serve() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for name, ln := range s.listeners {
+		s.accepts.Add(1)
+		go s.acceptLoop(name, ln)
+	}
+}
+
+func (s *server) closeListeners() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for name, ln := range s.listeners {
+		ln.Close()
+		delete(s.listeners, name)
+	}
+}
+
+// shutdown stops accepting at once, lets live connections run for up to
+// drain, then closes them, and returns when every goroutine has ended.
+func (s *server) shutdown(drain time.Duration) {
+	s.closeListeners()
+	s.accepts.Wait()
+	done := make(chan struct{})
+	go func() { s.conns.Wait(); close(done) }()
+	if drain > 0 {
+		t := time.NewTimer(drain)
+		select {
+		case <-done:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+	s.cancel()
+	<-done
+}
+
+// acceptLoop accepts until the listener closes. It never spins: temporary
+// errors (EMFILE, ENFILE, ENOBUFS...) back off from 5 ms doubling to 100 ms,
+// waking early when a connection is released (RELIABILITY rule 9).
+func (s *server) acceptLoop(name string, ln *net.TCPListener) {
+	defer s.accepts.Done()
+	var delay time.Duration
+	var lastLog time.Time
+	for {
+		c, err := ln.AcceptTCP()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			delay = min(max(2*delay, acceptBackoffMin), acceptBackoffMax)
+			if now := time.Now(); now.Sub(lastLog) >= time.Second {
+				lastLog = now
+				s.log.Warn("accept failed; backing off", zap.String("listener", name), zap.Duration("backoff", delay), zap.Error(err))
+			}
+			t := time.NewTimer(delay)
+			select {
+			case <-t.C:
+			case <-s.released:
+			case <-s.ctx.Done():
+			}
+			t.Stop()
+			continue
+		}
+		delay = 0
+		accepted := time.Now()
+		rt := s.rt.Load()
+		lr := rt.Listeners[name]
+		if s.active.Add(1) > s.maxConns || lr == nil {
+			s.active.Add(-1)
+			c.SetLinger(0)
+			c.Close()
+			s.reject(name, c.RemoteAddr(), l4.ReasonMaxConnections, "", zap.Int64("max_connections", s.maxConns))
+			continue
+		}
+		s.conns.Add(1)
+		go s.serveConn(lr, c, accepted)
+	}
+}
+
+func (s *server) release() {
+	s.active.Add(-1)
+	select {
+	case s.released <- struct{}{}:
+	default:
+	}
+}
+
+// serveConn takes one accepted connection from the ClientHello peek to the
+// end of its relay, and writes its one access line.
+func (s *server) serveConn(lr *listenerRuntime, c *net.TCPConn, accepted time.Time) {
+	defer s.conns.Done()
+	defer s.release()
+
+	// One absolute deadline from accept covers the whole peek (RELIABILITY
+	// rule 1, T1): progress never extends it. The relay sets its own.
+	c.SetReadDeadline(accepted.Add(lr.helloTimeout))
+	h, err := tlsutil.ReadClientHello(c, lr.maxHelloBytes)
+	var r *route
+	switch {
+	case err == nil:
+		r = lr.table.lookup(h.ServerName)
+		if r == nil {
+			reason := l4.ReasonNoRoute
+			if h.SNIInvalid {
+				reason = l4.ReasonSNIInvalid
+			} else if h.ServerName == "" {
+				reason = l4.ReasonNoSNI
+			}
+			c.SetWriteDeadline(time.Now().Add(rejectWriteTimeout))
+			tlsutil.WriteAlert(c, tlsutil.AlertUnrecognizedName)
+			lingerClose(c)
+			s.reject(lr.name, c.RemoteAddr(), reason, h.RawServerName)
+			return
+		}
+	case errors.Is(err, tlsutil.ErrNotTLS):
+		if r = lr.table.plain; r == nil {
+			if tlsutil.LooksLikeHTTP(h.Raw) {
+				c.SetWriteDeadline(time.Now().Add(rejectWriteTimeout))
+				io.WriteString(c, httpOnTLSPort)
+				lingerClose(c)
+			} else {
+				c.Close()
+			}
+			s.reject(lr.name, c.RemoteAddr(), l4.ReasonNotTLS, "")
+			return
+		}
+	default:
+		c.Close()
+		s.reject(lr.name, c.RemoteAddr(), peekFailure(err), h.RawServerName, zap.Error(err))
+		return
+	}
+
+	s.forward(lr, r, c, h, accepted)
+}
+
+// forward runs an l4 route to its end and writes its access line.
+func (s *server) forward(lr *listenerRuntime, r *route, c *net.TCPConn, h *tlsutil.ClientHello, accepted time.Time) {
+	res := l4.Forward(s.ctx, r.pool, c, balancer.DialRequest{
+		Client: c.RemoteAddr(),
+		Local:  c.LocalAddr(),
+		SNI:    h.ServerName,
+		Prefix: h.Raw,
+	}, r.relay)
+	fields := s.accessFields(lr, r, c, h, accepted, res.Reason, zap.String("pool", r.pool.Name()))
+	if res.Backend != "" {
+		fields = append(fields,
+			zap.String("backend", res.Backend),
+			zap.Int("attempts", res.Attempts),
+			zap.Int64("bytes_in", res.BytesIn),
+			zap.Int64("bytes_out", res.BytesOut),
+			zap.Stringer("path_in", res.PathIn),
+			zap.Stringer("path_out", res.PathOut),
+		)
+	}
+	if res.Err != nil {
+		fields = append(fields, zap.Error(res.Err))
+	}
+	switch res.Reason {
+	case l4.ReasonError:
+		s.log.Error("connection closed", fields...)
+	case l4.ReasonNoBackend, l4.ReasonConnectFailed:
+		s.log.Warn("connection closed", fields...)
+	default:
+		s.log.Info("connection closed", fields...)
+	}
+}
+
+func (s *server) accessFields(lr *listenerRuntime, r *route, c *net.TCPConn, h *tlsutil.ClientHello, accepted time.Time, reason l4.Reason, extra ...zap.Field) []zap.Field {
+	f := make([]zap.Field, 0, 8+len(extra))
+	f = append(f,
+		zap.Stringer("client", c.RemoteAddr()),
+		zap.String("listener", lr.name),
+		zap.String("route", r.name),
+		zap.String("mode", r.mode),
+		zap.String("sni", tlsutil.EscapeForLog(h.RawServerName, maxLogField)),
+		zap.Duration("duration", time.Since(accepted)),
+		zap.String("reason", string(reason)),
+	)
+	return append(f, extra...)
+}
+
+// maxLogField caps attacker-controlled strings in log fields (RELIABILITY T26).
+const maxLogField = 256
+
+// reject counts and logs (sampled per reason) a connection refused before it
+// reached a route.
+func (s *server) reject(listener string, client net.Addr, reason l4.Reason, sni string, extra ...zap.Field) {
+	n, _ := s.rejected.LoadOrStore(reason, new(atomic.Uint64))
+	n.(*atomic.Uint64).Add(1)
+	if ce := s.rejectLog.Check(zap.InfoLevel, "rejected: "+string(reason)); ce != nil {
+		f := []zap.Field{zap.Stringer("client", client), zap.String("listener", listener), zap.String("reason", string(reason))}
+		if sni != "" {
+			f = append(f, zap.String("sni", tlsutil.EscapeForLog(sni, maxLogField)))
+		}
+		ce.Write(append(f, extra...)...)
+	}
+}
+
+// rejectedCount reports how many connections were refused for reason.
+func (s *server) rejectedCount(reason l4.Reason) uint64 {
+	if n, ok := s.rejected.Load(reason); ok {
+		return n.(*atomic.Uint64).Load()
+	}
+	return 0
+}
+
+// peekFailure classifies a failed ClientHello read.
+func peekFailure(err error) l4.Reason {
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return l4.ReasonHelloTimeout
+	case errors.Is(err, tlsutil.ErrHelloTooLarge):
+		return l4.ReasonHelloTooLarge
+	case errors.Is(err, tlsutil.ErrMalformed):
+		return l4.ReasonHelloMalformed
+	case errors.Is(err, syscall.ECONNRESET):
+		return l4.ReasonClientReset
+	default:
+		return l4.ReasonClientClosed
+	}
+}
+
+// lingerClose sends FIN, then reads and discards briefly before closing, so
+// a refusal just written reaches a client that is still sending instead of
+// being destroyed by the RST Linux sends when unread data is closed on.
+func lingerClose(c *net.TCPConn) {
+	c.CloseWrite()
+	c.SetReadDeadline(time.Now().Add(lingerTimeout))
+	io.Copy(io.Discard, io.LimitReader(c, 64<<10))
+	c.Close()
+}

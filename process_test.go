@@ -1,0 +1,234 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// syncBuffer collects a subprocess's output safely.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// startProcess runs sluice as a subprocess (this test binary re-exec'd) on
+// cfg, with an optional open-file limit, and stops it when the test ends.
+func startProcess(t *testing.T, cfg string, nofile int) (*exec.Cmd, *syncBuffer) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "sluice.toml")
+	must(t, os.WriteFile(path, []byte(cfg), 0o644))
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "SLUICE_TEST_MAIN=1", "SLUICE_TEST_ARGS=-config "+path)
+	if nofile > 0 {
+		cmd.Env = append(cmd.Env, "SLUICE_TEST_NOFILE="+strconv.Itoa(nofile))
+	}
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	must(t, cmd.Start())
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGKILL)
+		cmd.Wait()
+	})
+	return cmd, out
+}
+
+// freePort returns a loopback address that was free a moment ago.
+func freePort(t *testing.T) string {
+	ln := listenTCP(t)
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func waitListening(t *testing.T, addr string, out *syncBuffer) {
+	t.Helper()
+	for i := 0; i < 200; i++ {
+		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+			c.Close()
+			return
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	t.Fatalf("sluice did not listen on %s:\n%s", addr, out.String())
+}
+
+// cpuTicks is the user+system CPU time of a process, in clock ticks.
+func cpuTicks(t *testing.T, pid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	must(t, err)
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
+	u, _ := strconv.Atoi(f[11])
+	s, _ := strconv.Atoi(f[12])
+	return u + s
+}
+
+// Out of file descriptors, the accept loop backs off instead of spinning,
+// logs about once a second, and recovers when descriptors free up
+// (RELIABILITY rule 9, T18, E1).
+func TestAcceptBacksOffOnEMFILE(t *testing.T) {
+	be := echoBackend(t)
+	addr := freePort(t)
+	cmd, out := startProcess(t, fmt.Sprintf(`
+max_connections = 1000 # deliberately above what 64 descriptors allow
+[log]
+level = "warn"
+[listeners.public]
+address = %q
+plain_route = "raw"
+hello_timeout = "60s" # silent clients each hold a descriptor
+[routes.raw]
+listener = "public"
+pool = "p"
+[pools.p]
+backends = [{ address = %q }]
+`, addr, be.addr), 64)
+	waitListening(t, addr, out)
+
+	var clients []net.Conn
+	defer func() {
+		for _, c := range clients {
+			c.Close()
+		}
+	}()
+	for range 100 {
+		c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+		if err != nil {
+			continue // the backlog may fill: that is the kernel's to refuse
+		}
+		clients = append(clients, c)
+	}
+	time.Sleep(500 * time.Millisecond)
+	ticks0, lines0 := cpuTicks(t, cmd.Process.Pid), strings.Count(out.String(), "accept failed")
+	time.Sleep(2 * time.Second)
+	ticks, lines := cpuTicks(t, cmd.Process.Pid)-ticks0, strings.Count(out.String(), "accept failed")-lines0
+	if lines0 == 0 {
+		t.Fatalf("the descriptor limit was never hit; the test proves nothing:\n%s", out.String())
+	}
+	// A spinning loop burns the whole 2 s (200 ticks at 100 Hz); backing off
+	// costs a few. The bound is deliberately loose for a shared machine.
+	if ticks > 100 {
+		t.Errorf("sluice used %d CPU ticks in 2 s while out of descriptors: the accept loop spins", ticks)
+	}
+	if lines > 4 {
+		t.Errorf("%d 'accept failed' lines in 2 s, want about one per second", lines)
+	}
+
+	for _, c := range clients {
+		c.Close()
+	}
+	clients = nil
+	// Recovered: a new client is served.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+		if err == nil {
+			c.SetDeadline(time.Now().Add(2 * time.Second))
+			c.Write([]byte("ping"))
+			b := make([]byte, 4)
+			_, err = io.ReadFull(c, b)
+			c.Close()
+			if err == nil && string(b) == "ping" {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no recovery after descriptors freed: %v\n%s", err, out.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// SIGTERM: new connections are refused at once, live ones continue until
+// drain_timeout and are then closed, and sluice exits 0 (RELIABILITY T25).
+func TestSIGTERMDrains(t *testing.T) {
+	be := echoBackend(t)
+	addr := freePort(t)
+	cmd, out := startProcess(t, fmt.Sprintf(`
+drain_timeout = "1s"
+[listeners.public]
+address = %q
+plain_route = "raw"
+[routes.raw]
+listener = "public"
+pool = "p"
+[pools.p]
+backends = [{ address = %q }]
+`, addr, be.addr), 0)
+	waitListening(t, addr, out)
+
+	live, err := net.Dial("tcp", addr)
+	must(t, err)
+	defer live.Close()
+	echo := func() error {
+		live.SetDeadline(time.Now().Add(2 * time.Second))
+		if _, err := live.Write([]byte("ping")); err != nil {
+			return err
+		}
+		_, err := io.ReadFull(live, make([]byte, 4))
+		return err
+	}
+	must(t, echo())
+
+	start := time.Now()
+	must(t, cmd.Process.Signal(syscall.SIGTERM))
+	// Listeners close at once.
+	refused := false
+	for i := 0; i < 100 && !refused; i++ {
+		if c, err := net.DialTimeout("tcp", addr, time.Second); err != nil {
+			refused = true
+		} else {
+			c.Close()
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	if !refused {
+		t.Fatal("still accepting after SIGTERM")
+	}
+	// The live session keeps flowing during the drain...
+	if err := echo(); err != nil {
+		t.Fatalf("live session broken during drain: %v", err)
+	}
+	// ...and is closed when drain_timeout ends.
+	live.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadAll(live); err != nil {
+		t.Fatalf("live session at drain end: %v", err)
+	}
+	if el := time.Since(start); el < 900*time.Millisecond {
+		t.Fatalf("session closed after %v, before drain_timeout", el)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("exit: %v\n%s", err, out.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("sluice did not exit after the drain")
+	}
+	if !strings.Contains(out.String(), `"reason":"drain"`) {
+		t.Fatalf("no access line with reason drain:\n%s", out.String())
+	}
+}

@@ -1,0 +1,29 @@
+package main
+
+import "strings"
+
+// routeTable is one listener's compiled routing: built once by Validate,
+// read by every connection without locks or allocation.
+type routeTable struct {
+	exact    map[string]*route // normalized server name → route
+	wildcard map[string]*route // "example.com" for "*.example.com": exactly one more label
+	def      *route            // default_route: no usable SNI, or an SNI no route names
+	plain    *route            // plain_route: first bytes are not TLS
+}
+
+// lookup returns the route for a normalized SNI ("" when the client sent
+// none or an invalid one): exact name, then single-label wildcard, then the
+// listener's default route. It returns nil when nothing matches.
+func (t *routeTable) lookup(sni string) *route {
+	if sni != "" {
+		if r := t.exact[sni]; r != nil {
+			return r
+		}
+		if i := strings.IndexByte(sni, '.'); i > 0 {
+			if r := t.wildcard[sni[i+1:]]; r != nil {
+				return r
+			}
+		}
+	}
+	return t.def
+}

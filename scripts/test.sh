@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole test suite: static checks, unit and integration tests under the
+# race detector, short fuzz runs of every parser of untrusted bytes, and the
+# end-to-end test with real processes. Fails on the first failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== gofmt"
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+if [ -n "$unformatted" ]; then echo "gofmt needed: $unformatted"; exit 1; fi
+
+echo "== go vet"
+go vet ./...
+
+echo "== go test -race"
+go test -race -count=1 -timeout 15m ./...
+
+echo "== fuzz (short runs; longer by hand: FUZZTIME=10m scripts/test.sh)"
+fuzztime=${FUZZTIME:-20s}
+go test -run '^$' -fuzz '^FuzzReadClientHello$' -fuzztime "$fuzztime" ./tlsutil
+go test -run '^$' -fuzz '^FuzzNormalizeSNI$' -fuzztime "$fuzztime" ./tlsutil
+
+echo "== end to end (real processes)"
+scripts/e2e.sh
+
+echo "== all tests passed"
