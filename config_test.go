@@ -28,10 +28,10 @@ func TestConfigValid(t *testing.T) {
 	must(t, err)
 	tab := &rt.Listeners["public"].table
 	for sni, want := range map[string]string{
-		"game.example.com":    "d",
-		"x.game.example.com":  "d",
+		"game.example.com":     "d",
+		"x.game.example.com":   "d",
 		"a.b.game.example.com": "d", // no wildcard match (one label only): the default route
-		"":                    "d",
+		"":                     "d",
 	} {
 		if r := tab.lookup(sni); r == nil || r.name != want {
 			t.Errorf("lookup(%q) = %v", sni, r)

@@ -697,4 +697,3 @@ backends = [{ address = "127.0.0.1:1" }]
 		t.Fatalf("sni field %q", got)
 	}
 }
-
