@@ -3,7 +3,6 @@
 package l4
 
 import (
-	"errors"
 	"io"
 	"net"
 	"os"
@@ -221,6 +220,9 @@ func (d *direction) fill(fd uintptr) bool {
 			d.p = nil
 			return false
 		}
+		if err != nil {
+			n = 0 // the pipe is still empty
+		}
 		d.inPipe, d.fillErr = int(n), err
 		return true
 	}
@@ -319,11 +321,7 @@ func (d *direction) spliceLoop() {
 			err = d.pumpErr
 		}
 		if err != nil {
-			d.release()
-			if errors.Is(err, net.ErrClosed) {
-				r.finish(ReasonError, err, nil)
-				return
-			}
+			d.release() // closes the pipe if it still holds data
 			d.writeErr(err)
 			return
 		}
