@@ -1,0 +1,29 @@
+// Package l7 terminates TLS for a route and serves HTTP/1.1 on the decrypted
+// stream: WebSocket upgrades are validated, forwarded to a balancer pool and
+// then handed to the l4 relay; other requests are reverse-proxied, served
+// from a directory, or redirected, by longest path prefix.
+//
+//	route, err := l7.NewRoute(l7.RouteConfig{Name: "h5", Hosts: []string{"game.example.com"},
+//		TLS: tlsConfig, Locations: []l7.Location{{Path: "/ws", Pool: rooms}, {Path: "/", Root: "web"}}})
+//	...
+//	res := route.ServeConn(ctx, tcpConn, hello.Raw, accepted) // blocks until the conn is closed
+//	log.Info("access", zap.String("reason", string(res.Reason)), ...)
+//	...
+//	route.Close()
+//
+// Every connection runs through one http.Server per route, fed by a
+// channel-backed listener (handoff.go). Between the conn and net/http sits a
+// validating reader (conn.go) that checks each raw request head before
+// net/http parses it, because net/http hides evidence of smuggling (it folds
+// obs-fold lines, drops Content-Length next to chunked, merges identical
+// duplicate Content-Length and ignores Transfer-Encoding on HTTP/1.0). It
+// also owns every read deadline (RELIABILITY rule 1): handshake, first
+// request head, keep-alive idle, head, body, then the relay's own.
+//
+// What it will not do: HTTP/2 (ALPN is forced to http/1.1, so a client that
+// offers only h2 fails the handshake with no_application_protocol), WebSocket
+// over HTTP/2 (RFC 8441), TLS to backends, caching, compression, request
+// bodies on upgrade requests, or upgrades other than WebSocket. It logs
+// nothing per request at info level: ServeConn returns a Result and the
+// caller writes the one access line.
+package l7

@@ -1,0 +1,553 @@
+package l7
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"sluice/balancer"
+	"sluice/l4"
+	"sluice/tlsutil"
+)
+
+// Defaults for the zero values of RouteConfig.
+const (
+	DefaultHandshakeTimeout = 10 * time.Second
+	DefaultHeaderTimeout    = 10 * time.Second
+	DefaultKeepAliveTimeout = 75 * time.Second
+)
+
+// Location is one path prefix of a route and what serves it: exactly one of
+// Pool, Root and Redirect is set.
+type Location struct {
+	// Path is a path prefix; the longest matching one wins and "/" matches
+	// everything. Matching is a plain string prefix, like nginx's.
+	Path string
+	// Pool receives WebSocket upgrades and plain HTTP requests.
+	Pool *balancer.Pool
+	// Root serves static files from this directory, with Path stripped:
+	// Path "/static/", Root "web": /static/app.js serves web/app.js.
+	Root string
+	// Redirect answers 302 with Location: Redirect.
+	Redirect string
+}
+
+// RouteConfig describes one L7 route. NewRoute copies what it needs.
+type RouteConfig struct {
+	Name string
+	// Hosts are the normalized names the route answers for, exact
+	// ("game.example.com") or wildcard ("*.example.com", one label). A
+	// request whose Host (port stripped, lower-cased) is not one of them
+	// gets 421 Misdirected Request. If empty, any Host is accepted.
+	Hosts []string
+	// OtherRoute, when set, makes this the listener's default route: a Host
+	// outside Hosts (an IP literal for wss://IP:port, a name no route has)
+	// is accepted unless OtherRoute reports it belongs to another route of
+	// the listener (connection coalescing), which gets 421.
+	OtherRoute func(host string) bool
+	// Pool serves everything when Locations is empty.
+	Pool      *balancer.Pool
+	Locations []Location
+	// TLS is the server config (GetCertificate set by the caller); a clone
+	// is used with MinVersion at least TLS 1.2 and NextProtos ["http/1.1"].
+	// If nil, the route speaks cleartext HTTP (ws://, for development).
+	TLS *tls.Config
+	// RedirectHTTPS (cleartext only) answers every request with 308 to
+	// https://host/path?query (the port is dropped).
+	RedirectHTTPS bool
+	// HandshakeTimeout is absolute from accept. If zero, 10s is used.
+	HandshakeTimeout time.Duration
+	// HeaderTimeout bounds a request head: the first one absolutely from the
+	// end of the handshake (from accept for cleartext), later ones from
+	// their first byte. It also bounds the backend's answer to an upgrade.
+	// If zero, 10s is used.
+	HeaderTimeout time.Duration
+	// KeepAliveTimeout bounds the wait for the next request after a response,
+	// and each read of a request body. If zero, 75s is used.
+	KeepAliveTimeout time.Duration
+	// Relay tunes WebSocket tunnels. Its IdleTimeout (default 10m; nginx's
+	// proxy_read_timeout cuts at 60s) also caps one plain HTTP exchange and
+	// its WriteStallTimeout (default 30s) bounds each response write.
+	Relay l4.Options
+	// Log receives debug lines only. If nil, zap.NewNop() is used.
+	Log *zap.Logger
+}
+
+// Result summarizes a finished connection for the caller's access line.
+type Result struct {
+	Reason   l4.Reason // why the connection ended
+	SNI      string    // the TLS server name, if any
+	Requests int       // HTTP requests answered on the connection
+	Status   int       // the last response status
+	Upgraded bool      // a WebSocket tunnel ran
+	Backend  string    // backend of the tunnel or of the last proxied request
+	// BytesIn and BytesOut count tunnel payload (client→backend and
+	// backend→client, including bytes pipelined before the relay); plain
+	// HTTP is not counted.
+	BytesIn, BytesOut int64
+	Relay             l4.Stats // the tunnel's relay stats when Upgraded
+	Err               error
+}
+
+// ErrClosed is returned in Result.Err by ServeConn on a closed Route.
+var ErrClosed = errors.New("l7: route closed")
+
+// Route serves the connections of one L7 route. ServeConn and Close are safe
+// for concurrent use.
+type Route struct {
+	name       string
+	log        *zap.Logger
+	tls        *tls.Config
+	exact      map[string]bool
+	wildcards  []string // ".example.com" for "*.example.com"
+	anyHost    bool
+	otherRoute func(string) bool
+	locations  []*location // longest Path first
+	redirect   bool
+
+	handshakeTimeout time.Duration
+	headerTimeout    time.Duration
+	keepAliveTimeout time.Duration
+	requestCap       time.Duration
+	writeStall       time.Duration
+	relay            l4.Options
+
+	srv    *http.Server
+	ln     *handoff
+	served chan struct{} // srv.Serve returned
+
+	ctx    context.Context // cancelled by Close
+	cancel context.CancelFunc
+	mu     sync.Mutex
+	closed bool
+	wg     sync.WaitGroup // ServeConn calls in flight
+}
+
+type location struct {
+	path    string
+	handler http.Handler // static or redirect; nil for a pool
+	proxy   *proxy       // pool
+}
+
+// NewRoute validates cfg and starts the route's http.Server.
+func NewRoute(cfg RouteConfig) (*Route, error) {
+	rt := &Route{
+		name:             cfg.Name,
+		log:              cfg.Log,
+		exact:            map[string]bool{},
+		redirect:         cfg.RedirectHTTPS,
+		handshakeTimeout: orDefault(cfg.HandshakeTimeout, DefaultHandshakeTimeout),
+		headerTimeout:    orDefault(cfg.HeaderTimeout, DefaultHeaderTimeout),
+		keepAliveTimeout: orDefault(cfg.KeepAliveTimeout, DefaultKeepAliveTimeout),
+		requestCap:       orDefault(cfg.Relay.IdleTimeout, l4.DefaultIdleTimeout),
+		writeStall:       orDefault(cfg.Relay.WriteStallTimeout, l4.DefaultWriteStallTimeout),
+		relay:            cfg.Relay,
+	}
+	if rt.log == nil {
+		rt.log = zap.NewNop()
+	}
+	rt.log = rt.log.Named("l7")
+	var errs []error
+	bad := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("l7: route %q: "+format, append([]any{cfg.Name}, args...)...))
+	}
+	if cfg.TLS != nil {
+		if cfg.RedirectHTTPS {
+			bad("redirect_https is for cleartext routes only")
+		}
+		rt.tls = cfg.TLS.Clone()
+		rt.tls.MinVersion = max(rt.tls.MinVersion, tls.VersionTLS12)
+		// Only HTTP/1.1: a client offering only h2 fails the handshake with
+		// no_application_protocol (crypto/tls, RFC 7301 Section 3.2).
+		rt.tls.NextProtos = []string{"http/1.1"}
+	}
+	rt.anyHost = len(cfg.Hosts) == 0
+	rt.otherRoute = cfg.OtherRoute
+	for i, h := range cfg.Hosts {
+		name, wild := strings.CutPrefix(h, "*.")
+		n, ok := tlsutil.NormalizeSNI(name)
+		if !ok || n != name {
+			bad("hosts[%d]: %q is not a normalized host name", i, h)
+			continue
+		}
+		if wild {
+			rt.wildcards = append(rt.wildcards, "."+n)
+		} else {
+			rt.exact[n] = true
+		}
+	}
+	locs := cfg.Locations
+	if len(locs) == 0 && !cfg.RedirectHTTPS {
+		if cfg.Pool == nil {
+			bad("no pool and no locations")
+		}
+		locs = []Location{{Path: "/", Pool: cfg.Pool}}
+	}
+	seen := map[string]bool{}
+	for i, l := range locs {
+		if !strings.HasPrefix(l.Path, "/") {
+			bad("locations[%d]: path %q must start with /", i, l.Path)
+			continue
+		}
+		if seen[l.Path] {
+			bad("locations[%d]: duplicate path %q", i, l.Path)
+			continue
+		}
+		seen[l.Path] = true
+		set := 0
+		loc := &location{path: l.Path}
+		if l.Pool != nil {
+			set++
+			loc.proxy = newProxy(rt, l.Pool)
+		}
+		if l.Root != "" {
+			set++
+			loc.handler = newStatic(l.Path, l.Root)
+		}
+		if l.Redirect != "" {
+			set++
+			loc.handler = redirectHandler(l.Redirect)
+		}
+		if set != 1 {
+			bad("locations[%d] (%s): exactly one of pool, root and redirect must be set", i, l.Path)
+			continue
+		}
+		rt.locations = append(rt.locations, loc)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	slices.SortFunc(rt.locations, func(a, b *location) int { return len(b.path) - len(a.path) })
+
+	rt.ctx, rt.cancel = context.WithCancel(context.Background())
+	rt.ln = newHandoff()
+	protos := new(http.Protocols)
+	protos.SetHTTP1(true)
+	rt.srv = &http.Server{
+		Handler:   http.HandlerFunc(rt.serveHTTP),
+		Protocols: protos,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, connStateKey{}, c.(vconner).v().cs)
+		},
+		ConnState: func(c net.Conn, s http.ConnState) {
+			if s == http.StateIdle {
+				c.(vconner).v().responseDone()
+			}
+		},
+		// Deadlines are the vconn's: net/http's would be relative and
+		// cleared between phases.
+		MaxHeaderBytes:               maxHeadBytes,
+		DisableGeneralOptionsHandler: true,
+	}
+	if l, err := zap.NewStdLogAt(rt.log.Named("http"), zap.DebugLevel); err == nil {
+		rt.srv.ErrorLog = l // net/http's own complaints: debug only
+	}
+	rt.served = make(chan struct{})
+	go rt.serve()
+	return rt, nil
+}
+
+func (rt *Route) serve() {
+	defer close(rt.served)
+	_ = rt.srv.Serve(rt.ln) // returns when ln is closed
+}
+
+func orDefault(v, def time.Duration) time.Duration {
+	if v <= 0 {
+		return def
+	}
+	return v
+}
+
+// Close stops the route: new ServeConn calls fail, connections in flight
+// (tunnels included) are closed, and Close returns once every ServeConn call
+// and the route's goroutines have ended.
+func (rt *Route) Close() error {
+	rt.mu.Lock()
+	already := rt.closed
+	rt.closed = true
+	rt.mu.Unlock()
+	if already {
+		return nil
+	}
+	rt.cancel()
+	_ = rt.ln.Close()
+	<-rt.served
+	rt.wg.Wait()
+	for _, l := range rt.locations {
+		if l.proxy != nil {
+			l.proxy.tr.CloseIdleConnections()
+		}
+	}
+	return nil
+}
+
+type clientAddrKey struct{}
+
+// WithClientAddr returns a ctx that makes ServeConn use addr as the client's
+// address (X-Forwarded-For, X-Real-IP, the PROXY header to backends) instead
+// of the socket's peer: for a listener that accepted a trusted PROXY header.
+func WithClientAddr(ctx context.Context, addr net.Addr) context.Context {
+	return context.WithValue(ctx, clientAddrKey{}, addr)
+}
+
+// ServeConn serves one accepted connection whose first bytes, prefix (the
+// peeked ClientHello for TLS, the bytes read so far for cleartext), were
+// already read from c. It runs the TLS handshake under accepted +
+// HandshakeTimeout, then HTTP/1.1, and returns once c is closed. ServeConn
+// owns c. Cancelling ctx closes the connection (drain).
+func (rt *Route) ServeConn(ctx context.Context, c *net.TCPConn, prefix []byte, accepted time.Time) Result {
+	rt.mu.Lock()
+	if rt.closed {
+		rt.mu.Unlock()
+		_ = c.Close()
+		return Result{Reason: l4.ReasonDrain, Err: ErrClosed}
+	}
+	rt.wg.Add(1)
+	rt.mu.Unlock()
+	defer rt.wg.Done()
+
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stopRoute := context.AfterFunc(rt.ctx, cancel)
+	defer stopRoute()
+
+	cs := &connState{ctx: cctx, client: c.RemoteAddr(), local: c.LocalAddr(), tls: rt.tls != nil, done: make(chan struct{})}
+	if a, ok := ctx.Value(clientAddrKey{}).(net.Addr); ok && a != nil {
+		cs.client = a
+	}
+
+	var tc net.Conn = c
+	start := accepted
+	if rt.tls != nil {
+		// One absolute deadline for the handshake, read and write; it stays
+		// until the first head's deadline replaces it (rule 1).
+		_ = c.SetDeadline(accepted.Add(rt.handshakeTimeout))
+		t := tls.Server(tlsutil.NewPrefixConn(c, prefix), rt.tls)
+		if err := t.HandshakeContext(cctx); err != nil {
+			reason := ReasonHandshakeFailed
+			switch {
+			case isTimeout(err):
+				reason = ReasonHandshakeTimeout
+			case cctx.Err() != nil:
+				reason = l4.ReasonDrain
+			}
+			_ = c.Close() // a FIN after crypto/tls's alert, if any: no RST to race it
+			if ce := rt.log.Check(zap.DebugLevel, "tls handshake failed"); ce != nil {
+				ce.Write(zap.String("route", rt.name), zap.Stringer("client", cs.client), zap.Error(err))
+			}
+			return Result{Reason: reason, Err: err}
+		}
+		start = time.Now()
+		cs.sni = t.ConnectionState().ServerName
+		cs.res.SNI = cs.sni
+		tc, prefix = t, nil
+	}
+	v := newVconn(rt, cs, tc, c, prefix, start)
+	cs.v = v
+	_ = c.SetReadDeadline(v.firstDL)
+	_ = c.SetWriteDeadline(v.firstDL)
+
+	stop := context.AfterFunc(cctx, v.closeHard)
+	defer stop()
+	var hc net.Conn = v
+	if rt.tls != nil {
+		hc = tlsVconn{v}
+	}
+	select {
+	case rt.ln.c <- hc:
+	case <-rt.ln.closed:
+		v.hard.Store(true)
+		_ = v.Close()
+		return Result{Reason: l4.ReasonDrain, SNI: cs.sni, Err: ErrClosed}
+	}
+	<-cs.done
+	return cs.result()
+}
+
+type connStateKey struct{}
+
+func stateFrom(ctx context.Context) *connState {
+	cs, _ := ctx.Value(connStateKey{}).(*connState)
+	return cs
+}
+
+// statusWriter records the status of a response for the Result.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 && code >= 200 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *statusWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// serveHTTP is the route's handler: Host check, path check, location.
+func (rt *Route) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	cs := stateFrom(r.Context())
+	sw := &statusWriter{ResponseWriter: w}
+	tunneled := false
+	defer func() {
+		cs.mu.Lock()
+		cs.res.Requests++
+		if sw.status != 0 {
+			cs.res.Status = sw.status
+		}
+		cs.mu.Unlock()
+		if tunneled {
+			cs.finish() // net/http will not Close a hijacked conn
+		}
+	}()
+	upgrade := len(r.Header["Upgrade"]) > 0
+	if upgrade {
+		// What follows an upgrade request is not HTTP: any answer but a
+		// tunnel closes the connection (rule 5).
+		w.Header().Set("Connection", "close")
+	}
+	if r.Host == "" {
+		rt.refuse(sw, cs, http.StatusBadRequest, ReasonBadRequest, "missing Host")
+		return
+	}
+	host, ok := rt.hostAllowed(r.Host)
+	if !ok {
+		rt.refuse(sw, cs, http.StatusMisdirectedRequest, ReasonMisdirected, "misdirected request")
+		return
+	}
+	if hasDotSegment(r.URL.Path) || !strings.HasPrefix(r.URL.Path, "/") && r.URL.Path != "" {
+		rt.refuse(sw, cs, http.StatusBadRequest, ReasonBadRequest, "invalid path")
+		return
+	}
+	if rt.redirect {
+		target := r.URL.RequestURI()
+		if !strings.HasPrefix(target, "/") {
+			target = "/"
+		}
+		w.Header().Set("Location", "https://"+host+target)
+		sw.WriteHeader(http.StatusPermanentRedirect)
+		return
+	}
+	loc := rt.match(r.URL.Path)
+	switch {
+	case loc == nil:
+		http.NotFound(sw, r)
+	case upgrade && loc.proxy == nil:
+		rt.refuse(sw, cs, http.StatusBadRequest, ReasonUpgradeRejected, "no WebSocket at this path")
+	case upgrade:
+		tunneled = rt.serveUpgrade(sw, r, cs, loc.proxy.pool)
+	case loc.proxy != nil:
+		loc.proxy.rp.ServeHTTP(sw, r)
+	default:
+		loc.handler.ServeHTTP(sw, r)
+	}
+}
+
+// refuse answers an error and closes the connection.
+func (rt *Route) refuse(w http.ResponseWriter, cs *connState, code int, reason l4.Reason, msg string) {
+	cs.mu.Lock()
+	cs.res.Reason, cs.res.Err = reason, errors.New("l7: "+msg)
+	cs.mu.Unlock()
+	h := w.Header()
+	h.Set("Connection", "close")
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(code)
+	_, _ = fmt.Fprintln(w, msg)
+}
+
+// hostAllowed normalizes a Host header (port and one trailing dot stripped,
+// lower-cased) and reports whether the route answers for it.
+func (rt *Route) hostAllowed(hostport string) (string, bool) {
+	h := hostport
+	if host, _, err := net.SplitHostPort(hostport); err == nil {
+		h = host
+	}
+	h = strings.TrimSuffix(h, ".")
+	n, ok := tlsutil.NormalizeSNI(h)
+	if rt.anyHost {
+		if ok {
+			return n, true
+		}
+		if strings.Contains(h, ":") {
+			return "[" + strings.Trim(h, "[]") + "]", true
+		}
+		return h, true
+	}
+	if ok {
+		if rt.exact[n] {
+			return n, true
+		}
+		for _, suffix := range rt.wildcards {
+			if label, found := strings.CutSuffix(n, suffix); found && label != "" && !strings.Contains(label, ".") {
+				return n, true
+			}
+		}
+	}
+	if rt.otherRoute == nil || (ok && rt.otherRoute(n)) {
+		return "", false
+	}
+	if ok {
+		return n, true
+	}
+	if strings.Contains(h, ":") {
+		return "[" + strings.Trim(h, "[]") + "]", true
+	}
+	return h, true
+}
+
+// match returns the location with the longest prefix of path.
+func (rt *Route) match(path string) *location {
+	if path == "" {
+		path = "/"
+	}
+	for _, l := range rt.locations {
+		if strings.HasPrefix(path, l.path) {
+			return l
+		}
+	}
+	return nil
+}
+
+// hasDotSegment reports whether a decoded path has a "." or ".." segment: a
+// path a backend may resolve to another location than ours.
+func hasDotSegment(p string) bool {
+	for seg := range strings.SplitSeq(p, "/") {
+		if seg == "." || seg == ".." {
+			return true
+		}
+	}
+	return false
+}
+
+func redirectHandler(target string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Location", target)
+		w.WriteHeader(http.StatusFound)
+	})
+}

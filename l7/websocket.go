@@ -1,0 +1,356 @@
+package l7
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha1"
+	"encoding/base64"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"sluice/balancer"
+	"sluice/l4"
+)
+
+const (
+	// maxResponseHead bounds the backend's answer to an upgrade.
+	maxResponseHead = 16 << 10
+	// maxRefusalBody bounds the body of a non-101 answer relayed to the
+	// client (RELIABILITY T15).
+	maxRefusalBody = 64 << 10
+	websocketGUID  = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11" // RFC 6455, Section 1.3
+)
+
+// checkUpgrade validates a WebSocket upgrade request (RFC 6455 Section 4.2.1,
+// RELIABILITY T9) and returns its Sec-WebSocket-Key.
+func checkUpgrade(r *http.Request) (string, int, string) {
+	if r.Method != http.MethodGet {
+		return "", http.StatusBadRequest, "WebSocket upgrade must be GET"
+	}
+	if r.ProtoMajor != 1 || r.ProtoMinor != 1 {
+		return "", http.StatusBadRequest, "WebSocket upgrade needs HTTP/1.1"
+	}
+	if up := r.Header.Values("Upgrade"); len(up) != 1 || !strings.EqualFold(strings.TrimSpace(up[0]), "websocket") {
+		return "", http.StatusBadRequest, "Upgrade must be exactly websocket"
+	}
+	if !hasToken(r.Header, "Connection", "upgrade") {
+		return "", http.StatusBadRequest, "Connection must contain upgrade"
+	}
+	keys := r.Header.Values("Sec-WebSocket-Key")
+	if len(keys) != 1 {
+		return "", http.StatusBadRequest, "missing or repeated Sec-WebSocket-Key"
+	}
+	key := strings.TrimSpace(keys[0])
+	if raw, err := base64.StdEncoding.DecodeString(key); err != nil || len(key) != 24 || len(raw) != 16 {
+		return "", http.StatusBadRequest, "Sec-WebSocket-Key must be base64 of 16 bytes"
+	}
+	if v := r.Header.Values("Sec-WebSocket-Version"); len(v) != 1 || strings.TrimSpace(v[0]) != "13" {
+		return "", http.StatusUpgradeRequired, "Sec-WebSocket-Version must be 13"
+	}
+	if r.ContentLength != 0 || len(r.TransferEncoding) > 0 {
+		return "", http.StatusBadRequest, "body on an upgrade request"
+	}
+	return key, 0, ""
+}
+
+// acceptKey is Sec-WebSocket-Accept for key (RFC 6455, Section 4.2.2).
+func acceptKey(key string) string {
+	h := sha1.Sum([]byte(key + websocketGUID))
+	return base64.StdEncoding.EncodeToString(h[:])
+}
+
+// hasToken reports whether the comma-separated values of header name
+// contain token, case-insensitively.
+func hasToken(h http.Header, name, token string) bool {
+	for _, v := range h.Values(name) {
+		for t := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// hopByHop are the headers a proxy does not forward (RFC 9110, Section 7.6.1),
+// plus the ones sluice sets itself.
+var hopByHop = map[string]bool{
+	"Connection": true, "Proxy-Connection": true, "Keep-Alive": true, "Proxy-Authenticate": true,
+	"Proxy-Authorization": true, "Te": true, "Trailer": true, "Transfer-Encoding": true, "Upgrade": true,
+	"Content-Length": true,
+}
+
+var forwardedHeaders = map[string]bool{
+	"X-Forwarded-For": true, "X-Forwarded-Host": true, "X-Forwarded-Proto": true, "X-Real-Ip": true, "Forwarded": true,
+}
+
+// connectionNamed returns the headers a Connection header names as
+// hop-by-hop, canonicalized.
+func connectionNamed(h http.Header) map[string]bool {
+	var m map[string]bool
+	for _, v := range h.Values("Connection") {
+		for t := range strings.SplitSeq(v, ",") {
+			if t = strings.TrimSpace(t); t != "" {
+				if m == nil {
+					m = map[string]bool{}
+				}
+				m[http.CanonicalHeaderKey(t)] = true
+			}
+		}
+	}
+	return m
+}
+
+func clientIP(a net.Addr) string {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.IP.String()
+	}
+	if a == nil {
+		return ""
+	}
+	if host, _, err := net.SplitHostPort(a.String()); err == nil {
+		return host
+	}
+	return a.String()
+}
+
+// forwardedFor appends ip to the X-Forwarded-For values of h.
+func forwardedFor(h http.Header, ip string) string {
+	if prior := strings.Join(h.Values("X-Forwarded-For"), ", "); prior != "" {
+		return prior + ", " + ip
+	}
+	return ip
+}
+
+// upgradeRequest serializes the request sent to the backend: request line,
+// Host, the client's end-to-end headers, Upgrade/Connection and the
+// forwarding headers. Net/http rejected header names and values with control
+// bytes, so they are safe to write back.
+func upgradeRequest(r *http.Request, cs *connState) []byte {
+	target := r.RequestURI
+	if !strings.HasPrefix(target, "/") {
+		target = r.URL.RequestURI()
+	}
+	ip := clientIP(cs.client)
+	proto := "http"
+	if cs.tls {
+		proto = "https"
+	}
+	var b bytes.Buffer
+	b.Grow(1024)
+	b.WriteString("GET " + target + " HTTP/1.1\r\nHost: " + r.Host + "\r\n")
+	named := connectionNamed(r.Header)
+	keys := make([]string, 0, len(r.Header))
+	for k := range r.Header {
+		if !hopByHop[k] && !forwardedHeaders[k] && !named[k] {
+			keys = append(keys, k)
+		}
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		for _, v := range r.Header[k] {
+			b.WriteString(k + ": " + v + "\r\n")
+		}
+	}
+	b.WriteString("Upgrade: websocket\r\nConnection: Upgrade\r\n")
+	b.WriteString("X-Forwarded-For: " + forwardedFor(r.Header, ip) + "\r\n")
+	b.WriteString("X-Forwarded-Proto: " + proto + "\r\n")
+	b.WriteString("X-Forwarded-Host: " + r.Host + "\r\n")
+	b.WriteString("X-Real-IP: " + ip + "\r\n\r\n")
+	return b.Bytes()
+}
+
+// serveUpgrade forwards a WebSocket upgrade to pool and, on a verified 101,
+// tunnels the connection through l4.Relay (rule 5). It reports whether it
+// hijacked the connection (and closed it).
+func (rt *Route) serveUpgrade(w *statusWriter, r *http.Request, cs *connState, pool *balancer.Pool) (tunneled bool) {
+	key, code, msg := checkUpgrade(r)
+	if code != 0 {
+		if code == http.StatusUpgradeRequired {
+			w.Header().Set("Sec-WebSocket-Version", "13") // RFC 6455, Section 4.4
+		}
+		rt.refuse(w, cs, code, ReasonUpgradeRejected, msg)
+		return
+	}
+	lease, err := pool.Dial(cs.ctx, balancer.DialRequest{Client: cs.client, Local: cs.local, SNI: cs.sni, Prefix: upgradeRequest(r, cs)})
+	if err != nil {
+		rt.dialFailed(w, cs, err)
+		return
+	}
+	bc := lease.Conn
+	defer func() {
+		if !tunneled {
+			_ = bc.Close()
+			lease.Release()
+		}
+	}()
+	cs.mu.Lock()
+	cs.res.Backend = lease.Backend.Addr()
+	cs.mu.Unlock()
+
+	// The answer: bounded in time and size; bytes after its head (a frame
+	// coalesced with the 101) stay in br.
+	_ = bc.SetReadDeadline(time.Now().Add(rt.headerTimeout))
+	lr := &io.LimitedReader{R: bc, N: maxResponseHead}
+	br := bufio.NewReaderSize(lr, 4<<10)
+	resp, err := http.ReadResponse(br, r)
+	if err != nil {
+		if isTimeout(err) {
+			rt.refuse(w, cs, http.StatusGatewayTimeout, ReasonBackendTimeout, "backend did not answer the upgrade in time")
+			return
+		}
+		rt.refuse(w, cs, http.StatusBadGateway, ReasonBadUpgradeResponse, "bad answer from backend")
+		return
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		lr.N += maxRefusalBody + 8<<10 // chunk framing
+		rt.relayRefusal(w, cs, resp)
+		return
+	}
+	if up := resp.Header.Values("Upgrade"); len(up) != 1 || !strings.EqualFold(strings.TrimSpace(up[0]), "websocket") {
+		rt.refuse(w, cs, http.StatusBadGateway, ReasonBadUpgradeResponse, "backend switched to another protocol")
+		return
+	}
+	if acc := resp.Header.Values("Sec-WebSocket-Accept"); len(acc) != 1 || strings.TrimSpace(acc[0]) != acceptKey(key) {
+		rt.refuse(w, cs, http.StatusBadGateway, ReasonBadUpgradeResponse, "backend sent a wrong Sec-WebSocket-Accept")
+		return
+	}
+	coalesced, _ := br.Peek(br.Buffered())
+
+	// Verified 101: take the conn from net/http.
+	v := cs.v
+	v.hijacked.Store(true)
+	hc, rw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		v.hijacked.Store(false)
+		rt.refuse(w, cs, http.StatusInternalServerError, l4.ReasonError, "hijack failed")
+		return
+	}
+	_ = hc // the vconn; the tunnel runs on what is under it
+	tunneled = true
+	pipelined := make([]byte, rw.Reader.Buffered())
+	_, _ = io.ReadFull(rw.Reader, pipelined)
+	pipelined = append(pipelined, v.takeBuffered()...)
+	client := v.tc // *tls.Conn (relay: close_notify + FIN), or the raw socket (splice)
+
+	res := rt.tunnel(cs, client, bc, resp, coalesced, pipelined)
+	lease.Release()
+	cs.mu.Lock()
+	cs.res.Upgraded = true
+	cs.res.Status = http.StatusSwitchingProtocols
+	cs.res.Relay = res
+	cs.res.BytesIn += res.BytesIn
+	cs.res.BytesOut += res.BytesOut
+	cs.res.Reason, cs.res.Err = res.Reason, res.Err
+	cs.mu.Unlock()
+	w.status = http.StatusSwitchingProtocols
+	return true
+}
+
+// tunnel writes the 101 and the backend's coalesced bytes to the client, the
+// client's pipelined bytes to the backend, then relays until the end.
+func (rt *Route) tunnel(cs *connState, client net.Conn, bc *net.TCPConn, resp *http.Response, coalesced, pipelined []byte) l4.Stats {
+	var b bytes.Buffer
+	b.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n")
+	writeHeaders(&b, resp.Header)
+	b.WriteString("\r\n")
+	b.Write(coalesced)
+	_ = client.SetWriteDeadline(time.Now().Add(rt.writeStall))
+	if _, err := client.Write(b.Bytes()); err != nil {
+		_ = client.Close()
+		_ = bc.Close()
+		return l4.Stats{Reason: l4.ReasonClientReset, Err: err}
+	}
+	if len(pipelined) > 0 {
+		_ = bc.SetWriteDeadline(time.Now().Add(rt.writeStall))
+		if _, err := bc.Write(pipelined); err != nil {
+			_ = client.Close()
+			_ = bc.Close()
+			return l4.Stats{Reason: l4.ReasonBackendReset, Err: err, BytesOut: int64(len(coalesced))}
+		}
+	}
+	st := l4.Relay(cs.ctx, client, bc, rt.relay)
+	st.BytesIn += int64(len(pipelined))
+	st.BytesOut += int64(len(coalesced))
+	return st
+}
+
+// writeHeaders writes the end-to-end headers of h, skipping hop-by-hop ones
+// and any value with control bytes (no response splitting from a backend).
+func writeHeaders(b *bytes.Buffer, h http.Header) {
+	named := connectionNamed(h)
+	keys := make([]string, 0, len(h))
+	for k := range h {
+		if !hopByHop[k] && !named[k] && isToken([]byte(k)) {
+			keys = append(keys, k)
+		}
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		for _, v := range h[k] {
+			if validValue([]byte(v)) {
+				b.WriteString(k + ": " + v + "\r\n")
+			}
+		}
+	}
+}
+
+// relayRefusal passes a non-101 answer to the client: status, end-to-end
+// headers and a body of at most 64 KiB, then the connection closes. The
+// client's pipelined bytes are never sent (T15).
+func (rt *Route) relayRefusal(w *statusWriter, cs *connState, resp *http.Response) {
+	if resp.StatusCode < 200 {
+		rt.refuse(w, cs, http.StatusBadGateway, ReasonBadUpgradeResponse, "unexpected interim response from backend")
+		return
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxRefusalBody+1))
+	if err != nil || len(body) > maxRefusalBody {
+		if err != nil && isTimeout(err) {
+			rt.refuse(w, cs, http.StatusGatewayTimeout, ReasonBackendTimeout, "backend answer timed out")
+			return
+		}
+		rt.refuse(w, cs, http.StatusBadGateway, ReasonBadUpgradeResponse, "bad or oversized answer from backend")
+		return
+	}
+	h := w.Header()
+	named := connectionNamed(resp.Header)
+	for k, vs := range resp.Header {
+		if hopByHop[k] || named[k] {
+			continue
+		}
+		for _, val := range vs {
+			if validValue([]byte(val)) {
+				h.Add(k, val)
+			}
+		}
+	}
+	h.Set("Connection", "close")
+	if resp.StatusCode != http.StatusNoContent && resp.StatusCode != http.StatusNotModified {
+		h.Set("Content-Length", strconv.Itoa(len(body)))
+	}
+	cs.mu.Lock()
+	cs.res.Reason, cs.res.Err = ReasonUpgradeRefused, nil
+	cs.mu.Unlock()
+	w.WriteHeader(resp.StatusCode)
+	_, _ = w.Write(body)
+}
+
+// dialFailed answers a failed pool.Dial: 503 when there was nothing to try
+// (T23), 502 when every attempt failed (T12).
+func (rt *Route) dialFailed(w http.ResponseWriter, cs *connState, err error) {
+	if errors.Is(err, balancer.ErrNoBackend) {
+		w.Header().Set("Retry-After", "5")
+		rt.refuse(w, cs, http.StatusServiceUnavailable, l4.ReasonNoBackend, "no backend available")
+	} else {
+		rt.refuse(w, cs, http.StatusBadGateway, l4.ReasonConnectFailed, "backend connect failed")
+	}
+	cs.mu.Lock()
+	cs.res.Err = err
+	cs.mu.Unlock()
+}
