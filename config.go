@@ -1,10 +1,12 @@
 package main
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -14,6 +16,7 @@ import (
 
 	"sluice/balancer"
 	"sluice/l4"
+	"sluice/l7"
 	"sluice/tlsutil"
 )
 
@@ -27,6 +30,8 @@ const (
 	defaultConnectTimeout    = 3 * time.Second
 	defaultConnectBudget     = 6 * time.Second
 	defaultConnectAttempts   = 3
+	defaultHandshakeTimeout  = 10 * time.Second
+	defaultHeaderTimeout     = 10 * time.Second
 
 	// fdsPerSession is what one relayed connection may hold: its two sockets,
 	// plus a splice pipe pair while data is in flight (amortised: idle
@@ -41,6 +46,8 @@ type Config struct {
 	DrainTimeout   string `toml:"drain_timeout"`
 	MaxConnections int    `toml:"max_connections"`
 
+	dir string // directory of the config file: relative paths resolve against it
+
 	Log       LogConfig                  `toml:"log"`
 	Listeners map[string]*ListenerConfig `toml:"listeners"`
 	Routes    map[string]*RouteConfig    `toml:"routes"`
@@ -53,11 +60,17 @@ type LogConfig struct {
 }
 
 type ListenerConfig struct {
-	Address       string `toml:"address"`
-	DefaultRoute  string `toml:"default_route"`
-	PlainRoute    string `toml:"plain_route"`
-	HelloTimeout  string `toml:"hello_timeout"`
-	MaxHelloBytes int    `toml:"max_hello_bytes"`
+	Address             string `toml:"address"`
+	TLS                 *bool  `toml:"tls"`
+	DefaultRoute        string `toml:"default_route"`
+	PlainRoute          string `toml:"plain_route"`
+	HelloTimeout        string `toml:"hello_timeout"`
+	MaxHelloBytes       int    `toml:"max_hello_bytes"`
+	Cert                string `toml:"cert"`
+	Key                 string `toml:"key"`
+	TLSHandshakeTimeout string `toml:"tls_handshake_timeout"`
+	HeaderTimeout       string `toml:"header_timeout"`
+	RedirectHTTPS       bool   `toml:"redirect_https"`
 }
 
 type RouteConfig struct {
@@ -65,9 +78,20 @@ type RouteConfig struct {
 	SNI               []string `toml:"sni"`
 	Mode              string   `toml:"mode"`
 	Pool              string   `toml:"pool"`
+	Cert              string   `toml:"cert"`
+	Key               string   `toml:"key"`
 	IdleTimeout       string   `toml:"idle_timeout"`
 	HalfCloseTimeout  string   `toml:"half_close_timeout"`
 	WriteStallTimeout string   `toml:"write_stall_timeout"`
+
+	Locations []LocationConfig `toml:"locations"`
+}
+
+type LocationConfig struct {
+	Path     string `toml:"path"`
+	Pool     string `toml:"pool"`
+	Root     string `toml:"root"`
+	Redirect string `toml:"redirect"`
 }
 
 type PoolConfig struct {
@@ -93,6 +117,7 @@ func LoadConfig(path string) (*Config, *Runtime, error) {
 	if err != nil {
 		return nil, nil, prefixErrors(path, err)
 	}
+	cfg.dir = filepath.Dir(path)
 	rt, err := cfg.Validate()
 	if err != nil {
 		return nil, nil, prefixErrors(path, err)
@@ -142,7 +167,8 @@ func prefixErrors(path string, err error) error {
 func startsWithDigit(s string) bool { return s != "" && s[0] >= '0' && s[0] <= '9' }
 
 // Runtime is the validated, compiled form of a Config: what the hot path
-// reads. Nothing in it is re-parsed per connection.
+// reads. Nothing in it is re-parsed per connection. Close releases what it
+// started (the l7 routes' HTTP servers).
 type Runtime struct {
 	DrainTimeout   time.Duration
 	MaxConnections int // 0: derived from RLIMIT_NOFILE at start
@@ -150,26 +176,49 @@ type Runtime struct {
 	LogFormat      string
 	Listeners      map[string]*listenerRuntime
 	Pools          map[string]*balancer.Pool
+	Warnings       []string // logged at start: e.g. self-signed certificates generated
+
+	l7routes []*l7.Route
+}
+
+// Close stops the l7 routes' internal servers.
+func (rt *Runtime) Close() {
+	for _, r := range rt.l7routes {
+		r.Close()
+	}
 }
 
 type listenerRuntime struct {
-	name          string
-	address       string
-	helloTimeout  time.Duration
-	maxHelloBytes int
-	table         routeTable
+	name             string
+	address          string
+	tls              bool // false: cleartext HTTP, routed by the first request's Host
+	helloTimeout     time.Duration
+	handshakeTimeout time.Duration
+	headerTimeout    time.Duration
+	maxHelloBytes    int
+	table            routeTable
+	certs            *tlsutil.CertStore
+	redirect         *l7.Route // tls = false with redirect_https: every request → https
 }
 
 // route is one compiled [routes.NAME] table.
 type route struct {
 	name  string
-	mode  string // "l4"
+	mode  string // "l4" or "l7"
 	pool  *balancer.Pool
 	relay l4.Options
+
+	// mode "l7"
+	l7        *l7.Route
+	listener  string
+	names     []string         // normalized sni entries ("*.example.com" for wildcards)
+	cert      *tls.Certificate // from cert/key; nil: self-signed at start
+	locations []l7.Location
 }
 
 // Validate checks the whole config and compiles it. It reports all problems
-// at once, each prefixed by its TOML key path.
+// at once, each prefixed by its TOML key path. It also loads (or, for l7
+// routes without one, generates) every certificate.
 func (c *Config) Validate() (*Runtime, error) {
 	var errs []error
 	bad := func(path, format string, args ...any) {
@@ -264,6 +313,29 @@ func (c *Config) Validate() (*Runtime, error) {
 		}
 	}
 
+	// Certificates are loaded once per (cert, key) pair: routes may share one.
+	loaded := map[[2]string]*tls.Certificate{}
+	loadCert := func(path, certFile, keyFile string) *tls.Certificate {
+		if (certFile == "") != (keyFile == "") {
+			bad(path+".cert", "cert and key must be set together")
+			return nil
+		}
+		if certFile == "" {
+			return nil
+		}
+		k := [2]string{c.resolve(certFile), c.resolve(keyFile)}
+		if cert, ok := loaded[k]; ok {
+			return cert
+		}
+		cert, err := tls.LoadX509KeyPair(k[0], k[1])
+		if err != nil {
+			bad(path+".cert", "%v", err)
+			return nil
+		}
+		loaded[k] = &cert
+		return &cert
+	}
+
 	// Listeners.
 	if len(c.Listeners) == 0 {
 		bad("listeners", "at least one listener is required")
@@ -284,15 +356,31 @@ func (c *Config) Validate() (*Runtime, error) {
 		lr := &listenerRuntime{
 			name:          name,
 			address:       lc.Address,
+			tls:           lc.TLS == nil || *lc.TLS,
 			helloTimeout:  dur(path+".hello_timeout", lc.HelloTimeout, defaultHelloTimeout, false),
+			headerTimeout: dur(path+".header_timeout", lc.HeaderTimeout, defaultHeaderTimeout, false),
 			maxHelloBytes: lc.MaxHelloBytes,
 			table:         routeTable{exact: map[string]*route{}, wildcard: map[string]*route{}},
+			certs:         tlsutil.NewCertStore(tlsutil.NewCerts()),
 		}
+		lr.handshakeTimeout = dur(path+".tls_handshake_timeout", lc.TLSHandshakeTimeout, defaultHandshakeTimeout, false)
 		switch {
 		case lc.MaxHelloBytes == 0:
 			lr.maxHelloBytes = tlsutil.DefaultMaxHelloBytes
 		case lc.MaxHelloBytes < 512 || lc.MaxHelloBytes > tlsutil.MaxHelloBytesLimit:
 			bad(path+".max_hello_bytes", "must be between 512 and %d, got %d", tlsutil.MaxHelloBytesLimit, lc.MaxHelloBytes)
+		}
+		if lr.tls {
+			if lc.RedirectHTTPS {
+				bad(path+".redirect_https", "only for cleartext listeners (tls = false)")
+			}
+		} else {
+			if lc.PlainRoute != "" {
+				bad(path+".plain_route", "a cleartext listener (tls = false) routes by Host; plain_route is for TLS listeners")
+			}
+			if lc.Cert != "" || lc.Key != "" {
+				bad(path+".cert", "a cleartext listener (tls = false) has no certificate")
+			}
 		}
 		rt.Listeners[name] = lr
 	}
@@ -318,30 +406,49 @@ func (c *Config) Validate() (*Runtime, error) {
 		case "", "l4":
 			r.mode = "l4"
 		case "l7":
-			bad(path+".mode", "mode \"l7\" is not available in this version yet (supported: l4)")
 		default:
 			bad(path+".mode", "must be \"l4\" or \"l7\"; got %q", rc.Mode)
 		}
-		if rc.Pool == "" {
+		needPool := r.mode == "l4" || len(rc.Locations) == 0
+		switch {
+		case rc.Pool == "" && needPool:
 			bad(path+".pool", "a route needs a pool")
-		} else if _, ok := c.Pools[rc.Pool]; !ok {
+		case rc.Pool == "":
+		case c.Pools[rc.Pool] == nil:
 			bad(path+".pool", "unknown pool %q", rc.Pool)
-		} else {
+		default:
 			r.pool = rt.Pools[rc.Pool] // nil if the pool itself is invalid; reported there
+		}
+		if r.mode == "l4" {
+			if rc.Cert != "" || rc.Key != "" {
+				bad(path+".cert", "an l4 route passes TLS through: the backend holds the certificate (use mode = \"l7\" to terminate TLS here)")
+			}
+			if len(rc.Locations) > 0 {
+				bad(path+".locations", "locations need mode = \"l7\"")
+			}
 		}
 		lr, ok := rt.Listeners[rc.Listener]
 		if rc.Listener == "" {
 			bad(path+".listener", "a route needs a listener")
-		} else if _, known := c.Listeners[rc.Listener]; !known {
+		} else if !ok && c.Listeners[rc.Listener] == nil {
 			bad(path+".listener", "unknown listener %q", rc.Listener)
 		}
+		if ok && !lr.tls && r.mode != "l7" {
+			bad(path+".mode", "listener %q is cleartext HTTP (tls = false): its routes must be mode = \"l7\"", rc.Listener)
+		}
 		routes[name] = r
+		var names []string
 		for i, raw := range rc.SNI {
 			spath := fmt.Sprintf("%s.sni[%d]", path, i)
 			key, wildcard, err := compileSNI(raw)
 			if err != nil {
 				bad(spath, "%v", err)
 				continue
+			}
+			if wildcard {
+				names = append(names, "*."+key)
+			} else {
+				names = append(names, key)
 			}
 			if !ok {
 				continue
@@ -355,6 +462,12 @@ func (c *Config) Validate() (*Runtime, error) {
 				continue
 			}
 			m[key] = r
+		}
+		if r.mode == "l7" {
+			r.listener = rc.Listener
+			r.names = names
+			r.cert = loadCert(path, rc.Cert, rc.Key)
+			r.locations = c.compileLocations(rt, rc, path, bad)
 		}
 	}
 
@@ -389,10 +502,23 @@ func (c *Config) Validate() (*Runtime, error) {
 		}
 	}
 
+	if len(errs) == 0 {
+		c.buildL7(rt, routes, bad, loadCert)
+	}
+
 	if err := errors.Join(errs...); err != nil {
+		rt.Close()
 		return nil, err
 	}
 	return rt, nil
+}
+
+// resolve makes a relative file path relative to the config file.
+func (c *Config) resolve(p string) string {
+	if p == "" || filepath.IsAbs(p) || c.dir == "" {
+		return p
+	}
+	return filepath.Join(c.dir, p)
 }
 
 // compileSNI validates one configured server name and returns the table key:

@@ -26,6 +26,7 @@ func TestConfigValid(t *testing.T) {
 	must(t, err)
 	rt, err := c.Validate()
 	must(t, err)
+	defer rt.Close()
 	tab := &rt.Listeners["public"].table
 	for sni, want := range map[string]string{
 		"game.example.com":     "d",
@@ -210,7 +211,9 @@ func TestRunFlags(t *testing.T) {
 
 // The shipped config.toml is valid.
 func TestShippedConfigValid(t *testing.T) {
-	if _, _, err := LoadConfig("config.toml"); err != nil {
+	_, rt, err := LoadConfig("config.toml")
+	if err != nil {
 		t.Fatal(err)
 	}
+	rt.Close()
 }

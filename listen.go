@@ -17,6 +17,7 @@ import (
 
 	"sluice/balancer"
 	"sluice/l4"
+	"sluice/l7"
 	"sluice/tlsutil"
 )
 
@@ -39,6 +40,9 @@ const (
 	rejectWriteTimeout = time.Second
 	lingerTimeout      = 500 * time.Millisecond
 )
+
+// misdirected answers a cleartext request whose Host no route serves.
+const misdirected = "HTTP/1.1 421 Misdirected Request\r\nContent-Type: text/plain\r\nContent-Length: 25\r\nConnection: close\r\n\r\nNo route for this Host.\r\n"
 
 // httpOnTLSPort is what a plain HTTP client gets on a TLS port (RELIABILITY T3).
 const httpOnTLSPort = "HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
@@ -183,6 +187,7 @@ func (s *server) shutdown(drain time.Duration) {
 	}
 	s.cancel()
 	<-done
+	s.rt.Load().Close()
 }
 
 // acceptLoop accepts until the listener closes. It never spins: temporary
@@ -224,7 +229,11 @@ func (s *server) acceptLoop(name string, ln *net.TCPListener) {
 			continue
 		}
 		s.conns.Add(1)
-		go s.serveConn(lr, c, accepted)
+		if lr.tls {
+			go s.serveConn(lr, c, accepted)
+		} else {
+			go s.serveCleartext(lr, c, accepted)
+		}
 	}
 }
 
@@ -281,7 +290,79 @@ func (s *server) serveConn(lr *listenerRuntime, c *net.TCPConn, accepted time.Ti
 		return
 	}
 
+	if r.mode == "l7" {
+		s.serveL7(lr, r, c, h.Raw, h.RawServerName, accepted)
+		return
+	}
 	s.forward(lr, r, c, h, accepted)
+}
+
+// serveCleartext serves a connection on a cleartext HTTP listener
+// (tls = false): the first request's Host picks the route.
+func (s *server) serveCleartext(lr *listenerRuntime, c *net.TCPConn, accepted time.Time) {
+	defer s.conns.Done()
+	defer s.release()
+	if lr.redirect != nil {
+		res := lr.redirect.ServeConn(s.ctx, c, nil, accepted)
+		s.logL7(lr, &route{name: "redirect_https", mode: "l7"}, c, "", accepted, res)
+		return
+	}
+	c.SetReadDeadline(accepted.Add(lr.headerTimeout))
+	host, head, err := peekHost(c, maxHTTPHead)
+	if err != nil && len(head) == 0 {
+		c.Close()
+		s.reject(lr.name, c.RemoteAddr(), peekFailure(err), "", zap.Error(err))
+		return
+	}
+	name, _ := tlsutil.NormalizeSNI(host)
+	r := lr.table.lookup(name)
+	if r == nil {
+		c.SetWriteDeadline(time.Now().Add(rejectWriteTimeout))
+		io.WriteString(c, misdirected)
+		lingerClose(c)
+		s.reject(lr.name, c.RemoteAddr(), l4.ReasonNoRoute, host)
+		return
+	}
+	s.serveL7(lr, r, c, head, host, accepted)
+}
+
+// serveL7 hands a connection to an l7 route (TLS termination, HTTP and
+// WebSocket) and writes its access line.
+func (s *server) serveL7(lr *listenerRuntime, r *route, c *net.TCPConn, prefix []byte, sni string, accepted time.Time) {
+	res := r.l7.ServeConn(s.ctx, c, prefix, accepted)
+	s.logL7(lr, r, c, sni, accepted, res)
+}
+
+func (s *server) logL7(lr *listenerRuntime, r *route, c *net.TCPConn, sni string, accepted time.Time, res l7.Result) {
+	fields := []zap.Field{
+		zap.Stringer("client", c.RemoteAddr()),
+		zap.String("listener", lr.name),
+		zap.String("route", r.name),
+		zap.String("mode", "l7"),
+		zap.String("sni", tlsutil.EscapeForLog(sni, maxLogField)),
+		zap.Duration("duration", time.Since(accepted)),
+		zap.String("reason", string(res.Reason)),
+		zap.Int("requests", res.Requests),
+	}
+	if res.Status != 0 {
+		fields = append(fields, zap.Int("status", res.Status))
+	}
+	if res.Backend != "" {
+		fields = append(fields, zap.String("backend", res.Backend))
+	}
+	if res.Upgraded {
+		fields = append(fields,
+			zap.Bool("websocket", true),
+			zap.Int64("bytes_in", res.BytesIn),
+			zap.Int64("bytes_out", res.BytesOut),
+			zap.Stringer("path_in", res.Relay.PathIn),
+			zap.Stringer("path_out", res.Relay.PathOut),
+		)
+	}
+	if res.Err != nil {
+		fields = append(fields, zap.Error(res.Err))
+	}
+	s.log.Info("connection closed", fields...)
 }
 
 // forward runs an l4 route to its end and writes its access line.

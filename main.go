@@ -47,6 +47,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	if *check {
+		rt.Close()
 		fmt.Fprintf(stdout, "%s: configuration is valid\n", *configPath)
 		return 0
 	}
@@ -65,6 +66,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	for _, name := range sortedKeys(rt.Listeners) {
 		log.Info("listening", zap.String("listener", name), zap.Stringer("address", s.addr(name)))
+	}
+	for _, w := range rt.Warnings {
+		log.Warn(w)
 	}
 	log.Info("sluice started", zap.String("version", version), zap.String("config", *configPath), zap.Int64("max_connections", s.maxConns))
 	s.serve()

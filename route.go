@@ -15,15 +15,22 @@ type routeTable struct {
 // none or an invalid one): exact name, then single-label wildcard, then the
 // listener's default route. It returns nil when nothing matches.
 func (t *routeTable) lookup(sni string) *route {
-	if sni != "" {
-		if r := t.exact[sni]; r != nil {
-			return r
-		}
-		if i := strings.IndexByte(sni, '.'); i > 0 {
-			if r := t.wildcard[sni[i+1:]]; r != nil {
-				return r
-			}
-		}
+	if r := t.named(sni); r != nil {
+		return r
 	}
 	return t.def
+}
+
+// named returns the route whose sni names name (exact, then wildcard), or nil.
+func (t *routeTable) named(name string) *route {
+	if name == "" {
+		return nil
+	}
+	if r := t.exact[name]; r != nil {
+		return r
+	}
+	if i := strings.IndexByte(name, '.'); i > 0 {
+		return t.wildcard[name[i+1:]]
+	}
+	return nil
 }

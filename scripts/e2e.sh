@@ -40,12 +40,14 @@ grep -q 'routes.r.conect_timeout: unknown key' "$work/bad.out" || fail "unknown 
 grep -q 'panic' "$work/bad.out" && fail "bad config printed a panic"
 
 base=$((20000 + RANDOM % 20000))
-lp=$base; b1=$((base+1)); b2=$((base+2)); b3=$((base+3))
+lp=$base; b1=$((base+1)); b2=$((base+2)); b3=$((base+3)); w1=$((base+4)); w2=$((base+5))
 sed -e "s/127.0.0.1:8443/127.0.0.1:$lp/" -e "s/127.0.0.1:9101/127.0.0.1:$b1/" \
     -e "s/127.0.0.1:9102/127.0.0.1:$b2/" -e "s/127.0.0.1:9201/127.0.0.1:$b3/" \
+    -e "s/127.0.0.1:9301/127.0.0.1:$w1/" -e "s/127.0.0.1:9302/127.0.0.1:$w2/" \
+    -e "s|root = \"scripts/demo/web\"|root = \"$PWD/scripts/demo/web\"|" \
     -e 's/format = "console"/format = "json"/' config.toml > "$work/e2e.toml"
 
-"$work/backends" -tls "127.0.0.1:$b1,127.0.0.1:$b2" -proxy "127.0.0.1:$b3" 2>"$work/backends.log" & pids+=($!)
+"$work/backends" -tls "127.0.0.1:$b1,127.0.0.1:$b2" -proxy "127.0.0.1:$b3" -ws "127.0.0.1:$w1,127.0.0.1:$w2" 2>"$work/backends.log" & pids+=($!)
 "$work/sluice" -config "$work/e2e.toml" 2>"$work/sluice.log" & spid=$!; pids+=($spid)
 
 up=0
@@ -62,9 +64,8 @@ echo "$out1"; echo "$out2"
 echo "$out1$out2" | grep -q 'tls-backend-1.localhost' || fail "backend 1 certificate not seen"
 echo "$out1$out2" | grep -q 'tls-backend-2.localhost' || fail "backend 2 certificate not seen"
 echo "$out1" | grep -q ': one$' || fail "echo one"
-# Wildcard route and the default route (no SNI).
+# Wildcard route.
 "$work/client" -addr 127.0.0.1:$lp -sni x.echo.localhost -msg w | grep -q ': w$' || fail "wildcard route"
-"$work/client" -addr 127.0.0.1:$lp -sni "" -msg d | grep -q ': d$' || fail "default route"
 # Raw TCP on the same port: plain_route, PROXY v2 tells the backend our address.
 out3=$("$work/client" -addr 127.0.0.1:$lp -raw -msg native) || fail "raw client: $out3"
 echo "$out3"
