@@ -18,7 +18,7 @@ go build -o "$bin/sluice" .
 go build -o "$bin/backends" ./scripts/demo/backends
 go build -o "$bin/client" ./scripts/demo/client
 
-"$bin/backends" & pids+=($!)
+"$bin/backends" & pids+=($!)   # TLS echo :9101/:9102, PROXY echo :9201, WebSocket game :9301/:9302
 "$bin/sluice" -config config.toml & pids+=($!)
 
 # Wait for sluice to listen (bounded).
@@ -35,5 +35,7 @@ echo "== again: round robin picks the other backend:"
 echo "== raw TCP on the same port (plain_route; the backend reads PROXY v2 and sees your address):"
 "$bin/client" -raw -msg "native game protocol" || true
 echo
-echo "sluice is running on 127.0.0.1:8443. Try: $bin/client -sni a.echo.localhost   (Ctrl-C to stop)"
+echo "sluice is running on 127.0.0.1:8443 (Ctrl-C to stop):"
+echo "  the browser game (wss://):     https://localhost:8443/   (accept the self-signed certificate)"
+echo "  TLS passthrough to a backend:  $bin/client -sni a.echo.localhost"
 wait "${pids[1]}"

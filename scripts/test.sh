@@ -23,4 +23,13 @@ go test -run '^$' -fuzz '^FuzzNormalizeSNI$' -fuzztime "$fuzztime" ./tlsutil
 echo "== end to end (real processes)"
 scripts/e2e.sh
 
+echo "== real browser (headless Chromium)"
+if [ -x /usr/bin/chromium ] || [ "$(id -u)" = 0 ] || sudo -n true 2>/dev/null; then
+  scripts/browser-test.sh
+elif [ -n "${CI:-}" ]; then
+  echo "chromium is missing and cannot be installed here"; exit 1
+else
+  echo "SKIPPED: /usr/bin/chromium is missing and installing it needs root (apt-get install chromium)"
+fi
+
 echo "== all tests passed"

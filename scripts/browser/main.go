@@ -56,6 +56,9 @@ func main() {
 // status is what the page shows; see scripts/demo/web/game.js.
 type status struct {
 	Href    string `json:"href"`
+	Ready   string `json:"ready"`
+	HTTP    int    `json:"http"` // the document's HTTP status
+	IsDemo  bool   `json:"isDemo"`
 	Title   string `json:"title"`
 	State   string `json:"state"`
 	Count   string `json:"count"`
@@ -67,7 +70,9 @@ type status struct {
 
 const statusJS = `(() => {
   const t = (id) => { const e = document.getElementById(id); return e ? e.textContent : ""; };
-  return JSON.stringify({href: location.href, title: document.title, state: t("state"), count: t("count"),
+  const nav = performance.getEntriesByType("navigation")[0];
+  return JSON.stringify({href: location.href, ready: document.readyState, http: nav ? nav.responseStatus || 0 : 0,
+    isDemo: !!document.getElementById("state"), title: document.title, state: t("state"), count: t("count"),
     backend: t("backend"), rtt: t("rtt"), result: t("result"), error: t("error")});
 })()`
 
@@ -99,9 +104,15 @@ func run(ctx context.Context, dir, endpoint, pageURL, want string, timeout time.
 		return err
 	}
 
+	// Make the new tab the focused, visible one, as a player would have it.
+	if _, err := c.call(ctx, "Page.bringToFront", nil); err != nil {
+		return err
+	}
+
 	start := time.Now()
 	deadline := start.Add(timeout)
 	var st status
+	var notDemo time.Time
 	ok := false
 	for {
 		raw, err := c.call(ctx, "Runtime.evaluate", map[string]any{"expression": statusJS, "returnByValue": true})
@@ -118,6 +129,17 @@ func run(ctx context.Context, dir, endpoint, pageURL, want string, timeout time.
 		if st.Title == want {
 			ok = true
 			break
+		}
+		if strings.HasPrefix(st.Result, "failed") { // the page gave up
+			break
+		}
+		if st.Href == pageURL && st.Ready == "complete" && !st.IsDemo {
+			// Loaded, but not the demo page (an error answer): no need to wait.
+			if notDemo.IsZero() {
+				notDemo = time.Now()
+			} else if time.Since(notDemo) > 2*time.Second {
+				break
+			}
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			break
@@ -143,13 +165,57 @@ func run(ctx context.Context, dir, endpoint, pageURL, want string, timeout time.
 	if st.Href != "" && st.Href != pageURL {
 		fmt.Fprintf(os.Stderr, "  location: %s\n", st.Href)
 	}
-	if st.Error != "" {
-		fmt.Fprintf(os.Stderr, "  page error: %s\n", st.Error)
+	if st.HTTP != 0 && st.HTTP != http.StatusOK {
+		fmt.Fprintf(os.Stderr, "  the page answered HTTP %d %s\n", st.HTTP, http.StatusText(st.HTTP))
 	}
-	for _, m := range c.messages() {
+	if st.Ready == "complete" && !st.IsDemo {
+		body, _ := c.call(ctx, "Runtime.evaluate", map[string]any{
+			"expression": "document.body ? document.body.innerText.slice(0, 300) : ''", "returnByValue": true})
+		var r struct {
+			Result struct {
+				Value string `json:"value"`
+			} `json:"result"`
+		}
+		json.Unmarshal(body, &r)
+		fmt.Fprintf(os.Stderr, "  not the demo page; it shows: %q\n", strings.TrimSpace(r.Result.Value))
+	}
+	for _, m := range dedup(strings.Split(st.Error, "\n")) {
+		fmt.Fprintf(os.Stderr, "  page error: %s\n", m)
+	}
+	for _, m := range dedup(c.messages()) {
 		fmt.Fprintf(os.Stderr, "  console: %s\n", m)
 	}
+	if strings.HasPrefix(st.Result, "failed") {
+		return fmt.Errorf("title %q not reached: the page gave up after %.1fs", want, elapsed.Seconds())
+	}
+	if st.Ready == "complete" && !st.IsDemo {
+		return fmt.Errorf("title %q not reached: %s is not the demo page", want, pageURL)
+	}
 	return fmt.Errorf("title %q not reached within %s", want, timeout)
+}
+
+// dedup drops empty and repeated lines, keeping the first occurrence and
+// counting the repeats.
+func dedup(lines []string) []string {
+	var out []string
+	idx := map[string]int{}
+	n := map[string]int{}
+	for _, l := range lines {
+		if l = strings.TrimSpace(l); l == "" {
+			continue
+		}
+		if _, seen := idx[l]; !seen {
+			idx[l] = len(out)
+			out = append(out, l)
+		}
+		n[l]++
+	}
+	for l, i := range idx {
+		if n[l] > 1 {
+			out[i] = fmt.Sprintf("%s (x%d)", l, n[l])
+		}
+	}
+	return out
 }
 
 // activePort waits (bounded by ctx) for Chromium to write

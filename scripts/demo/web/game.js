@@ -3,7 +3,8 @@
 // every 200 ms with a sequence number and the client clock, and checks that
 // every echo matches what was sent. The DOM ids state, count, backend, rtt,
 // result and error are read by scripts/browser-test.sh; after 10 verified
-// round trips the title becomes "sluice-ok".
+// round trips the title becomes "sluice-ok" and result "ok ..."; when it
+// gives up (6 failed connections) result becomes "failed ...".
 (() => {
   "use strict";
   const $ = (id) => document.getElementById(id);
@@ -16,15 +17,17 @@
 
   const canvas = $("field");
   const g = canvas.getContext("2d");
-  const me = { x: canvas.width / 2, y: canvas.height / 2, vx: 2.2, vy: 1.6 };
+  const me = { x: canvas.width / 2, y: canvas.height / 2, vx: 130, vy: 95 }; // px/s
   let seen = null;         // position the server last echoed
   const keys = new Set();
-  let lastKey = 0;
+  let lastKey = -Infinity;
   addEventListener("keydown", (e) => { keys.add(e.key); lastKey = performance.now(); });
   addEventListener("keyup", (e) => keys.delete(e.key));
 
   const pending = new Map(); // seq -> sent text
   let seq = 0, count = 0, sum = 0, max = 0, timer = 0, done = false, ws;
+  let retries = 0;         // reconnects so far (a backend may still be starting)
+  const MAX_RETRIES = 5;
 
   function setState(s) { const el = $("state"); el.textContent = s; el.className = s; }
   function showError(msg) {
@@ -90,26 +93,47 @@
       showError("cannot open " + url + ": " + e.message);
       return;
     }
-    ws.onopen = () => { setState("open"); log("connected to " + url); timer = setInterval(send, PERIOD); send(); };
+    ws.onopen = () => {
+      setState("open");
+      log("connected to " + url);
+      pending.clear();
+      timer = setInterval(send, PERIOD);
+      send();
+    };
     ws.onmessage = onMessage;
     ws.onerror = () => { setState("error"); showError("WebSocket error on " + url + " (see the browser console)"); };
     ws.onclose = (ev) => {
       clearInterval(timer);
       if ($("state").textContent !== "error") setState("closed");
-      if (!done) showError(`closed: code ${ev.code}${ev.reason ? " " + ev.reason : ""}`);
       log(`closed (code ${ev.code})`);
+      if (done) return;
+      showError(`closed: code ${ev.code}${ev.reason ? " " + ev.reason : ""}`);
+      if (retries < MAX_RETRIES) {
+        retries++;
+        log(`reconnecting in 1 s (${retries}/${MAX_RETRIES})`);
+        setTimeout(connect, 1000);
+      } else {
+        $("result").textContent = `failed after ${retries + 1} connection attempts (last close code ${ev.code})`;
+      }
     };
   }
 
-  // The game: a dot that bounces by itself, or follows the keys.
+  // The game: a dot that bounces by itself, or follows the keys. A 30 Hz
+  // tick moves and draws it (a timer, not requestAnimationFrame, which a
+  // headless or hidden tab hardly runs); motion is per second of real time.
+  const TICK = 33;
+  let lastTick = performance.now();
   function step() {
-    const idle = performance.now() - lastKey > 2000;
+    const now = performance.now();
+    const dt = Math.min(0.25, (now - lastTick) / 1000);
+    lastTick = now;
+    const idle = now - lastKey > 2000;
     if (idle) {
-      me.x += me.vx; me.y += me.vy;
+      me.x += me.vx * dt; me.y += me.vy * dt;
       if (me.x < 10 || me.x > canvas.width - 10) me.vx = -me.vx;
       if (me.y < 10 || me.y > canvas.height - 10) me.vy = -me.vy;
     } else {
-      const v = 3;
+      const v = 180 * dt;
       if (keys.has("ArrowLeft") || keys.has("a")) me.x -= v;
       if (keys.has("ArrowRight") || keys.has("d")) me.x += v;
       if (keys.has("ArrowUp") || keys.has("w")) me.y -= v;
@@ -126,10 +150,9 @@
     g.beginPath(); g.arc(me.x, me.y, 8, 0, 2 * Math.PI); g.fill();
     g.fillStyle = "#8a8f98"; g.font = "12px monospace";
     g.fillText(`sent ${seq}  echoed ${count}`, 8, 16);
-    requestAnimationFrame(step);
   }
 
   addEventListener("error", (e) => showError("script error: " + e.message));
-  requestAnimationFrame(step);
+  setInterval(step, TICK);
   connect();
 })();
