@@ -217,3 +217,43 @@ func TestShippedConfigValid(t *testing.T) {
 	}
 	rt.Close()
 }
+
+func BenchmarkRouteLookup(b *testing.B) {
+	c, err := DecodeConfig([]byte(`
+[listeners.l]
+address = "127.0.0.1:0"
+default_route = "d"
+[routes.exact]
+listener = "l"
+sni = ["a.example.com", "b.example.com", "c.example.com"]
+pool = "p"
+[routes.wild]
+listener = "l"
+sni = ["*.game.example.com"]
+pool = "p"
+[routes.d]
+listener = "l"
+pool = "p"
+[pools.p]
+backends = [{ address = "127.0.0.1:9001" }]
+`))
+	if err != nil {
+		b.Fatal(err)
+	}
+	rt, err := c.Validate()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer rt.Close()
+	tab := &rt.Listeners["l"].table
+	for _, name := range []string{"b.example.com", "room7.game.example.com", "unknown.test"} {
+		b.Run(name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if tab.lookup(name) == nil {
+					b.Fatal("no route")
+				}
+			}
+		})
+	}
+}

@@ -2,32 +2,122 @@ package balancer
 
 import (
 	"context"
+	"fmt"
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 )
 
-// Backend is one server of a pool. Its counters are atomic and read by the
-// metrics collector at scrape time; a later issue adds weight, capacity,
-// health and draining state here.
-type Backend struct {
-	addr string
+// AdminState is the operator's say over a backend, independent of its health
+// (HAProxy's ready/drain/maint).
+type AdminState uint8
 
-	active   atomic.Int64  // connections leased and not yet released
+const (
+	// Ready backends take new connections when healthy. The zero value.
+	Ready AdminState = iota
+	// Drain: no new connections; existing ones continue until they end.
+	Drain
+	// Maint: no new connections; existing ones are closed after
+	// PoolConfig.MaintCloseAfter when that is set, or by CloseConnections.
+	Maint
+)
+
+// ParseAdminState parses "ready", "drain" or "maint".
+func ParseAdminState(s string) (AdminState, error) {
+	switch s {
+	case "ready":
+		return Ready, nil
+	case "drain":
+		return Drain, nil
+	case "maint":
+		return Maint, nil
+	}
+	return Ready, fmt.Errorf("balancer: unknown admin state %q (want ready, drain or maint)", s)
+}
+
+// String returns the spelling ParseAdminState accepts.
+func (s AdminState) String() string {
+	switch s {
+	case Ready:
+		return "ready"
+	case Drain:
+		return "drain"
+	case Maint:
+		return "maint"
+	}
+	return fmt.Sprintf("AdminState(%d)", uint8(s))
+}
+
+// Backend is one server of a pool. Its counters and states are atomic: the
+// pick path reads them without locks, and the metrics collector reads them
+// at scrape time.
+type Backend struct {
+	addr     string
+	weight   int   // >= 1
+	maxConns int64 // 0: unlimited
+	backup   bool
+	hash     uint64 // rendezvous identity, from addr
+
+	active   atomic.Int64  // connections leased or being connected
 	dials    atomic.Uint64 // connect attempts made by Dial
 	failures atomic.Uint64 // attempts that failed (connect or first write)
+
+	healthy atomic.Bool   // health state: UP (true) or DOWN
+	admin   atomic.Uint32 // AdminState
+	upSince atomic.Int64  // unix ns of the last DOWN→UP transition (slow start); 0 if none
+	// consecFails is the passive streak: failed connects and resets before
+	// the first byte since the last success (see Lease.Observe).
+	consecFails atomic.Int32
+
+	// Guarded by the pool's mu.
+	okStreak, failStreak int           // active checks, HAProxy counter semantics
+	downUntil            int64         // passive DOWN without active checks: unix ns of revival; 0 if none
+	lastCheckErr         string        // "" after a passing check
+	lastCheckDur         time.Duration // of the last finished check
+	maintTimer           *time.Timer   // MaintCloseAfter, while in Maint
+
+	// Live leases, for CloseConnections / MaintCloseAfter / CloseOnDown:
+	// an intrusive list so Dial and Release do not allocate for it.
+	lmu    sync.Mutex
+	leases *Lease
 }
 
 func newBackend(cfg BackendConfig) *Backend {
-	return &Backend{addr: cfg.Address}
+	b := &Backend{
+		addr:     cfg.Address,
+		weight:   max(cfg.Weight, 1),
+		maxConns: int64(max(cfg.MaxConnections, 0)),
+		backup:   cfg.Backup,
+		hash:     mix64(hashString(cfg.Address)),
+	}
+	b.healthy.Store(true)
+	return b
 }
 
 // Addr returns the configured host:port. A host name is resolved at each
 // dial, not once at startup.
 func (b *Backend) Addr() string { return b.addr }
 
+// Weight returns the configured weight (at least 1).
+func (b *Backend) Weight() int { return b.weight }
+
+// MaxConnections returns the connection cap; 0 means unlimited.
+func (b *Backend) MaxConnections() int { return int(b.maxConns) }
+
+// Backup reports whether b is used only when no primary backend is healthy.
+func (b *Backend) Backup() bool { return b.backup }
+
+// Healthy reports b's health state (UP): true from the start, changed by
+// active checks and passive failures. Admin state is separate.
+func (b *Backend) Healthy() bool { return b.healthy.Load() }
+
+// AdminState returns the operator state set with Pool.SetState.
+func (b *Backend) AdminState() AdminState { return AdminState(b.admin.Load()) }
+
 // Active returns the number of connections in flight: dialed by Pool.Dial
-// and not yet released with Lease.Release.
+// and not yet released with Lease.Release (a connect in progress counts, so
+// that MaxConnections holds under concurrent Dials).
 func (b *Backend) Active() int64 { return b.active.Load() }
 
 // Dials returns the number of connect attempts Pool.Dial made to b.
@@ -40,10 +130,9 @@ func (b *Backend) Dials() uint64 { return b.dials.Load() }
 func (b *Backend) Failures() uint64 { return b.failures.Load() }
 
 // Probe opens a plain TCP connection to b and closes it. It reports whether b
-// accepts connections; it sends nothing, not even a PROXY header (a later
-// health-check issue sends a LOCAL PROXY header to backends of pools that
-// send PROXY, since such backends may log or reject a bare connect). It does
-// not touch b's counters. A timeout <= 0 leaves only ctx to bound the probe.
+// accepts connections; it sends nothing, not even a PROXY header (the pool's
+// active health checks do send one). It does not touch b's counters or
+// health. A timeout <= 0 leaves only ctx to bound the probe.
 func (b *Backend) Probe(ctx context.Context, timeout time.Duration) error {
 	if timeout > 0 {
 		var cancel context.CancelFunc
@@ -56,4 +145,71 @@ func (b *Backend) Probe(ctx context.Context, timeout time.Duration) error {
 		return &AttemptError{Backend: b.addr, Err: err}
 	}
 	return c.Close()
+}
+
+// full reports whether b is at MaxConnections.
+func (b *Backend) full() bool { return b.maxConns > 0 && b.active.Load() >= b.maxConns }
+
+// reserve takes one connection slot, failing when b is at MaxConnections.
+// Dial reserves before connecting so concurrent Dials cannot overshoot.
+func (b *Backend) reserve() bool {
+	if b.maxConns <= 0 {
+		b.active.Add(1)
+		return true
+	}
+	for {
+		a := b.active.Load()
+		if a >= b.maxConns {
+			return false
+		}
+		if b.active.CompareAndSwap(a, a+1) {
+			return true
+		}
+	}
+}
+
+// passiveOK ends the passive failure streak. It writes only when there is a
+// streak, so the common path leaves the cache line shared.
+func (b *Backend) passiveOK() {
+	if b.consecFails.Load() != 0 {
+		b.consecFails.Store(0)
+	}
+}
+
+func (b *Backend) track(l *Lease) {
+	b.lmu.Lock()
+	l.next = b.leases
+	if b.leases != nil {
+		b.leases.prev = l
+	}
+	b.leases = l
+	b.lmu.Unlock()
+}
+
+func (b *Backend) untrack(l *Lease) {
+	b.lmu.Lock()
+	if l.prev != nil {
+		l.prev.next = l.next
+	} else if b.leases == l {
+		b.leases = l.next
+	}
+	if l.next != nil {
+		l.next.prev = l.prev
+	}
+	l.prev, l.next = nil, nil
+	b.lmu.Unlock()
+}
+
+// closeLeases closes the Conn of every live lease of b and returns how many.
+// The leases stay live until their owners call Release (the relay sees the
+// closed socket and ends).
+func (b *Backend) closeLeases() int {
+	b.lmu.Lock()
+	defer b.lmu.Unlock()
+	n := 0
+	for l := b.leases; l != nil; l = l.next {
+		l.Conn.Close()
+		n++
+	}
+	return n
 }

@@ -53,6 +53,11 @@ type DialRequest struct {
 	// (the peeked ClientHello). It is replayed unchanged on each retry and
 	// not retained after Dial returns.
 	Prefix []byte
+	// HashKey is the value of the pool's hash key (Pool.HashKey) for this
+	// connection, extracted by the caller; used only by Hash pools, and only
+	// when HasHashKey is true. Without it, Hash picks as LeastConn.
+	HashKey    string
+	HasHashKey bool
 }
 
 // Lease is a connected backend connection with the header and prefix already
@@ -67,17 +72,47 @@ type Lease struct {
 	// successful one included.
 	Attempts int
 
-	released atomic.Bool
+	pool       *Pool
+	released   atomic.Bool
+	observed   atomic.Bool
+	prev, next *Lease // the backend's live leases, under Backend.lmu
 }
 
 // Release records that the connection ended: it decrements the backend's
-// active count. It is idempotent, safe on a nil Lease, and does not close
-// Conn.
+// active count. Unless Observe was called, the connection counts as a
+// success for passive health (it ends the failure streak). It is
+// idempotent, safe on a nil Lease, and does not close Conn.
 func (l *Lease) Release() {
 	if l == nil || !l.released.CompareAndSwap(false, true) {
 		return
 	}
+	if l.pool != nil {
+		if !l.observed.Load() {
+			l.Backend.passiveOK()
+		}
+		l.Backend.untrack(l)
+	}
 	l.Backend.active.Add(-1)
+}
+
+// errResetBeforeFirstByte is the passive-health cause reported by Observe.
+var errResetBeforeFirstByte = errors.New("reset before the first byte")
+
+// Observe reports, before Release, how the backend behaved: a reset before
+// it sent anything (bytesFromBackend == 0, reset true) counts as a passive
+// failure, like a failed connect; bytes received end the failure streak;
+// anything else (a clean close with no bytes) counts as neither. Only the
+// first call counts.
+func (l *Lease) Observe(bytesFromBackend int64, reset bool) {
+	if l == nil || l.pool == nil || !l.observed.CompareAndSwap(false, true) {
+		return
+	}
+	switch {
+	case bytesFromBackend > 0:
+		l.Backend.passiveOK()
+	case reset:
+		l.pool.passiveFail(l.Backend, "failed connections", errResetBeforeFirstByte)
+	}
 }
 
 // AttemptError is one failed connect attempt.
@@ -138,21 +173,26 @@ func (e *DialError) Unwrap() []error {
 }
 
 // Dial connects to a backend of p and writes the PROXY header (if the pool
-// sends one) and req.Prefix in one Write. On a failed attempt (connect
-// refused or timed out, or that write failing) it retries the next backend,
-// a different one each time, up to MaxAttempts attempts, within
-// ConnectBudget and ctx. Each attempt has min(ConnectTimeout, remaining
-// budget) for connect and write together, and replays exactly the same bytes
-// (RELIABILITY rule 4, T12).
+// sends one) and req.Prefix in one Write. The backend is chosen by the pool's
+// algorithm among healthy, ready backends below MaxConnections (backups only
+// while no primary is healthy; every ready backend in TryAll panic mode). On
+// a failed attempt (connect refused or timed out, or that write failing) it
+// retries another such backend, a different one each time, up to
+// MaxAttempts attempts, within ConnectBudget and ctx. Each attempt has
+// min(ConnectTimeout, remaining budget) for connect and write together, and
+// replays exactly the same bytes (RELIABILITY rule 4, T12). Each failed
+// attempt counts towards the backend's passive MaxFails.
 //
 // A backend that accepts and then resets at once is caught only if the reset
 // arrives before the write: the write usually succeeds into the kernel's send
-// buffer first, and the relay then sees the reset (T13).
+// buffer first, and the relay then sees the reset (T13) and reports it with
+// Lease.Observe.
 //
 // On success the backend's active count is incremented; the caller must call
-// Lease.Release when the connection ends. Errors: ErrNoBackend when there was
-// nothing to try, *DialError when every attempt failed, or an error building
-// the PROXY header.
+// Lease.Release when the connection ends. Errors: one wrapping ErrNoBackend
+// (ErrUnhealthy or ErrFull) when there was nothing to try and nothing was
+// dialled, *DialError when every attempt failed, or an error building the
+// PROXY header.
 func (p *Pool) Dial(ctx context.Context, req DialRequest) (*Lease, error) {
 	payload, err := buildPayload(p.proxy, &req)
 	if err != nil {
@@ -164,7 +204,8 @@ func (p *Pool) Dial(ctx context.Context, req DialRequest) (*Lease, error) {
 	st.reset()
 	var failed []AttemptError
 	var stop error
-	for len(st.tried) < p.maxAttempts {
+	attempts := 0
+	for attempts < p.maxAttempts {
 		if err := ctx.Err(); err != nil {
 			stop = err
 			break
@@ -174,30 +215,70 @@ func (p *Pool) Dial(ctx context.Context, req DialRequest) (*Lease, error) {
 			stop = ErrBudgetExhausted
 			break
 		}
-		i := p.picker.pick(p.backends, &st)
+		v, err := p.view()
+		if err != nil {
+			if attempts == 0 {
+				return nil, fmt.Errorf("balancer: pool %q: %w", p.name, err)
+			}
+			break
+		}
+		i := p.pick(&v, &st, &req)
 		if i < 0 {
+			if attempts == 0 {
+				return nil, fmt.Errorf("balancer: pool %q: %w", p.name, p.whyNone(&v))
+			}
 			break
 		}
 		st.add(i)
 		b := p.backends[i]
+		if !b.reserve() {
+			continue // filled up since the pick: the next candidate
+		}
+		attempts++
 		deadline := now.Add(p.connectTimeout)
 		if budget.Before(deadline) {
 			deadline = budget
 		}
 		conn, err := p.attempt(ctx, b, deadline, payload)
 		if err == nil {
-			b.active.Add(1)
-			return &Lease{Conn: conn, Backend: b, Attempts: len(st.tried)}, nil
+			l := &Lease{Conn: conn, Backend: b, Attempts: attempts, pool: p}
+			b.track(l)
+			return l, nil
 		}
+		b.active.Add(-1)
 		if ctx.Err() == nil {
 			b.failures.Add(1)
+			p.passiveFail(b, "connect failures", err)
 		}
 		failed = append(failed, AttemptError{Backend: b.addr, Err: err})
 	}
 	if len(failed) == 0 && stop == nil {
-		return nil, ErrNoBackend
+		return nil, fmt.Errorf("balancer: pool %q: %w", p.name, ErrNoBackend)
 	}
 	return nil, &DialError{Pool: p.name, Attempts: failed, Stop: stop}
+}
+
+// whyNone explains a first pick that found nothing in tier v: ErrFull when
+// some backend of the tier is only full, else ErrUnhealthy (the tier counts
+// were stale, or every backend is draining).
+func (p *Pool) whyNone(v *view) error {
+	for _, b := range p.backends {
+		if b.full() && admitted(b, v) {
+			return ErrFull
+		}
+	}
+	return ErrUnhealthy
+}
+
+// pickOnce is one first-attempt pick without dialling (tests, benchmarks).
+func (p *Pool) pickOnce(req *DialRequest) int {
+	v, err := p.view()
+	if err != nil {
+		return -1
+	}
+	var st pickState
+	st.reset()
+	return p.pick(&v, &st, req)
 }
 
 // attempt connects to b and writes payload, all before deadline.

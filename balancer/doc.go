@@ -1,26 +1,48 @@
-// Package balancer owns backend pools: picking a backend, connecting to it
-// with a timeout and retries, and writing the PROXY protocol header and the
-// peeked client bytes in one write, so every connect failure is seen in one
-// place.
+// Package balancer owns backend pools: picking a healthy backend, connecting
+// to it with a timeout and retries, writing the PROXY protocol header and the
+// peeked client bytes in one write, and the backends' health (active checks
+// and passive failure counting), capacity and admin state.
 //
-//	pool, err := balancer.NewPool(balancer.PoolConfig{Name: "rooms", Backends: backends, ProxyProtocol: balancer.ProxyV2})
+//	pool, err := balancer.NewPool(balancer.PoolConfig{
+//		Name: "rooms", Backends: backends, ProxyProtocol: balancer.ProxyV2,
+//		Balance: balancer.Hash, HashKey: key, // from ParseAlgorithm, ParseHashKey
+//		Health:  balancer.HealthConfig{Check: balancer.CheckTCP},
+//		OnChange: func(ev balancer.Event) { log.Info(...) },
+//	})
+//	pool.Start()       // active health checks
+//	defer pool.Close() // stops and waits for them
 //	...
-//	lease, err := pool.Dial(ctx, balancer.DialRequest{Client: c.RemoteAddr(), Local: c.LocalAddr(), SNI: sni, Prefix: hello})
+//	lease, err := pool.Dial(ctx, balancer.DialRequest{Client: c.RemoteAddr(), Local: c.LocalAddr(),
+//		SNI: sni, Prefix: hello, HashKey: room, HasHashKey: room != ""})
 //	if err != nil {
-//		// errors.Is(err, balancer.ErrNoBackend): nothing to try (503);
+//		// errors.Is(err, balancer.ErrNoBackend): nothing was dialled (503),
+//		// more precisely ErrUnhealthy or ErrFull;
 //		// otherwise a *balancer.DialError listing each failed attempt (502).
 //	}
 //	defer lease.Release()    // the connection ended: active count down
 //	defer lease.Conn.Close() // the caller owns the raw *net.TCPConn (splice)
+//	...
+//	lease.Observe(bytesFromBackend, reset) // passive health, before Release
 //
-// Each Dial tries up to MaxAttempts different backends (round robin, then the
-// next one on failure) within ConnectBudget, replaying the same header and
-// prefix bytes on each attempt (RELIABILITY rule 4, T12). Backend sockets get
-// keepalive 30s/10s/3 and TCP_USER_TIMEOUT 30s (T17). Backends keep atomic
-// counters (Active, Dials, Failures) for metrics and passive health.
+// Balancing (policy.go): smooth weighted round robin, weighted least_conn,
+// power of two choices, and weighted rendezvous hashing with an optional
+// bounded-load factor. Picks allocate nothing and take no pool-wide lock
+// (round robin holds a short mutex over its current weights).
 //
-// It does not log, does not relay bytes, does not read from backends, and
-// imports neither l4, l7 nor tlsutil. Weights, least_conn, hashing, health
-// checks, capacity and draining are not implemented yet; the picker
-// interface in policy.go is where further algorithms go.
+// Each Dial tries up to MaxAttempts different healthy backends within
+// ConnectBudget, replaying the same header and prefix bytes on each attempt
+// (RELIABILITY rule 4, T12). Backend sockets get keepalive 30s/10s/3 and
+// TCP_USER_TIMEOUT 30s (T17).
+//
+// Health (health.go): one goroutine per backend between Start and Close,
+// one check in flight at a time, ±10 % jitter, HAProxy rise/fall counters
+// (T24); consecutive failed connects or resets before the first byte mark a
+// backend DOWN (MaxFails), and without active checks FailTimeout brings it
+// back. Transitions are reported through PoolConfig.OnChange, once each.
+// Admin state (SetState: ready, drain, maint), Status, CloseConnections and
+// Adopt (keep state across a reload) are in pool.go.
+//
+// It does not log, does not relay bytes, does not read from backends except
+// in health checks, and imports neither l4, l7, tlsutil nor net/http (which
+// imports log).
 package balancer

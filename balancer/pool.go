@@ -1,19 +1,26 @@
 package balancer
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"time"
 )
 
 // Defaults from RELIABILITY.md T12: 3 s per attempt, 3 attempts, each to a
-// different backend, inside 6 s in total.
+// different backend, inside 6 s in total. Passive health: 5 consecutive
+// failures mark a backend DOWN; without active checks it is retried after
+// 10 s (RELIABILITY-TESTS "passive down threshold").
 const (
 	DefaultConnectTimeout = 3 * time.Second
 	DefaultMaxAttempts    = 3
 	DefaultConnectBudget  = 6 * time.Second
+	DefaultMaxFails       = 5
+	DefaultFailTimeout    = 10 * time.Second
 )
 
 // BackendConfig describes one backend of a pool.
@@ -21,16 +28,73 @@ type BackendConfig struct {
 	// Address is host:port, validated by the caller. A host name is
 	// resolved at each dial.
 	Address string
+	// Weight is the backend's share relative to the others. If zero, 1 is
+	// used; negative is an error.
+	Weight int
+	// MaxConnections caps the backend's active connections (player slots):
+	// a full backend is skipped. If zero, unlimited; negative is an error.
+	MaxConnections int
+	// Backup backends take connections only while no primary (non-backup)
+	// backend is healthy and ready.
+	Backup bool
+}
+
+// AllUnhealthy is what Dial does when no backend is healthy.
+type AllUnhealthy uint8
+
+const (
+	// Reject: Dial fails at once with an error wrapping ErrNoBackend and
+	// ErrUnhealthy, without dialling. The zero value.
+	Reject AllUnhealthy = iota
+	// TryAll is Envoy's panic mode: every ready backend is tried regardless
+	// of health.
+	TryAll
+)
+
+// ParseAllUnhealthy parses "reject" (also "") or "try_all".
+func ParseAllUnhealthy(s string) (AllUnhealthy, error) {
+	switch s {
+	case "", "reject":
+		return Reject, nil
+	case "try_all":
+		return TryAll, nil
+	}
+	return Reject, fmt.Errorf("balancer: unknown on_all_unhealthy %q (want reject or try_all)", s)
+}
+
+// String returns the config spelling.
+func (a AllUnhealthy) String() string {
+	switch a {
+	case Reject:
+		return "reject"
+	case TryAll:
+		return "try_all"
+	}
+	return fmt.Sprintf("AllUnhealthy(%d)", uint8(a))
+}
+
+// Event is one health transition of a backend.
+type Event struct {
+	Pool    string
+	Backend string // address
+	Healthy bool   // the state after the transition
+	// Reason says why, e.g. "3 consecutive failed tcp checks: dial tcp
+	// 127.0.0.1:9001: connect: connection refused", "5 consecutive connect
+	// failures: ...", "2 consecutive successful tcp checks".
+	Reason string
+	Time   time.Time
 }
 
 // PoolConfig describes a pool. NewPool copies what it needs; the caller may
 // reuse the struct.
 type PoolConfig struct {
-	// Name identifies the pool in errors and metrics.
+	// Name identifies the pool in errors, events and metrics.
 	Name string
 	// Backends in config order; round robin starts at the first.
 	Backends []BackendConfig
-	// ProxyProtocol is the header written before the prefix. If zero, none.
+	// ProxyProtocol is the header written before the prefix (and, as
+	// "PROXY UNKNOWN" / a v2 LOCAL header, before health checks). If zero,
+	// none.
 	ProxyProtocol ProxyProtocol
 	// ConnectTimeout bounds one attempt: connect and the write of PROXY
 	// header and prefix. If zero or negative, 3s is used.
@@ -41,6 +105,49 @@ type PoolConfig struct {
 	// ConnectBudget bounds all attempts of one Dial together. If zero or
 	// negative, 6s is used.
 	ConnectBudget time.Duration
+
+	// Balance is the algorithm. If zero, smooth weighted round robin.
+	Balance Algorithm
+	// HashKey is what callers extract into DialRequest.HashKey for Hash.
+	// If zero with Hash, client_ip is used.
+	HashKey HashKey
+	// HashBalanceFactor bounds loads under Hash: a backend holding
+	// ceil(factor × average load) connections passes new keys to their next
+	// choice. If zero, unbounded (every key stays home: room affinity holds
+	// even for a hot room); otherwise it must be at least 1 (1.25 is
+	// typical). Note that a bound splits a hot room across servers, use
+	// MaxConnections instead where a room must stay on one server.
+	HashBalanceFactor float64
+
+	// Health configures active checks, run between Start and Close.
+	Health HealthConfig
+	// MaxFails consecutive failed connects (or resets before the first
+	// byte, see Lease.Observe) mark a backend DOWN (passive health). If
+	// zero, 5 is used; negative disables passive health.
+	MaxFails int
+	// FailTimeout is how long a backend marked DOWN by passive health stays
+	// DOWN when no active check runs; with active checks, Rise passing
+	// checks bring it back instead. If zero or negative, 10s is used.
+	FailTimeout time.Duration
+	// SlowStart ramps a backend that comes UP (not at startup) from 1/10 of
+	// its weight to full, linearly over this duration; for Hash it scales
+	// the load bound only (keys do not move during the ramp). If zero, off.
+	SlowStart time.Duration
+	// OnAllUnhealthy decides Dial's behaviour with no healthy backend. If
+	// zero, Reject.
+	OnAllUnhealthy AllUnhealthy
+	// MaintCloseAfter: when a backend is set to Maint, its live
+	// connections are closed after this long. If zero, they are left alone
+	// (Pool.CloseConnections closes them on demand).
+	MaintCloseAfter time.Duration
+	// CloseOnDown closes a backend's live connections when it goes DOWN
+	// (HAProxy on-marked-down shutdown-sessions). If false, they continue.
+	CloseOnDown bool
+	// OnChange, if set, is called once per health transition, after the
+	// state changed and with no pool lock held, from the health-check
+	// goroutine or from the Dial/Release/Observe call that saw the failure.
+	// Calls may run concurrently; it must not block for long.
+	OnChange func(Event)
 }
 
 // Pool is a set of backends and the policy to pick among them. Dial is safe
@@ -48,24 +155,69 @@ type PoolConfig struct {
 type Pool struct {
 	name     string
 	backends []*Backend
-	picker   picker
+	rr       *smoothRR   // RoundRobin
+	hash     *rendezvous // Hash
 	proxy    ProxyProtocol
 	dialer   net.Dialer
+	hashKey  HashKey
+	algo     Algorithm
 
 	connectTimeout time.Duration
 	maxAttempts    int
 	connectBudget  time.Duration
+	maxFails       int32 // <= 0: passive health off
+	failTimeout    time.Duration
+	slowStart      time.Duration
+	tryAll         bool
+	maintClose     time.Duration
+	closeOnDown    bool
+	onChange       func(Event)
+	health         HealthConfig // defaults applied
+	checkHeader    []byte       // PROXY header sent before each check
+
+	// Read by every pick; written under mu.
+	upPrimary  atomic.Int32 // healthy ready primaries
+	upBackup   atomic.Int32 // healthy ready backups
+	nextRevive atomic.Int64 // earliest Backend.downUntil; 0 if none
+	slowUntil  atomic.Int64 // end of the latest slow start; 0 if none
+
+	mu       sync.Mutex // health streaks, transitions, admin changes, lifecycle
+	started  bool
+	checking bool // active-check goroutines run
+	closed   bool
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
 }
 
 // ErrNoBackend is returned by Dial when there is no backend to try at all (no
 // connect was attempted). When attempts were made and all failed, Dial
 // returns a *DialError instead: l7 answers the first with 503, the second
-// with 502.
+// with 502. ErrFull and ErrUnhealthy wrap it to say why.
 var ErrNoBackend = errors.New("balancer: no backend available")
 
-// NewPool builds a pool from cfg. It fails on an empty pool or an empty
-// backend address; other validation (host:port syntax, duplicate names) is
-// the config loader's.
+// ErrFull: every usable backend is at MaxConnections.
+var ErrFull error = &sentinel{"balancer: all backends at max connections", ErrNoBackend}
+
+// ErrUnhealthy: no backend is healthy (and OnAllUnhealthy is Reject), or none
+// is ready (drain/maint).
+var ErrUnhealthy error = &sentinel{"balancer: no healthy backend", ErrNoBackend}
+
+// ErrUnknownBackend is returned by SetState and CloseConnections for an
+// address that is not in the pool.
+var ErrUnknownBackend = errors.New("balancer: unknown backend")
+
+type sentinel struct {
+	msg    string
+	parent error
+}
+
+func (e *sentinel) Error() string { return e.msg }
+func (e *sentinel) Unwrap() error { return e.parent }
+
+// NewPool builds a pool from cfg. It fails on an empty pool, an empty
+// backend address, and out-of-range settings; other validation (host:port
+// syntax, duplicate names) is the config loader's. Health checks start with
+// Start.
 func NewPool(cfg PoolConfig) (*Pool, error) {
 	if len(cfg.Backends) == 0 {
 		return nil, fmt.Errorf("balancer: pool %q: no backends", cfg.Name)
@@ -75,23 +227,66 @@ func NewPool(cfg PoolConfig) (*Pool, error) {
 	default:
 		return nil, fmt.Errorf("balancer: pool %q: %w: %d", cfg.Name, ErrProxyProtocol, uint8(cfg.ProxyProtocol))
 	}
+	if cfg.HashBalanceFactor != 0 && !(cfg.HashBalanceFactor >= 1) {
+		return nil, fmt.Errorf("balancer: pool %q: hash balance factor %v: want 0 (off) or >= 1", cfg.Name, cfg.HashBalanceFactor)
+	}
+	health, err := cfg.Health.withDefaults()
+	if err != nil {
+		return nil, fmt.Errorf("balancer: pool %q: %w", cfg.Name, err)
+	}
 	p := &Pool{
 		name:           cfg.Name,
 		backends:       make([]*Backend, 0, len(cfg.Backends)),
-		picker:         &roundRobin{},
 		proxy:          cfg.ProxyProtocol,
 		dialer:         newDialer(),
+		hashKey:        cfg.HashKey,
+		algo:           cfg.Balance,
 		connectTimeout: orDefault(cfg.ConnectTimeout, DefaultConnectTimeout),
 		maxAttempts:    orDefault(cfg.MaxAttempts, DefaultMaxAttempts),
 		connectBudget:  orDefault(cfg.ConnectBudget, DefaultConnectBudget),
+		maxFails:       int32(orDefault(cfg.MaxFails, DefaultMaxFails)),
+		failTimeout:    orDefault(cfg.FailTimeout, DefaultFailTimeout),
+		slowStart:      max(cfg.SlowStart, 0),
+		tryAll:         cfg.OnAllUnhealthy == TryAll,
+		maintClose:     max(cfg.MaintCloseAfter, 0),
+		closeOnDown:    cfg.CloseOnDown,
+		onChange:       cfg.OnChange,
+		health:         health,
 	}
+	if cfg.MaxFails < 0 {
+		p.maxFails = 0
+	}
+	if p.proxy != ProxyNone {
+		p.checkHeader, err = AppendProxyHeader(nil, p.proxy, nil, nil, "")
+		if err != nil {
+			return nil, fmt.Errorf("balancer: pool %q: %w", cfg.Name, err)
+		}
+	}
+	weighted := false
 	for i, bc := range cfg.Backends {
 		if bc.Address == "" {
 			return nil, fmt.Errorf("balancer: pool %q: backend %d: empty address", cfg.Name, i)
 		}
+		if bc.Weight < 0 || bc.MaxConnections < 0 {
+			return nil, fmt.Errorf("balancer: pool %q: backend %s: negative weight or max connections", cfg.Name, bc.Address)
+		}
 		p.backends = append(p.backends, newBackend(bc))
+		weighted = weighted || p.backends[i].weight != p.backends[0].weight
+	}
+	switch cfg.Balance {
+	case RoundRobin:
+		p.rr = &smoothRR{cw: make([]int64, len(p.backends))}
+	case LeastConn, RandomTwo:
+	case Hash:
+		if p.hashKey.Kind == "" {
+			p.hashKey = HashKey{Kind: HashClientIP}
+		}
+		p.hash = &rendezvous{factor: cfg.HashBalanceFactor, weighted: weighted}
+	default:
+		return nil, fmt.Errorf("balancer: pool %q: unknown balance %d", cfg.Name, uint8(cfg.Balance))
 	}
 	p.maxAttempts = min(p.maxAttempts, len(p.backends))
+	p.recountLocked()
 	return p, nil
 }
 
@@ -112,3 +307,367 @@ func (p *Pool) Backends() []*Backend { return slices.Clone(p.backends) }
 
 // ProxyProtocol returns the header the pool sends to its backends.
 func (p *Pool) ProxyProtocol() ProxyProtocol { return p.proxy }
+
+// Balance returns the pool's algorithm.
+func (p *Pool) Balance() Algorithm { return p.algo }
+
+// HashKey returns what callers should put in DialRequest.HashKey; the zero
+// HashKey unless Balance is Hash.
+func (p *Pool) HashKey() HashKey {
+	if p.algo != Hash {
+		return HashKey{}
+	}
+	return p.hashKey
+}
+
+// Start starts the active health checks: one goroutine per backend, each
+// with at most one check in flight. It is idempotent, does nothing with
+// CheckNone, and nothing after Close.
+func (p *Pool) Start() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.started || p.closed {
+		return
+	}
+	p.started = true
+	if !p.health.active() {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	p.cancel = cancel
+	p.checking = true
+	for _, b := range p.backends {
+		p.wg.Add(1)
+		go p.checkLoop(ctx, b)
+	}
+}
+
+// Close stops the health checks and pending MaintCloseAfter timers and waits
+// for their goroutines. It does not close live connections; Dial keeps
+// working (with the health state frozen). It is idempotent.
+func (p *Pool) Close() {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
+	p.closed = true
+	p.checking = false
+	if p.cancel != nil {
+		p.cancel()
+	}
+	for _, b := range p.backends {
+		if b.maintTimer != nil {
+			if b.maintTimer.Stop() {
+				p.wg.Done()
+			}
+			b.maintTimer = nil
+		}
+	}
+	p.mu.Unlock()
+	p.wg.Wait()
+}
+
+// recountLocked refreshes the counts of usable backends per tier.
+func (p *Pool) recountLocked() {
+	var prim, back int32
+	for _, b := range p.backends {
+		if b.healthy.Load() && b.AdminState() == Ready {
+			if b.backup {
+				back++
+			} else {
+				prim++
+			}
+		}
+	}
+	p.upPrimary.Store(prim)
+	p.upBackup.Store(back)
+}
+
+// view decides the tier of the next pick (primaries, backups when no
+// primary is healthy and ready, everything in panic mode), reviving
+// passively-downed backends whose FailTimeout has passed.
+func (p *Pool) view() (view, error) {
+	var v view
+	if nr := p.nextRevive.Load(); nr != 0 && time.Now().UnixNano() >= nr {
+		p.revive()
+	}
+	if su := p.slowUntil.Load(); su != 0 {
+		now := time.Now().UnixNano()
+		if now < su {
+			v.now = now
+		} else {
+			p.slowUntil.CompareAndSwap(su, 0)
+		}
+	}
+	switch {
+	case p.upPrimary.Load() > 0:
+		v.tier = tierPrimary
+	case p.upBackup.Load() > 0:
+		v.tier = tierBackup
+	case p.tryAll:
+		v.tier = tierAll
+	default:
+		return v, ErrUnhealthy
+	}
+	return v, nil
+}
+
+// transitionLocked flips b's health and returns the event to emit after
+// unlocking, or ok false when b is already in that state.
+func (p *Pool) transitionLocked(b *Backend, up bool, reason string, passive bool) (ev Event, ok bool) {
+	if b.healthy.Load() == up {
+		return Event{}, false
+	}
+	now := time.Now()
+	b.healthy.Store(up)
+	b.okStreak, b.failStreak = 0, 0
+	b.downUntil = 0
+	if up {
+		b.consecFails.Store(0)
+		if p.slowStart > 0 {
+			b.upSince.Store(now.UnixNano())
+			p.slowUntil.Store(max(p.slowUntil.Load(), now.Add(p.slowStart).UnixNano()))
+		}
+	} else if passive && !p.checking {
+		b.downUntil = now.Add(p.failTimeout).UnixNano()
+	}
+	p.recountLocked()
+	p.refreshReviveLocked()
+	return Event{Pool: p.name, Backend: b.addr, Healthy: up, Reason: reason, Time: now}, true
+}
+
+// refreshReviveLocked recomputes nextRevive from the backends' downUntil.
+func (p *Pool) refreshReviveLocked() {
+	var next int64
+	for _, b := range p.backends {
+		if b.downUntil != 0 && (next == 0 || b.downUntil < next) {
+			next = b.downUntil
+		}
+	}
+	p.nextRevive.Store(next)
+}
+
+// emit delivers a transition: closes connections if CloseOnDown, then calls
+// OnChange. No lock is held.
+func (p *Pool) emit(b *Backend, ev Event) {
+	if !ev.Healthy && p.closeOnDown {
+		b.closeLeases()
+	}
+	if p.onChange != nil {
+		p.onChange(ev)
+	}
+}
+
+// setHealth flips b's health and reports the transition.
+func (p *Pool) setHealth(b *Backend, up bool, reason string, passive bool) {
+	p.mu.Lock()
+	ev, ok := p.transitionLocked(b, up, reason, passive)
+	p.mu.Unlock()
+	if ok {
+		p.emit(b, ev)
+	}
+}
+
+// revive brings back the backends whose passive FailTimeout has passed.
+func (p *Pool) revive() {
+	now := time.Now().UnixNano()
+	var evs []Event
+	var bs []*Backend
+	p.mu.Lock()
+	for _, b := range p.backends {
+		if b.downUntil != 0 && now >= b.downUntil {
+			reason := fmt.Sprintf("fail timeout %v passed after passive failures", p.failTimeout)
+			if ev, ok := p.transitionLocked(b, true, reason, true); ok {
+				evs, bs = append(evs, ev), append(bs, b)
+			}
+		}
+	}
+	p.mu.Unlock()
+	for i := range evs {
+		p.emit(bs[i], evs[i])
+	}
+}
+
+// passiveFail counts a failed connect (or a reset before the first byte)
+// and marks b DOWN at exactly MaxFails in a row.
+func (p *Pool) passiveFail(b *Backend, what string, err error) {
+	if p.maxFails <= 0 {
+		return
+	}
+	if n := b.consecFails.Add(1); n == p.maxFails {
+		p.setHealth(b, false, fmt.Sprintf("%d consecutive %s: %v", n, what, err), true)
+	}
+}
+
+// SetState sets the admin state of the backend(s) with address addr. Drain
+// and Maint stop new connections at once; live ones continue (Maint closes
+// them after MaintCloseAfter when set). Ready cancels a pending close.
+func (p *Pool) SetState(addr string, s AdminState) error {
+	if s > Maint {
+		return fmt.Errorf("balancer: pool %q: %w", p.name, fmt.Errorf("unknown admin state %d", uint8(s)))
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	found := false
+	for _, b := range p.backends {
+		if b.addr != addr {
+			continue
+		}
+		found = true
+		b.admin.Store(uint32(s))
+		if b.maintTimer != nil && s != Maint {
+			if b.maintTimer.Stop() {
+				p.wg.Done()
+			}
+			b.maintTimer = nil
+		}
+		if s == Maint && p.maintClose > 0 && b.maintTimer == nil && !p.closed {
+			p.wg.Add(1)
+			b.maintTimer = time.AfterFunc(p.maintClose, func() { p.maintExpired(b) })
+		}
+	}
+	if !found {
+		return fmt.Errorf("balancer: pool %q: %w %q", p.name, ErrUnknownBackend, addr)
+	}
+	p.recountLocked()
+	return nil
+}
+
+// maintExpired is the MaintCloseAfter timer body.
+func (p *Pool) maintExpired(b *Backend) {
+	defer p.wg.Done()
+	p.mu.Lock()
+	b.maintTimer = nil
+	still := b.AdminState() == Maint
+	p.mu.Unlock()
+	if still {
+		b.closeLeases()
+	}
+}
+
+// CloseConnections closes the connections of every live lease on the
+// backend(s) with address addr and returns how many. Their owners see the
+// closed socket and end (the relay), then Release.
+func (p *Pool) CloseConnections(addr string) (int, error) {
+	n, found := 0, false
+	for _, b := range p.backends {
+		if b.addr == addr {
+			found = true
+			n += b.closeLeases()
+		}
+	}
+	if !found {
+		return 0, fmt.Errorf("balancer: pool %q: %w %q", p.name, ErrUnknownBackend, addr)
+	}
+	return n, nil
+}
+
+// BackendStatus is a snapshot of one backend, for the admin API and for an
+// orchestrator waiting until a drained server has no players left.
+type BackendStatus struct {
+	Address        string
+	Weight         int
+	Backup         bool
+	AdminState     AdminState
+	Healthy        bool
+	Active         int64
+	MaxConnections int
+	Dials          uint64
+	Failures       uint64
+	// LastCheckError is the last active check's error; "" if it passed or
+	// none ran.
+	LastCheckError    string
+	LastCheckDuration time.Duration
+}
+
+// Status returns a snapshot of every backend, in config order.
+func (p *Pool) Status() []BackendStatus {
+	if nr := p.nextRevive.Load(); nr != 0 && time.Now().UnixNano() >= nr {
+		p.revive()
+	}
+	out := make([]BackendStatus, len(p.backends))
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i, b := range p.backends {
+		out[i] = BackendStatus{
+			Address:           b.addr,
+			Weight:            b.weight,
+			Backup:            b.backup,
+			AdminState:        b.AdminState(),
+			Healthy:           b.healthy.Load(),
+			Active:            b.active.Load(),
+			MaxConnections:    int(b.maxConns),
+			Dials:             b.dials.Load(),
+			Failures:          b.failures.Load(),
+			LastCheckError:    b.lastCheckErr,
+			LastCheckDuration: b.lastCheckDur,
+		}
+	}
+	return out
+}
+
+// Adopt copies, for each backend of p whose address is also in old, the
+// health state, health and passive streaks, admin state, slow-start start
+// and the Dials/Failures counters, so that a config reload neither resets
+// health nor makes metrics counters restart. Call it on a new pool before
+// Start and before it serves. Live connections stay with old (they Release
+// there). A pending MaintCloseAfter timer is not carried over; a backend
+// adopted in Maint gets a fresh one.
+func (p *Pool) Adopt(old *Pool) {
+	if old == nil || old == p {
+		return
+	}
+	type snap struct {
+		healthy              bool
+		admin                AdminState
+		upSince              int64
+		consecFails          int32
+		okStreak, failStreak int
+		downUntil            int64
+		lastErr              string
+		lastDur              time.Duration
+		dials, failures      uint64
+	}
+	snaps := make(map[string]snap, len(old.backends))
+	old.mu.Lock()
+	for _, b := range old.backends {
+		snaps[b.addr] = snap{
+			healthy: b.healthy.Load(), admin: b.AdminState(), upSince: b.upSince.Load(),
+			consecFails: b.consecFails.Load(), okStreak: b.okStreak, failStreak: b.failStreak,
+			downUntil: b.downUntil, lastErr: b.lastCheckErr, lastDur: b.lastCheckDur,
+			dials: b.dials.Load(), failures: b.failures.Load(),
+		}
+	}
+	old.mu.Unlock()
+
+	var maint []string
+	p.mu.Lock()
+	for _, b := range p.backends {
+		s, ok := snaps[b.addr]
+		if !ok {
+			continue
+		}
+		b.healthy.Store(s.healthy)
+		b.admin.Store(uint32(s.admin))
+		b.upSince.Store(s.upSince)
+		b.consecFails.Store(s.consecFails)
+		b.okStreak, b.failStreak = s.okStreak, s.failStreak
+		b.downUntil = s.downUntil
+		b.lastCheckErr, b.lastCheckDur = s.lastErr, s.lastDur
+		b.dials.Store(s.dials)
+		b.failures.Store(s.failures)
+		if s.upSince != 0 && p.slowStart > 0 {
+			p.slowUntil.Store(max(p.slowUntil.Load(), s.upSince+int64(p.slowStart)))
+		}
+		if s.admin == Maint {
+			maint = append(maint, b.addr)
+		}
+	}
+	p.recountLocked()
+	p.refreshReviveLocked()
+	p.mu.Unlock()
+	for _, addr := range maint {
+		_ = p.SetState(addr, Maint) // arms MaintCloseAfter
+	}
+}

@@ -3,6 +3,7 @@ package balancer
 import (
 	"context"
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -112,37 +113,26 @@ func TestRoundRobin(t *testing.T) {
 }
 
 // TestPickerDistinct pins that the retries of one Dial each get a backend
-// not tried before, starting after the one that failed.
+// not tried before, for every algorithm, and -1 once all were tried.
 func TestPickerDistinct(t *testing.T) {
-	bs := make([]*Backend, 5)
-	for i := range bs {
-		bs[i] = newBackend(BackendConfig{Address: "x"})
-	}
-	var rr roundRobin
-	for start := range 7 {
-		var st pickState
-		st.reset()
-		for range len(bs) {
-			i := rr.pick(bs, &st)
-			if i < 0 || st.has(i) {
-				t.Fatalf("start %d: pick %d after %v", start, i, st.tried)
+	for _, algo := range algorithms {
+		p := benchPool(t, algo, 5)
+		for k := range 7 {
+			req := DialRequest{HashKey: strconv.Itoa(k), HasHashKey: k%2 == 0}
+			v, _ := p.view()
+			var st pickState
+			st.reset()
+			for range len(p.backends) {
+				i := p.pick(&v, &st, &req)
+				if i < 0 || st.has(i) {
+					t.Fatalf("%v: pick %d after %v", algo, i, st.tried())
+				}
+				st.add(i)
 			}
-			st.add(i)
-		}
-		if st.tried[0] != start%len(bs) {
-			t.Errorf("first pick %d, want %d", st.tried[0], start%len(bs))
-		}
-		for k := 1; k < len(st.tried); k++ {
-			if st.tried[k] != (st.tried[k-1]+1)%len(bs) {
-				t.Errorf("retry order %v is not 'next backend'", st.tried)
+			if i := p.pick(&v, &st, &req); i != -1 {
+				t.Errorf("%v: pick with all tried = %d, want -1", algo, i)
 			}
 		}
-		if i := rr.pick(bs, &st); i != -1 {
-			t.Errorf("pick with all tried = %d, want -1", i)
-		}
-	}
-	if i := rr.pick(nil, &pickState{}); i != -1 {
-		t.Errorf("pick on empty = %d", i)
 	}
 }
 
