@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/BurntSushi/toml"
@@ -95,14 +96,38 @@ type LocationConfig struct {
 }
 
 type PoolConfig struct {
-	Balance        string          `toml:"balance"`
-	ProxyProtocol  string          `toml:"proxy_protocol"`
-	ConnectTimeout string          `toml:"connect_timeout"`
-	Backends       []BackendConfig `toml:"backends"`
+	Balance           string          `toml:"balance"`
+	HashKey           string          `toml:"hash_key"`
+	HashBalanceFactor float64         `toml:"hash_balance_factor"`
+	ProxyProtocol     string          `toml:"proxy_protocol"`
+	ConnectTimeout    string          `toml:"connect_timeout"`
+	MaxFails          int             `toml:"max_fails"`
+	FailTimeout       string          `toml:"fail_timeout"`
+	SlowStart         string          `toml:"slow_start"`
+	OnAllUnhealthy    string          `toml:"on_all_unhealthy"`
+	CloseOnDown       bool            `toml:"close_on_down"`
+	Health            HealthConfig    `toml:"health"`
+	Backends          []BackendConfig `toml:"backends"`
+}
+
+type HealthConfig struct {
+	Check    string `toml:"check"`
+	Interval string `toml:"interval"`
+	Timeout  string `toml:"timeout"`
+	Rise     int    `toml:"rise"`
+	Fall     int    `toml:"fall"`
+	Path     string `toml:"path"`
+	Host     string `toml:"host"`
+	SNI      string `toml:"sni"`
+	TLS      bool   `toml:"tls"`
+	Status   string `toml:"status"`
 }
 
 type BackendConfig struct {
-	Address string `toml:"address"`
+	Address        string `toml:"address"`
+	Weight         *int   `toml:"weight"`
+	MaxConnections int    `toml:"max_connections"`
+	Backup         bool   `toml:"backup"`
 }
 
 // LoadConfig reads, strictly decodes and validates the file at path. The
@@ -179,12 +204,32 @@ type Runtime struct {
 	Warnings       []string // logged at start: e.g. self-signed certificates generated
 
 	l7routes []*l7.Route
+	onHealth atomic.Pointer[func(balancer.Event)]
 }
 
-// Close stops the l7 routes' internal servers.
+// OnHealthChange sets the receiver of backend health transitions.
+func (rt *Runtime) OnHealthChange(f func(balancer.Event)) { rt.onHealth.Store(&f) }
+
+func (rt *Runtime) healthChanged(e balancer.Event) {
+	if f := rt.onHealth.Load(); f != nil {
+		(*f)(e)
+	}
+}
+
+// Start starts the pools' health checks.
+func (rt *Runtime) Start() {
+	for _, p := range rt.Pools {
+		p.Start()
+	}
+}
+
+// Close stops the l7 routes' internal servers and the pools' health checks.
 func (rt *Runtime) Close() {
 	for _, r := range rt.l7routes {
 		r.Close()
+	}
+	for _, p := range rt.Pools {
+		p.Close()
 	}
 }
 
@@ -270,22 +315,25 @@ func (c *Config) Validate() (*Runtime, error) {
 		if pc == nil {
 			continue
 		}
-		switch pc.Balance {
-		case "", "round_robin":
-		default:
-			bad(path+".balance", "unsupported balance %q (supported: round_robin)", pc.Balance)
-		}
 		pp, err := balancer.ParseProxyProtocol(pc.ProxyProtocol)
 		if err != nil {
 			bad(path+".proxy_protocol", "must be \"\", \"v1\" or \"v2\"; got %q", pc.ProxyProtocol)
 		}
 		bcfg := balancer.PoolConfig{
-			Name:           name,
-			ProxyProtocol:  pp,
-			ConnectTimeout: dur(path+".connect_timeout", pc.ConnectTimeout, defaultConnectTimeout, false),
-			MaxAttempts:    defaultConnectAttempts,
-			ConnectBudget:  defaultConnectBudget,
+			Name:              name,
+			ProxyProtocol:     pp,
+			ConnectTimeout:    dur(path+".connect_timeout", pc.ConnectTimeout, defaultConnectTimeout, false),
+			MaxAttempts:       defaultConnectAttempts,
+			ConnectBudget:     defaultConnectBudget,
+			HashBalanceFactor: pc.HashBalanceFactor,
+			MaxFails:          pc.MaxFails,
+			FailTimeout:       dur(path+".fail_timeout", pc.FailTimeout, balancer.DefaultFailTimeout, false),
+			SlowStart:         dur(path+".slow_start", pc.SlowStart, 0, true),
+			CloseOnDown:       pc.CloseOnDown,
+			MaintCloseAfter:   rt.DrainTimeout,
+			OnChange:          rt.healthChanged,
 		}
+		c.compilePool(&bcfg, pc, path, bad, dur)
 		if len(pc.Backends) == 0 {
 			bad(path+".backends", "pool has no backends")
 		}
@@ -301,7 +349,17 @@ func (c *Config) Validate() (*Runtime, error) {
 				continue
 			}
 			seen[b.Address] = true
-			bcfg.Backends = append(bcfg.Backends, balancer.BackendConfig{Address: b.Address})
+			bc := balancer.BackendConfig{Address: b.Address, Weight: 1, MaxConnections: b.MaxConnections, Backup: b.Backup}
+			if b.Weight != nil {
+				bc.Weight = *b.Weight
+				if bc.Weight < 1 || bc.Weight > 1000 {
+					bad(fmt.Sprintf("%s.backends[%d].weight", path, i), "must be between 1 and 1000, got %d", bc.Weight)
+				}
+			}
+			if b.MaxConnections < 0 {
+				bad(fmt.Sprintf("%s.backends[%d].max_connections", path, i), "must be >= 0 (0: unlimited), got %d", b.MaxConnections)
+			}
+			bcfg.Backends = append(bcfg.Backends, bc)
 		}
 		if len(bcfg.Backends) == len(pc.Backends) && len(pc.Backends) > 0 {
 			p, err := balancer.NewPool(bcfg)

@@ -141,7 +141,7 @@ backends = [{ address = "nohost" }, { address = "127.0.0.1:0" }]
 		`routes.three.listener: unknown listener "missing"`,
 		`pools.bad.connect_timeout: invalid duration "3"`,
 		`pools.bad.proxy_protocol: must be`,
-		`pools.bad.balance: unsupported balance "fastest"`,
+		`pools.bad.balance: must be round_robin, least_conn, random_two or hash; got "fastest"`,
 		`pools.bad.backends[0].address: invalid address "nohost"`,
 		`pools.bad.backends[1].address: invalid port`,
 		`routes.three.sni: route has no sni and is not the default_route or plain_route`,

@@ -55,6 +55,13 @@ func startLB(t *testing.T, cfg string) *lb {
 	if err != nil {
 		t.Fatalf("decode: %v\n%s", err, cfg)
 	}
+	// Tests count backend connections: active health checks (on by default)
+	// only where a test asks for them.
+	for _, p := range c.Pools {
+		if p.Health.Check == "" {
+			p.Health.Check = "none"
+		}
+	}
 	rt, err := c.Validate()
 	if err != nil {
 		t.Fatalf("validate: %v\n%s", err, cfg)

@@ -151,8 +151,12 @@ func (s *server) addr(name string) net.Addr {
 	return nil
 }
 
-// serve starts one accept loop per bound listener.
+// serve starts the pools' health checks and one accept loop per bound
+// listener.
 func (s *server) serve() {
+	rt := s.rt.Load()
+	rt.OnHealthChange(s.logHealth)
+	rt.Start()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for name, ln := range s.listeners {
@@ -425,6 +429,16 @@ func (s *server) reject(listener string, client net.Addr, reason l4.Reason, sni 
 			f = append(f, zap.String("sni", tlsutil.EscapeForLog(sni, maxLogField)))
 		}
 		ce.Write(append(f, extra...)...)
+	}
+}
+
+// logHealth writes one line per backend health transition.
+func (s *server) logHealth(e balancer.Event) {
+	f := []zap.Field{zap.String("pool", e.Pool), zap.String("backend", e.Backend), zap.String("reason", e.Reason)}
+	if e.Healthy {
+		s.log.Info("backend up", f...)
+	} else {
+		s.log.Warn("backend down", f...)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"net"
 	"net/textproto"
 	"strings"
 	"sync"
@@ -420,4 +421,24 @@ func mix64(x uint64) uint64 {
 	x *= 0x94d049bb133111eb
 	x ^= x >> 31
 	return x
+}
+
+// ConnKey returns the key value of the connection-level kinds: the client's
+// IP for client_ip, the server name for sni. ok is false for the other kinds
+// (the l7 caller reads those from the request) and for a missing value.
+func (k HashKey) ConnKey(client net.Addr, sni string) (key string, ok bool) {
+	switch k.Kind {
+	case HashClientIP:
+		if client == nil {
+			return "", false
+		}
+		if ta, isTCP := client.(*net.TCPAddr); isTCP {
+			return ta.IP.String(), true
+		}
+		host, _, err := net.SplitHostPort(client.String())
+		return host, err == nil
+	case HashSNI:
+		return sni, sni != ""
+	}
+	return "", false
 }

@@ -58,7 +58,7 @@ type headScanner struct {
 	clCount  int
 	cl       int64
 	te       bool
-	teElems  int
+	teElems  int // Transfer-Encoding fields
 	teOther  bool
 	upgrade  bool
 	hostSeen int
@@ -90,6 +90,15 @@ func (h *headScanner) feed(head []byte) (n, skip int, vi *violation) {
 		if len(line) > 0 && line[len(line)-1] == '\r' {
 			line = line[:len(line)-1]
 		}
+		// The limits come first: a line over them is refused for its
+		// length before its end arrives (above), so it must be alike
+		// once whole, whatever its bytes.
+		if !h.gotLine && len(line) > maxRequestLine {
+			return 0, 0, &violation{code: http.StatusRequestURITooLong, reason: ReasonHeaderTooLarge, msg: "request line too long"}
+		}
+		if end > maxHeadBytes {
+			return 0, 0, &violation{code: http.StatusRequestHeaderFieldsTooLarge, reason: ReasonHeaderTooLarge, msg: "request header too large"}
+		}
 		// RFC 9112, Section 2.2: a bare CR must be rejected or replaced.
 		if bytes.IndexByte(line, '\r') >= 0 {
 			return 0, 0, smuggling("bare CR in request head")
@@ -101,16 +110,10 @@ func (h *headScanner) feed(head []byte) (n, skip int, vi *violation) {
 				}
 				return 0, end, nil
 			}
-			if len(line) > maxRequestLine {
-				return 0, 0, &violation{code: http.StatusRequestURITooLong, reason: ReasonHeaderTooLarge, msg: "request line too long"}
-			}
 			if vi := h.requestLine(line); vi != nil {
 				return 0, 0, vi
 			}
 			h.gotLine = true
-		}
-		if end > maxHeadBytes {
-			return 0, 0, &violation{code: http.StatusRequestHeaderFieldsTooLarge, reason: ReasonHeaderTooLarge, msg: "request header too large"}
 		}
 		first := h.scan == 0
 		h.scan = end
@@ -207,16 +210,14 @@ func (h *headScanner) field(line []byte) *violation {
 		}
 		h.cl = n
 	case bytes.EqualFold(name, hdrTransferEncoding):
+		// Exactly one field whose whole value is "chunked", as net/http
+		// reads it: an empty list element (", chunked") or a second, empty
+		// field would pass a list parse but not net/http (RFC 9112,
+		// Section 6.1: 501).
 		h.te = true
-		for elem := range bytes.SplitSeq(value, []byte{','}) {
-			elem = trimOWS(elem)
-			if len(elem) == 0 {
-				continue
-			}
-			h.teElems++
-			if !bytes.EqualFold(elem, []byte("chunked")) {
-				h.teOther = true
-			}
+		h.teElems++
+		if !bytes.EqualFold(value, []byte("chunked")) {
+			h.teOther = true
 		}
 	case bytes.EqualFold(name, hdrUpgrade):
 		h.upgrade = true
@@ -269,6 +270,7 @@ type chunkScanner struct {
 	left         int64
 	trailerBytes int
 	trailers     int
+	excess       int64 // chunk lines beyond what their data allows (net/http's rule)
 }
 
 type chunkState uint8
@@ -303,10 +305,20 @@ func (c *chunkScanner) step(buf []byte) (n int, done bool, vi *violation) {
 		return 2, false, nil
 	}
 	i := bytes.IndexByte(buf, '\n')
+	// The limits come first, on the line's length with its LF (at least
+	// len(buf)+1 while unfinished), so that a line is judged alike whether
+	// its end has arrived or not.
+	lineLen := i + 1
 	if i < 0 {
-		if c.state == chunkSize && len(buf) >= maxChunkLine || c.state == chunkTrailer && c.trailerBytes+len(buf) > maxHeadBytes {
-			return 0, false, smuggling("chunk line too long")
-		}
+		lineLen = len(buf) + 1
+	}
+	if c.state == chunkSize && lineLen > maxChunkLine {
+		return 0, false, smuggling("chunk line too long")
+	}
+	if c.state == chunkTrailer && c.trailerBytes+lineLen > maxHeadBytes {
+		return 0, false, smuggling("trailer section too large")
+	}
+	if i < 0 {
 		return 0, false, nil
 	}
 	if i == 0 || buf[i-1] != '\r' {
@@ -321,9 +333,6 @@ func (c *chunkScanner) step(buf []byte) (n int, done bool, vi *violation) {
 		if len(line) == 0 {
 			return i + 1, true, nil
 		}
-		if c.trailerBytes > maxHeadBytes {
-			return 0, false, smuggling("trailer section too large")
-		}
 		if c.trailers++; c.trailers > maxFields || line[0] == ' ' || line[0] == '\t' {
 			return 0, false, smuggling("malformed trailer")
 		}
@@ -332,9 +341,6 @@ func (c *chunkScanner) step(buf []byte) (n int, done bool, vi *violation) {
 			return 0, false, smuggling("malformed trailer")
 		}
 		return i + 1, false, nil
-	}
-	if i+1 > maxChunkLine {
-		return 0, false, smuggling("chunk line too long")
 	}
 	digits := line
 	if semi := bytes.IndexByte(line, ';'); semi >= 0 {
@@ -358,6 +364,13 @@ func (c *chunkScanner) step(buf []byte) (n int, done bool, vi *violation) {
 			return 0, false, smuggling("malformed chunk size")
 		}
 		size = size<<4 | int64(v)
+	}
+	// net/http's chunkedReader allows 16 bytes of overhead per chunk plus
+	// twice its data, and refuses a body whose excess passes 16 KiB (not
+	// checked on the last chunk): what it would refuse is refused here.
+	c.excess = max(c.excess+int64(i+1)-16-2*size, 0)
+	if size > 0 && c.excess > 16<<10 {
+		return 0, false, smuggling("too much chunk overhead")
 	}
 	if size == 0 {
 		c.state = chunkTrailer

@@ -71,7 +71,8 @@ func (p *proxy) rewrite(pr *httputil.ProxyRequest) {
 			cs.mu.Unlock()
 		}
 	}}
-	pr.Out = out.WithContext(httptrace.WithClientTrace(out.Context(), trace))
+	ctx := context.WithValue(out.Context(), requestKey{}, in) // for the hash key in dial
+	pr.Out = out.WithContext(httptrace.WithClientTrace(ctx, trace))
 }
 
 // dial connects through the pool; the PROXY header (if the pool sends one)
@@ -80,6 +81,9 @@ func (p *proxy) dial(ctx context.Context, _, _ string) (net.Conn, error) {
 	var req balancer.DialRequest
 	if cs := stateFrom(ctx); cs != nil {
 		req = balancer.DialRequest{Client: cs.client, Local: cs.local, SNI: cs.sni}
+		if r, ok := ctx.Value(requestKey{}).(*http.Request); ok {
+			req.HashKey, req.HasHashKey = hashKey(p.pool, r, cs)
+		}
 	}
 	lease, err := p.pool.Dial(ctx, req)
 	if err != nil {

@@ -178,7 +178,9 @@ func (rt *Route) serveUpgrade(w *statusWriter, r *http.Request, cs *connState, p
 		rt.refuse(w, cs, code, ReasonUpgradeRejected, msg)
 		return
 	}
-	lease, err := pool.Dial(cs.ctx, balancer.DialRequest{Client: cs.client, Local: cs.local, SNI: cs.sni, Prefix: upgradeRequest(r, cs)})
+	dreq := balancer.DialRequest{Client: cs.client, Local: cs.local, SNI: cs.sni, Prefix: upgradeRequest(r, cs)}
+	dreq.HashKey, dreq.HasHashKey = hashKey(pool, r, cs)
+	lease, err := pool.Dial(cs.ctx, dreq)
 	if err != nil {
 		rt.dialFailed(w, cs, err)
 		return
@@ -240,6 +242,7 @@ func (rt *Route) serveUpgrade(w *statusWriter, r *http.Request, cs *connState, p
 	client := v.tc // *tls.Conn (relay: close_notify + FIN), or the raw socket (splice)
 
 	res := rt.tunnel(cs, client, bc, resp, coalesced, pipelined)
+	lease.Observe(1, false) // it answered a verified 101: healthy
 	lease.Release()
 	cs.mu.Lock()
 	cs.res.Upgraded = true
