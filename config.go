@@ -32,6 +32,7 @@ const (
 	defaultConnectBudget     = 6 * time.Second
 	defaultConnectAttempts   = 3
 	defaultHandshakeTimeout  = 10 * time.Second
+	defaultAdminListen       = "127.0.0.1:9090"
 	defaultHeaderTimeout     = 10 * time.Second
 
 	// fdsPerSession is what one relayed connection may hold: its two sockets,
@@ -50,6 +51,7 @@ type Config struct {
 	dir string // directory of the config file: relative paths resolve against it
 
 	Log       LogConfig                  `toml:"log"`
+	Admin     AdminConfig                `toml:"admin"`
 	Listeners map[string]*ListenerConfig `toml:"listeners"`
 	Routes    map[string]*RouteConfig    `toml:"routes"`
 	Pools     map[string]*PoolConfig     `toml:"pools"`
@@ -58,6 +60,11 @@ type Config struct {
 type LogConfig struct {
 	Level  string `toml:"level"`
 	Format string `toml:"format"`
+}
+
+type AdminConfig struct {
+	Listen string `toml:"listen"`
+	Token  string `toml:"token"`
 }
 
 type ListenerConfig struct {
@@ -199,6 +206,8 @@ type Runtime struct {
 	MaxConnections int // 0: derived from RLIMIT_NOFILE at start
 	LogLevel       string
 	LogFormat      string
+	AdminListen    string // "" disables the admin server
+	AdminToken     string // bearer token for state-changing admin calls; "" = none
 	Listeners      map[string]*listenerRuntime
 	Pools          map[string]*balancer.Pool
 	Warnings       []string // logged at start: e.g. self-signed certificates generated
@@ -306,6 +315,20 @@ func (c *Config) Validate() (*Runtime, error) {
 	}
 	if rt.LogFormat != "json" && rt.LogFormat != "console" {
 		bad("log.format", "must be json or console; got %q", c.Log.Format)
+	}
+
+	rt.AdminListen, rt.AdminToken = c.Admin.Listen, c.Admin.Token
+	if rt.AdminListen == "" {
+		rt.AdminListen = defaultAdminListen
+	}
+	if rt.AdminListen != "off" {
+		if err := checkHostPort(rt.AdminListen, true); err != nil {
+			bad("admin.listen", "%v (or \"off\")", err)
+		} else if host, _, _ := net.SplitHostPort(rt.AdminListen); !isLoopback(host) && rt.AdminToken == "" {
+			bad("admin.token", "the admin server listens on %q, beyond loopback: set a token", rt.AdminListen)
+		}
+	} else {
+		rt.AdminListen = ""
 	}
 
 	// Pools.
@@ -625,4 +648,12 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	slices.Sort(keys)
 	return keys
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
