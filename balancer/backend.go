@@ -59,7 +59,12 @@ type Backend struct {
 	backup   bool
 	hash     uint64 // rendezvous identity, from addr
 
-	active   atomic.Int64  // connections leased or being connected
+	// live is what a config reload carries over to the Backend with the
+	// same address (Pool.Adopt): connections in flight and their leases, so
+	// that MaxConnections and least_conn count the players connected before
+	// the reload, and CloseConnections reaches them.
+	live *liveState
+
 	dials    atomic.Uint64 // connect attempts made by Dial
 	failures atomic.Uint64 // attempts that failed (connect or first write)
 
@@ -77,6 +82,12 @@ type Backend struct {
 	lastCheckDur         time.Duration // of the last finished check
 	maintTimer           *time.Timer   // MaintCloseAfter, while in Maint
 
+}
+
+// liveState is a backend's connections in flight.
+type liveState struct {
+	active atomic.Int64 // connections leased or being connected
+
 	// Live leases, for CloseConnections / MaintCloseAfter / CloseOnDown:
 	// an intrusive list so Dial and Release do not allocate for it.
 	lmu    sync.Mutex
@@ -90,6 +101,7 @@ func newBackend(cfg BackendConfig) *Backend {
 		maxConns: int64(max(cfg.MaxConnections, 0)),
 		backup:   cfg.Backup,
 		hash:     mix64(hashString(cfg.Address)),
+		live:     new(liveState),
 	}
 	b.healthy.Store(true)
 	return b
@@ -118,7 +130,7 @@ func (b *Backend) AdminState() AdminState { return AdminState(b.admin.Load()) }
 // Active returns the number of connections in flight: dialed by Pool.Dial
 // and not yet released with Lease.Release (a connect in progress counts, so
 // that MaxConnections holds under concurrent Dials).
-func (b *Backend) Active() int64 { return b.active.Load() }
+func (b *Backend) Active() int64 { return b.live.active.Load() }
 
 // Dials returns the number of connect attempts Pool.Dial made to b.
 func (b *Backend) Dials() uint64 { return b.dials.Load() }
@@ -148,21 +160,21 @@ func (b *Backend) Probe(ctx context.Context, timeout time.Duration) error {
 }
 
 // full reports whether b is at MaxConnections.
-func (b *Backend) full() bool { return b.maxConns > 0 && b.active.Load() >= b.maxConns }
+func (b *Backend) full() bool { return b.maxConns > 0 && b.live.active.Load() >= b.maxConns }
 
 // reserve takes one connection slot, failing when b is at MaxConnections.
 // Dial reserves before connecting so concurrent Dials cannot overshoot.
 func (b *Backend) reserve() bool {
 	if b.maxConns <= 0 {
-		b.active.Add(1)
+		b.live.active.Add(1)
 		return true
 	}
 	for {
-		a := b.active.Load()
+		a := b.live.active.Load()
 		if a >= b.maxConns {
 			return false
 		}
-		if b.active.CompareAndSwap(a, a+1) {
+		if b.live.active.CompareAndSwap(a, a+1) {
 			return true
 		}
 	}
@@ -177,37 +189,37 @@ func (b *Backend) passiveOK() {
 }
 
 func (b *Backend) track(l *Lease) {
-	b.lmu.Lock()
-	l.next = b.leases
-	if b.leases != nil {
-		b.leases.prev = l
+	b.live.lmu.Lock()
+	l.next = b.live.leases
+	if b.live.leases != nil {
+		b.live.leases.prev = l
 	}
-	b.leases = l
-	b.lmu.Unlock()
+	b.live.leases = l
+	b.live.lmu.Unlock()
 }
 
 func (b *Backend) untrack(l *Lease) {
-	b.lmu.Lock()
+	b.live.lmu.Lock()
 	if l.prev != nil {
 		l.prev.next = l.next
-	} else if b.leases == l {
-		b.leases = l.next
+	} else if b.live.leases == l {
+		b.live.leases = l.next
 	}
 	if l.next != nil {
 		l.next.prev = l.prev
 	}
 	l.prev, l.next = nil, nil
-	b.lmu.Unlock()
+	b.live.lmu.Unlock()
 }
 
 // closeLeases closes the Conn of every live lease of b and returns how many.
 // The leases stay live until their owners call Release (the relay sees the
 // closed socket and ends).
 func (b *Backend) closeLeases() int {
-	b.lmu.Lock()
-	defer b.lmu.Unlock()
+	b.live.lmu.Lock()
+	defer b.live.lmu.Unlock()
 	n := 0
-	for l := b.leases; l != nil; l = l.next {
+	for l := b.live.leases; l != nil; l = l.next {
 		l.Conn.Close()
 		n++
 	}

@@ -17,7 +17,7 @@ func benchPool(tb testing.TB, algo Algorithm, n int) *Pool {
 	}
 	p := mustPool(tb, PoolConfig{Name: "bench", Backends: bs, Balance: algo, HashBalanceFactor: 1.25})
 	for i, b := range p.backends {
-		b.active.Store(int64(i % 3))
+		b.live.active.Store(int64(i % 3))
 	}
 	return p
 }

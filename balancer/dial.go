@@ -92,7 +92,7 @@ func (l *Lease) Release() {
 		}
 		l.Backend.untrack(l)
 	}
-	l.Backend.active.Add(-1)
+	l.Backend.live.active.Add(-1)
 }
 
 // errResetBeforeFirstByte is the passive-health cause reported by Observe.
@@ -245,7 +245,7 @@ func (p *Pool) Dial(ctx context.Context, req DialRequest) (*Lease, error) {
 			b.track(l)
 			return l, nil
 		}
-		b.active.Add(-1)
+		b.live.active.Add(-1)
 		if ctx.Err() == nil {
 			b.failures.Add(1)
 			p.passiveFail(b, "connect failures", err)

@@ -266,7 +266,7 @@ func (leastConn) pick(p *Pool, v *view, st *pickState, _ *DialRequest) int {
 	i := rand.IntN(n)
 	for range n {
 		if b := p.backends[i]; !st.has(i) && usable(b, v) {
-			a, w := b.active.Load(), p.effWeight(b, v.now)
+			a, w := b.live.active.Load(), p.effWeight(b, v.now)
 			if best < 0 || lessLoaded(a, w, bestA, bestW) {
 				best, bestA, bestW = i, a, w
 			}
@@ -296,8 +296,8 @@ func (randomTwo) pick(p *Pool, v *view, st *pickState, _ *DialRequest) int {
 		return first
 	}
 	a, b := p.backends[first], p.backends[second]
-	aa, wa := a.active.Load(), p.effWeight(a, v.now)
-	ab, wb := b.active.Load(), p.effWeight(b, v.now)
+	aa, wa := a.live.active.Load(), p.effWeight(a, v.now)
+	ab, wb := b.live.active.Load(), p.effWeight(b, v.now)
 	if lessLoaded(ab, wb, aa, wa) || (!lessLoaded(aa, wa, ab, wb) && rand.Uint32()&1 == 0) {
 		return second
 	}
@@ -356,7 +356,7 @@ func (h *rendezvous) pick(p *Pool, v *view, st *pickState, req *DialRequest) int
 		var sumA, sumW int64
 		for _, b := range p.backends {
 			if usable(b, v) {
-				sumA += b.active.Load()
+				sumA += b.live.active.Load()
 				sumW += int64(b.weight)
 			}
 		}
@@ -386,7 +386,7 @@ func (h *rendezvous) pick(p *Pool, v *view, st *pickState, req *DialRequest) int
 		if best < 0 || s > bestS {
 			best, bestS = i, s
 		}
-		if load > 0 && float64(b.active.Load()) >= math.Ceil(load*float64(b.weight)) {
+		if load > 0 && float64(b.live.active.Load()) >= math.Ceil(load*float64(b.weight)) {
 			continue
 		}
 		if bestUnder < 0 || s > bestUnderS {

@@ -596,7 +596,7 @@ func (p *Pool) Status() []BackendStatus {
 			Backup:            b.backup,
 			AdminState:        b.AdminState(),
 			Healthy:           b.healthy.Load(),
-			Active:            b.active.Load(),
+			Active:            b.live.active.Load(),
 			MaxConnections:    int(b.maxConns),
 			Dials:             b.dials.Load(),
 			Failures:          b.failures.Load(),
@@ -610,10 +610,12 @@ func (p *Pool) Status() []BackendStatus {
 // Adopt copies, for each backend of p whose address is also in old, the
 // health state, health and passive streaks, admin state, slow-start start
 // and the Dials/Failures counters, so that a config reload neither resets
-// health nor makes metrics counters restart. Call it on a new pool before
-// Start and before it serves. Live connections stay with old (they Release
-// there). A pending MaintCloseAfter timer is not carried over; a backend
-// adopted in Maint gets a fresh one.
+// health nor makes metrics counters restart. The connections in flight are
+// shared, not copied: leases from old release into the same count, so
+// MaxConnections and least_conn see the players connected before the
+// reload, and CloseConnections on p reaches them. Call it on a new pool
+// before Start and before it serves. A pending MaintCloseAfter timer is not
+// carried over; a backend adopted in Maint gets a fresh one.
 func (p *Pool) Adopt(old *Pool) {
 	if old == nil || old == p {
 		return
@@ -628,6 +630,7 @@ func (p *Pool) Adopt(old *Pool) {
 		lastErr              string
 		lastDur              time.Duration
 		dials, failures      uint64
+		live                 *liveState
 	}
 	snaps := make(map[string]snap, len(old.backends))
 	old.mu.Lock()
@@ -636,7 +639,7 @@ func (p *Pool) Adopt(old *Pool) {
 			healthy: b.healthy.Load(), admin: b.AdminState(), upSince: b.upSince.Load(),
 			consecFails: b.consecFails.Load(), okStreak: b.okStreak, failStreak: b.failStreak,
 			downUntil: b.downUntil, lastErr: b.lastCheckErr, lastDur: b.lastCheckDur,
-			dials: b.dials.Load(), failures: b.failures.Load(),
+			dials: b.dials.Load(), failures: b.failures.Load(), live: b.live,
 		}
 	}
 	old.mu.Unlock()
@@ -657,6 +660,7 @@ func (p *Pool) Adopt(old *Pool) {
 		b.lastCheckErr, b.lastCheckDur = s.lastErr, s.lastDur
 		b.dials.Store(s.dials)
 		b.failures.Store(s.failures)
+		b.live = s.live // connections from before the reload keep counting here
 		if s.upSince != 0 && p.slowStart > 0 {
 			p.slowUntil.Store(max(p.slowUntil.Load(), s.upSince+int64(p.slowStart)))
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -272,13 +273,13 @@ func TestSlowStart(t *testing.T) {
 				for range 200 {
 					i := p.pickOnce(&DialRequest{})
 					// least_conn / random_two see load: hold what was picked
-					p.backends[i].active.Add(1)
+					p.backends[i].live.active.Add(1)
 					if i == 1 {
 						n++
 					}
 				}
 				for _, x := range p.backends {
-					x.active.Store(0)
+					x.live.active.Store(0)
 				}
 				return n
 			}
@@ -345,4 +346,54 @@ func TestStartCloseLifecycle(t *testing.T) {
 	q.Start()
 	q.Close()
 	dialDone(t, q, DialRequest{}) // Dial works after Close
+}
+
+// Adopt shares the connections in flight: a lease taken from the old pool
+// counts against MaxConnections in the new one and releases there.
+func TestAdoptSharesLiveConnections(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	cfg := PoolConfig{Name: "p", Backends: []BackendConfig{{Address: ln.Addr().String(), MaxConnections: 1}}}
+	old, err := NewPool(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	lease, err := old.Dial(context.Background(), DialRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lease.Conn.Close()
+
+	p, err := NewPool(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	p.Adopt(old)
+	if got := p.Status()[0].Active; got != 1 {
+		t.Fatalf("new pool counts %d active, want the 1 from before the reload", got)
+	}
+	if _, err := p.Dial(context.Background(), DialRequest{}); !errors.Is(err, ErrFull) {
+		t.Fatalf("dial over the adopted slot: %v, want ErrFull", err)
+	}
+	if n, err := p.CloseConnections(ln.Addr().String()); err != nil || n != 1 {
+		t.Fatalf("CloseConnections on the new pool reached %d (%v), want the old lease", n, err)
+	}
+	lease.Release()
+	if got := p.Status()[0].Active; got != 0 {
+		t.Fatalf("after release: %d active", got)
+	}
 }
