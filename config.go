@@ -1,7 +1,9 @@
 package main
 
 import (
+	"crypto/sha256"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -10,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -47,6 +50,7 @@ const (
 type Config struct {
 	DrainTimeout   string `toml:"drain_timeout"`
 	MaxConnections int    `toml:"max_connections"`
+	Watch          bool   `toml:"watch"`
 
 	dir string // directory of the config file: relative paths resolve against it
 
@@ -154,6 +158,8 @@ func LoadConfig(path string) (*Config, *Runtime, error) {
 	if err != nil {
 		return nil, nil, prefixErrors(path, err)
 	}
+	sum := sha256.Sum256(data)
+	rt.Version = hex.EncodeToString(sum[:6])
 	return cfg, rt, nil
 }
 
@@ -203,7 +209,8 @@ func startsWithDigit(s string) bool { return s != "" && s[0] >= '0' && s[0] <= '
 // started (the l7 routes' HTTP servers).
 type Runtime struct {
 	DrainTimeout   time.Duration
-	MaxConnections int // 0: derived from RLIMIT_NOFILE at start
+	MaxConnections int  // 0: derived from RLIMIT_NOFILE at start
+	Watch          bool // reload when the file changes
 	LogLevel       string
 	LogFormat      string
 	AdminListen    string // "" disables the admin server
@@ -212,8 +219,55 @@ type Runtime struct {
 	Pools          map[string]*balancer.Pool
 	Warnings       []string // logged at start: e.g. self-signed certificates generated
 
+	Version string // of the file: the first 12 hex digits of its SHA-256
+
+	byAddr   map[string]*listenerRuntime // by listenerRuntime.key
 	l7routes []*l7.Route
 	onHealth atomic.Pointer[func(balancer.Event)]
+
+	// Connections accepted under this config; a retired config closes (its
+	// l7 servers) when the last one ends.
+	mu      sync.Mutex
+	conns   int
+	retired bool
+	closed  bool
+}
+
+// acquire counts a new connection; false once retired.
+func (rt *Runtime) acquire() bool {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	if rt.retired {
+		return false
+	}
+	rt.conns++
+	return true
+}
+
+// release ends a connection acquired before.
+func (rt *Runtime) release() {
+	rt.mu.Lock()
+	rt.conns--
+	last := rt.retired && rt.conns == 0
+	rt.mu.Unlock()
+	if last {
+		rt.Close()
+	}
+}
+
+// retire marks a config replaced: its health checks stop now, the rest
+// when its last connection ends.
+func (rt *Runtime) retire() {
+	rt.mu.Lock()
+	rt.retired = true
+	last := rt.conns == 0
+	rt.mu.Unlock()
+	for _, p := range rt.Pools {
+		p.Close()
+	}
+	if last {
+		rt.Close()
+	}
 }
 
 // OnHealthChange sets the receiver of backend health transitions.
@@ -234,6 +288,13 @@ func (rt *Runtime) Start() {
 
 // Close stops the l7 routes' internal servers and the pools' health checks.
 func (rt *Runtime) Close() {
+	rt.mu.Lock()
+	closed := rt.closed
+	rt.closed = true
+	rt.mu.Unlock()
+	if closed {
+		return
+	}
 	for _, r := range rt.l7routes {
 		r.Close()
 	}
@@ -245,6 +306,7 @@ func (rt *Runtime) Close() {
 type listenerRuntime struct {
 	name             string
 	address          string
+	key              string // the bound socket's: the address, or address#name for port 0
 	tls              bool // false: cleartext HTTP, routed by the first request's Host
 	helloTimeout     time.Duration
 	handshakeTimeout time.Duration
@@ -295,12 +357,14 @@ func (c *Config) Validate() (*Runtime, error) {
 	rt := &Runtime{
 		Listeners: map[string]*listenerRuntime{},
 		Pools:     map[string]*balancer.Pool{},
+		byAddr:    map[string]*listenerRuntime{},
 	}
 	rt.DrainTimeout = dur("drain_timeout", c.DrainTimeout, defaultDrainTimeout, true)
 	if c.MaxConnections < 0 {
 		bad("max_connections", "must be >= 0 (0 derives it from the open-file limit), got %d", c.MaxConnections)
 	}
 	rt.MaxConnections = c.MaxConnections
+	rt.Watch = c.Watch
 
 	rt.LogLevel = c.Log.Level
 	if rt.LogLevel == "" {
@@ -463,7 +527,14 @@ func (c *Config) Validate() (*Runtime, error) {
 				bad(path+".cert", "a cleartext listener (tls = false) has no certificate")
 			}
 		}
+		// A reload keeps the socket of a listener whose address is
+		// unchanged; port 0 (tests) means "any port", so it is kept by name.
+		lr.key = lc.Address
+		if strings.HasSuffix(lc.Address, ":0") {
+			lr.key = lc.Address + "#" + name
+		}
 		rt.Listeners[name] = lr
+		rt.byAddr[lr.key] = lr
 	}
 
 	// Routes.

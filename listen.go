@@ -53,12 +53,20 @@ type server struct {
 	rejectLog *zap.Logger // refusals before routing: sampled per reason (RELIABILITY T26)
 
 	rt       atomic.Pointer[Runtime]
-	maxConns int64
+	maxConns atomic.Int64
 	active   atomic.Int64
 	released chan struct{} // wakes an accept loop backing off on EMFILE
 
 	mu        sync.Mutex
-	listeners map[string]*net.TCPListener
+	listeners map[string]*net.TCPListener // by listenerRuntime.key: a reload keeps them
+	timers    map[*time.Timer]struct{}    // drains of backends removed by a reload
+
+	configPath string     // what reload reads
+	reloadMu   sync.Mutex // one reload at a time
+	onReload   func(ok bool)
+	stopWatch  chan struct{}
+	watchers   sync.WaitGroup
+	stopping   atomic.Bool
 
 	ctx     context.Context // cancelled when the drain ends: relays close
 	cancel  context.CancelFunc
@@ -75,15 +83,22 @@ func newServer(rt *Runtime, log *zap.Logger, rejectLog *zap.Logger) *server {
 		rejectLog: rejectLog,
 		released:  make(chan struct{}, 1),
 		listeners: map[string]*net.TCPListener{},
+		timers:    map[*time.Timer]struct{}{},
+		stopWatch: make(chan struct{}),
 		ctx:       ctx,
 		cancel:    cancel,
 	}
 	s.rt.Store(rt)
-	s.maxConns = int64(rt.MaxConnections)
-	if s.maxConns == 0 {
-		s.maxConns = autoMaxConnections()
-	}
+	s.setMaxConns(rt)
 	return s
+}
+
+func (s *server) setMaxConns(rt *Runtime) {
+	n := int64(rt.MaxConnections)
+	if n == 0 {
+		n = autoMaxConnections()
+	}
+	s.maxConns.Store(n)
 }
 
 // autoMaxConnections derives the global cap from the open-file limit (Go
@@ -100,23 +115,38 @@ func autoMaxConnections() int64 {
 
 // listen binds every listener, or none: on error the ones bound are closed.
 func (s *server) listen() error {
-	rt := s.rt.Load()
+	_, err := s.bindNew(s.rt.Load())
+	return err
+}
+
+// bindNew binds the listener addresses of rt that are not bound yet, all or
+// none, and returns them. Addresses already bound are kept as they are: a
+// reload never closes and reopens a socket (no connection refused).
+func (s *server) bindNew(rt *Runtime) ([]string, error) {
 	lc := net.ListenConfig{
 		KeepAlive: -1, // set on the listening socket below, inherited by accepted ones
 		Control:   controlListener,
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var added []string
 	for _, name := range sortedKeys(rt.Listeners) {
-		lr := rt.Listeners[name]
-		ln, err := lc.Listen(context.Background(), "tcp", lr.address)
-		if err != nil {
-			s.closeListeners()
-			return fmt.Errorf("listeners.%s: %w", name, err)
+		key, addr := rt.Listeners[name].key, rt.Listeners[name].address
+		if _, bound := s.listeners[key]; bound {
+			continue
 		}
-		s.mu.Lock()
-		s.listeners[name] = ln.(*net.TCPListener)
-		s.mu.Unlock()
+		ln, err := lc.Listen(context.Background(), "tcp", addr)
+		if err != nil {
+			for _, a := range added {
+				s.listeners[a].Close()
+				delete(s.listeners, a)
+			}
+			return nil, fmt.Errorf("listeners.%s: %w", name, err)
+		}
+		s.listeners[key] = ln.(*net.TCPListener)
+		added = append(added, key)
 	}
-	return nil
+	return added, nil
 }
 
 func controlListener(_, _ string, c syscall.RawConn) error {
@@ -143,9 +173,13 @@ func controlListener(_, _ string, c syscall.RawConn) error {
 
 // addr returns the bound address of a listener (tests listen on port 0).
 func (s *server) addr(name string) net.Addr {
+	lr := s.rt.Load().Listeners[name]
+	if lr == nil {
+		return nil
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if ln := s.listeners[name]; ln != nil {
+	if ln := s.listeners[lr.key]; ln != nil {
 		return ln.Addr()
 	}
 	return nil
@@ -159,24 +193,34 @@ func (s *server) serve() {
 	rt.Start()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for name, ln := range s.listeners {
+	for addr, ln := range s.listeners {
 		s.accepts.Add(1)
-		go s.acceptLoop(name, ln)
+		go s.acceptLoop(addr, ln)
 	}
 }
 
 func (s *server) closeListeners() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for name, ln := range s.listeners {
+	for addr, ln := range s.listeners {
 		ln.Close()
-		delete(s.listeners, name)
+		delete(s.listeners, addr)
+	}
+	for t := range s.timers {
+		t.Stop()
+		delete(s.timers, t)
 	}
 }
 
 // shutdown stops accepting at once, lets live connections run for up to
 // drain, then closes them, and returns when every goroutine has ended.
 func (s *server) shutdown(drain time.Duration) {
+	if !s.stopping.Swap(true) {
+		close(s.stopWatch)
+	}
+	s.watchers.Wait()
+	s.reloadMu.Lock() // a reload in progress finishes first; none starts after
+	s.reloadMu.Unlock()
 	s.closeListeners()
 	s.accepts.Wait()
 	done := make(chan struct{})
@@ -191,13 +235,13 @@ func (s *server) shutdown(drain time.Duration) {
 	}
 	s.cancel()
 	<-done
-	s.rt.Load().Close()
+	s.rt.Load().retire() // closes it: no connection is left
 }
 
 // acceptLoop accepts until the listener closes. It never spins: temporary
 // errors (EMFILE, ENFILE, ENOBUFS...) back off from 5 ms doubling to 100 ms,
 // waking early when a connection is released (RELIABILITY rule 9).
-func (s *server) acceptLoop(name string, ln *net.TCPListener) {
+func (s *server) acceptLoop(addr string, ln *net.TCPListener) {
 	defer s.accepts.Done()
 	var delay time.Duration
 	var lastLog time.Time
@@ -210,7 +254,7 @@ func (s *server) acceptLoop(name string, ln *net.TCPListener) {
 			delay = min(max(2*delay, acceptBackoffMin), acceptBackoffMax)
 			if now := time.Now(); now.Sub(lastLog) >= time.Second {
 				lastLog = now
-				s.log.Warn("accept failed; backing off", zap.String("listener", name), zap.Duration("backoff", delay), zap.Error(err))
+				s.log.Warn("accept failed; backing off", zap.String("address", addr), zap.Duration("backoff", delay), zap.Error(err))
 			}
 			t := time.NewTimer(delay)
 			select {
@@ -223,25 +267,37 @@ func (s *server) acceptLoop(name string, ln *net.TCPListener) {
 		}
 		delay = 0
 		accepted := time.Now()
+		// The connection keeps the config it was accepted under: its route,
+		// mode and backend, whatever reloads happen while it lives.
 		rt := s.rt.Load()
-		lr := rt.Listeners[name]
-		if s.active.Add(1) > s.maxConns || lr == nil {
+		for !rt.acquire() { // retired by a reload just now: the new one is stored
+			rt = s.rt.Load()
+		}
+		lr := rt.byAddr[addr]
+		if lr == nil { // removed by a reload; its socket is closing
+			rt.release()
+			c.Close()
+			continue
+		}
+		if s.active.Add(1) > s.maxConns.Load() {
 			s.active.Add(-1)
+			rt.release()
 			c.SetLinger(0)
 			c.Close()
-			s.reject(name, c.RemoteAddr(), l4.ReasonMaxConnections, "", zap.Int64("max_connections", s.maxConns))
+			s.reject(lr.name, c.RemoteAddr(), l4.ReasonMaxConnections, "", zap.Int64("max_connections", s.maxConns.Load()))
 			continue
 		}
 		s.conns.Add(1)
 		if lr.tls {
-			go s.serveConn(lr, c, accepted)
+			go s.serveConn(rt, lr, c, accepted)
 		} else {
-			go s.serveCleartext(lr, c, accepted)
+			go s.serveCleartext(rt, lr, c, accepted)
 		}
 	}
 }
 
-func (s *server) release() {
+func (s *server) release(rt *Runtime) {
+	rt.release()
 	s.active.Add(-1)
 	select {
 	case s.released <- struct{}{}:
@@ -251,9 +307,9 @@ func (s *server) release() {
 
 // serveConn takes one accepted connection from the ClientHello peek to the
 // end of its relay, and writes its one access line.
-func (s *server) serveConn(lr *listenerRuntime, c *net.TCPConn, accepted time.Time) {
+func (s *server) serveConn(rt *Runtime, lr *listenerRuntime, c *net.TCPConn, accepted time.Time) {
 	defer s.conns.Done()
-	defer s.release()
+	defer s.release(rt)
 
 	// One absolute deadline from accept covers the whole peek (RELIABILITY
 	// rule 1, T1): progress never extends it. The relay sets its own.
@@ -303,9 +359,9 @@ func (s *server) serveConn(lr *listenerRuntime, c *net.TCPConn, accepted time.Ti
 
 // serveCleartext serves a connection on a cleartext HTTP listener
 // (tls = false): the first request's Host picks the route.
-func (s *server) serveCleartext(lr *listenerRuntime, c *net.TCPConn, accepted time.Time) {
+func (s *server) serveCleartext(rt *Runtime, lr *listenerRuntime, c *net.TCPConn, accepted time.Time) {
 	defer s.conns.Done()
-	defer s.release()
+	defer s.release(rt)
 	if lr.redirect != nil {
 		res := lr.redirect.ServeConn(s.ctx, c, nil, accepted)
 		s.logL7(lr, &route{name: "redirect_https", mode: "l7"}, c, "", accepted, res)

@@ -20,6 +20,12 @@ import (
 	"sluice/balancer"
 )
 
+// Config file watching (watch = true).
+const (
+	watchPoll     = 200 * time.Millisecond
+	watchDebounce = 500 * time.Millisecond
+)
+
 // version is set at build time: go build -ldflags "-X main.version=v1.2.3".
 var version = "dev"
 
@@ -60,6 +66,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	defer log.Sync()
 
 	s := newServer(rt, log, rejectLog)
+	s.configPath = *configPath
 	if err := s.listen(); err != nil {
 		log.Error("cannot listen", zap.Error(err))
 		return 1
@@ -70,8 +77,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	for _, w := range rt.Warnings {
 		log.Warn(w)
 	}
-	log.Info("sluice started", zap.String("version", version), zap.String("config", *configPath), zap.Int64("max_connections", s.maxConns))
+	log.Info("sluice started", zap.String("version", version), zap.String("config", *configPath), zap.Int64("max_connections", s.maxConns.Load()))
 	s.serve()
+	if rt.Watch {
+		s.startWatch(watchPoll, watchDebounce)
+	}
 	probeCtx, stopProbe := context.WithCancel(context.Background())
 	var probes sync.WaitGroup
 	probes.Add(1)
@@ -82,14 +92,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 	for {
 		sg := <-sig
 		if sg == syscall.SIGHUP {
-			log.Warn("SIGHUP received: live reload is not implemented in this version; restart sluice to apply a new config")
+			log.Info("SIGHUP: reloading", zap.String("config", *configPath))
+			s.reload() // logs its outcome; on error the running config keeps serving
 			continue
 		}
+		drain := s.rt.Load().DrainTimeout
 		log.Info("shutting down: no new connections; live ones may run for drain_timeout",
-			zap.Stringer("signal", sg), zap.Duration("drain_timeout", rt.DrainTimeout), zap.Int64("active", s.active.Load()))
+			zap.Stringer("signal", sg), zap.Duration("drain_timeout", drain), zap.Int64("active", s.active.Load()))
 		stopProbe()
 		done := make(chan struct{})
-		go func() { s.shutdown(rt.DrainTimeout); probes.Wait(); close(done) }()
+		go func() { s.shutdown(drain); probes.Wait(); close(done) }()
 		select {
 		case <-done:
 			log.Info("stopped")

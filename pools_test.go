@@ -267,4 +267,3 @@ backends = [{ address = %q }, { address = %q }]
 		t.Fatalf("%d down lines for one transition", n)
 	}
 }
-
