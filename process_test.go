@@ -92,6 +92,8 @@ func TestAcceptBacksOffOnEMFILE(t *testing.T) {
 	addr := freePort(t)
 	cmd, out := startProcess(t, fmt.Sprintf(`
 max_connections = 1000 # deliberately above what 64 descriptors allow
+[admin]
+listen = "off"
 [log]
 level = "warn"
 [listeners.public]
@@ -167,6 +169,8 @@ func TestSIGTERMDrains(t *testing.T) {
 	addr := freePort(t)
 	cmd, out := startProcess(t, fmt.Sprintf(`
 drain_timeout = "3s"
+[admin]
+listen = "off"
 [listeners.public]
 address = %q
 plain_route = "raw"
@@ -231,4 +235,54 @@ backends = [{ address = %q }]
 	if !strings.Contains(out.String(), `"reason":"drain"`) {
 		t.Fatalf("no access line with reason drain:\n%s", out.String())
 	}
+}
+
+// SIGHUP reloads the file: an added listener starts serving, the existing
+// one keeps its socket.
+func TestSIGHUPReloads(t *testing.T) {
+	be := echoBackend(t)
+	a1, a2 := freePort(t), freePort(t)
+	cfg := func(extra string) string {
+		return fmt.Sprintf(`
+[admin]
+listen = "off"
+[listeners.one]
+address = %q
+plain_route = "r1"
+[routes.r1]
+listener = "one"
+pool = "p"
+[pools.p]
+backends = [{ address = %q }]
+`, a1, be.addr) + extra
+	}
+	cmd, out := startProcess(t, cfg(""), 0)
+	waitListening(t, a1, out)
+	path := strings.Fields(cmdEnv(cmd, "SLUICE_TEST_ARGS"))[1]
+	must(t, os.WriteFile(path, []byte(cfg(fmt.Sprintf(`
+[listeners.two]
+address = %q
+plain_route = "r2"
+[routes.r2]
+listener = "two"
+pool = "p"
+`, a2))), 0o644))
+	must(t, cmd.Process.Signal(syscall.SIGHUP))
+	waitListening(t, a2, out)
+	c, err := net.Dial("tcp", a2)
+	must(t, err)
+	defer c.Close()
+	echoOnce(t, c)
+	if !strings.Contains(out.String(), `"msg":"config reloaded"`) {
+		t.Fatalf("no reload line:\n%s", out.String())
+	}
+}
+
+func cmdEnv(cmd *exec.Cmd, key string) string {
+	for _, kv := range cmd.Env {
+		if v, ok := strings.CutPrefix(kv, key+"="); ok {
+			return v
+		}
+	}
+	return ""
 }

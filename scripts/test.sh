@@ -15,6 +15,9 @@ go vet ./...
 echo "== go test -race"
 go test -race -count=1 -timeout 15m ./...
 
+echo "== reload under full load (500 WebSocket sessions; without the race detector's 10x slowdown)"
+(ulimit -n 20000 2>/dev/null || true; go test -count=1 -run '^TestReloadSwitchesModeUnderLoad$' -v . | grep -E '^(---|ok|FAIL)|sessions')
+
 echo "== fuzz (short runs; longer by hand: FUZZTIME=10m scripts/test.sh)"
 fuzztime=${FUZZTIME:-20s}
 go test -run '^$' -fuzz '^FuzzReadClientHello$' -fuzztime "$fuzztime" ./tlsutil
