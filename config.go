@@ -307,7 +307,7 @@ type listenerRuntime struct {
 	name             string
 	address          string
 	key              string // the bound socket's: the address, or address#name for port 0
-	tls              bool // false: cleartext HTTP, routed by the first request's Host
+	tls              bool   // false: cleartext HTTP, routed by the first request's Host
 	helloTimeout     time.Duration
 	handshakeTimeout time.Duration
 	headerTimeout    time.Duration

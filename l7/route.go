@@ -95,7 +95,10 @@ type Result struct {
 	// HTTP is not counted.
 	BytesIn, BytesOut int64
 	Relay             l4.Stats // the tunnel's relay stats when Upgraded
-	Err               error
+	// Handshake is how long the TLS handshake took; 0 for cleartext and
+	// when no handshake completed.
+	Handshake time.Duration
+	Err       error
 }
 
 // ErrClosed is returned in Result.Err by ServeConn on a closed Route.
@@ -333,6 +336,7 @@ func (rt *Route) ServeConn(ctx context.Context, c *net.TCPConn, prefix []byte, a
 		// until the first head's deadline replaces it (rule 1).
 		_ = c.SetDeadline(accepted.Add(rt.handshakeTimeout))
 		t := tls.Server(tlsutil.NewPrefixConn(c, prefix), rt.tls)
+		hs := time.Now()
 		if err := t.HandshakeContext(cctx); err != nil {
 			reason := ReasonHandshakeFailed
 			switch {
@@ -348,6 +352,7 @@ func (rt *Route) ServeConn(ctx context.Context, c *net.TCPConn, prefix []byte, a
 			return Result{Reason: reason, Err: err}
 		}
 		start = time.Now()
+		cs.res.Handshake = start.Sub(hs)
 		cs.sni = t.ConnectionState().ServerName
 		cs.res.SNI = cs.sni
 		tc, prefix = t, nil

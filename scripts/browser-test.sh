@@ -3,12 +3,15 @@
 # (scripts/demo/web) from sluice over https:// and plays 10 WebSocket round
 # trips over wss:// through sluice to the demo's WebSocket backends; once with
 # SNI localhost, once with the IP literal 127.0.0.1 (no SNI: the listener's
-# default_route). The browser is driven over the DevTools protocol by
-# scripts/browser (Go, no Node).
+# default_route). Then it opens sluice's status page (the admin server's /),
+# checks that it lists the game-ws backends, clicks Drain on one and waits for
+# its state cell to say "drain" (and /api/v1/state to agree), then Ready. The
+# browser is driven over the DevTools protocol by scripts/browser (Go, no Node).
 #
 # Installs Debian's chromium with apt-get when /usr/bin/chromium is missing
 # (needs root, as in CI). Every process it starts is stopped by PID, every wait
-# is bounded. OUT_DIR=dir keeps screenshots of both pages there.
+# is bounded. OUT_DIR=dir keeps screenshots of the pages there (browser-*.png,
+# status.png).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 t0=$(date +%s)
@@ -58,17 +61,24 @@ go build -o "$work/browser" ./scripts/browser
 # scripts/demo/web at / and proxies /ws to the WebSocket pool; relative paths
 # are made absolute, since the config is written elsewhere.
 grep -q '^[[:space:]]*mode[[:space:]]*=[[:space:]]*"l7"' config.toml || fail "config.toml has no l7 route (mode = \"l7\")"
-# Six consecutive ports below the ephemeral range (32768+), none in use.
+# Seven consecutive ports below the ephemeral range (32768+), none in use.
 ports_free() { for p in "$@"; do if (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then return 1; fi; done; }
 for _ in $(seq 1 20); do
   base=$((10000 + RANDOM % 22000))
-  ports_free $base $((base+1)) $((base+2)) $((base+3)) $((base+4)) $((base+5)) && break
+  ports_free $base $((base+1)) $((base+2)) $((base+3)) $((base+4)) $((base+5)) $((base+6)) && break
 done
-lp=$base; t1=$((base+1)); t2=$((base+2)); p1=$((base+3)); w1=$((base+4)); w2=$((base+5))
+lp=$base; t1=$((base+1)); t2=$((base+2)); p1=$((base+3)); w1=$((base+4)); w2=$((base+5)); ap=$((base+6))
 sed -e "s/:8443\([^0-9]\|$\)/:$lp\1/g" -e "s/:9101\([^0-9]\|$\)/:$t1\1/g" -e "s/:9102\([^0-9]\|$\)/:$t2\1/g" \
     -e "s/:9201\([^0-9]\|$\)/:$p1\1/g" -e "s/:9301\([^0-9]\|$\)/:$w1\1/g" -e "s/:9302\([^0-9]\|$\)/:$w2\1/g" \
     -e "s#\"scripts/#\"$PWD/scripts/#g" \
-    -e 's/format = "console"/format = "json"/' config.toml > "$work/browser.toml"
+    -e 's/format = "console"/format = "json"/' config.toml |
+  # The admin server on our port: replace [admin] listen, or add the section.
+  awk -v ap="$ap" '
+    /^[[:space:]]*\[/ { admin = ($0 ~ /^[[:space:]]*\[admin\][[:space:]]*(#.*)?$/); print
+                       if (admin) { print "listen = \"127.0.0.1:" ap "\""; found = 1 }; next }
+    admin && /^[[:space:]]*listen[[:space:]]*=/ { next }
+    { print }
+    END { if (!found) printf "\n[admin]\nlisten = \"127.0.0.1:%s\"\n", ap }' > "$work/browser.toml"
 "$work/sluice" -check -config "$work/browser.toml" >/dev/null 2>"$work/check.out" ||
   fail "test config does not pass -check: $(cat "$work/check.out")"
 
@@ -132,9 +142,40 @@ check_page localhost "https://localhost:$lp/"
 # IP literal: no SNI, the listener's default_route (the wss://IP:port case).
 check_page ip "https://127.0.0.1:$lp/"
 
+# The status page: the game-ws backends listed, Drain and Ready by click.
+ok=0
+for _ in $(seq 1 50); do
+  if (exec 3<>/dev/tcp/127.0.0.1/$ap) 2>/dev/null; then ok=1; break; fi
+  sleep 0.1
+done
+if [ "$ok" = 1 ]; then
+  shot=()
+  [ -n "$shots" ] && shot=(-screenshot "$shots/status.png")
+  rc=0
+  "$work/browser" -user-data-dir "$work/profile" -url "http://127.0.0.1:$ap/" -status-backend "game-ws/127.0.0.1:$w1" \
+    -timeout 30s "${shot[@]}" >"$work/status.out" 2>&1 &
+  bpid=$!
+  wait "$bpid" || rc=$?
+  bpid=""
+  cat "$work/status.out"
+  if [ "$rc" = 0 ] && grep -q 'status="ok ' "$work/status.out"; then
+    results+=("status: $(grep -o 'status="[^"]*"' "$work/status.out")")
+  else
+    failed+=("http://127.0.0.1:$ap/ (status page)")
+  fi
+  if command -v curl >/dev/null; then
+    curl -sf --max-time 2 "http://127.0.0.1:$ap/metrics" -o "$work/metrics.txt" ||
+      failed+=("http://127.0.0.1:$ap/metrics")
+    grep -q "^sluice_backend_admin_state{backend=\"127.0.0.1:$w1\",pool=\"game-ws\",state=\"ready\"} 1" "$work/metrics.txt" 2>/dev/null ||
+      failed+=("/metrics: no ready admin state for game-ws/127.0.0.1:$w1")
+  fi
+else
+  failed+=("the admin server (127.0.0.1:$ap) is not listening")
+fi
+
 if [ "${#failed[@]}" -gt 0 ]; then
   echo "--- chromium log (tail):"; grep -v 'dbus\|^/usr/bin/chromium: \|^$' "$work/chromium.log" | tail -10 || true
-  fail "did not reach sluice-ok: ${failed[*]}"
+  fail "failed: ${failed[*]}"
 fi
 kill -0 "$spid" 2>/dev/null || fail "sluice died during the test"
 echo "browser-test: ok (${results[*]}) in $(( $(date +%s) - t0 ))s"

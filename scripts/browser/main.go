@@ -11,6 +11,14 @@
 //
 // Exit status 0 when the title was reached, 1 otherwise (with the page's
 // state, its error box and its console messages on stderr).
+//
+// With -status-backend POOL/ADDRESS it checks sluice's status page (the
+// admin server's /) instead: the page must list the backends of POOL, a
+// click on the Drain button of ADDRESS must turn its state cell to "drain"
+// (and /api/v1/state must agree), then Ready restores it. The screenshot
+// shows the drained backend.
+//
+//	go run ./scripts/browser -user-data-dir DIR -url http://127.0.0.1:9090/ -status-backend game-ws/127.0.0.1:9301 -screenshot status.png
 package main
 
 import (
@@ -40,6 +48,7 @@ func main() {
 	want := flag.String("title", "sluice-ok", "document.title that means success")
 	timeout := flag.Duration("timeout", 30*time.Second, "how long to wait for the title")
 	shot := flag.String("screenshot", "", "write a PNG screenshot of the page here")
+	statusBackend := flag.String("status-backend", "", "check sluice's status page at -url: drain and ready this POOL/ADDRESS by its buttons")
 	flag.Parse()
 	if *pageURL == "" || (*dir == "" && *endpoint == "") {
 		flag.Usage()
@@ -47,7 +56,7 @@ func main() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout+20*time.Second)
 	defer cancel()
-	if err := run(ctx, *dir, *endpoint, *pageURL, *want, *timeout, *shot); err != nil {
+	if err := run(ctx, *dir, *endpoint, *pageURL, *want, *timeout, *shot, *statusBackend); err != nil {
 		fmt.Fprintln(os.Stderr, "browser:", err)
 		os.Exit(1)
 	}
@@ -76,7 +85,7 @@ const statusJS = `(() => {
     backend: t("backend"), rtt: t("rtt"), result: t("result"), error: t("error")});
 })()`
 
-func run(ctx context.Context, dir, endpoint, pageURL, want string, timeout time.Duration, shot string) error {
+func run(ctx context.Context, dir, endpoint, pageURL, want string, timeout time.Duration, shot, statusBackend string) error {
 	if endpoint == "" {
 		var err error
 		if endpoint, err = activePort(ctx, dir); err != nil {
@@ -99,14 +108,21 @@ func run(ctx context.Context, dir, endpoint, pageURL, want string, timeout time.
 			return err
 		}
 	}
+	width, height := 860, 600
+	if statusBackend != "" {
+		width, height = 1280, 900 // the status page's tables
+	}
 	if _, err := c.call(ctx, "Emulation.setDeviceMetricsOverride", map[string]any{
-		"width": 860, "height": 600, "deviceScaleFactor": 1, "mobile": false}); err != nil {
+		"width": width, "height": height, "deviceScaleFactor": 1, "mobile": false}); err != nil {
 		return err
 	}
 
 	// Make the new tab the focused, visible one, as a player would have it.
 	if _, err := c.call(ctx, "Page.bringToFront", nil); err != nil {
 		return err
+	}
+	if statusBackend != "" {
+		return checkStatusPage(ctx, c, pageURL, statusBackend, timeout, shot)
 	}
 
 	start := time.Now()
