@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"time"
 
 	"sluice/l7"
 	"sluice/tlsutil"
@@ -110,6 +111,7 @@ func (c *Config) buildL7(rt *Runtime, routes map[string]*route, bad func(string,
 				for _, n := range r.names {
 					certs.Add(n, r.cert)
 				}
+				rt.warnExpiry(path+".cert", r.names, r.cert)
 				if first == nil {
 					first = r.cert
 				}
@@ -154,6 +156,9 @@ func (c *Config) buildL7(rt *Runtime, routes map[string]*route, bad func(string,
 			continue
 		}
 		def := loadCert(lpath, lcfg.Cert, lcfg.Key)
+		if def != nil {
+			rt.warnExpiry(lpath+".cert", []string{"(no SNI)"}, def)
+		}
 		if def == nil && lr.table.def != nil && lr.table.def.mode == "l7" {
 			def = lr.table.def.cert
 		}
@@ -162,5 +167,27 @@ func (c *Config) buildL7(rt *Runtime, routes map[string]*route, bad func(string,
 		}
 		certs.SetDefault(def)
 		lr.certs.Swap(certs)
+	}
+}
+
+// certExpiryWarning: a certificate expiring sooner than this loads with a
+// warning (RELIABILITY T22).
+const certExpiryWarning = 7 * 24 * time.Hour
+
+// warnExpiry records a warning for an expired, not yet valid, or soon
+// expiring certificate, naming the server names it serves and NotAfter.
+func (rt *Runtime) warnExpiry(path string, names []string, cert *tls.Certificate) {
+	leaf := cert.Leaf
+	if leaf == nil {
+		return
+	}
+	now := time.Now()
+	switch {
+	case now.After(leaf.NotAfter):
+		rt.Warnings = append(rt.Warnings, fmt.Sprintf("%s: the certificate for %v EXPIRED at %s", path, names, leaf.NotAfter.UTC().Format(time.RFC3339)))
+	case now.Before(leaf.NotBefore):
+		rt.Warnings = append(rt.Warnings, fmt.Sprintf("%s: the certificate for %v is not valid before %s", path, names, leaf.NotBefore.UTC().Format(time.RFC3339)))
+	case leaf.NotAfter.Sub(now) < certExpiryWarning:
+		rt.Warnings = append(rt.Warnings, fmt.Sprintf("%s: the certificate for %v expires at %s", path, names, leaf.NotAfter.UTC().Format(time.RFC3339)))
 	}
 }

@@ -293,3 +293,42 @@ backends = [{ address = %q }]
 		t.Fatalf("redirect_https: %d %q", resp.StatusCode, resp.Header.Get("Location"))
 	}
 }
+
+// An expired certificate, or one expiring within 7 days, loads with a
+// warning naming its server names and NotAfter (RELIABILITY T22, G8).
+func TestCertificateExpiryWarning(t *testing.T) {
+	dir := t.TempDir()
+	c, err := tlsutil.SelfSigned([]string{"soon.test"}, 72*time.Hour)
+	must(t, err)
+	der, err := x509.MarshalPKCS8PrivateKey(c.PrivateKey)
+	must(t, err)
+	certFile, keyFile := filepath.Join(dir, "soon.pem"), filepath.Join(dir, "soon-key.pem")
+	must(t, os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Certificate[0]}), 0o644))
+	must(t, os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600))
+	cfg, err := DecodeConfig(fmt.Appendf(nil, `
+[listeners.public]
+address = "127.0.0.1:0"
+[routes.game]
+listener = "public"
+sni = ["soon.test"]
+mode = "l7"
+pool = "p"
+cert = %q
+key = %q
+[pools.p]
+backends = [{ address = "127.0.0.1:9" }]
+`, certFile, keyFile))
+	must(t, err)
+	rt, err := cfg.Validate()
+	must(t, err)
+	defer rt.Close()
+	found := false
+	for _, w := range rt.Warnings {
+		if strings.Contains(w, "soon.test") && strings.Contains(w, "expires at "+c.Leaf.NotAfter.UTC().Format(time.RFC3339)) {
+			found = true
+		}
+	}
+	if !found {
+		t.Fatalf("no expiry warning in %q", rt.Warnings)
+	}
+}
