@@ -19,9 +19,13 @@ echo "== reload under full load (500 WebSocket sessions; without the race detect
 (ulimit -n 20000 2>/dev/null || true; go test -count=1 -run '^TestReloadSwitchesModeUnderLoad$' -v . | grep -E '^(---|ok|FAIL)|sessions')
 
 echo "== fuzz (short runs; longer by hand: FUZZTIME=10m scripts/test.sh)"
-fuzztime=${FUZZTIME:-20s}
-go test -run '^$' -fuzz '^FuzzReadClientHello$' -fuzztime "$fuzztime" ./tlsutil
-go test -run '^$' -fuzz '^FuzzNormalizeSNI$' -fuzztime "$fuzztime" ./tlsutil
+fuzztime=${FUZZTIME:-15s}
+fuzz() { go test -run '^$' -fuzz "^$1\$" -fuzztime "$fuzztime" -fuzzminimizetime 3s "$2" | tail -2; }
+fuzz FuzzReadClientHello ./tlsutil
+fuzz FuzzNormalizeSNI ./tlsutil
+fuzz FuzzHeadScanner ./l7
+fuzz FuzzChunkScanner ./l7
+fuzz FuzzPeekHost .
 
 echo "== end to end (real processes)"
 scripts/e2e.sh
