@@ -20,7 +20,13 @@ echo "== reload under full load (500 WebSocket sessions; without the race detect
 
 echo "== fuzz (short runs; longer by hand: FUZZTIME=10m scripts/test.sh)"
 fuzztime=${FUZZTIME:-15s}
-fuzz() { go test -run '^$' -fuzz "^$1\$" -fuzztime "$fuzztime" -fuzzminimizetime 3s "$2" | tail -2; }
+fuzz() {
+  local out
+  if ! out=$(go test -run '^$' -fuzz "^$1\$" -fuzztime "$fuzztime" -fuzzminimizetime 3s "$2" 2>&1); then
+    echo "$out"; return 1
+  fi
+  echo "$1: $(echo "$out" | grep -E 'execs' | tail -1)"
+}
 fuzz FuzzReadClientHello ./tlsutil
 fuzz FuzzNormalizeSNI ./tlsutil
 fuzz FuzzHeadScanner ./l7
