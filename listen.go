@@ -73,7 +73,8 @@ type server struct {
 	accepts sync.WaitGroup
 	conns   sync.WaitGroup
 
-	rejected sync.Map // l4.Reason → *atomic.Uint64, read by tests and later by metrics
+	rejected sync.Map // l4.Reason → *atomic.Uint64, read by tests
+	metrics  *metrics
 }
 
 func newServer(rt *Runtime, log *zap.Logger, rejectLog *zap.Logger) *server {
@@ -90,6 +91,9 @@ func newServer(rt *Runtime, log *zap.Logger, rejectLog *zap.Logger) *server {
 	}
 	s.rt.Store(rt)
 	s.setMaxConns(rt)
+	s.metrics = newMetrics(s.rt.Load)
+	s.metrics.trackConnections(func() (int64, int64) { return s.active.Load(), s.maxConns.Load() })
+	s.onReload = s.metrics.reloaded
 	return s
 }
 
@@ -279,6 +283,7 @@ func (s *server) acceptLoop(addr string, ln *net.TCPListener) {
 			c.Close()
 			continue
 		}
+		s.metrics.accepted(lr.name)
 		if s.active.Add(1) > s.maxConns.Load() {
 			s.active.Add(-1)
 			rt.release()
@@ -315,6 +320,9 @@ func (s *server) serveConn(rt *Runtime, lr *listenerRuntime, c *net.TCPConn, acc
 	// rule 1, T1): progress never extends it. The relay sets its own.
 	c.SetReadDeadline(accepted.Add(lr.helloTimeout))
 	h, err := tlsutil.ReadClientHello(c, lr.maxHelloBytes)
+	if err == nil || errors.Is(err, tlsutil.ErrNotTLS) {
+		s.metrics.helloDone(lr.name, time.Since(accepted))
+	}
 	var r *route
 	switch {
 	case err == nil:
@@ -363,8 +371,7 @@ func (s *server) serveCleartext(rt *Runtime, lr *listenerRuntime, c *net.TCPConn
 	defer s.conns.Done()
 	defer s.release(rt)
 	if lr.redirect != nil {
-		res := lr.redirect.ServeConn(s.ctx, c, nil, accepted)
-		s.logL7(lr, &route{name: "redirect_https", mode: "l7"}, c, "", accepted, res)
+		s.serveL7(lr, &route{name: "redirect_https", mode: "l7", l7: lr.redirect}, c, nil, "", accepted)
 		return
 	}
 	c.SetReadDeadline(accepted.Add(lr.headerTimeout))
@@ -389,7 +396,12 @@ func (s *server) serveCleartext(rt *Runtime, lr *listenerRuntime, c *net.TCPConn
 // serveL7 hands a connection to an l7 route (TLS termination, HTTP and
 // WebSocket) and writes its access line.
 func (s *server) serveL7(lr *listenerRuntime, r *route, c *net.TCPConn, prefix []byte, sni string, accepted time.Time) {
+	s.metrics.connOpened(lr.name, r.name, "l7")
 	res := r.l7.ServeConn(s.ctx, c, prefix, accepted)
+	if res.Handshake > 0 {
+		s.metrics.handshakeDone(r.name, res.Handshake)
+	}
+	s.metrics.connClosed(lr.name, r.name, "l7", res.Reason, res.BytesIn, res.BytesOut)
 	s.logL7(lr, r, c, sni, accepted, res)
 }
 
@@ -427,12 +439,14 @@ func (s *server) logL7(lr *listenerRuntime, r *route, c *net.TCPConn, sni string
 
 // forward runs an l4 route to its end and writes its access line.
 func (s *server) forward(lr *listenerRuntime, r *route, c *net.TCPConn, h *tlsutil.ClientHello, accepted time.Time) {
+	s.metrics.connOpened(lr.name, r.name, r.mode)
 	res := l4.Forward(s.ctx, r.pool, c, balancer.DialRequest{
 		Client: c.RemoteAddr(),
 		Local:  c.LocalAddr(),
 		SNI:    h.ServerName,
 		Prefix: h.Raw,
 	}, r.relay)
+	s.metrics.connClosed(lr.name, r.name, r.mode, res.Reason, res.BytesIn, res.BytesOut)
 	fields := s.accessFields(lr, r, c, h, accepted, res.Reason, zap.String("pool", r.pool.Name()))
 	if res.Backend != "" {
 		fields = append(fields,
@@ -479,6 +493,7 @@ const maxLogField = 256
 func (s *server) reject(listener string, client net.Addr, reason l4.Reason, sni string, extra ...zap.Field) {
 	n, _ := s.rejected.LoadOrStore(reason, new(atomic.Uint64))
 	n.(*atomic.Uint64).Add(1)
+	s.metrics.rejected(listener, reason)
 	if ce := s.rejectLog.Check(zap.InfoLevel, "rejected: "+string(reason)); ce != nil {
 		f := []zap.Field{zap.Stringer("client", client), zap.String("listener", listener), zap.String("reason", string(reason))}
 		if sni != "" {

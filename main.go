@@ -71,6 +71,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 		log.Error("cannot listen", zap.Error(err))
 		return 1
 	}
+	if rt.AdminListen != "" {
+		adm := newAdmin(s, s.metrics, s.reload)
+		addr, err := adm.start(rt.AdminListen)
+		if err != nil {
+			log.Error("cannot listen", zap.String("admin", rt.AdminListen), zap.Error(err))
+			s.shutdown(0)
+			return 1
+		}
+		log.Info("admin listening: /metrics, /healthz, /readyz, /api/v1/state, status page at /", zap.Stringer("address", addr))
+		defer adm.stop() // stays up through the drain: /readyz answers 503, /metrics still answers
+	}
 	for _, name := range sortedKeys(rt.Listeners) {
 		log.Info("listening", zap.String("listener", name), zap.Stringer("address", s.addr(name)))
 	}
