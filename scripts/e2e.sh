@@ -40,10 +40,11 @@ grep -q 'routes.r.conect_timeout: unknown key' "$work/bad.out" || fail "unknown 
 grep -q 'panic' "$work/bad.out" && fail "bad config printed a panic"
 
 base=$((20000 + RANDOM % 20000))
-lp=$base; b1=$((base+1)); b2=$((base+2)); b3=$((base+3)); w1=$((base+4)); w2=$((base+5))
+lp=$base; b1=$((base+1)); b2=$((base+2)); b3=$((base+3)); w1=$((base+4)); w2=$((base+5)); adm=$((base+6))
 sed -e "s/127.0.0.1:8443/127.0.0.1:$lp/" -e "s/127.0.0.1:9101/127.0.0.1:$b1/" \
     -e "s/127.0.0.1:9102/127.0.0.1:$b2/" -e "s/127.0.0.1:9201/127.0.0.1:$b3/" \
     -e "s/127.0.0.1:9301/127.0.0.1:$w1/" -e "s/127.0.0.1:9302/127.0.0.1:$w2/" \
+    -e "s/127.0.0.1:9090/127.0.0.1:$adm/" \
     -e "s|root = \"scripts/demo/web\"|root = \"$PWD/scripts/demo/web\"|" \
     -e 's/format = "console"/format = "json"/' config.toml > "$work/e2e.toml"
 
@@ -74,6 +75,16 @@ echo "$out3" | grep -q 'tcp-backend-1: native' || fail "raw echo"
 # One access line per connection, with the copy path.
 sleep 0.3
 grep -q '"path_in":"splice"' "$work/sluice.log" || fail "no spliced connection in the access log"
+
+# The admin server: health, metrics that moved, the state API.
+if command -v curl >/dev/null; then
+  curl -fsS "http://127.0.0.1:$adm/healthz" | grep -q ok || fail "/healthz"
+  curl -fsS "http://127.0.0.1:$adm/readyz" >/dev/null || fail "/readyz"
+  curl -fsS "http://127.0.0.1:$adm/metrics" | grep -Eq 'sluice_connections_closed_total\{listener="public",mode="l4",reason="[a-z_]+",route="echo"\} [1-9]' || fail "metrics did not count the echo connections"
+  curl -fsS "http://127.0.0.1:$adm/api/v1/state" | grep -q '"tls-echo"' || fail "state API"
+  # Reload through the API (SIGHUP does the same).
+  curl -fsS -X POST "http://127.0.0.1:$adm/api/v1/reload" | grep -q '"ok": *true' || fail "reload API"
+fi
 
 # SIGTERM: exit 0 within the drain (no live connections here).
 kill -TERM "$spid"
