@@ -225,17 +225,23 @@ func TestResetAfterFINDoesNotTruncate(t *testing.T) {
 			const n = 1 * mib
 			for i := range 5 {
 				h := startRelay(t, m, Options{HalfCloseTimeout: 5 * time.Second})
+				// The client reads slowly, so that much of the 1 MiB is still
+				// inside the relay when the RST comes.
+				recv := goRecv(&slowReader{r: h.client})
 				sent := goSend(h.backend, n, 7, func(c net.Conn) {
 					closeWrite(c)
+					// An RST also discards what the backend's own kernel has not
+					// sent yet: wait until everything left it, as in the real
+					// case (the backend finished writing, then died).
+					waitSendQueueEmpty(c.(*net.TCPConn), 10*time.Second)
 					time.Sleep(50 * time.Millisecond)
 					c.(*net.TCPConn).SetLinger(0)
 					c.Close()
 				})
-				if err := within(t, sent, 10*time.Second, "send"); err != nil {
+				if err := within(t, sent, 20*time.Second, "send"); err != nil {
 					t.Fatal(err)
 				}
-				time.Sleep(100 * time.Millisecond) // the RST is in before the client reads
-				r := within(t, goRecv(h.client), 10*time.Second, "client read")
+				r := within(t, recv, 20*time.Second, "client read")
 				if r.n != n || r.sum != sumOf(n, 7) || !isEOF(r.err) {
 					t.Fatalf("run %d: client got %d bytes (sum ok %v), end %v", i, r.n, r.sum == sumOf(n, 7), r.err)
 				}
@@ -499,3 +505,12 @@ func TestClosedConn(t *testing.T) {
 		t.Errorf("reason %q err %v", st.Reason, st.Err)
 	}
 }
+
+// slowReader reads at most 16 KiB at a time, 1 ms apart.
+type slowReader struct{ r io.Reader }
+
+func (s *slowReader) Read(b []byte) (int, error) {
+	time.Sleep(time.Millisecond)
+	return s.r.Read(b[:min(len(b), 16*kib)])
+}
+
