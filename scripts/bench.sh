@@ -1,0 +1,269 @@
+#!/usr/bin/env bash
+# The side-by-side benchmark: sluice against HAProxy and nginx (and "direct",
+# no proxy at all), one worker each, everything on 127.0.0.1.
+#
+#   scripts/bench.sh                 full run (about 8 minutes on 2 cores)
+#   QUICK=1 scripts/bench.sh         smoke run (about 2 minutes)
+#   WORKERS=2 scripts/bench.sh       nbthread 2 / worker_processes 2 / GOMAXPROCS=2
+#
+# Environment: REPS (3; QUICK: 1), DURATION (measured window per run, 2s;
+# QUICK: 1s), WARMUP (300ms), IDLE_CONNS (8000; QUICK: 2000), SCENARIOS
+# (comma-separated, default all: bulk-up bulk-down conn conn-pp2 tls-pass
+# ping-1 ping-64 wss-hs wss-echo idle-l4 idle-wss), OUT (the Markdown table,
+# /tmp/sluice-bench.md), PROFILE (comma-separated scenarios: afterwards, run
+# each against sluice alone under `perf record` and print the hot spots).
+#
+# It installs haproxy, nginx and nginx's stream module with apt-get if they are
+# missing, builds sluice (from this checkout), the backends and the load
+# generator (scripts/bench/), fills in the configs in scripts/bench/ and runs
+# scripts/bench/loadgen, which measures and prints the table. Every process it
+# starts is stopped by PID on exit; every wait is bounded.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+t_start=$(date +%s)
+
+QUICK=${QUICK:-0}
+if [[ $QUICK == 1 ]]; then
+  REPS=${REPS:-1} DURATION=${DURATION:-1s} IDLE_CONNS=${IDLE_CONNS:-2000}
+fi
+REPS=${REPS:-3}
+DURATION=${DURATION:-2s}
+WARMUP=${WARMUP:-300ms}
+IDLE_CONNS=${IDLE_CONNS:-8000}
+WORKERS=${WORKERS:-1}
+SCENARIOS=${SCENARIOS:-all}
+OUT=${OUT:-/tmp/sluice-bench.md}
+PROFILE=${PROFILE:-}
+all_load="bulk-up,bulk-down,conn,conn-pp2,tls-pass,ping-1,ping-64,wss-hs,wss-echo"
+all_idle="idle-l4 idle-wss"
+
+log() { printf '== %s\n' "$*" >&2; }
+die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
+
+# --- peers ---------------------------------------------------------------
+need=()
+command -v haproxy >/dev/null || need+=(haproxy)
+command -v nginx >/dev/null || need+=(nginx)
+[[ -e /usr/lib/nginx/modules/ngx_stream_module.so ]] || need+=(libnginx-mod-stream)
+if ((${#need[@]})); then
+  log "installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  if ! timeout 300 apt-get install -y --no-install-recommends "${need[@]}" >/tmp/sluice-bench-apt.log 2>&1; then
+    timeout 300 apt-get update >>/tmp/sluice-bench-apt.log 2>&1 || true
+    timeout 300 apt-get install -y --no-install-recommends "${need[@]}" >>/tmp/sluice-bench-apt.log 2>&1 ||
+      die "apt-get install ${need[*]} failed: see /tmp/sluice-bench-apt.log"
+  fi
+fi
+command -v haproxy >/dev/null && command -v nginx >/dev/null || die "haproxy and nginx are required"
+
+# --- file descriptors ------------------------------------------------------
+hard=$(ulimit -Hn)
+[[ $hard == unlimited ]] && hard=1048576
+NOFILE=$((hard > 65536 ? 65536 : hard))
+ulimit -n "$NOFILE"
+if ((IDLE_CONNS * 2 + 2000 > NOFILE)); then
+  IDLE_CONNS=$(((NOFILE - 2000) / 2))
+  log "open-file limit $NOFILE: idle scenarios use $IDLE_CONNS connections"
+fi
+# HAProxy needs 2 fds per connection plus 2 per pipe: maxsock = 2*maxconn + 2*maxpipes + a few.
+HA_MAXCONN=$(((NOFILE - 1100) / 2))
+((HA_MAXCONN > 20000)) && HA_MAXCONN=20000
+
+# --- processes -------------------------------------------------------------
+tmp=$(mktemp -d /tmp/sluice-bench.XXXXXX)
+declare -A pid=()
+perf_pid=""
+stop_pid() { # stop_pid PID: TERM, wait up to 5 s, then KILL
+  local p=$1 i
+  kill -TERM "$p" 2>/dev/null || return 0
+  for i in $(seq 1 50); do
+    kill -0 "$p" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$p" 2>/dev/null || true
+  wait "$p" 2>/dev/null || true
+}
+cleanup() {
+  local rc=$?
+  set +e
+  [[ -n $perf_pid ]] && stop_pid "$perf_pid"
+  for name in "${!pid[@]}"; do stop_pid "${pid[$name]}"; done
+  [[ ${KEEP:-0} == 1 ]] && log "kept $tmp" || rm -rf "$tmp"
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- build -----------------------------------------------------------------
+log "building sluice, backends and loadgen"
+for try in 1 2 3; do
+  if go build -o "$tmp/sluice" . 2>"$tmp/build.log"; then break; fi
+  ((try == 3)) && { cat "$tmp/build.log" >&2; die "sluice does not build"; }
+  log "sluice does not build right now (attempt $try); retrying in 60 s"
+  sleep 60
+done
+go build -o "$tmp/backends" ./scripts/bench/backends
+go build -o "$tmp/loadgen" ./scripts/bench/loadgen
+"$tmp/backends" -gencert "$tmp"
+
+# --- ports and configs -----------------------------------------------------
+names=(B_L4 B_PP B_TLS B_WS B_WSS HA_L4 HA_WS NG_L4 NG_PP NG_WS SL)
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+declare -A port=()
+for try in $(seq 1 20); do
+  base=$((20000 + RANDOM % 12000)) ok=1
+  for i in "${!names[@]}"; do port_free $((base + i)) || { ok=0; break; }; done
+  ((ok)) && break
+  ((try == 20)) && die "no free port range found"
+done
+for i in "${!names[@]}"; do port[${names[$i]}]=$((base + i)); done
+render() { # render TEMPLATE OUTPUT
+  local args=(-e "s|@TMP@|$tmp|g" -e "s|@CERT@|$tmp/cert.pem|g" -e "s|@KEY@|$tmp/key.pem|g"
+    -e "s|@COMBINED@|$tmp/combined.pem|g" -e "s|@WORKERS@|$WORKERS|g"
+    -e "s|@NOFILE@|$NOFILE|g" -e "s|@NGCONN@|$((NOFILE - 500))|g" -e "s|@HA_MAXCONN@|$HA_MAXCONN|g")
+  for n in "${names[@]}"; do args+=(-e "s|@$n@|${port[$n]}|g"); done
+  sed "${args[@]}" "$1" >"$2"
+  ! grep -n '@[A-Z_]*@' "$2" || die "$2: unfilled template names"
+}
+render scripts/bench/haproxy.cfg "$tmp/haproxy.cfg"
+render scripts/bench/nginx.conf "$tmp/nginx.conf"
+render scripts/bench/sluice.toml "$tmp/sluice.toml"
+haproxy -c -q -f "$tmp/haproxy.cfg" || die "haproxy.cfg does not check"
+nginx -t -q -p "$tmp/" -e "$tmp/nginx-error.log" -c "$tmp/nginx.conf" || die "nginx.conf does not check"
+"$tmp/sluice" -check -config "$tmp/sluice.toml" >/dev/null || die "sluice.toml does not check"
+
+wait_port() { # wait_port PORT NAME: up to 10 s
+  local i
+  for i in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    kill -0 "${pid[$2]}" 2>/dev/null || { tail -20 "$tmp/$2.log" >&2; die "$2 exited"; }
+    sleep 0.1
+  done
+  die "$2 does not listen on $1"
+}
+start() { # start NAME: (re)start one process under test
+  local name=$1
+  [[ -n ${pid[$name]:-} ]] && stop_pid "${pid[$name]}"
+  case $name in
+  direct)
+    GOMAXPROCS=$WORKERS "$tmp/backends" -l4 "127.0.0.1:${port[B_L4]}" -pp "127.0.0.1:${port[B_PP]}" -tls "127.0.0.1:${port[B_TLS]}" \
+      -ws "127.0.0.1:${port[B_WS]}" -wss "127.0.0.1:${port[B_WSS]}" -cert "$tmp/cert.pem" -key "$tmp/key.pem" \
+      >"$tmp/direct.log" 2>&1 &
+    pid[direct]=$!
+    wait_port "${port[B_L4]}" direct && wait_port "${port[B_WSS]}" direct
+    ;;
+  haproxy)
+    haproxy -db -f "$tmp/haproxy.cfg" >"$tmp/haproxy.log" 2>&1 &
+    pid[haproxy]=$!
+    wait_port "${port[HA_L4]}" haproxy && wait_port "${port[HA_WS]}" haproxy
+    ;;
+  nginx)
+    nginx -p "$tmp/" -e "$tmp/nginx-error.log" -c "$tmp/nginx.conf" -g 'daemon off;' >"$tmp/nginx.log" 2>&1 &
+    pid[nginx]=$!
+    wait_port "${port[NG_L4]}" nginx && wait_port "${port[NG_WS]}" nginx
+    ;;
+  sluice)
+    GOMAXPROCS=$WORKERS "$tmp/sluice" -config "$tmp/sluice.toml" >"$tmp/sluice.log" 2>&1 &
+    pid[sluice]=$!
+    wait_port "${port[SL]}" sluice
+    ;;
+  esac
+}
+spec() { # spec NAME: the loadgen target spec
+  local a=127.0.0.1
+  case $1 in
+  direct) echo "name=direct,pid=${pid[direct]},l4=$a:${port[B_L4]},pp=$a:${port[B_PP]},ppself,tls=$a:${port[B_TLS]},wss=$a:${port[B_WSS]}" ;;
+  haproxy) echo "name=haproxy,pid=${pid[haproxy]},l4=$a:${port[HA_L4]},pp=$a:${port[HA_L4]},tls=$a:${port[HA_L4]},wss=$a:${port[HA_WS]}" ;;
+  nginx) echo "name=nginx,pid=${pid[nginx]},l4=$a:${port[NG_L4]},pp=$a:${port[NG_PP]},tls=$a:${port[NG_L4]},wss=$a:${port[NG_WS]}" ;;
+  sluice) echo "name=sluice,pid=${pid[sluice]},l4=$a:${port[SL]},pp=$a:${port[SL]},tls=$a:${port[SL]},wss=$a:${port[SL]}" ;;
+  esac
+}
+targets=(direct haproxy nginx sluice)
+for t in "${targets[@]}"; do start "$t"; done
+sleep 0.5
+
+# Which scenarios: the load ones in one loadgen run (targets alternate inside
+# each repetition), the idle ones each on a freshly started process (memory a
+# process freed stays mapped, so a second measurement in the same process
+# would read close to zero).
+load=() idles=()
+for s in ${SCENARIOS//,/ }; do
+  if [[ $s == all ]]; then
+    load+=(${all_load//,/ }) idles+=($all_idle)
+  elif [[ " $all_idle " == *" $s "* ]]; then
+    idles+=("$s")
+  elif [[ ",$all_load," == *",$s,"* ]]; then
+    load+=("$s")
+  else
+    die "unknown scenario $s"
+  fi
+done
+secs() { local d=$1; [[ $d == *ms ]] && echo $(((${d%ms} + 999) / 1000)) || echo "${d%s}"; }
+results=$tmp/results.jsonl
+log "$(nproc) cores; WORKERS=$WORKERS REPS=$REPS DURATION=$DURATION IDLE_CONNS=$IDLE_CONNS; ports ${port[B_L4]}-${port[SL]}"
+if ((${#load[@]})); then
+  list=$(
+    IFS=,
+    echo "${load[*]}"
+  )
+  budget=$((REPS * ${#load[@]} * 4 * ($(secs "$DURATION") + 15) + 30))
+  args=()
+  for t in "${targets[@]}"; do args+=(-target "$(spec "$t")"); done
+  timeout -k 5 "$budget" "$tmp/loadgen" run "${args[@]}" -scenarios "$list" -reps "$REPS" \
+    -duration "$DURATION" -warmup "$WARMUP" -results "$results" || die "loadgen failed"
+fi
+for ((rep = 0; rep < REPS; rep++)); do
+  for s in "${idles[@]}"; do
+    for ((i = 0; i < ${#targets[@]}; i++)); do
+      t=${targets[$(((i + rep) % ${#targets[@]}))]}
+      start "$t"
+      sleep 0.3
+      timeout -k 5 200 "$tmp/loadgen" run -target "$(spec "$t")" -scenarios "$s" -reps 1 -rep-base "$rep" \
+        -idle-conns "$IDLE_CONNS" -results "$results" || die "loadgen failed"
+    done
+  done
+done
+
+repro="scripts/bench.sh"
+[[ $QUICK == 1 ]] && repro="QUICK=1 $repro"
+[[ $WORKERS != 1 ]] && repro="WORKERS=$WORKERS $repro"
+ha_version=$(haproxy -v 2>/dev/null | sed -n '1s/^HAProxy version \([^ ]*\).*/\1/p')
+ng_version=$(nginx -v 2>&1 | sed -n 's|.*nginx/||p')
+sl_version=$(git -C "$root" describe --always --dirty 2>/dev/null || echo unknown)
+header="sluice bench: WORKERS=$WORKERS REPS=$REPS DURATION=$DURATION IDLE_CONNS=$IDLE_CONNS; $(nproc) cores,"
+header+=" Linux $(uname -r), HAProxy $ha_version, nginx $ng_version, $(go env GOVERSION), sluice $sl_version,"
+header+=" $(date -u +%Y-%m-%dT%H:%MZ)"$'\n'"reproduce: $repro"
+echo
+"$tmp/loadgen" report -results "$results" -out "$OUT" -header "$header"
+echo
+log "Markdown: $OUT"
+
+# --- optional: where sluice spends its CPU -----------------------------------
+if [[ -n $PROFILE ]]; then
+  command -v perf >/dev/null || die "PROFILE needs perf (apt-get install linux-perf)"
+  for s in ${PROFILE//,/ }; do
+    start sluice
+    sleep 0.3
+    "$tmp/loadgen" run -target "$(spec sluice)" -scenarios "$s" -reps 1 -duration 6s -warmup 500ms \
+      -idle-conns "$IDLE_CONNS" -results "$tmp/profile.jsonl" >/dev/null 2>&1 &
+    lg=$!
+    sleep 1
+    perf record -q -F 999 -e cpu-clock -g -p "${pid[sluice]}" -o "$tmp/perf-$s.data" -- sleep 4 >/dev/null 2>&1 &
+    perf_pid=$!
+    wait "$perf_pid" || true
+    perf_pid=""
+    for i in $(seq 1 100); do kill -0 "$lg" 2>/dev/null || break; sleep 0.2; done
+    stop_pid "$lg"
+    echo "== sluice profile, $s (perf record -e cpu-clock -g, 4 s under load):"
+    rep() { perf report -i "$tmp/perf-$s.data" --stdio -g none "$@" 2>/dev/null | grep -E '^ +[0-9.]+%' || true; }
+    echo "-- by binary:"
+    rep --no-children --sort dso | head -4 || true
+    echo "-- self time, top symbols:"
+    rep --no-children --sort symbol | head -20 || true
+    echo "-- inclusive time, top Go functions (time spent in them and below):"
+    rep --children --sort symbol | grep -v '\[k\]' | grep -Ev 'runtime\.(goexit|mstart|systemstack|mcall)' | head -30 || true
+    echo
+  done
+fi
+log "wall time $(($(date +%s) - t_start)) s"
