@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -54,8 +55,9 @@ func (s AdminState) String() string {
 // at scrape time.
 type Backend struct {
 	addr     string
-	weight   int   // >= 1
-	maxConns int64 // 0: unlimited
+	ap       netip.AddrPort // addr parsed when it is an IP literal: dialled without the resolver
+	weight   int            // >= 1
+	maxConns int64          // 0: unlimited
 	backup   bool
 	hash     uint64 // rendezvous identity, from addr
 
@@ -102,6 +104,9 @@ func newBackend(cfg BackendConfig) *Backend {
 		backup:   cfg.Backup,
 		hash:     mix64(hashString(cfg.Address)),
 		live:     new(liveState),
+	}
+	if ap, err := netip.ParseAddrPort(cfg.Address); err == nil {
+		b.ap = ap
 	}
 	b.healthy.Store(true)
 	return b
