@@ -78,7 +78,9 @@ const (
 )
 
 // ReadClientHello reads the TLS records that carry the first ClientHello from
-// r and parses the message with crypto/tls.
+// r and parses the message, accepting and rejecting exactly what crypto/tls
+// would before it calls Config.GetConfigForClient (see hello_parse.go; the
+// parser is differentially fuzzed against crypto/tls).
 //
 // It never reads more than maxBytes bytes from r (maxBytes <= 0 means
 // DefaultMaxHelloBytes; values above MaxHelloBytesLimit are clamped). It sets
@@ -98,10 +100,10 @@ const (
 //     record types other than handshake or alert, a record version >= 0x1000,
 //     zero-length handshake records, alerts that are not warning-level or are
 //     close_notify, more than 16 consecutive alerts, a first handshake message
-//     that is not a client_hello. The message itself is then parsed by
-//     crypto/tls, which rejects duplicate extensions, bad lengths, two
-//     host_names, an empty host_name, a trailing dot in the SNI, a malformed
-//     ECH extension, and so on.
+//     that is not a client_hello. The message itself is then parsed with
+//     crypto/tls's rules, which reject duplicate extensions, bad lengths,
+//     two host_names, an empty host_name, a trailing dot in the SNI, a
+//     malformed ECH extension, and so on.
 //   - Read errors are wrapped with %w, so errors.Is works with
 //     os.ErrDeadlineExceeded; EOF before the first byte wraps io.EOF and EOF
 //     inside the hello wraps io.ErrUnexpectedEOF.
@@ -119,13 +121,22 @@ func ReadClientHello(r io.Reader, maxBytes int) (*ClientHello, error) {
 		max: maxBytes,
 		buf: make([]byte, 0, min(maxBytes, initialBufSize)),
 	}
-	end, legacyVers, err := f.frame()
-	h := &ClientHello{Raw: f.buf}
+	end, hsLen, err := f.frame()
+	b := new(helloBlock)
+	h := &b.h
+	h.Raw = f.buf
 	if err != nil {
 		return h, err
 	}
-	return h, h.parse(f.buf[:end], legacyVers)
+	if useCryptoTLSParser {
+		return h, parseWithCryptoTLS(h, f.buf[:end])
+	}
+	return h, b.parseMessage(helloMessage(f.buf[:end], hsLen))
 }
+
+// useCryptoTLSParser switches ReadClientHello back to parseWithCryptoTLS,
+// the crypto/tls handshake the message parser in hello_parse.go replaced.
+const useCryptoTLSParser = false
 
 // framer reads TLS records from r into buf, never past max bytes.
 type framer struct {
@@ -192,11 +203,11 @@ func tooLarge(format string, args ...any) error {
 
 // frame reads records until the ClientHello message is complete. It returns
 // the offset in buf just past the record holding the message's last byte,
-// and the message's legacy_version field.
+// and the message's length including its 4-byte header.
 //
 // Bytes are processed as they arrive, so a declared length that cannot fit
 // is rejected before anything more is read (RELIABILITY T4, A6, A7).
-func (f *framer) frame() (end int, legacyVers uint16, err error) {
+func (f *framer) frame() (end, hsLen int, err error) {
 	if err := f.fill(); err != nil {
 		return 0, 0, err
 	}
@@ -205,11 +216,11 @@ func (f *framer) frame() (end int, legacyVers uint16, err error) {
 	}
 	var (
 		rec     int     // offset of the current record header in buf
-		hs      [6]byte // msg_type, uint24 length, legacy_version
+		hs      [4]byte // msg_type, uint24 length
 		hsGot   int     // handshake message bytes seen so far
-		hsLen   = -1    // message length including its 4-byte header, once known
 		useless int     // consecutive warning alerts
 	)
+	hsLen = -1 // message length including its 4-byte header, once known
 	for {
 		// RFC 8446, Section 5.1: type(1) legacy_record_version(2) length(2).
 		for len(f.buf) < rec+recordHeaderLen {
@@ -310,7 +321,7 @@ func (f *framer) frame() (end int, legacyVers uint16, err error) {
 			}
 		}
 		if hsLen >= 0 && hsGot >= hsLen {
-			return end, uint16(hs[4])<<8 | uint16(hs[5]), nil
+			return end, hsLen, nil
 		}
 		rec = end
 	}
@@ -331,12 +342,16 @@ var helloConfig = &tls.Config{
 	},
 }
 
-// parse runs the crypto/tls server handshake over records until
-// GetConfigForClient, as Traefik does after GHSA-wvvq-wgcr-9q48: the fields
-// come from the same parser that would terminate the connection. crypto/tls
-// parses the ECH extension before GetConfigForClient, so a malformed one is
-// rejected here too.
-func (h *ClientHello) parse(records []byte, legacyVers uint16) error {
+// parseWithCryptoTLS runs the crypto/tls server handshake over records (as
+// returned by framer.frame) until GetConfigForClient, as Traefik does after
+// GHSA-wvvq-wgcr-9q48, and fills h's parsed fields from the
+// ClientHelloInfo. crypto/tls parses the ECH extension before
+// GetConfigForClient, so a malformed one is rejected here too.
+//
+// ReadClientHello used it until the allocation-light parseMessage replaced
+// it; it remains the reference parseMessage is tested and fuzzed against
+// (FuzzClientHelloDifferential), and useCryptoTLSParser switches back to it.
+func parseWithCryptoTLS(h *ClientHello, records []byte) error {
 	rc := &replayConn{data: records}
 	err := tls.Server(rc, helloConfig).HandshakeContext(context.Background())
 	chi := rc.chi
@@ -354,15 +369,17 @@ func (h *ClientHello) parse(records []byte, legacyVers uint16) error {
 	// version up to legacy_version; report what the client sent instead.
 	// crypto/tls rejects an empty supported_versions list, so the extension
 	// is present exactly when it is listed.
-	if slices.Contains(chi.Extensions, extensionSupportedVersions) {
+	if slices.Contains(chi.Extensions, extSupportedVersions) {
 		h.Versions = chi.SupportedVersions
 	} else {
-		h.Versions = []uint16{legacyVers}
+		// crypto/tls accepted the message, so it holds legacy_version.
+		// helloMessage with a length no message reaches returns every
+		// handshake byte of records.
+		msg := helloMessage(records, len(records))
+		h.Versions = []uint16{uint16(msg[4])<<8 | uint16(msg[5])}
 	}
 	return nil
 }
-
-const extensionSupportedVersions = 43 // RFC 8446, Section 4.2.1
 
 // replayConn serves data to crypto/tls, then io.EOF; writes (alerts) are
 // discarded.

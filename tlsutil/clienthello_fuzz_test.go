@@ -133,6 +133,12 @@ func FuzzReadClientHello(f *testing.F) {
 		if end < 0 || end > len(h.Raw) {
 			t.Fatalf("hello ends at %d, Raw has %d bytes", end, len(h.Raw))
 		}
+		// Every field, Versions included, equals the crypto/tls path's.
+		var oracle ClientHello
+		if err := parseWithCryptoTLS(&oracle, data[:end]); err != nil || !sameHello(h, &oracle) {
+			t.Fatalf("crypto/tls path: %v; fields %q %q %x, oracle %q %q %x", err,
+				h.RawServerName, h.ALPN, h.Versions, oracle.RawServerName, oracle.ALPN, oracle.Versions)
+		}
 		for _, k := range []int{0, 1, 4, 5, 8, 9, end / 2, end - 5, end - 1} {
 			if k < 0 || k >= end {
 				continue

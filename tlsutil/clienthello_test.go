@@ -443,119 +443,134 @@ func editExt(hello []byte, f func(h *tlstest.Hello)) []byte {
 	return h.Marshal()
 }
 
-// TestMalformedTable pins RELIABILITY T6 / RELIABILITY-TESTS A13 against
-// what crypto/tls itself decides for the same bytes.
-func TestMalformedTable(t *testing.T) {
+// Verdicts of malformedTable rows.
+const (
+	verdictOK = iota
+	verdictMalformed
+	verdictTruncated
+)
+
+type malformedCase struct {
+	name    string
+	in      []byte
+	verdict int
+	sni     string // when ok
+}
+
+// malformedTable is the RELIABILITY-TESTS A13 table of TestMalformedTable,
+// also used to seed FuzzClientHelloDifferential.
+func malformedTable(t testing.TB) []malformedCase {
 	base := capture(t, "alpn")
 	sniData := func(e ...tlstest.ServerNameEntry) []byte { return tlstest.ServerNameData(e...) }
-	const (
-		ok = iota
-		malformed
-		truncated
-	)
-	cases := []struct {
-		name    string
-		in      []byte
-		verdict int
-		sni     string // when ok
-	}{
-		{"baseline", base, ok, "ws.example.com"},
+	return []malformedCase{
+		{"baseline", base, verdictOK, "ws.example.com"},
 		{"duplicate extension", editExt(base, func(h *tlstest.Hello) {
 			h.Insert(tlstest.Extension{Type: tlstest.ExtALPN, Data: h.Extensions[h.Index(tlstest.ExtALPN)].Data})
-		}), malformed, ""},
+		}), verdictMalformed, ""},
 		{"duplicate unknown extension", editExt(base, func(h *tlstest.Hello) {
 			h.Insert(tlstest.Extension{Type: 0xeeee})
 			h.Insert(tlstest.Extension{Type: 0xeeee})
-		}), malformed, ""},
+		}), verdictMalformed, ""},
 		{"extension length overflow", func() []byte {
 			b := editExt(base, func(h *tlstest.Hello) { h.Insert(tlstest.Extension{Type: 0xeeee, Data: []byte{1, 2, 3}}) })
 			b[len(b)-4] = 0xff // the last extension claims 0xff03 bytes
 			return b
-		}(), malformed, ""},
+		}(), verdictMalformed, ""},
 		{"extensions block length overflow", func() []byte {
 			h := tlstest.MustParseHello(base)
 			b := h.Marshal()
 			off := 5 + 4 + len(h.Body)
 			binary.BigEndian.PutUint16(b[off:], binary.BigEndian.Uint16(b[off:])+1)
 			return b
-		}(), malformed, ""},
+		}(), verdictMalformed, ""},
 		{"two host_names", editExt(base, func(h *tlstest.Hello) {
 			h.Set(tlstest.ExtServerName, sniData(tlstest.ServerNameEntry{Name: "a.example.com"}, tlstest.ServerNameEntry{Name: "b.example.com"}))
-		}), malformed, ""},
+		}), verdictMalformed, ""},
 		{"empty host_name", editExt(base, func(h *tlstest.Hello) {
 			h.Set(tlstest.ExtServerName, sniData(tlstest.ServerNameEntry{Name: ""}))
-		}), malformed, ""},
+		}), verdictMalformed, ""},
 		{"empty server_name list", editExt(base, func(h *tlstest.Hello) {
 			h.Set(tlstest.ExtServerName, sniData())
-		}), malformed, ""},
+		}), verdictMalformed, ""},
 		{"name_type 1 only", editExt(base, func(h *tlstest.Hello) {
 			h.Set(tlstest.ExtServerName, sniData(tlstest.ServerNameEntry{Type: 1, Name: "ws.example.com"}))
-		}), ok, ""},
+		}), verdictOK, ""},
 		{"name_type 1 then host_name", editExt(base, func(h *tlstest.Hello) {
 			h.Set(tlstest.ExtServerName, sniData(tlstest.ServerNameEntry{Type: 1, Name: "x"}, tlstest.ServerNameEntry{Name: "ws.example.com"}))
-		}), ok, "ws.example.com"},
+		}), verdictOK, "ws.example.com"},
 		{"short declared length", func() []byte {
 			b := slices.Clone(base)
 			b[8]-- // handshake length one short: the record holds one byte more
 			return b
-		}(), malformed, ""},
+		}(), verdictMalformed, ""},
 		{"long declared length", func() []byte {
 			b := slices.Clone(base)
 			b[8]++ // the hello needs one more byte than was sent
 			return b
-		}(), truncated, ""},
+		}(), verdictTruncated, ""},
 		{"record version 0x0300", func() []byte {
 			b := slices.Clone(base)
 			b[1], b[2] = 3, 0
 			return b
-		}(), ok, "ws.example.com"},
+		}(), verdictOK, "ws.example.com"},
 		{"record version 0x1000", func() []byte {
 			b := slices.Clone(base)
 			b[1], b[2] = 0x10, 0
 			return b
-		}(), malformed, ""},
+		}(), verdictMalformed, ""},
 		{"GREASE extension", editExt(base, func(h *tlstest.Hello) {
 			h.Extensions = slices.Insert(h.Extensions, 0, tlstest.Extension{Type: 0x1a1a})
 			h.Insert(tlstest.Extension{Type: 0xfafa, Data: []byte{0}})
-		}), ok, "ws.example.com"},
+		}), verdictOK, "ws.example.com"},
 		{"unknown extension 0xeeee", editExt(base, func(h *tlstest.Hello) {
 			h.Insert(tlstest.Extension{Type: 0xeeee, Data: []byte("hello")})
-		}), ok, "ws.example.com"},
+		}), verdictOK, "ws.example.com"},
 		{"GREASE ECH", editExt(base, func(h *tlstest.Hello) {
 			ech := tlstest.MustParseHello(tlstest.ChromeLikeHello("x.example"))
 			h.Insert(ech.Extensions[ech.Index(tlstest.ExtEncryptedClientHello)])
-		}), ok, "ws.example.com"},
+		}), verdictOK, "ws.example.com"},
 		{"ECH 5 random bytes", editExt(base, func(h *tlstest.Hello) {
 			h.Insert(tlstest.Extension{Type: tlstest.ExtEncryptedClientHello, Data: []byte{0x00, 0x9c, 0x41, 0x07, 0xe3}})
-		}), malformed, ""},
+		}), verdictMalformed, ""},
 		{"ECH unknown type", editExt(base, func(h *tlstest.Hello) {
 			h.Insert(tlstest.Extension{Type: tlstest.ExtEncryptedClientHello, Data: []byte{0x07, 0x9c, 0x41, 0x07, 0xe3}})
-		}), malformed, ""},
+		}), verdictMalformed, ""},
 		{"ECH inner type", editExt(base, func(h *tlstest.Hello) {
 			h.Insert(tlstest.Extension{Type: tlstest.ExtEncryptedClientHello, Data: []byte{0x01}})
-		}), ok, "ws.example.com"},
-		{"trailing dot", tlstest.WithServerName(base, "ws.example.com."), malformed, ""},
+		}), verdictOK, "ws.example.com"},
+		{"trailing dot", tlstest.WithServerName(base, "ws.example.com."), verdictMalformed, ""},
 		{"not a client_hello", func() []byte {
 			b := slices.Clone(base)
 			b[5] = 2 // server_hello
 			return b
-		}(), malformed, ""},
+		}(), verdictMalformed, ""},
 		{"session id too long", func() []byte {
 			b := slices.Clone(base)
 			b[5+4+2+32] = 33
 			return b
-		}(), malformed, ""},
+		}(), verdictMalformed, ""},
 		{"no extensions", editExt(base, func(h *tlstest.Hello) {
 			h.Extensions = nil
 			h.NoExtensions = true
-		}), ok, ""},
+		}), verdictOK, ""},
 		{"trailing byte in message", func() []byte {
 			msg, _ := tlstest.Message(base)
 			msg = append(msg, 0)
 			binary.BigEndian.PutUint16(msg[2:], binary.BigEndian.Uint16(msg[2:])+1)
 			return tlstest.Records(msg, 0x0301)
-		}(), malformed, ""},
+		}(), verdictMalformed, ""},
 	}
+}
+
+// TestMalformedTable pins RELIABILITY T6 / RELIABILITY-TESTS A13 against
+// what crypto/tls itself decides for the same bytes.
+func TestMalformedTable(t *testing.T) {
+	const (
+		ok        = verdictOK
+		malformed = verdictMalformed
+		truncated = verdictTruncated
+	)
+	cases := malformedTable(t)
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			std := stdHello(c.in)
