@@ -3,8 +3,25 @@ package l4
 import (
 	"io"
 	"net"
+	"syscall"
 	"testing"
+	"time"
 )
+
+// cpuTime is this process's user+system CPU time so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// reportCPU reports CPU time per op (the relay's and the test's ends
+// together): on a small shared box ns/op is mostly scheduling latency.
+func reportCPU(b *testing.B, start time.Duration) {
+	b.ReportMetric(float64(cpuTime()-start)/float64(b.N), "cpu-ns/op")
+}
 
 // BenchmarkRelayBulk moves 1 MiB per op client→backend through a relay over
 // loopback (the test's writer and reader share the CPUs with the relay).
@@ -27,6 +44,7 @@ func BenchmarkRelayBulk(b *testing.B) {
 			b.SetBytes(mib)
 			b.ReportAllocs()
 			b.ResetTimer()
+			cpu0 := cpuTime()
 			for range b.N {
 				for off := 0; off < mib; off += chunk {
 					if _, err := h.client.Write(buf); err != nil {
@@ -37,6 +55,7 @@ func BenchmarkRelayBulk(b *testing.B) {
 			if err := <-done; err != nil {
 				b.Fatal(err)
 			}
+			reportCPU(b, cpu0)
 			b.StopTimer()
 			h.client.Close()
 			h.backend.Close()
@@ -56,6 +75,7 @@ func BenchmarkRelayPingPong(b *testing.B) {
 			buf := make([]byte, 64)
 			b.ReportAllocs()
 			b.ResetTimer()
+			cpu0 := cpuTime()
 			for range b.N {
 				if _, err := h.client.Write(msg); err != nil {
 					b.Fatal(err)
@@ -64,6 +84,7 @@ func BenchmarkRelayPingPong(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
+			reportCPU(b, cpu0)
 			b.StopTimer()
 			h.client.Close()
 			h.wait(b)
@@ -93,6 +114,7 @@ func BenchmarkPingPongDirect(b *testing.B) {
 	buf := make([]byte, 64)
 	b.ReportAllocs()
 	b.ResetTimer()
+	cpu0 := cpuTime()
 	for range b.N {
 		if _, err := c.Write(msg); err != nil {
 			b.Fatal(err)
@@ -101,4 +123,5 @@ func BenchmarkPingPongDirect(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+	reportCPU(b, cpu0)
 }

@@ -53,9 +53,18 @@ func (o Options) withDefaults() Options {
 type Path uint8
 
 const (
-	PathNone   Path = iota // the direction never ran
-	PathSplice             // splice(2) through a pipe taken only while data is in flight
-	PathBuffer             // read/write through a pooled 32 KiB buffer
+	PathNone Path = iota // the direction never ran
+	// PathSplice: a raw TCP↔TCP direction that went bulk (a recv filled
+	// its buffer) and moved the following chunks with splice(2) through a
+	// pipe taken only while data is in flight. Stats.SplicedIn/Out say how
+	// many bytes actually went through a pipe (SpliceFallbacks counts
+	// chunks that could not get one).
+	PathSplice
+	// PathBuffer: read/write through a buffer. On a raw TCP↔TCP direction
+	// that never went bulk this is recv/send through a pooled 16 KiB
+	// buffer; otherwise a 2 KiB buffer of the direction's own, or a pooled
+	// 32 KiB one while data streams.
+	PathBuffer
 )
 
 func (p Path) String() string {
@@ -75,6 +84,10 @@ type Stats struct {
 	BytesOut int64 // backend→client bytes written to the client
 	PathIn   Path  // copy path of client→backend
 	PathOut  Path  // copy path of backend→client
+	// SplicedIn and SplicedOut are the parts of BytesIn and BytesOut that
+	// went through a pipe with splice(2).
+	SplicedIn  int64
+	SplicedOut int64
 	// SpliceFallbacks counts chunks copied through a buffer on the splice
 	// path because no pipe could be made (EMFILE/ENFILE).
 	SpliceFallbacks int
@@ -85,9 +98,11 @@ type Stats struct {
 // Relay copies client→backend and backend→client until the relay ends, then
 // closes both conns and returns once every goroutine it started has exited.
 //
-// Between two *net.TCPConn it splices (Linux) and holds a pipe only while
-// data is in flight, so an idle relay costs its two sockets and nothing else;
-// otherwise it copies through a pooled buffer. A FIN from one side becomes a
+// Between two *net.TCPConn (Linux) it copies small transfers with recv/send
+// through a pooled buffer and switches a direction to splice(2) while it
+// moves bulk; it holds the buffer or pipe only while data is in flight, so an
+// idle relay costs its two sockets and nothing else. Otherwise it copies
+// through a buffer, a pooled 32 KiB one only while data streams. A FIN from one side becomes a
 // CloseWrite on the other (for a *tls.Conn: close_notify and a FIN on the
 // socket under it); a reset becomes a reset (SO_LINGER 0) unless a FIN was
 // already relayed to that side. Cancelling ctx closes both at once with
@@ -136,6 +151,8 @@ func Relay(ctx context.Context, client, backend net.Conn, opts Options) Stats {
 		BytesOut:        r.toClient.bytes,
 		PathIn:          r.toBackend.path,
 		PathOut:         r.toClient.path,
+		SplicedIn:       r.toBackend.spliced,
+		SplicedOut:      r.toClient.spliced,
 		SpliceFallbacks: r.toBackend.fallbacks + r.toClient.fallbacks,
 		Reason:          r.reason,
 		Err:             r.err,
@@ -210,6 +227,7 @@ type direction struct {
 
 	path         Path
 	bytes        int64
+	spliced      int64 // bytes moved with splice(2)
 	fallbacks    int
 	lastProgress int64 // owned by this direction's goroutine
 
@@ -217,8 +235,8 @@ type direction struct {
 }
 
 func (d *direction) run() {
-	if d.path == PathSplice {
-		d.spliceLoop()
+	if d.adaptive() {
+		d.adaptiveLoop()
 		return
 	}
 	d.bufferLoop()
@@ -236,9 +254,22 @@ var bufPool = sync.Pool{New: func() any {
 	return &b
 }}
 
-// bufferLoop copies through a pooled buffer. When src is a raw socket it
-// waits for readability first and takes the buffer only then, so an idle
-// direction holds none; other sources keep one buffer for life.
+const (
+	// smallBufSize is the buffer a direction whose src cannot be waited on
+	// without a buffer (a *tls.Conn reads ahead from its socket) keeps for
+	// life, instead of a pooled 32 KiB one.
+	smallBufSize = 2 << 10
+	// streamMin: a read chain shorter than this (one full TLS record of
+	// plaintext) gives the pooled big buffer back.
+	streamMin = 16 << 10
+)
+
+// bufferLoop copies through a buffer. When src is a raw socket it waits for
+// readability first and takes a pooled buffer only then, so an idle
+// direction holds none. Other sources (a *tls.Conn, whose readiness the
+// socket under it does not tell) read into a small buffer of their own and
+// take a pooled 32 KiB buffer only after a read filled the small one, giving
+// it back as soon as reads come back short: an idle direction holds 2 KiB.
 func (d *direction) bufferLoop() {
 	var bp *[]byte
 	defer func() {
@@ -246,40 +277,63 @@ func (d *direction) bufferLoop() {
 			bufPool.Put(bp)
 		}
 	}()
-	waits := d.canWaitReadable()
-	for {
-		if waits {
+	if d.canWaitReadable() {
+		for {
 			if stop := d.waitReadable(); stop {
 				return
 			}
-		}
-		if bp == nil {
 			bp = bufPool.Get().(*[]byte)
-		}
-		if stop := d.copyChunk(*bp); stop {
-			return
-		}
-		if waits {
+			if _, stop := d.copyChunk(*bp); stop {
+				return
+			}
 			bufPool.Put(bp)
 			bp = nil
+		}
+	}
+	small := make([]byte, smallBufSize)
+	carry := 0 // bytes of the small read that made us take the big buffer
+	for {
+		buf := small
+		if bp != nil {
+			buf = *bp
+		}
+		n, stop := d.copyChunk(buf)
+		if stop {
+			return
+		}
+		switch {
+		case bp == nil:
+			if n == len(small) {
+				bp = bufPool.Get().(*[]byte)
+				carry = n
+			}
+		case carry+n < streamMin:
+			// Short: src is likely drained; do not block holding 32 KiB.
+			// (A *tls.Conn returns at most one record, 16 KiB, per Read,
+			// and the first big read finishes the record the small one
+			// started: hence carry.)
+			bufPool.Put(bp)
+			bp, carry = nil, 0
+		default:
+			carry = 0
 		}
 	}
 }
 
 // copyChunk reads once from src into buf and writes what it got to dst. It
-// reports whether the direction is over.
-func (d *direction) copyChunk(buf []byte) (stop bool) {
+// returns how much it read and reports whether the direction is over.
+func (d *direction) copyChunk(buf []byte) (n int, stop bool) {
 	n, err := d.src.Read(buf)
 	if n > 0 {
 		d.progress()
 		if d.write(buf[:n]) {
-			return true
+			return n, true
 		}
 	}
 	if err != nil {
-		return d.readErr(err)
+		return n, d.readErr(err)
 	}
-	return false
+	return n, false
 }
 
 // write writes b to dst under a write deadline of now+WriteStallTimeout,

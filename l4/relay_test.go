@@ -1,11 +1,14 @@
 package l4
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"io"
 	"net"
 	"os"
+	"runtime"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -61,6 +64,14 @@ func TestRelayDataBothWays(t *testing.T) {
 			}
 			if st.SpliceFallbacks != 0 {
 				t.Errorf("splice fallbacks %d", st.SpliceFallbacks)
+			}
+			// Bulk goes through the pipe: all but the first chunks (and the
+			// odd small one) on the adaptive path, nothing elsewhere.
+			if m.path == PathSplice && (st.SplicedIn < n/2 || st.SplicedOut < n/2) {
+				t.Errorf("spliced in/out %d/%d of %d", st.SplicedIn, st.SplicedOut, n)
+			}
+			if m.path != PathSplice && (st.SplicedIn != 0 || st.SplicedOut != 0) {
+				t.Errorf("spliced in/out %d/%d on the buffer path", st.SplicedIn, st.SplicedOut)
 			}
 		})
 	}
@@ -514,3 +525,83 @@ func (s *slowReader) Read(b []byte) (int, error) {
 	return s.r.Read(b[:min(len(b), 16*kib)])
 }
 
+// T17, L7 memory: a relay whose client end is a *tls.Conn (the wss:// shape)
+// holds no pooled 32 KiB buffer while idle, also after a burst. The heap
+// per idle relay is reported; the bound is generous (tls.Conn's own buffers
+// are not ours to shrink).
+func TestIdleTLSRelayHeap(t *testing.T) {
+	checkLeaks(t)
+	relays := 300
+	if testing.Short() {
+		relays = 50
+	}
+	type ends struct {
+		client          *tls.Conn // the test's end
+		server          *tls.Conn // the relay's client end
+		relayBackend    *net.TCPConn
+		backend, rawCli *net.TCPConn
+	}
+	es := make([]ends, relays)
+	for i := range es {
+		cc, rc := tcpPair(t)
+		rb, bc := tcpPair(t)
+		client, server := tlsPair(t, cc, rc)
+		es[i] = ends{client, server, rb, bc, cc}
+	}
+	heap := func() (heapInuse, stackInuse uint64) {
+		runtime.GC()
+		runtime.GC() // and the pools' victim caches
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapInuse, ms.StackInuse
+	}
+	heap0, stack0 := heap()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() {
+		cancel()
+		for _, e := range es {
+			e.rawCli.Close()
+			e.backend.Close()
+		}
+		wg.Wait()
+	}()
+	burst := make([]byte, 40*kib)
+	buf := make([]byte, len(burst))
+	for _, e := range es {
+		wg.Go(func() { Relay(ctx, e.server, e.relayBackend, Options{}) })
+	}
+	// exchange moves n bytes each way on every relay, then lets every
+	// direction park and reports the growth in heap and stacks per relay
+	// since before the relays started.
+	exchange := func(n int) (perRelay int64) {
+		t.Helper()
+		for _, e := range es {
+			for _, pair := range [][2]net.Conn{{e.client, e.backend}, {e.backend, e.client}} {
+				if _, err := pair[0].Write(burst[:n]); err != nil {
+					t.Fatal(err)
+				}
+				pair[1].SetReadDeadline(time.Now().Add(10 * time.Second))
+				if _, err := io.ReadFull(pair[1], buf[:n]); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+		heap1, stack1 := heap()
+		per := (int64(heap1) - int64(heap0)) / int64(relays)
+		t.Logf("%d idle TLS↔TCP relays after %d bytes each way: heap in use +%.1f KiB per relay, stacks +%.1f KiB per relay",
+			relays, n, float64(per)/kib, float64(int64(stack1)-int64(stack0))/float64(relays)/kib)
+		return per
+	}
+	// Small messages: the wss:// steady state.
+	if per := exchange(100); per > 16*kib {
+		t.Errorf("%.1f KiB of heap per idle TLS relay: is a 32 KiB buffer held while idle?", float64(per)/kib)
+	}
+	// A burst grows tls.Conn's own record buffers (the test's ends and
+	// the relay's); a held 32 KiB buffer would come on top.
+	if per := exchange(len(burst)); per > 48*kib {
+		t.Errorf("%.1f KiB of heap per idle TLS relay after a burst: is a 32 KiB buffer held while idle?", float64(per)/kib)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -99,25 +100,54 @@ func (pp *pipePool) drain() {
 	}
 }
 
-// platform is the per-direction splice state.
+// recvBufSize is the pooled buffer of the recv/send path. A recv that fills
+// it means more is queued: the direction switches to splice. A splice chunk
+// below it switches back.
+const recvBufSize = 16 << 10
+
+var recvPool = sync.Pool{New: func() any {
+	b := make([]byte, recvBufSize)
+	return &b
+}}
+
+// recvBufsOut counts recv buffers taken and not given back (tests).
+var recvBufsOut atomic.Int64
+
+// platform is the per-direction state of the adaptive TCP↔TCP path.
 type platform struct {
 	rawSrc, rawDst syscall.RawConn
+	rawInner       syscall.RawConn       // the socket under a wrapped or TLS src, for srcPending
 	peekFn         func(fd uintptr) bool // method values, made once per direction
 	fillFn         func(fd uintptr) bool
 	pumpFn         func(fd uintptr) bool
+	recvFn         func(fd uintptr) bool
+	sendFn         func(fd uintptr) bool
+	trySendFn      func(fd uintptr) bool
 	peekBuf        [1]byte
 	peekErr        error
 
+	bulk bool // splice the next chunk; else recv/send
+
+	// recv/send path
+	buf     *[]byte // held only while data is in flight
+	rn, off int     // buf[off:rn] is still to be sent
+	recvErr error
+	sendErr error
+	eof     bool
+
+	// splice path
 	p        *pipe // held only while data is in flight
 	inPipe   int
+	filled   int // size of the last chunk spliced into the pipe
 	fillErr  error
 	noPipe   bool // no pipe could be made: copy this chunk through a buffer
 	pumpErr  error
 	armed    bool // a write deadline is set
-	advanced bool // the pump made progress since the deadline was armed
+	advanced bool // the pump or send made progress since the deadline was armed
 }
 
-// setup picks the copy path: splice when both ends are raw TCP sockets.
+// setup notes the raw sockets: between two raw TCP sockets the direction
+// uses the adaptive recv/send + splice path.
 func (d *direction) setup() {
 	d.path = PathBuffer
 	if src, ok := d.src.(*net.TCPConn); ok {
@@ -126,15 +156,24 @@ func (d *direction) setup() {
 			d.peekFn = d.peek
 		}
 	}
+	if in, ok := innermost(d.src).(*net.TCPConn); ok && d.rawSrc == nil {
+		if rc, err := in.SyscallConn(); err == nil {
+			d.rawInner = rc
+		}
+	}
 	if dst, ok := d.dst.(*net.TCPConn); ok && d.rawSrc != nil {
 		if rc, err := dst.SyscallConn(); err == nil {
 			d.rawDst = rc
 			d.fillFn = d.fill
 			d.pumpFn = d.pump
-			d.path = PathSplice
+			d.recvFn = d.recv
+			d.sendFn = d.send
+			d.trySendFn = d.trySend
 		}
 	}
 }
+
+func (d *direction) adaptive() bool { return d.rawDst != nil }
 
 func (d *direction) canWaitReadable() bool { return d.rawSrc != nil }
 
@@ -154,13 +193,19 @@ func (d *direction) waitReadable() (stop bool) {
 	}
 }
 
-// srcPending reports whether a raw socket src has bytes waiting. RawConn.Control ignores deadlines, unlike RawConn.Read.
+// srcPending reports whether src's socket has bytes waiting (for a wrapped
+// or TLS src, the socket under it: bytes on the way are not quiet).
+// RawConn.Control ignores deadlines, unlike RawConn.Read.
 func (d *direction) srcPending() bool {
-	if d.rawSrc == nil {
+	rc := d.rawSrc
+	if rc == nil {
+		rc = d.rawInner
+	}
+	if rc == nil {
 		return false
 	}
 	pending := false
-	_ = d.rawSrc.Control(func(fd uintptr) {
+	_ = rc.Control(func(fd uintptr) {
 		var b [1]byte
 		n, _, errno := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
 			unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
@@ -191,6 +236,129 @@ func (d *direction) peek(fd uintptr) bool {
 		}
 		d.peekErr = os.NewSyscallError("recvfrom", errno)
 		return true
+	}
+}
+
+func (d *direction) putBuf() {
+	if d.buf != nil {
+		recvPool.Put(d.buf)
+		d.buf = nil
+		recvBufsOut.Add(-1)
+	}
+}
+
+// recv is a RawConn.Read callback: it reads what src has into a buffer
+// taken only now, and gives the buffer back if there was nothing (EAGAIN).
+//
+// A short read drained src's queue (a stream socket gives all it has), so
+// recv sends the chunk right here without waiting (trySend) and, if all of
+// it went, gives the buffer back and returns false: RawConn.Read then parks
+// on readiness gathered since its prepareRead, which includes any data that
+// arrived after this read, and no EAGAIN read is needed. Anything else —
+// a full buffer (bulk), a partial send, EOF, an error — returns true with
+// the state in d.
+func (d *direction) recv(fd uintptr) bool {
+	for {
+		if d.buf == nil {
+			d.buf = recvPool.Get().(*[]byte)
+			recvBufsOut.Add(1)
+		}
+		b := *d.buf
+		n, _, errno := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)),
+			unix.MSG_DONTWAIT, 0, 0)
+		switch {
+		case errno == unix.EINTR:
+			continue
+		case errno == unix.EAGAIN:
+			d.putBuf()
+			return false
+		case errno != 0:
+			d.recvErr = os.NewSyscallError("recvfrom", errno)
+			return true
+		case n == 0:
+			d.eof = true
+			return true
+		}
+		d.rn, d.off = int(n), 0
+		d.progress()
+		if d.rn == len(b) || !inlineSend {
+			return true
+		}
+		if err := d.rawDst.Write(d.trySendFn); err != nil {
+			d.sendErr = err
+			return true
+		}
+		if d.sendErr != nil || d.off < d.rn {
+			return true
+		}
+		d.progress()
+		d.putBuf()
+		d.rn, d.off = 0, 0
+		return false
+	}
+}
+
+// inlineSend: recv sends short chunks from inside the read callback (see
+// recv). A variable for benchmarks.
+var inlineSend = true
+
+// send is a RawConn.Write callback: it sends buf[off:rn] to dst. On EAGAIN
+// it arms the write-stall deadline (refreshed when the send advanced) and
+// parks.
+func (d *direction) send(fd uintptr) bool { return d.sendBuf(fd, true) }
+
+// trySend is a RawConn.Write callback that never parks: it sends what dst
+// takes now and leaves the rest in buf[off:rn].
+func (d *direction) trySend(fd uintptr) bool {
+	d.sendBuf(fd, false)
+	return true
+}
+
+func (d *direction) sendBuf(fd uintptr, wait bool) bool {
+	b := *d.buf
+	for d.off < d.rn {
+		n, _, errno := unix.Syscall6(unix.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&b[d.off])), uintptr(d.rn-d.off),
+			unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL, 0, 0)
+		if errno == 0 && n > 0 {
+			d.off += int(n)
+			d.bytes += int64(n)
+			d.advanced = true
+			continue
+		}
+		switch errno {
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			if wait {
+				d.armStall()
+				return false
+			}
+			return true
+		case 0:
+			d.sendErr = io.ErrNoProgress // cannot happen on a stream socket
+		default:
+			d.sendErr = os.NewSyscallError("sendto", errno)
+		}
+		return true
+	}
+	return true
+}
+
+// armStall sets the write-stall deadline when a write parks: at first, and
+// again only after progress since it was set.
+func (d *direction) armStall() {
+	if !d.armed || d.advanced {
+		_ = d.dst.SetWriteDeadline(time.Now().Add(d.r.opts.WriteStallTimeout))
+		d.armed, d.advanced = true, false
+	}
+}
+
+// disarmStall clears the write-stall deadline after a write: a fired timer
+// would fail the next RawConn.Write at once.
+func (d *direction) disarmStall() {
+	if d.armed {
+		_ = d.dst.SetWriteDeadline(time.Time{})
+		d.armed = false
 	}
 }
 
@@ -237,6 +405,7 @@ func (d *direction) pump(fd uintptr) bool {
 		if n > 0 {
 			d.inPipe -= int(n)
 			d.bytes += int64(n)
+			d.spliced += int64(n)
 			d.advanced = true
 			continue
 		}
@@ -244,10 +413,7 @@ func (d *direction) pump(fd uintptr) bool {
 		case unix.EINTR:
 			continue
 		case unix.EAGAIN:
-			if !d.armed || d.advanced {
-				_ = d.dst.SetWriteDeadline(time.Now().Add(d.r.opts.WriteStallTimeout))
-				d.armed, d.advanced = true, false
-			}
+			d.armStall()
 			return false
 		case nil:
 			err = io.ErrNoProgress // cannot happen: we own the pipe's read end
@@ -258,8 +424,8 @@ func (d *direction) pump(fd uintptr) bool {
 	return true
 }
 
-// release gives back or closes the pipe when the direction ends.
-func (d *direction) release() {
+// releasePipe gives back or closes the pipe.
+func (d *direction) releasePipe() {
 	if d.p == nil {
 		return
 	}
@@ -271,71 +437,139 @@ func (d *direction) release() {
 	d.p, d.inPipe = nil, 0
 }
 
-// spliceLoop moves src→dst with splice(2). Idle, it is parked in the
-// netpoller holding no pipe and no buffer.
-func (d *direction) spliceLoop() {
-	defer d.release()
-	r := d.r
-	for {
-		d.fillErr, d.noPipe = nil, false
-		if err := d.rawSrc.Read(d.fillFn); err != nil {
-			d.release() // empty: fill returned false only without data
-			if d.readErr(err) {
-				return
-			}
-			continue
-		}
-		if d.noPipe {
-			if d.peekErr != nil {
-				d.readErr(d.peekErr)
-				return
-			}
-			d.fallbacks++
-			if d.fallbackChunk() {
-				return
-			}
-			continue
-		}
-		if d.fillErr != nil {
-			d.release()
-			d.readErr(d.fillErr)
-			return
-		}
-		if d.inPipe == 0 {
-			d.release()
-			d.gotEOF()
-			return
-		}
-		d.progress()
+// release gives back the pipe and the buffer when the direction ends.
+func (d *direction) release() {
+	d.releasePipe()
+	d.putBuf()
+}
 
-		r.writing.Add(1)
-		d.pumpErr, d.advanced = nil, false
-		err := d.rawDst.Write(d.pumpFn)
-		r.writing.Add(-1)
-		if d.armed {
-			// A fired timer would fail the next RawConn.Write at once.
-			_ = d.dst.SetWriteDeadline(time.Time{})
-			d.armed = false
+// adaptiveLoop moves src→dst between two raw TCP sockets, HAProxy
+// splice-auto style: recv/send through a pooled buffer while chunks are
+// small, splice(2) through a pipe while they are bulk. Idle, it is parked in
+// the netpoller holding no pipe and no buffer.
+func (d *direction) adaptiveLoop() {
+	defer d.release()
+	for {
+		var stop bool
+		if d.bulk {
+			stop = d.spliceChunk()
+		} else {
+			stop = d.recvChunk()
 		}
+		if stop {
+			return
+		}
+	}
+}
+
+// recvChunk moves one chunk with recv/send; a recv that fills the buffer
+// switches the direction to splice.
+func (d *direction) recvChunk() (stop bool) {
+	r := d.r
+	d.rn, d.off, d.recvErr, d.sendErr, d.eof = 0, 0, nil, nil, false
+	if err := d.rawSrc.Read(d.recvFn); err != nil {
+		d.putBuf() // recv parks only without the buffer
+		return d.readErr(err)
+	}
+	switch {
+	case d.recvErr != nil:
+		d.putBuf()
+		d.readErr(d.recvErr)
+		return true
+	case d.sendErr != nil:
+		d.putBuf()
+		d.writeErr(d.sendErr)
+		return true
+	case d.eof:
+		d.putBuf()
+		d.gotEOF()
+		return true
+	}
+	if d.off < d.rn {
+		r.writing.Add(1)
+		d.advanced = false
+		err := d.rawDst.Write(d.sendFn)
+		r.writing.Add(-1)
+		d.disarmStall()
 		if err == nil {
-			err = d.pumpErr
+			err = d.sendErr
 		}
 		if err != nil {
-			d.release() // closes the pipe if it still holds data
+			d.putBuf()
 			d.writeErr(err)
-			return
+			return true
 		}
 		d.progress()
-		// Loop: fill tries src again before parking, and parks without
-		// the pipe if src has nothing.
 	}
+	if d.rn == recvBufSize {
+		// More is queued: splice the following chunks.
+		d.bulk, d.path = true, PathSplice
+		d.putBuf()
+	}
+	// Keep the buffer: recv tries src again before parking, and parks
+	// without the buffer if src has nothing.
+	return false
+}
+
+// spliceChunk moves one chunk with splice(2); a chunk below recvBufSize
+// switches the direction back to recv/send.
+func (d *direction) spliceChunk() (stop bool) {
+	r := d.r
+	d.fillErr, d.noPipe = nil, false
+	if err := d.rawSrc.Read(d.fillFn); err != nil {
+		d.releasePipe() // empty: fill returned false only without data
+		return d.readErr(err)
+	}
+	if d.noPipe {
+		if d.peekErr != nil {
+			d.readErr(d.peekErr)
+			return true
+		}
+		d.fallbacks++
+		return d.fallbackChunk()
+	}
+	if d.fillErr != nil {
+		d.releasePipe()
+		d.readErr(d.fillErr)
+		return true
+	}
+	if d.inPipe == 0 {
+		d.releasePipe()
+		d.gotEOF()
+		return true
+	}
+	d.filled = d.inPipe
+	d.progress()
+
+	r.writing.Add(1)
+	d.pumpErr, d.advanced = nil, false
+	err := d.rawDst.Write(d.pumpFn)
+	r.writing.Add(-1)
+	d.disarmStall()
+	if err == nil {
+		err = d.pumpErr
+	}
+	if err != nil {
+		d.releasePipe() // closes the pipe if it still holds data
+		d.writeErr(err)
+		return true
+	}
+	d.progress()
+	if d.filled < recvBufSize {
+		// Small again: back to recv/send. The pipe is empty.
+		d.bulk = false
+		d.releasePipe()
+	}
+	// Else keep the pipe: fill tries src again before parking, and parks
+	// without the pipe if src has nothing.
+	return false
 }
 
 // fallbackChunk copies one chunk through a pooled buffer when no pipe could
 // be made. src is readable.
 func (d *direction) fallbackChunk() (stop bool) {
 	bp := bufPool.Get().(*[]byte)
-	stop = d.copyChunk(*bp)
+	_, stop = d.copyChunk(*bp)
 	bufPool.Put(bp)
 	if !stop {
 		// write left a deadline that would fail the next RawConn.Write.

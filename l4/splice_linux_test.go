@@ -42,13 +42,15 @@ func pooledPipes() int {
 	return len(pipes.free)
 }
 
-// C11 / rule 8: an idle spliced relay holds its two sockets and no pipe.
+// C11 / rule 8: an idle TCP↔TCP relay holds its two sockets, no pipe and
+// no buffer.
 // Every relay first moves data both ways (so each took pipes), then idles.
 func TestIdleRelayHoldsNoPipe(t *testing.T) {
 	checkLeaks(t)
 	const relays = 100
 	total0, pipes0 := countFDs(t)
 	pool0 := pooledPipes()
+	bufs0 := recvBufsOut.Load()
 
 	hs := make([]*harness, relays)
 	msg := make([]byte, 4*kib)
@@ -79,6 +81,9 @@ func TestIdleRelayHoldsNoPipe(t *testing.T) {
 	}
 	if held != 0 {
 		t.Errorf("idle relays hold %d pipe fds outside the pool, want 0", held)
+	}
+	if bufs := recvBufsOut.Load() - bufs0; bufs != 0 {
+		t.Errorf("idle relays hold %d recv buffers, want 0", bufs)
 	}
 	if pool1 > pipePoolCap {
 		t.Errorf("pool holds %d pipes, cap %d", pool1, pipePoolCap)
@@ -130,5 +135,85 @@ func TestSpliceFallbackWithoutPipes(t *testing.T) {
 	st := h.wait(t)
 	if st.Reason != ReasonEOF || st.PathIn != PathSplice || st.BytesIn != n || st.SpliceFallbacks == 0 {
 		t.Errorf("stats %+v: want eof, splice path, %d bytes, fallbacks > 0", st, n)
+	}
+}
+
+// Small messages on TCP↔TCP go through recv/send (no pipe, path buffer);
+// a 1 MiB burst in between switches that direction to splice and back, and
+// every byte arrives in order.
+func TestAdaptiveSmallBulkSmall(t *testing.T) {
+	checkLeaks(t)
+	h := startRelay(t, modes[0], Options{})
+	go echo(h.backend, 100)
+	msg := make([]byte, 100)
+	buf := make([]byte, 100)
+	pingPong := func(round int) {
+		t.Helper()
+		for i := range 50 {
+			msg[0], msg[99] = byte(round), byte(i)
+			if _, err := h.client.Write(msg); err != nil {
+				t.Fatal(err)
+			}
+			h.client.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := io.ReadFull(h.client, buf); err != nil || buf[0] != byte(round) || buf[99] != byte(i) {
+				t.Fatalf("round %d message %d: %v", round, i, err)
+			}
+		}
+	}
+	pingPong(0)
+	// 1 MiB as 100-byte echoes would take long: send it in one go, read it
+	// back concurrently (echo answers per 100 bytes, so bulk builds up in
+	// the relay's receive queue when the client writes faster than the
+	// backend echoes).
+	const n = 100 * 10486 // ≈1 MiB, a multiple of 100
+	got := make(chan recvResult, 1)
+	go func() { got <- recvAll(io.LimitReader(h.client, n)) }()
+	if _, err := sendN(h.client, n, 12); err != nil {
+		t.Fatal(err)
+	}
+	h.client.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if r := within(t, got, 20*time.Second, "echo read"); r.n != n || r.sum != sumOf(n, 12) {
+		t.Fatalf("echo: %d bytes (sum ok %v), %v", r.n, r.sum == sumOf(n, 12), r.err)
+	}
+	pingPong(1)
+	h.client.Close()
+	st := h.wait(t)
+	t.Logf("stats %+v", st)
+	if want := int64(n + 100*100); st.BytesIn != want || st.BytesOut != want {
+		t.Errorf("bytes in/out %d/%d, want %d", st.BytesIn, st.BytesOut, want)
+	}
+	if st.PathIn != PathSplice || st.SplicedIn == 0 {
+		t.Errorf("client→backend: path %v, %d bytes spliced; want splice for the burst", st.PathIn, st.SplicedIn)
+	}
+	if st.SplicedIn == st.BytesIn {
+		t.Errorf("client→backend spliced all %d bytes, want the small messages through recv/send", st.BytesIn)
+	}
+	if n := recvBufsOut.Load(); n != 0 {
+		t.Errorf("%d recv buffers not given back", n)
+	}
+}
+
+// 64-byte messages on TCP↔TCP never take a pipe: path buffer, 0 spliced.
+func TestAdaptiveSmallOnly(t *testing.T) {
+	checkLeaks(t)
+	h := startRelay(t, modes[0], Options{})
+	go echo(h.backend, 64)
+	msg := make([]byte, 64)
+	for range 200 {
+		if _, err := h.client.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		h.client.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadFull(h.client, msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.client.Close()
+	st := h.wait(t)
+	if st.PathIn != PathBuffer || st.PathOut != PathBuffer || st.SplicedIn != 0 || st.SplicedOut != 0 {
+		t.Errorf("stats %+v: want buffer paths, nothing spliced", st)
+	}
+	if st.BytesIn != 200*64 || st.BytesOut != 200*64 {
+		t.Errorf("bytes in/out %d/%d", st.BytesIn, st.BytesOut)
 	}
 }

@@ -2,8 +2,7 @@
 
 package l4
 
-// platform is empty off Linux: every direction uses the buffer path and holds
-// its buffer for life.
+// platform is empty off Linux: every direction uses the buffer path.
 type platform struct{}
 
 func (d *direction) setup() { d.path = PathBuffer }
@@ -12,6 +11,8 @@ func (d *direction) canWaitReadable() bool { return false }
 
 func (d *direction) waitReadable() (stop bool) { return false }
 
-func (d *direction) spliceLoop() { d.bufferLoop() }
+func (d *direction) adaptive() bool { return false }
+
+func (d *direction) adaptiveLoop() { d.bufferLoop() }
 
 func (d *direction) srcPending() bool { return false }
