@@ -456,6 +456,8 @@ func (s *server) forward(lr *listenerRuntime, r *route, c *net.TCPConn, h *tlsut
 			zap.Int64("bytes_out", res.BytesOut),
 			zap.Stringer("path_in", res.PathIn),
 			zap.Stringer("path_out", res.PathOut),
+			zap.Int64("spliced_in", res.SplicedIn),
+			zap.Int64("spliced_out", res.SplicedOut),
 		)
 	}
 	if res.Err != nil {
