@@ -605,3 +605,29 @@ func TestIdleTLSRelayHeap(t *testing.T) {
 		t.Errorf("%.1f KiB of heap per idle TLS relay after a burst: is a 32 KiB buffer held while idle?", float64(per)/kib)
 	}
 }
+
+// A small message and the FIN arriving together (one readiness edge) must
+// both be relayed: the echo, then EOF, every time. The bench's hello + echo
+// + close hung on this once.
+func TestSmallMessageThenFIN(t *testing.T) {
+	for _, m := range modes {
+		t.Run(m.name, func(t *testing.T) {
+			checkLeaks(t)
+			for i := range 200 {
+				h := startRelay(t, m, Options{})
+				msg := []byte("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
+				if _, err := h.backend.Write(msg); err != nil {
+					t.Fatal(err)
+				}
+				h.backend.Close() // data and FIN leave together
+				h.client.SetReadDeadline(time.Now().Add(10 * time.Second))
+				got, err := io.ReadAll(h.client)
+				if err != nil || string(got) != string(msg) {
+					t.Fatalf("run %d: got %q, %v; want the message then EOF", i, got, err)
+				}
+				h.client.Close()
+				h.wait(t)
+			}
+		})
+	}
+}

@@ -122,7 +122,6 @@ type platform struct {
 	pumpFn         func(fd uintptr) bool
 	recvFn         func(fd uintptr) bool
 	sendFn         func(fd uintptr) bool
-	trySendFn      func(fd uintptr) bool
 	peekBuf        [1]byte
 	peekErr        error
 
@@ -168,7 +167,6 @@ func (d *direction) setup() {
 			d.pumpFn = d.pump
 			d.recvFn = d.recv
 			d.sendFn = d.send
-			d.trySendFn = d.trySend
 		}
 	}
 }
@@ -249,14 +247,13 @@ func (d *direction) putBuf() {
 
 // recv is a RawConn.Read callback: it reads what src has into a buffer
 // taken only now, and gives the buffer back if there was nothing (EAGAIN).
+// Data, EOF or an error return true with the state in d.
 //
-// A short read drained src's queue (a stream socket gives all it has), so
-// recv sends the chunk right here without waiting (trySend) and, if all of
-// it went, gives the buffer back and returns false: RawConn.Read then parks
-// on readiness gathered since its prepareRead, which includes any data that
-// arrived after this read, and no EAGAIN read is needed. Anything else —
-// a full buffer (bulk), a partial send, EOF, an error — returns true with
-// the state in d.
+// It must not park after a successful read without reading again: with the
+// edge-triggered netpoller, data and a FIN that arrived together raise one
+// edge; a read takes the data, and parking then would wait for an edge that
+// never comes while the FIN sits unread (measured: the bench's hello + echo
+// + close hung until its timeout). The next RawConn.Read tries again first.
 func (d *direction) recv(fd uintptr) bool {
 	for {
 		if d.buf == nil {
@@ -281,40 +278,14 @@ func (d *direction) recv(fd uintptr) bool {
 		}
 		d.rn, d.off = int(n), 0
 		d.progress()
-		if d.rn == len(b) || !inlineSend {
-			return true
-		}
-		if err := d.rawDst.Write(d.trySendFn); err != nil {
-			d.sendErr = err
-			return true
-		}
-		if d.sendErr != nil || d.off < d.rn {
-			return true
-		}
-		d.progress()
-		d.putBuf()
-		d.rn, d.off = 0, 0
-		return false
+		return true
 	}
 }
-
-// inlineSend: recv sends short chunks from inside the read callback (see
-// recv). A variable for benchmarks.
-var inlineSend = true
 
 // send is a RawConn.Write callback: it sends buf[off:rn] to dst. On EAGAIN
 // it arms the write-stall deadline (refreshed when the send advanced) and
 // parks.
-func (d *direction) send(fd uintptr) bool { return d.sendBuf(fd, true) }
-
-// trySend is a RawConn.Write callback that never parks: it sends what dst
-// takes now and leaves the rest in buf[off:rn].
-func (d *direction) trySend(fd uintptr) bool {
-	d.sendBuf(fd, false)
-	return true
-}
-
-func (d *direction) sendBuf(fd uintptr, wait bool) bool {
+func (d *direction) send(fd uintptr) bool {
 	b := *d.buf
 	for d.off < d.rn {
 		n, _, errno := unix.Syscall6(unix.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&b[d.off])), uintptr(d.rn-d.off),
@@ -329,11 +300,8 @@ func (d *direction) sendBuf(fd uintptr, wait bool) bool {
 		case unix.EINTR:
 			continue
 		case unix.EAGAIN:
-			if wait {
-				d.armStall()
-				return false
-			}
-			return true
+			d.armStall()
+			return false
 		case 0:
 			d.sendErr = io.ErrNoProgress // cannot happen on a stream socket
 		default:
