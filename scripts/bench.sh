@@ -9,7 +9,7 @@
 # Environment: REPS (3; QUICK: 1), DURATION (measured window per run, 2s;
 # QUICK: 1s), WARMUP (300ms), IDLE_CONNS (8000; QUICK: 2000), SCENARIOS
 # (comma-separated, default all: bulk-up bulk-down conn conn-pp2 tls-pass
-# ping-1 ping-64 wss-hs wss-echo idle-l4 idle-wss), OUT (the Markdown table,
+# ping-1 ping-64 wss-hs wss-resume wss-echo idle-l4 idle-wss), OUT (the Markdown table,
 # /tmp/sluice-bench.md), PROFILE (comma-separated scenarios: afterwards, run
 # each against sluice alone under `perf record` and print the hot spots).
 #
@@ -35,7 +35,7 @@ WORKERS=${WORKERS:-1}
 SCENARIOS=${SCENARIOS:-all}
 OUT=${OUT:-/tmp/sluice-bench.md}
 PROFILE=${PROFILE:-}
-all_load="bulk-up,bulk-down,conn,conn-pp2,tls-pass,ping-1,ping-64,wss-hs,wss-echo"
+all_load="bulk-up,bulk-down,conn,conn-pp2,tls-pass,ping-1,ping-64,wss-hs,wss-resume,wss-echo"
 all_idle="idle-l4 idle-wss"
 
 log() { printf '== %s\n' "$*" >&2; }

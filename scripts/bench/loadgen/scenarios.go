@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"fmt"
 	"io"
 	"math"
@@ -47,6 +48,20 @@ var scenarios = []*scenario{
 	{name: "wss-hs", title: "wss:// handshake+upgrade+echo", unit: "µs/conn", scale: 1e6, side: "conn/s", sideK: 1, lat: true,
 		run: func(c config, t *target, s *scenario) result {
 			return connRate(c, t, s, 16, func() error { return wssOnce(t.wss) })
+		}},
+	{name: "wss-resume", title: "wss:// resumed handshake+upgrade+echo", unit: "µs/conn", scale: 1e6, side: "conn/s", sideK: 1, lat: true,
+		run: func(c config, t *target, s *scenario) result {
+			resumeCache = tls.NewLRUClientSessionCache(64)
+			resumed.Store(0)
+			fresh.Store(0)
+			if err := wssOnceResume(t.wss); err != nil { // a full handshake fills the ticket cache
+				return result{Err: err.Error()}
+			}
+			r := connRate(c, t, s, 16, func() error { return wssOnceResume(t.wss) })
+			if n, f := resumed.Load(), fresh.Load(); f > (n+f)/20 {
+				r.Err = fmt.Sprintf("only %d of %d handshakes resumed a session", n, n+f)
+			}
+			return r
 		}},
 	{name: "wss-echo", title: "wss:// echo 64 B, 64 conns", unit: "µs/msg", scale: 1e6, side: "msg/s", sideK: 1, lat: true,
 		run: func(c config, t *target, s *scenario) result { return wssEcho(c, t, s, 64) }},

@@ -13,6 +13,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -204,16 +205,47 @@ type wsConn struct {
 }
 
 // dialWSS: TCP, TLS handshake with the proxy, WebSocket upgrade.
-func dialWSS(addr string) (*wsConn, error) {
+func dialWSS(addr string) (*wsConn, error) { return dialWSSCache(addr, nil) }
+
+// Session resumption (wss-resume): one ticket cache for the scenario, and
+// how many handshakes resumed.
+var (
+	resumeCache    tls.ClientSessionCache
+	resumed, fresh atomic.Int64
+)
+
+// wssOnceResume is wssOnce with a session cache: a reconnecting game client.
+func wssOnceResume(addr string) error {
+	w, err := dialWSSCache(addr, resumeCache)
+	if err != nil {
+		return err
+	}
+	defer w.raw.Close()
+	if err := w.echo(); err != nil { // also reads the server's new session tickets
+		return fmt.Errorf("echo: %w", err)
+	}
+	return w.closeHandshake()
+}
+
+func dialWSSCache(addr string, cache tls.ClientSessionCache) (*wsConn, error) {
 	c, err := dialer.Dial("tcp", addr)
 	if err != nil {
 		return nil, err
 	}
 	_ = c.SetDeadline(time.Now().Add(opTimeout))
-	tc := tls.Client(c, tlsClientConfig("ws.bench"))
+	cfg := tlsClientConfig("ws.bench")
+	cfg.ClientSessionCache = cache
+	tc := tls.Client(c, cfg)
 	if err := tc.Handshake(); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("handshake: %w", err)
+	}
+	if cache != nil {
+		if tc.ConnectionState().DidResume {
+			resumed.Add(1)
+		} else {
+			fresh.Add(1)
+		}
 	}
 	var k [16]byte
 	_, _ = rand.Read(k[:])
