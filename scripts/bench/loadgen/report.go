@@ -67,7 +67,7 @@ func cmdReport(args []string) {
 			if rs := all[key{s.name, t}]; len(rs) > 0 {
 				stats[t] = aggregate(rs)
 				for _, r := range rs {
-					if r.Errors > 0 || (r.Err != "" && r.Ops == 0) {
+					if r.Errors > 0 || r.Err != "" {
 						notes = append(notes, fmt.Sprintf("%s/%s rep %d: %d errors, first: %s", s.name, t, r.Rep+1, r.Errors, r.Err))
 					}
 				}
