@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"sluice/l7"
@@ -100,12 +101,12 @@ func (c *Config) buildL7(rt *Runtime, routes map[string]*route, bad func(string,
 					if host, _, err := net.SplitHostPort(lr.address); err == nil && net.ParseIP(host) != nil {
 						names = append(names, host) // wss://IP:port
 					}
-					cert, err := tlsutil.SelfSigned(names, 0)
+					cert, err := selfSigned(names)
 					if err != nil {
 						bad(path+".cert", "generating a self-signed certificate: %v", err)
 						continue
 					}
-					r.cert = &cert
+					r.cert = cert
 					rt.Warnings = append(rt.Warnings, fmt.Sprintf("%s: no cert/key configured: serving a self-signed certificate for %v (browsers will warn; set cert and key for production)", path, names))
 				}
 				for _, n := range r.names {
@@ -190,4 +191,23 @@ func (rt *Runtime) warnExpiry(path string, names []string, cert *tls.Certificate
 	case leaf.NotAfter.Sub(now) < certExpiryWarning:
 		rt.Warnings = append(rt.Warnings, fmt.Sprintf("%s: the certificate for %v expires at %s", path, names, leaf.NotAfter.UTC().Format(time.RFC3339)))
 	}
+}
+
+// selfSignedCerts keeps the certificates generated for routes without one,
+// by their names, for the life of the process: a reload must not present
+// browsers (which were told to accept it) with a new self-signed
+// certificate.
+var selfSignedCerts sync.Map // strings.Join(names, ",") → *tls.Certificate
+
+func selfSigned(names []string) (*tls.Certificate, error) {
+	key := strings.Join(names, ",")
+	if c, ok := selfSignedCerts.Load(key); ok {
+		return c.(*tls.Certificate), nil
+	}
+	cert, err := tlsutil.SelfSigned(names, 0)
+	if err != nil {
+		return nil, err
+	}
+	c, _ := selfSignedCerts.LoadOrStore(key, &cert)
+	return c.(*tls.Certificate), nil
 }

@@ -555,3 +555,32 @@ backends = [{ address = %q }]
 	wsEcho(t, ws2, "new session")
 	wsEcho(t, ws, "old session still here")
 }
+
+// A route without a certificate keeps the same self-signed one across
+// reloads: a browser told to accept it is not asked again.
+func TestReloadKeepsSelfSignedCertificate(t *testing.T) {
+	addr, _, _ := dualWSBackend(t, "game.test")
+	f := startFileLB(t, fmt.Sprintf(`
+[listeners.public]
+address = "127.0.0.1:0"
+[routes.game]
+listener = "public"
+sni = ["selfsigned.test"]
+mode = "l7"
+pool = "ws"
+[pools.ws]
+health = { check = "none" }
+backends = [{ address = %q }]
+`, addr))
+	serial := func() string {
+		c, err := tls.Dial("tcp", f.addr("public").String(), &tls.Config{ServerName: "selfsigned.test", InsecureSkipVerify: true})
+		must(t, err)
+		defer c.Close()
+		return c.ConnectionState().PeerCertificates[0].SerialNumber.String()
+	}
+	before := serial()
+	must(t, f.reload())
+	if after := serial(); after != before {
+		t.Fatalf("self-signed certificate changed on reload: %s → %s", before, after)
+	}
+}
