@@ -58,6 +58,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 
+	// Signals are taken over before anything listens: a SIGHUP sent as soon
+	// as the port answers must reload, not kill the process (its default).
+	sig := make(chan os.Signal, 2)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sig)
+
 	log, rejectLog, err := newLoggers(rt.LogLevel, rt.LogFormat, stderr)
 	if err != nil {
 		fmt.Fprintf(stderr, "sluice: %v\n", err)
@@ -98,8 +104,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 	probes.Add(1)
 	go func() { defer probes.Done(); probeBackends(probeCtx, rt, log) }()
 
-	sig := make(chan os.Signal, 2)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	for {
 		sg := <-sig
 		if sg == syscall.SIGHUP {
