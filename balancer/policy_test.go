@@ -135,8 +135,9 @@ func TestLeastConnSpread(t *testing.T) {
 }
 
 // TestRandomTwoSpread: with 200 leases held on 4 equal backends, the power of
-// two choices keeps max−min active at most 6 after every dial (measured: 2-4
-// typically over 1,000 runs; a single random choice reaches ~20).
+// two choices keeps max−min active at most 10 after every dial (measured: 2-4
+// typically over 1,000 runs, 7 once in CI; a single random choice reaches
+// ~20). The picks are random: the bound leaves room for its tail.
 func TestRandomTwoSpread(t *testing.T) {
 	ss := sinks(t, 4)
 	p := mustPool(t, PoolConfig{Name: "p2c", Backends: sinkConfigs(ss), Balance: RandomTwo})
@@ -146,8 +147,8 @@ func TestRandomTwoSpread(t *testing.T) {
 		a := activeOf(p)
 		spread := slicesMax(a) - slicesMin(a)
 		worst = max(worst, spread)
-		if spread > 6 {
-			t.Fatalf("active spread %d > 6: %v", spread, a)
+		if spread > 10 {
+			t.Fatalf("active spread %d > 10: %v", spread, a)
 		}
 	}
 	t.Logf("active after 200: %v, worst spread %d", activeOf(p), worst)
