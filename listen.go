@@ -406,16 +406,7 @@ func (s *server) serveL7(lr *listenerRuntime, r *route, c *net.TCPConn, prefix [
 }
 
 func (s *server) logL7(lr *listenerRuntime, r *route, c *net.TCPConn, sni string, accepted time.Time, res l7.Result) {
-	fields := []zap.Field{
-		zap.Stringer("client", c.RemoteAddr()),
-		zap.String("listener", lr.name),
-		zap.String("route", r.name),
-		zap.String("mode", "l7"),
-		zap.String("sni", tlsutil.EscapeForLog(sni, maxLogField)),
-		zap.Duration("duration", time.Since(accepted)),
-		zap.String("reason", string(res.Reason)),
-		zap.Int("requests", res.Requests),
-	}
+	fields := s.accessFields(lr, r, c, sni, accepted, res.Reason, zap.Int("requests", res.Requests))
 	if res.Status != 0 {
 		fields = append(fields, zap.Int("status", res.Status))
 	}
@@ -447,7 +438,7 @@ func (s *server) forward(lr *listenerRuntime, r *route, c *net.TCPConn, h *tlsut
 		Prefix: h.Raw,
 	}, r.relay)
 	s.metrics.connClosed(lr.name, r.name, r.mode, res.Reason, res.BytesIn, res.BytesOut)
-	fields := s.accessFields(lr, r, c, h, accepted, res.Reason, zap.String("pool", r.pool.Name()))
+	fields := s.accessFields(lr, r, c, h.RawServerName, accepted, res.Reason, zap.String("pool", r.pool.Name()))
 	if res.Backend != "" {
 		fields = append(fields,
 			zap.String("backend", res.Backend),
@@ -473,14 +464,16 @@ func (s *server) forward(lr *listenerRuntime, r *route, c *net.TCPConn, h *tlsut
 	}
 }
 
-func (s *server) accessFields(lr *listenerRuntime, r *route, c *net.TCPConn, h *tlsutil.ClientHello, accepted time.Time, reason l4.Reason, extra ...zap.Field) []zap.Field {
-	f := make([]zap.Field, 0, 8+len(extra))
+// accessFields are the fixed keys of an access line; sni is as the client
+// sent it (escaped and capped here).
+func (s *server) accessFields(lr *listenerRuntime, r *route, c *net.TCPConn, sni string, accepted time.Time, reason l4.Reason, extra ...zap.Field) []zap.Field {
+	f := make([]zap.Field, 0, 16+len(extra))
 	f = append(f,
 		zap.Stringer("client", c.RemoteAddr()),
 		zap.String("listener", lr.name),
 		zap.String("route", r.name),
 		zap.String("mode", r.mode),
-		zap.String("sni", tlsutil.EscapeForLog(h.RawServerName, maxLogField)),
+		zap.String("sni", tlsutil.EscapeForLog(sni, maxLogField)),
 		zap.Duration("duration", time.Since(accepted)),
 		zap.String("reason", string(reason)),
 	)

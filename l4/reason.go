@@ -30,4 +30,18 @@ const (
 	// Backends.
 	ReasonNoBackend     Reason = "no_backend"     // the pool has no usable backend
 	ReasonConnectFailed Reason = "connect_failed" // every connect attempt failed
+
+	// The L7 path (it also uses the relay and backend reasons above).
+	ReasonHandshakeTimeout   Reason = "handshake_timeout"    // TLS handshake not done within HandshakeTimeout of accept
+	ReasonHandshakeFailed    Reason = "handshake_failed"     // the TLS handshake failed (no common ALPN, bad record, ...)
+	ReasonHeaderTimeout      Reason = "header_timeout"       // a request head did not arrive in time (408, or a silent close if no byte came)
+	ReasonHeaderTooLarge     Reason = "header_too_large"     // 431 (head bytes or fields) or 414 (request line)
+	ReasonBadRequest         Reason = "bad_request"          // a malformed request: 400/505, missing Host
+	ReasonSmuggling          Reason = "smuggling"            // framing we refuse: CL+TE, duplicate CL, obs-fold, bare CR, TE on 1.0, unknown TE (501), a body on an upgrade
+	ReasonMisdirected        Reason = "misdirected"          // 421: the Host is not one of the route's hosts
+	ReasonUpgradeRejected    Reason = "upgrade_rejected"     // an invalid WebSocket upgrade request (RELIABILITY T9)
+	ReasonUpgradeRefused     Reason = "upgrade_refused"      // the backend answered the upgrade with a non-101, relayed to the client
+	ReasonBadUpgradeResponse Reason = "bad_upgrade_response" // the backend's answer to an upgrade was unusable (bad 101, too large, malformed): 502
+	ReasonBackendTimeout     Reason = "backend_timeout"      // the backend did not answer the upgrade within HeaderTimeout: 504
+	ReasonBadGateway         Reason = "bad_gateway"          // a proxied plain request failed after connecting: 502
 )

@@ -109,7 +109,7 @@ func (c *leaseConn) Close() error {
 // pool had nothing to try, 502 otherwise.
 func (rt *Route) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	cs := stateFrom(r.Context())
-	reason := ReasonBadGateway
+	reason := l4.ReasonBadGateway
 	code := http.StatusBadGateway
 	var de *balancer.DialError
 	switch {

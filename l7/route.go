@@ -338,10 +338,10 @@ func (rt *Route) ServeConn(ctx context.Context, c *net.TCPConn, prefix []byte, a
 		t := tls.Server(tlsutil.NewPrefixConn(c, prefix), rt.tls)
 		hs := time.Now()
 		if err := t.HandshakeContext(cctx); err != nil {
-			reason := ReasonHandshakeFailed
+			reason := l4.ReasonHandshakeFailed
 			switch {
 			case isTimeout(err):
-				reason = ReasonHandshakeTimeout
+				reason = l4.ReasonHandshakeTimeout
 			case cctx.Err() != nil:
 				reason = l4.ReasonDrain
 			}
@@ -437,16 +437,16 @@ func (rt *Route) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Connection", "close")
 	}
 	if r.Host == "" {
-		rt.refuse(sw, cs, http.StatusBadRequest, ReasonBadRequest, "missing Host")
+		rt.refuse(sw, cs, http.StatusBadRequest, l4.ReasonBadRequest, "missing Host")
 		return
 	}
 	host, ok := rt.hostAllowed(r.Host)
 	if !ok {
-		rt.refuse(sw, cs, http.StatusMisdirectedRequest, ReasonMisdirected, "misdirected request")
+		rt.refuse(sw, cs, http.StatusMisdirectedRequest, l4.ReasonMisdirected, "misdirected request")
 		return
 	}
 	if hasDotSegment(r.URL.Path) || !strings.HasPrefix(r.URL.Path, "/") && r.URL.Path != "" {
-		rt.refuse(sw, cs, http.StatusBadRequest, ReasonBadRequest, "invalid path")
+		rt.refuse(sw, cs, http.StatusBadRequest, l4.ReasonBadRequest, "invalid path")
 		return
 	}
 	if rt.redirect {
@@ -463,7 +463,7 @@ func (rt *Route) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	case loc == nil:
 		http.NotFound(sw, r)
 	case upgrade && loc.proxy == nil:
-		rt.refuse(sw, cs, http.StatusBadRequest, ReasonUpgradeRejected, "no WebSocket at this path")
+		rt.refuse(sw, cs, http.StatusBadRequest, l4.ReasonUpgradeRejected, "no WebSocket at this path")
 	case upgrade:
 		tunneled = rt.serveUpgrade(sw, r, cs, loc.proxy.pool)
 	case loc.proxy != nil:
