@@ -313,8 +313,12 @@ func (s *server) release(rt *Runtime) {
 // serveConn takes one accepted connection from the ClientHello peek to the
 // end of its relay, and writes its one access line.
 func (s *server) serveConn(rt *Runtime, lr *listenerRuntime, c *net.TCPConn, accepted time.Time) {
-	defer s.conns.Done()
-	defer s.release(rt)
+	handedOff := false // to the relay's goroutines, which end the connection
+	defer func() {
+		if !handedOff {
+			s.connDone(rt)
+		}
+	}()
 
 	// One absolute deadline from accept covers the whole peek (RELIABILITY
 	// rule 1, T1): progress never extends it. The relay sets its own.
@@ -362,14 +366,20 @@ func (s *server) serveConn(rt *Runtime, lr *listenerRuntime, c *net.TCPConn, acc
 		s.serveL7(lr, r, c, h.Raw, h.RawServerName, accepted)
 		return
 	}
-	s.forward(lr, r, c, h, accepted)
+	handedOff = true
+	s.forward(rt, lr, r, c, h, accepted)
+}
+
+// connDone is the end of one accepted connection.
+func (s *server) connDone(rt *Runtime) {
+	s.release(rt)
+	s.conns.Done()
 }
 
 // serveCleartext serves a connection on a cleartext HTTP listener
 // (tls = false): the first request's Host picks the route.
 func (s *server) serveCleartext(rt *Runtime, lr *listenerRuntime, c *net.TCPConn, accepted time.Time) {
-	defer s.conns.Done()
-	defer s.release(rt)
+	defer s.connDone(rt)
 	if lr.redirect != nil {
 		s.serveL7(lr, &route{name: "redirect_https", mode: "l7", l7: lr.redirect}, c, nil, "", accepted)
 		return
@@ -428,17 +438,29 @@ func (s *server) logL7(lr *listenerRuntime, r *route, c *net.TCPConn, sni string
 	s.log.Info("connection closed", fields...)
 }
 
-// forward runs an l4 route to its end and writes its access line.
-func (s *server) forward(lr *listenerRuntime, r *route, c *net.TCPConn, h *tlsutil.ClientHello, accepted time.Time) {
+// forward connects an l4 route to its backend and hands the two sockets to
+// the relay's own goroutines, so this one (whose stack grew peeking and
+// dialling) can exit; the relay's last goroutine writes the access line and
+// ends the connection (connDone). Nothing of the ClientHello but the two
+// names is kept while the relay runs.
+func (s *server) forward(rt *Runtime, lr *listenerRuntime, r *route, c *net.TCPConn, h *tlsutil.ClientHello, accepted time.Time) {
 	s.metrics.connOpened(lr.name, r.name, r.mode)
-	res := l4.Forward(s.ctx, r.pool, c, balancer.DialRequest{
+	sni := h.RawServerName
+	l4.Forward(s.ctx, r.pool, c, balancer.DialRequest{
 		Client: c.RemoteAddr(),
 		Local:  c.LocalAddr(),
 		SNI:    h.ServerName,
 		Prefix: h.Raw,
-	}, r.relay)
+	}, r.relay, func(res l4.ForwardResult) {
+		defer s.connDone(rt)
+		s.logForward(lr, r, c, sni, accepted, res)
+	})
+}
+
+// logForward counts the end of an l4 connection and writes its access line.
+func (s *server) logForward(lr *listenerRuntime, r *route, c *net.TCPConn, sni string, accepted time.Time, res l4.ForwardResult) {
 	s.metrics.connClosed(lr.name, r.name, r.mode, res.Reason, res.BytesIn, res.BytesOut)
-	fields := s.accessFields(lr, r, c, h.RawServerName, accepted, res.Reason, zap.String("pool", r.pool.Name()))
+	fields := s.accessFields(lr, r, c, sni, accepted, res.Reason, zap.String("pool", r.pool.Name()))
 	if res.Backend != "" {
 		fields = append(fields,
 			zap.String("backend", res.Backend),

@@ -18,12 +18,13 @@ type ForwardResult struct {
 // Forward serves one l4 connection: it connects through pool (the balancer
 // writes the PROXY header, if the pool sends one, and req.Prefix — the
 // peeked ClientHello — in one write, and retries another backend on
-// failure), then relays until the connection ends. It closes client in
-// every case. On a connect failure Reason is ReasonNoBackend (nothing to
-// try: all backends down, draining or full) or ReasonConnectFailed, and Err
-// the balancer's error. A hash pool keyed on client_ip or sni gets its key
-// here.
-func Forward(ctx context.Context, pool *balancer.Pool, client *net.TCPConn, req balancer.DialRequest, opts Options) ForwardResult {
+// failure), then starts the relay (Start) and returns. done is called once
+// with the outcome: on the caller's goroutine if the connect failed, else on
+// the relay's when it ends. client is closed in every case by then. On a
+// connect failure Reason is ReasonNoBackend (nothing to try: all backends
+// down, draining or full) or ReasonConnectFailed, and Err the balancer's
+// error. A hash pool keyed on client_ip or sni gets its key here.
+func Forward(ctx context.Context, pool *balancer.Pool, client *net.TCPConn, req balancer.DialRequest, opts Options, done func(ForwardResult)) {
 	if pool.Balance() == balancer.Hash && !req.HasHashKey {
 		req.HashKey, req.HasHashKey = pool.HashKey().ConnKey(req.Client, req.SNI)
 	}
@@ -34,13 +35,16 @@ func Forward(ctx context.Context, pool *balancer.Pool, client *net.TCPConn, req 
 		if errors.Is(err, balancer.ErrNoBackend) {
 			reason = ReasonNoBackend
 		}
-		return ForwardResult{Stats: Stats{Reason: reason, Err: err}}
+		done(ForwardResult{Stats: Stats{Reason: reason, Err: err}})
+		return
 	}
-	defer lease.Release()
-	st := Relay(ctx, client, lease.Conn, opts)
-	// Passive health: a backend that resets before sending anything counts
-	// as a failure, like a refused connect.
-	lease.Observe(st.BytesOut, st.Reason == ReasonBackendReset)
-	st.BytesIn += int64(len(req.Prefix)) // the hello went out with the connect
-	return ForwardResult{Stats: st, Backend: lease.Backend.Addr(), Attempts: lease.Attempts}
+	prefix := int64(len(req.Prefix)) // not req.Prefix: the relay must not keep the hello alive
+	Start(ctx, client, lease.Conn, opts, func(st Stats) {
+		// Passive health: a backend that resets before sending anything
+		// counts as a failure, like a refused connect.
+		lease.Observe(st.BytesOut, st.Reason == ReasonBackendReset)
+		lease.Release()
+		st.BytesIn += prefix // the hello went out with the connect
+		done(ForwardResult{Stats: st, Backend: lease.Backend.Addr(), Attempts: lease.Attempts})
+	})
 }

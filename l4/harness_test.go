@@ -15,6 +15,7 @@ import (
 	mrand "math/rand/v2"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -65,15 +66,17 @@ func (w wrapped) NetConn() net.Conn { return w.Conn }
 // mode is how the relay's client end looks: the L4 shape (raw TCP, splice),
 // a wrapper (buffer path) or the L7 shape (a terminated *tls.Conn).
 type mode struct {
-	name string
-	path Path
-	tls  bool
+	name  string
+	path  Path
+	tls   bool
+	start bool // run the relay with Start (how l4.Forward runs it) instead of Relay
 }
 
 var modes = []mode{
 	{name: "splice", path: PathSplice},
 	{name: "buffer", path: PathBuffer},
 	{name: "tls", path: PathBuffer, tls: true},
+	{name: "splice-start", path: PathSplice, start: true},
 }
 
 var testCert = sync.OnceValues(func() (tls.Certificate, *x509.CertPool) {
@@ -159,11 +162,27 @@ func startRelay(tb testing.TB, m mode, opts Options) *harness {
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
 	h.start = time.Now()
-	go func() {
-		st := Relay(ctx, relayClient, rb, opts)
-		h.endedc <- time.Now()
-		h.statsc <- st
-	}()
+	if m.start {
+		var calls atomic.Int32
+		Start(ctx, relayClient, rb, opts, func(st Stats) {
+			if calls.Add(1) != 1 {
+				tb.Error("Start called done twice")
+				return
+			}
+			// done runs after both conns are closed.
+			if _, err := rb.Write([]byte{0}); !errors.Is(err, net.ErrClosed) {
+				tb.Errorf("done called with the backend conn open (write: %v)", err)
+			}
+			h.endedc <- time.Now()
+			h.statsc <- st
+		})
+	} else {
+		go func() {
+			st := Relay(ctx, relayClient, rb, opts)
+			h.endedc <- time.Now()
+			h.statsc <- st
+		}()
+	}
 	tb.Cleanup(func() {
 		cancel()
 		cc.Close()

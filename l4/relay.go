@@ -107,8 +107,38 @@ type Stats struct {
 // socket under it); a reset becomes a reset (SO_LINGER 0) unless a FIN was
 // already relayed to that side. Cancelling ctx closes both at once with
 // ReasonDrain. Deadlines the caller left on the conns are replaced.
+//
+// Relay runs client→backend on the caller's goroutine. Start is the same
+// relay on two fresh goroutines, for callers that have nothing left to do
+// on theirs.
 func Relay(ctx context.Context, client, backend net.Conn, opts Options) Stats {
-	r := &relay{client: client, backend: backend, opts: opts.withDefaults(), t0: time.Now()}
+	var st Stats
+	over := make(chan struct{})
+	r := newRelay(ctx, client, backend, opts, func(s Stats) { st = s; close(over) })
+	go r.run(&r.toClient)
+	r.run(&r.toBackend)
+	<-over
+	return st
+}
+
+// Start is Relay without the wait: it starts both directions, each on a
+// goroutine of its own, and returns at once. The direction that finishes
+// last closes both conns and calls done with the relay's Stats (on its
+// goroutine; done may block it, never the relay).
+//
+// This is what keeps an idle connection cheap: the goroutine that accepted
+// it grew its stack peeking the ClientHello and dialling the backend, and a
+// goroutine parked deep in that stack keeps all of it; two fresh goroutines
+// parked in a read keep the minimum (2 KiB each).
+func Start(ctx context.Context, client, backend net.Conn, opts Options, done func(Stats)) {
+	r := newRelay(ctx, client, backend, opts, done)
+	go r.run(&r.toClient)
+	go r.run(&r.toBackend)
+}
+
+func newRelay(ctx context.Context, client, backend net.Conn, opts Options, done func(Stats)) *relay {
+	r := &relay{client: client, backend: backend, opts: opts.withDefaults(), t0: time.Now(), done: done}
+	r.running.Store(2)
 	r.toBackend = direction{r: r, src: client, dst: backend, srcSide: sideClient, dstSide: sideBackend,
 		srcFin: &r.finClient, dstFin: &r.finBackend}
 	r.toClient = direction{r: r, src: backend, dst: client, srcSide: sideBackend, dstSide: sideClient,
@@ -124,29 +154,31 @@ func Relay(ctx context.Context, client, backend net.Conn, opts Options) Stats {
 		_ = c.SetReadDeadline(first)
 	}
 
-	var drained chan struct{}
-	stop := func() bool { return true }
+	r.stopDrain = func() bool { return true }
 	if ctx.Done() != nil {
-		drained = make(chan struct{})
-		stop = context.AfterFunc(ctx, func() {
+		r.drained = make(chan struct{})
+		r.stopDrain = context.AfterFunc(ctx, func() {
 			r.finish(ReasonDrain, nil, nil)
-			close(drained)
+			close(r.drained)
 		})
 	}
+	return r
+}
 
-	done := make(chan struct{})
-	go r.copyToClient(done)
-	r.copyToBackend()
-	<-done
-	if !stop() {
-		<-drained // the drain func started: wait for it to finish closing
+// run runs one direction; the last one to finish ends the relay.
+func (r *relay) run(d *direction) {
+	d.run()
+	if r.running.Add(-1) != 0 {
+		return
 	}
-	closeNow(client)
-	closeNow(backend)
+	if !r.stopDrain() {
+		<-r.drained // the drain func started: wait for it to finish closing
+	}
+	closeNow(r.client)
+	closeNow(r.backend)
 
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	return Stats{
+	st := Stats{
 		BytesIn:         r.toBackend.bytes,
 		BytesOut:        r.toClient.bytes,
 		PathIn:          r.toBackend.path,
@@ -157,6 +189,8 @@ func Relay(ctx context.Context, client, backend net.Conn, opts Options) Stats {
 		Reason:          r.reason,
 		Err:             r.err,
 	}
+	r.mu.Unlock()
+	r.done(st)
 }
 
 type side uint8
@@ -185,6 +219,11 @@ type relay struct {
 	err    error
 
 	toBackend, toClient direction
+
+	running   atomic.Int32 // directions still running
+	stopDrain func() bool  // unregisters the drain func; false if it already started
+	drained   chan struct{}
+	done      func(Stats) // called once, by the last direction
 }
 
 func (r *relay) now() int64 { return int64(time.Since(r.t0)) }
@@ -207,15 +246,6 @@ func (r *relay) finish(reason Reason, err error, rst net.Conn) {
 	}
 	closeNow(r.client)
 	closeNow(r.backend)
-}
-
-// copyToBackend moves client→backend in the caller's goroutine.
-func (r *relay) copyToBackend() { r.toBackend.run() }
-
-// copyToClient moves backend→client in its own goroutine.
-func (r *relay) copyToClient(done chan<- struct{}) {
-	defer close(done)
-	r.toClient.run()
 }
 
 // direction is one half of a relay: src → dst.
