@@ -1,10 +1,15 @@
 package main
 
 import (
+	"bufio"
+	"bytes"
+	"crypto/sha1"
 	"crypto/tls"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"runtime"
 	"runtime/pprof"
@@ -85,27 +90,14 @@ backends = [{ address = %q }]
 // BenchmarkIdleL4Memory holds idle L4 connections through an in-process
 // sluice and reports what each one costs sluice: goroutines, stack bytes and
 // live heap bytes (after a GC). The clients and the backend hold their
-// sockets without goroutines, so the deltas are sluice's own. It is a
+// sockets without goroutines, so the deltas are sluice's own (plus the
+// test's two sockets per connection, about 0.6 KiB of heap). It is a
 // measurement, not a test: scripts/bench.sh measures the process RSS side by
-// side with HAProxy and nginx.
+// side with HAProxy and nginx. SLUICE_HEAPPROF=file writes a heap profile
+// while the connections are open.
 func BenchmarkIdleL4Memory(b *testing.B) {
-	const conns = 2000
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	backendConns := make(chan net.Conn, conns)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			backendConns <- c
-		}
-	}()
-	c, err := DecodeConfig(fmt.Appendf(nil, `
+	backendAddr, backendConns := holdingBackend(b, nil)
+	addr := benchServer(b, fmt.Sprintf(`
 [listeners.public]
 address = "127.0.0.1:0"
 [routes.r]
@@ -115,7 +107,130 @@ pool = "p"
 [pools.p]
 health = { check = "none" }
 backends = [{ address = %q }]
-`, ln.Addr().String()))
+`, backendAddr))
+	hello := tlstest.CaptureClientHello(b, &tls.Config{ServerName: "bench.test", CurvePreferences: []tls.CurveID{tls.X25519}})
+	msg := make([]byte, len(hello)+64)
+	copy(msg, hello)
+	measureIdle(b, func() (client, backend net.Conn) {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := c.Write(msg); err != nil {
+			b.Fatal(err)
+		}
+		bc := <-backendConns
+		// Read the hello and the 64 bytes, and echo 64 bytes back, so
+		// both directions of the relay have run once.
+		if _, err := io.ReadFull(bc, make([]byte, len(msg))); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := bc.Write(msg[:64]); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, make([]byte, 64)); err != nil {
+			b.Fatal(err)
+		}
+		return c, bc
+	})
+}
+
+// BenchmarkIdleWSSMemory is BenchmarkIdleL4Memory for wss:// connections:
+// TLS terminated by sluice, a WebSocket upgrade to the backend, one message
+// each way, then idle. The test's client end is a *tls.Conn, whose state
+// (about 3 KiB) counts here too.
+func BenchmarkIdleWSSMemory(b *testing.B) {
+	backendAddr, backendConns := holdingBackend(b, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			b.Error(err)
+			return
+		}
+		h := sha1.Sum([]byte(req.Header.Get("Sec-WebSocket-Key") + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
+		fmt.Fprintf(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
+			base64.StdEncoding.EncodeToString(h[:]))
+	})
+	addr := benchServer(b, fmt.Sprintf(`
+[listeners.public]
+address = "127.0.0.1:0"
+[routes.r]
+listener = "public"
+sni = ["bench.test"]
+mode = "l7"
+pool = "p"
+[pools.p]
+health = { check = "none" }
+backends = [{ address = %q }]
+`, backendAddr))
+	cfg := &tls.Config{ServerName: "bench.test", InsecureSkipVerify: true, CurvePreferences: []tls.CurveID{tls.X25519}}
+	const upgrade = "GET /ws HTTP/1.1\r\nHost: bench.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+	frame := []byte{0x82, 0x80 | 4, 1, 2, 3, 4, 'p' ^ 1, 'i' ^ 2, 'n' ^ 3, 'g' ^ 4} // masked binary "ping"
+	measureIdle(b, func() (client, backend net.Conn) {
+		c, err := tls.Dial("tcp", addr, cfg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.WriteString(c, upgrade); err != nil {
+			b.Fatal(err)
+		}
+		bc := <-backendConns
+		head := make([]byte, 0, 256)
+		for !bytes.HasSuffix(head, []byte("\r\n\r\n")) {
+			var one [1]byte
+			if _, err := c.Read(one[:]); err != nil {
+				b.Fatal(err)
+			}
+			head = append(head, one[0])
+		}
+		if !bytes.HasPrefix(head, []byte("HTTP/1.1 101 ")) {
+			b.Fatalf("upgrade answered %q", head)
+		}
+		if _, err := c.Write(frame); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(bc, make([]byte, len(frame))); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := bc.Write([]byte{0x82, 4, 'p', 'o', 'n', 'g'}); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, make([]byte, 6)); err != nil {
+			b.Fatal(err)
+		}
+		return c, bc
+	})
+}
+
+// holdingBackend accepts connections, runs greet (if not nil) on each in the
+// accept loop, and hands them over without a goroutine per connection.
+func holdingBackend(b *testing.B, greet func(net.Conn)) (string, <-chan net.Conn) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { ln.Close() })
+	conns := make(chan net.Conn, idleConns)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			if greet != nil {
+				greet(c)
+			}
+			conns <- c
+		}
+	}()
+	return ln.Addr().String(), conns
+}
+
+// benchServer starts an in-process sluice on cfg and returns the address of
+// its listener "public".
+func benchServer(b *testing.B, cfg string) string {
+	c, err := DecodeConfig([]byte(cfg))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -128,41 +243,25 @@ backends = [{ address = %q }]
 		b.Fatal(err)
 	}
 	s.serve()
-	defer s.shutdown(0)
-	addr := s.addr("public").String()
-	hello := tlstest.CaptureClientHello(b, &tls.Config{ServerName: "bench.test", CurvePreferences: []tls.CurveID{tls.X25519}})
-	msg := make([]byte, len(hello)+64)
-	copy(msg, hello)
+	b.Cleanup(func() { s.shutdown(0) })
+	return s.addr("public").String()
+}
 
+const idleConns = 2000
+
+// measureIdle opens idleConns connections with open, lets them go idle and
+// reports sluice's goroutines, stack, heap and runtime memory per
+// connection.
+func measureIdle(b *testing.B, open func() (client, backend net.Conn)) {
 	for b.Loop() {
 		runtime.GC()
 		var m0 runtime.MemStats
 		runtime.ReadMemStats(&m0)
 		g0 := runtime.NumGoroutine()
-		clients := make([]net.Conn, 0, conns)
-		held := make([]net.Conn, 0, conns)
-		for range conns {
-			c, err := net.Dial("tcp", addr)
-			if err != nil {
-				b.Fatal(err)
-			}
-			clients = append(clients, c)
-			if _, err := c.Write(msg); err != nil {
-				b.Fatal(err)
-			}
-			bc := <-backendConns
-			// Read the hello and the 64 bytes, and echo 64 bytes back, so
-			// both directions of the relay have run once.
-			if _, err := io.ReadFull(bc, make([]byte, len(msg))); err != nil {
-				b.Fatal(err)
-			}
-			if _, err := bc.Write(msg[:64]); err != nil {
-				b.Fatal(err)
-			}
-			if _, err := io.ReadFull(c, make([]byte, 64)); err != nil {
-				b.Fatal(err)
-			}
-			held = append(held, bc)
+		held := make([]net.Conn, 0, 2*idleConns)
+		for range idleConns {
+			c, bc := open()
+			held = append(held, c, bc)
 		}
 		time.Sleep(100 * time.Millisecond)
 		runtime.GC()
@@ -171,20 +270,22 @@ backends = [{ address = %q }]
 		runtime.ReadMemStats(&m1)
 		g1 := runtime.NumGoroutine()
 		if p := os.Getenv("SLUICE_HEAPPROF"); p != "" {
-			f, _ := os.Create(p)
+			f, err := os.Create(p)
+			if err != nil {
+				b.Fatal(err)
+			}
 			pprof.Lookup("heap").WriteTo(f, 0)
 			f.Close()
 		}
-		b.ReportMetric(float64(g1-g0)/conns, "goroutines/conn")
-		b.ReportMetric(float64(int64(m1.StackInuse)-int64(m0.StackInuse))/conns, "stack-B/conn")
-		b.ReportMetric(float64(int64(m1.HeapAlloc)-int64(m0.HeapAlloc))/conns, "heap-B/conn")
-		b.ReportMetric(float64(int64(m1.Sys)-int64(m0.Sys))/conns, "sys-B/conn")
-		for i := range clients {
-			clients[i].Close()
-			held[i].Close()
+		b.ReportMetric(float64(g1-g0)/idleConns, "goroutines/conn")
+		b.ReportMetric(float64(int64(m1.StackInuse)-int64(m0.StackInuse))/idleConns, "stack-B/conn")
+		b.ReportMetric(float64(int64(m1.HeapAlloc)-int64(m0.HeapAlloc))/idleConns, "heap-B/conn")
+		b.ReportMetric(float64(int64(m1.Sys)-int64(m0.Sys))/idleConns, "sys-B/conn")
+		for _, c := range held {
+			c.Close()
 		}
 		deadline := time.Now().Add(10 * time.Second)
-		for s.active.Load() > 0 && time.Now().Before(deadline) {
+		for runtime.NumGoroutine() > g0 && time.Now().Before(deadline) {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}

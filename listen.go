@@ -362,11 +362,11 @@ func (s *server) serveConn(rt *Runtime, lr *listenerRuntime, c *net.TCPConn, acc
 		return
 	}
 
+	handedOff = true
 	if r.mode == "l7" {
-		s.serveL7(lr, r, c, h.Raw, h.RawServerName, accepted)
+		s.serveL7(rt, lr, r, c, h.Raw, h.RawServerName, accepted)
 		return
 	}
-	handedOff = true
 	s.forward(rt, lr, r, c, h, accepted)
 }
 
@@ -379,9 +379,15 @@ func (s *server) connDone(rt *Runtime) {
 // serveCleartext serves a connection on a cleartext HTTP listener
 // (tls = false): the first request's Host picks the route.
 func (s *server) serveCleartext(rt *Runtime, lr *listenerRuntime, c *net.TCPConn, accepted time.Time) {
-	defer s.connDone(rt)
+	handedOff := false // to serveL7, which ends the connection
+	defer func() {
+		if !handedOff {
+			s.connDone(rt)
+		}
+	}()
 	if lr.redirect != nil {
-		s.serveL7(lr, &route{name: "redirect_https", mode: "l7", l7: lr.redirect}, c, nil, "", accepted)
+		handedOff = true
+		s.serveL7(rt, lr, &route{name: "redirect_https", mode: "l7", l7: lr.redirect}, c, nil, "", accepted)
 		return
 	}
 	c.SetReadDeadline(accepted.Add(lr.headerTimeout))
@@ -400,19 +406,24 @@ func (s *server) serveCleartext(rt *Runtime, lr *listenerRuntime, c *net.TCPConn
 		s.reject(lr.name, c.RemoteAddr(), l4.ReasonNoRoute, host)
 		return
 	}
-	s.serveL7(lr, r, c, head, host, accepted)
+	handedOff = true
+	s.serveL7(rt, lr, r, c, head, host, accepted)
 }
 
 // serveL7 hands a connection to an l7 route (TLS termination, HTTP and
-// WebSocket) and writes its access line.
-func (s *server) serveL7(lr *listenerRuntime, r *route, c *net.TCPConn, prefix []byte, sni string, accepted time.Time) {
+// WebSocket) and returns once it is in the route's HTTP server; whichever
+// goroutine ends the connection writes its access line and ends it
+// (connDone).
+func (s *server) serveL7(rt *Runtime, lr *listenerRuntime, r *route, c *net.TCPConn, prefix []byte, sni string, accepted time.Time) {
 	s.metrics.connOpened(lr.name, r.name, "l7")
-	res := r.l7.ServeConn(s.ctx, c, prefix, accepted)
-	if res.Handshake > 0 {
-		s.metrics.handshakeDone(r.name, res.Handshake)
-	}
-	s.metrics.connClosed(lr.name, r.name, "l7", res.Reason, res.BytesIn, res.BytesOut)
-	s.logL7(lr, r, c, sni, accepted, res)
+	r.l7.Serve(s.ctx, c, prefix, accepted, func(res l7.Result) {
+		defer s.connDone(rt)
+		if res.Handshake > 0 {
+			s.metrics.handshakeDone(r.name, res.Handshake)
+		}
+		s.metrics.connClosed(lr.name, r.name, "l7", res.Reason, res.BytesIn, res.BytesOut)
+		s.logL7(lr, r, c, sni, accepted, res)
+	})
 }
 
 func (s *server) logL7(lr *listenerRuntime, r *route, c *net.TCPConn, sni string, accepted time.Time, res l7.Result) {

@@ -486,6 +486,7 @@ func (v *vconn) takeBuffered() []byte {
 	b := append([]byte(nil), v.ready...)
 	b = append(b, v.buf[v.r:v.w]...)
 	v.ready, v.r, v.w = nil, 0, 0
+	v.buf = nil // nothing reads through v after a hijack: not kept for the tunnel's life
 	return b
 }
 
@@ -498,14 +499,24 @@ type connState struct {
 	tls           bool
 	v             *vconn
 
-	done     chan struct{}
+	end      func() // cleans up and calls Serve's done with the Result
 	doneOnce sync.Once
+	pending  atomic.Int32 // a tunnel's two ends: its handler's return and its relay's end
 
 	mu  sync.Mutex
 	res Result
 }
 
-func (cs *connState) finish() { cs.doneOnce.Do(func() { close(cs.done) }) }
+// finish ends the connection (once): net/http closed it, or its tunnel ended.
+func (cs *connState) finish() { cs.doneOnce.Do(cs.end) }
+
+// tunnelDone is called by a tunnel's handler when it returns and by its
+// relay when it ends; the second call ends the connection.
+func (cs *connState) tunnelDone() {
+	if cs.pending.Add(-1) == 0 {
+		cs.finish()
+	}
+}
 
 // setReason records why the conn ended; the first reason wins.
 func (cs *connState) setReason(r l4.Reason, err error) {

@@ -6,8 +6,10 @@
 //	route, err := l7.NewRoute(l7.RouteConfig{Name: "h5", Hosts: []string{"game.example.com"},
 //		TLS: tlsConfig, Locations: []l7.Location{{Path: "/ws", Pool: rooms}, {Path: "/", Root: "web"}}})
 //	...
-//	res := route.ServeConn(ctx, tcpConn, hello.Raw, accepted) // blocks until the conn is closed
-//	log.Info("access", zap.String("reason", string(res.Reason)), ...)
+//	route.Serve(ctx, tcpConn, hello.Raw, accepted, func(res l7.Result) { // returns after the handshake
+//		log.Info("access", zap.String("reason", string(res.Reason)), ...) // when the conn has ended
+//	})
+//	res := route.ServeConn(ctx, tcpConn, hello.Raw, accepted) // the same, blocking until the end
 //	...
 //	route.Close()
 //
@@ -24,6 +26,10 @@
 // offers only h2 fails the handshake with no_application_protocol), WebSocket
 // over HTTP/2 (RFC 8441), TLS to backends, caching, compression, request
 // bodies on upgrade requests, or upgrades other than WebSocket. It logs
-// nothing per request at info level: ServeConn returns a Result and the
-// caller writes the one access line.
+// nothing per request at info level: Serve hands a Result to its callback
+// and the caller writes the one access line.
+//
+// An idle WebSocket tunnel holds no goroutine of its own: the handshake's
+// goroutine returns once net/http has the conn, the upgrade handler returns
+// once the relay runs (l4.Start), and only the relay's two goroutines remain.
 package l7

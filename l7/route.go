@@ -309,22 +309,43 @@ func WithClientAddr(ctx context.Context, addr net.Addr) context.Context {
 // HandshakeTimeout, then HTTP/1.1, and returns once c is closed. ServeConn
 // owns c. Cancelling ctx closes the connection (drain).
 func (rt *Route) ServeConn(ctx context.Context, c *net.TCPConn, prefix []byte, accepted time.Time) Result {
+	res := make(chan Result, 1)
+	rt.Serve(ctx, c, prefix, accepted, func(r Result) { res <- r })
+	return <-res
+}
+
+// Serve is ServeConn without the wait: it runs the TLS handshake on the
+// caller's goroutine, hands the connection to the route's HTTP server and
+// returns. done is called once with the Result when the connection has
+// ended: on the caller's goroutine if it ended before HTTP (a failed
+// handshake, a closed route), else on the goroutine that ended it (net/http's
+// or, for a WebSocket tunnel, the relay's).
+//
+// The caller's goroutine grew its stack in the handshake; returning frees it
+// for the connection's whole life, and a tunnel leaves no HTTP goroutine or
+// buffer behind either: an idle wss:// player costs its TLS state and two
+// relay goroutines.
+func (rt *Route) Serve(ctx context.Context, c *net.TCPConn, prefix []byte, accepted time.Time, done func(Result)) {
 	rt.mu.Lock()
 	if rt.closed {
 		rt.mu.Unlock()
 		_ = c.Close()
-		return Result{Reason: l4.ReasonDrain, Err: ErrClosed}
+		done(Result{Reason: l4.ReasonDrain, Err: ErrClosed})
+		return
 	}
 	rt.wg.Add(1)
 	rt.mu.Unlock()
-	defer rt.wg.Done()
 
 	cctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	stopRoute := context.AfterFunc(rt.ctx, cancel)
-	defer stopRoute()
+	end := func(res Result) {
+		stopRoute()
+		cancel()
+		rt.wg.Done()
+		done(res)
+	}
 
-	cs := &connState{ctx: cctx, client: c.RemoteAddr(), local: c.LocalAddr(), tls: rt.tls != nil, done: make(chan struct{})}
+	cs := &connState{ctx: cctx, client: c.RemoteAddr(), local: c.LocalAddr(), tls: rt.tls != nil}
 	if a, ok := ctx.Value(clientAddrKey{}).(net.Addr); ok && a != nil {
 		cs.client = a
 	}
@@ -349,7 +370,8 @@ func (rt *Route) ServeConn(ctx context.Context, c *net.TCPConn, prefix []byte, a
 			if ce := rt.log.Check(zap.DebugLevel, "tls handshake failed"); ce != nil {
 				ce.Write(zap.String("route", rt.name), zap.Stringer("client", cs.client), zap.Error(err))
 			}
-			return Result{Reason: reason, Err: err}
+			end(Result{Reason: reason, Err: err})
+			return
 		}
 		start = time.Now()
 		cs.res.Handshake = start.Sub(hs)
@@ -363,7 +385,10 @@ func (rt *Route) ServeConn(ctx context.Context, c *net.TCPConn, prefix []byte, a
 	_ = c.SetWriteDeadline(v.firstDL)
 
 	stop := context.AfterFunc(cctx, v.closeHard)
-	defer stop()
+	cs.end = func() {
+		stop()
+		end(cs.result())
+	}
 	var hc net.Conn = v
 	if rt.tls != nil {
 		hc = tlsVconn{v}
@@ -371,12 +396,10 @@ func (rt *Route) ServeConn(ctx context.Context, c *net.TCPConn, prefix []byte, a
 	select {
 	case rt.ln.c <- hc:
 	case <-rt.ln.closed:
+		cs.setReason(l4.ReasonDrain, ErrClosed)
 		v.hard.Store(true)
-		_ = v.Close()
-		return Result{Reason: l4.ReasonDrain, SNI: cs.sni, Err: ErrClosed}
+		_ = v.Close() // ends it: cs.end
 	}
-	<-cs.done
-	return cs.result()
 }
 
 type connStateKey struct{}
@@ -427,7 +450,7 @@ func (rt *Route) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		cs.mu.Unlock()
 		if tunneled {
-			cs.finish() // net/http will not Close a hijacked conn
+			cs.tunnelDone() // net/http will not Close a hijacked conn
 		}
 	}()
 	upgrade := len(r.Header["Upgrade"]) > 0

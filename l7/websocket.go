@@ -241,24 +241,35 @@ func (rt *Route) serveUpgrade(w *statusWriter, r *http.Request, cs *connState, p
 	pipelined = append(pipelined, v.takeBuffered()...)
 	client := v.tc // *tls.Conn (relay: close_notify + FIN), or the raw socket (splice)
 
-	res := rt.tunnel(cs, client, bc, resp, coalesced, pipelined)
-	lease.Observe(1, false) // it answered a verified 101: healthy
-	lease.Release()
 	cs.mu.Lock()
 	cs.res.Upgraded = true
-	cs.res.Status = http.StatusSwitchingProtocols
-	cs.res.Relay = res
-	cs.res.BytesIn += res.BytesIn
-	cs.res.BytesOut += res.BytesOut
-	cs.res.Reason, cs.res.Err = res.Reason, res.Err
 	cs.mu.Unlock()
 	w.status = http.StatusSwitchingProtocols
+	// The tunnel outlives this handler: serveHTTP returns (and net/http's
+	// goroutine with it) while the relay runs on its own goroutines. The
+	// connection ends when both the handler's accounting and the relay are
+	// done, whichever is last.
+	cs.pending.Store(2)
+	rt.tunnel(cs, client, bc, resp, coalesced, pipelined, func(res l4.Stats) {
+		lease.Observe(1, false) // it answered a verified 101: healthy
+		lease.Release()
+		cs.mu.Lock()
+		cs.res.Relay = res
+		cs.res.BytesIn += res.BytesIn
+		cs.res.BytesOut += res.BytesOut
+		cs.res.Reason, cs.res.Err = res.Reason, res.Err
+		cs.mu.Unlock()
+		cs.tunnelDone()
+	})
 	return true
 }
 
 // tunnel writes the 101 and the backend's coalesced bytes to the client, the
-// client's pipelined bytes to the backend, then relays until the end.
-func (rt *Route) tunnel(cs *connState, client net.Conn, bc *net.TCPConn, resp *http.Response, coalesced, pipelined []byte) l4.Stats {
+// client's pipelined bytes to the backend, then starts the relay (l4.Start)
+// and returns; done gets the relay's Stats when it ends (at once if a write
+// here failed). Nothing of the request or the backend's answer is kept while
+// the relay runs.
+func (rt *Route) tunnel(cs *connState, client net.Conn, bc *net.TCPConn, resp *http.Response, coalesced, pipelined []byte, done func(l4.Stats)) {
 	var b bytes.Buffer
 	b.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n")
 	writeHeaders(&b, resp.Header)
@@ -268,20 +279,24 @@ func (rt *Route) tunnel(cs *connState, client net.Conn, bc *net.TCPConn, resp *h
 	if _, err := client.Write(b.Bytes()); err != nil {
 		_ = client.Close()
 		_ = bc.Close()
-		return l4.Stats{Reason: l4.ReasonClientReset, Err: err}
+		done(l4.Stats{Reason: l4.ReasonClientReset, Err: err})
+		return
 	}
 	if len(pipelined) > 0 {
 		_ = bc.SetWriteDeadline(time.Now().Add(rt.writeStall))
 		if _, err := bc.Write(pipelined); err != nil {
 			_ = client.Close()
 			_ = bc.Close()
-			return l4.Stats{Reason: l4.ReasonBackendReset, Err: err, BytesOut: int64(len(coalesced))}
+			done(l4.Stats{Reason: l4.ReasonBackendReset, Err: err, BytesOut: int64(len(coalesced))})
+			return
 		}
 	}
-	st := l4.Relay(cs.ctx, client, bc, rt.relay)
-	st.BytesIn += int64(len(pipelined))
-	st.BytesOut += int64(len(coalesced))
-	return st
+	in, out := int64(len(pipelined)), int64(len(coalesced))
+	l4.Start(cs.ctx, client, bc, rt.relay, func(st l4.Stats) {
+		st.BytesIn += in
+		st.BytesOut += out
+		done(st)
+	})
 }
 
 // writeHeaders writes the end-to-end headers of h, skipping hop-by-hop ones
