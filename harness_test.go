@@ -226,6 +226,9 @@ func captureBackend(t *testing.T, n int) (*backend, chan []byte) {
 		buf := make([]byte, n)
 		k, _ := io.ReadFull(c, buf)
 		ch <- buf[:k]
+		// Answer, as a TLS server answers a hello: sluice retries a backend
+		// that closes without a byte (DialRequest.AwaitAnswer).
+		c.Write([]byte{0x15})
 	})
 	return b, ch
 }

@@ -67,9 +67,12 @@ backends = [{ address = %q }]
 				wsEcho(t, ws, fmt.Sprintf("player %d again", i))
 				ws.Close(websocket.StatusNormalClosure, "")
 			}
+			// How a closing WebSocket client's socket ends (FIN, or RST
+			// when a close frame is still unread) is the client's race;
+			// each session must end through its relay, not fail.
 			for _, e := range l.waitAccess(t, n) {
-				if fieldOf(e, "reason") != "eof" {
-					t.Errorf("access line reason %v, want eof: %v", fieldOf(e, "reason"), e.ContextMap())
+				if r := fieldOf(e, "reason"); r != "eof" && r != "client_reset" || fieldOf(e, "bytes_out").(int64) == 0 {
+					t.Errorf("access line %v", e.ContextMap())
 				}
 			}
 		})

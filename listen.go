@@ -367,7 +367,7 @@ func (s *server) serveConn(rt *Runtime, lr *listenerRuntime, c *net.TCPConn, acc
 		s.serveL7(rt, lr, r, c, h.Raw, h.RawServerName, accepted)
 		return
 	}
-	s.forward(rt, lr, r, c, h, accepted)
+	s.forward(rt, lr, r, c, h, err == nil, accepted)
 }
 
 // connDone is the end of one accepted connection.
@@ -454,14 +454,21 @@ func (s *server) logL7(lr *listenerRuntime, r *route, c *net.TCPConn, sni string
 // dialling) can exit; the relay's last goroutine writes the access line and
 // ends the connection (connDone). Nothing of the ClientHello but the two
 // names is kept while the relay runs.
-func (s *server) forward(rt *Runtime, lr *listenerRuntime, r *route, c *net.TCPConn, h *tlsutil.ClientHello, accepted time.Time) {
+//
+// For a TLS ClientHello the dial waits for the backend's first byte
+// (AwaitAnswer): a TLS server answers a hello without more bytes from the
+// client, so a backend that accepts and then closes or resets is retried on
+// another one with the same hello instead of resetting the player (T12).
+// Other first bytes (a plain_route) may need more from the client first.
+func (s *server) forward(rt *Runtime, lr *listenerRuntime, r *route, c *net.TCPConn, h *tlsutil.ClientHello, isHello bool, accepted time.Time) {
 	s.metrics.connOpened(lr.name, r.name, r.mode)
 	sni := h.RawServerName
 	l4.Forward(s.ctx, r.pool, c, balancer.DialRequest{
-		Client: c.RemoteAddr(),
-		Local:  c.LocalAddr(),
-		SNI:    h.ServerName,
-		Prefix: h.Raw,
+		Client:      c.RemoteAddr(),
+		Local:       c.LocalAddr(),
+		SNI:         h.ServerName,
+		Prefix:      h.Raw,
+		AwaitAnswer: isHello,
 	}, r.relay, func(res l4.ForwardResult) {
 		defer s.connDone(rt)
 		s.logForward(lr, r, c, sni, accepted, res)

@@ -59,6 +59,19 @@ type DialRequest struct {
 	// when HasHashKey is true. Without it, Hash picks as LeastConn.
 	HashKey    string
 	HasHashKey bool
+	// AwaitAnswer makes each attempt wait, after the write, until the
+	// backend sends its first byte (peeked, not consumed), for up to the
+	// pool's connect timeout. A backend that closes or resets before
+	// answering fails the attempt, which is retried on another backend with
+	// the same bytes (RELIABILITY T12, "accepted and closed"). A backend
+	// that is merely slow is kept: when the wait times out, Dial returns the
+	// connection as it is.
+	//
+	// Set it only when Prefix is a whole opening the backend answers without
+	// more bytes from the client (a TLS ClientHello, a WebSocket upgrade
+	// request): what the client sends after it stays in the client's socket
+	// until the backend has answered, so nothing unreplayable is lost.
+	AwaitAnswer bool
 }
 
 // Lease is a connected backend connection with the header and prefix already
@@ -184,10 +197,10 @@ func (e *DialError) Unwrap() []error {
 // replays exactly the same bytes (RELIABILITY rule 4, T12). Each failed
 // attempt counts towards the backend's passive MaxFails.
 //
-// A backend that accepts and then resets at once is caught only if the reset
-// arrives before the write: the write usually succeeds into the kernel's send
-// buffer first, and the relay then sees the reset (T13) and reports it with
-// Lease.Observe.
+// A backend that accepts and then closes or resets is caught by the write
+// failing, or, with req.AwaitAnswer, by waiting for its first byte;
+// otherwise the write usually succeeds into the kernel's send buffer first
+// and the relay sees the reset (T13) and reports it with Lease.Observe.
 //
 // On success the backend's active count is incremented; the caller must call
 // Lease.Release when the connection ends. Errors: one wrapping ErrNoBackend
@@ -241,6 +254,11 @@ func (p *Pool) Dial(ctx context.Context, req DialRequest) (*Lease, error) {
 			deadline = budget
 		}
 		conn, err := p.attempt(ctx, b, deadline, payload)
+		if err == nil && req.AwaitAnswer {
+			if err = awaitAnswer(ctx, conn, time.Now().Add(p.connectTimeout)); err != nil {
+				conn.Close()
+			}
+		}
 		if err == nil {
 			l := &Lease{Conn: conn, Backend: b, Attempts: attempts, pool: p}
 			b.track(l)

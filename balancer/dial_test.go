@@ -96,8 +96,9 @@ func TestDialAllRefused(t *testing.T) {
 	}
 }
 
-// TestDialAcceptThenReset: a backend that accepts and resets before reading
-// is NOT deterministically skipped: the connect succeeds in the kernel and
+// TestDialAcceptThenReset: without AwaitAnswer (answer_test.go), a backend
+// that accepts and resets before reading is NOT deterministically skipped:
+// the connect succeeds in the kernel and
 // the write usually lands in the send buffer before the RST arrives, so Dial
 // returns a lease on the resetting backend and the relay sees the reset
 // (T13). Only when the RST wins the race does the write fail and Dial retry.

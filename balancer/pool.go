@@ -97,7 +97,8 @@ type PoolConfig struct {
 	// none.
 	ProxyProtocol ProxyProtocol
 	// ConnectTimeout bounds one attempt: connect and the write of PROXY
-	// header and prefix. If zero or negative, 3s is used.
+	// header and prefix; with DialRequest.AwaitAnswer, also the wait for the
+	// backend's first byte after it. If zero or negative, 3s is used.
 	ConnectTimeout time.Duration
 	// MaxAttempts is the number of backends tried per Dial, each a different
 	// one. If zero or negative, 3 is used. It is capped at len(Backends).

@@ -178,7 +178,9 @@ func (rt *Route) serveUpgrade(w *statusWriter, r *http.Request, cs *connState, p
 		rt.refuse(w, cs, code, l4.ReasonUpgradeRejected, msg)
 		return
 	}
-	dreq := balancer.DialRequest{Client: cs.client, Local: cs.local, SNI: cs.sni, Prefix: upgradeRequest(r, cs)}
+	// AwaitAnswer: a backend that accepts and then closes or resets before
+	// answering the upgrade is retried on another one (T12).
+	dreq := balancer.DialRequest{Client: cs.client, Local: cs.local, SNI: cs.sni, Prefix: upgradeRequest(r, cs), AwaitAnswer: true}
 	dreq.HashKey, dreq.HasHashKey = hashKey(pool, r, cs)
 	lease, err := pool.Dial(cs.ctx, dreq)
 	if err != nil {
