@@ -130,6 +130,13 @@ func handleL4(c net.Conn, proxyHeader bool) {
 		log.Printf("client hello: %v", err)
 		return
 	}
+	// Answer the hello with one byte, as a TLS server answers with its
+	// ServerHello; the load generator, like a TLS client, sends its command
+	// only after it (sluice relies on that shape to retry a backend that
+	// accepts and then resets before answering).
+	if _, err := c.Write([]byte{'h'}); err != nil {
+		return
+	}
 	var hdr [9]byte
 	var buf []byte // 256 KiB for bulk transfers, only when one comes
 	small := make([]byte, 64)

@@ -101,15 +101,13 @@ func captureHello(sni string) ([]byte, error) {
 }
 
 // l4Preamble is what an L4 client sends first: (for direct PROXY tests, its
-// own PROXY v2 header), the ClientHello, and one command.
-func l4Preamble(c net.Conn, sni string, ppSelf bool, op byte, n uint64) []byte {
+// own PROXY v2 header) and the ClientHello.
+func l4Preamble(c net.Conn, sni string, ppSelf bool) []byte {
 	var b []byte
 	if ppSelf {
 		b = appendProxyV2(b, c.LocalAddr().(*net.TCPAddr), c.RemoteAddr().(*net.TCPAddr))
 	}
-	b = append(b, hellos[sni]...)
-	b = append(b, op)
-	return binary.BigEndian.AppendUint64(b, n)
+	return append(b, hellos[sni]...)
 }
 
 func appendProxyV2(b []byte, src, dst *net.TCPAddr) []byte {
@@ -121,7 +119,10 @@ func appendProxyV2(b []byte, src, dst *net.TCPAddr) []byte {
 	return binary.BigEndian.AppendUint16(b, uint16(dst.Port))
 }
 
-// dialL4 opens an L4 connection and sends the preamble (plus extra bytes).
+// dialL4 opens an L4 connection shaped like TLS: it sends the preamble,
+// waits for the backend's one-byte answer to the hello (its stand-in for a
+// ServerHello: a TLS client sends nothing more before it), then sends one
+// command (op, n) and extra in one write.
 func dialL4(addr, sni string, ppSelf bool, op byte, n uint64, extra []byte) (*net.TCPConn, error) {
 	c, err := dialer.Dial("tcp", addr)
 	if err != nil {
@@ -129,8 +130,17 @@ func dialL4(addr, sni string, ppSelf bool, op byte, n uint64, extra []byte) (*ne
 	}
 	tc := c.(*net.TCPConn)
 	_ = tc.SetDeadline(time.Now().Add(opTimeout))
-	b := append(l4Preamble(tc, sni, ppSelf, op, n), extra...)
-	if _, err := tc.Write(b); err != nil {
+	if _, err := tc.Write(l4Preamble(tc, sni, ppSelf)); err != nil {
+		tc.Close()
+		return nil, err
+	}
+	var h [1]byte
+	if _, err := io.ReadFull(tc, h[:]); err != nil || h[0] != 'h' {
+		tc.Close()
+		return nil, fmt.Errorf("no answer to the hello: %q, %v", h[:], err)
+	}
+	b := binary.BigEndian.AppendUint64([]byte{op}, n)
+	if _, err := tc.Write(append(b, extra...)); err != nil {
 		tc.Close()
 		return nil, err
 	}
