@@ -444,7 +444,7 @@ backends = [{ address = %q }]
 	h := dial(t, l.addr("tlsonly"))
 	io.WriteString(h, "GET / HTTP/1.1\r\nHost: game.test\r\n\r\n")
 	b, _ := readAllTimeout(h, 5*time.Second)
-	if string(b) != httpOnTLSPort {
+	if string(b) != "HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n" { // T3, byte for byte
 		t.Fatalf("HTTP on the TLS port got %q", b)
 	}
 	for _, junk := range [][]byte{{0x80, 0x2e, 0x01, 0x03, 0x01}, []byte("SSH-2.0-OpenSSH_9.2\r\n"), {0, 1, 2, 3}} {
@@ -695,5 +695,46 @@ backends = [{ address = "127.0.0.1:1" }]
 	}
 	if got := fieldOf(lines[0], "sni"); got != tlsutil.EscapeForLog(name, maxLogField) {
 		t.Fatalf("sni field %q", got)
+	}
+}
+
+// RELIABILITY A15: an SNI carrying a newline and ANSI escapes, longer than
+// the cap, is one rejection line whose field is escaped and at most 255
+// bytes.
+func TestRejectLogEscapesHostileSNI(t *testing.T) {
+	l := startLB(t, `
+[listeners.public]
+address = "127.0.0.1:0"
+[routes.r]
+listener = "public"
+sni = ["x.game.test"]
+pool = "p"
+[pools.p]
+backends = [{ address = "127.0.0.1:1" }]
+`)
+	placeholder := strings.Repeat("a", 50) + "." + strings.Repeat("b", 50) + "." + strings.Repeat("c", 50) + "." +
+		strings.Repeat("d", 50) + "." + strings.Repeat("e", 50) + "." + strings.Repeat("f", 50) + ".test"
+	hello := tlstest.CaptureClientHello(t, &tls.Config{ServerName: placeholder})
+	evil := []byte(placeholder)
+	copy(evil[10:], "\n\x1b[31mFAKE LOG LINE\r\n\x1b[0m")
+	off := bytes.Index(hello, []byte(placeholder))
+	if off < 0 {
+		t.Fatal("name not found in the hello")
+	}
+	copy(hello[off:], evil)
+	c := dial(t, l.addr("public"))
+	c.Write(hello)
+	readAllTimeout(c, 5*time.Second)
+	l.waitRejected(t, l4.ReasonSNIInvalid, 1)
+	lines := l.logs.FilterMessage("rejected: sni_invalid").AllUntimed()
+	if len(lines) != 1 {
+		t.Fatalf("%d log lines for one rejection", len(lines))
+	}
+	got, _ := fieldOf(lines[0], "sni").(string)
+	if len(got) > 255 || strings.ContainsAny(got, "\n\r\x1b") {
+		t.Fatalf("sni field (%d bytes) not escaped and capped: %q", len(got), got)
+	}
+	if !strings.Contains(got, `\n\x1b[31mFAKE LOG LINE\r\n`) {
+		t.Fatalf("sni field %q does not show the escaped bytes", got)
 	}
 }

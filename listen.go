@@ -44,8 +44,9 @@ const (
 // misdirected answers a cleartext request whose Host no route serves.
 const misdirected = "HTTP/1.1 421 Misdirected Request\r\nContent-Type: text/plain\r\nContent-Length: 25\r\nConnection: close\r\n\r\nNo route for this Host.\r\n"
 
-// httpOnTLSPort is what a plain HTTP client gets on a TLS port (RELIABILITY T3).
-const httpOnTLSPort = "HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
+// httpOnTLSPort is what a plain HTTP client gets on a TLS port: exactly Go's
+// net/http answer, as RELIABILITY T3 fixes it (HTTP/1.0: the close ends it).
+const httpOnTLSPort = "HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
 
 // server runs the listeners of one Runtime and every connection they accept.
 type server struct {
@@ -520,8 +521,9 @@ func (s *server) accessFields(lr *listenerRuntime, r *route, c *net.TCPConn, sni
 	return append(f, extra...)
 }
 
-// maxLogField caps attacker-controlled strings in log fields (RELIABILITY T26).
-const maxLogField = 256
+// maxLogField caps attacker-controlled strings in log fields: RELIABILITY
+// T26 says 256 bytes, its test A15 at most 255; 255 meets both.
+const maxLogField = 255
 
 // reject counts and logs (sampled per reason) a connection refused before it
 // reached a route.
