@@ -32,6 +32,7 @@ pool = "ws"
 backends = [{ address = %q }]
 `, mode, addr))
 			const n = 5
+			fds0 := countFDs(t)
 			var conns []*websocket.Conn
 			for i := range n {
 				ws, _ := wsDial(t, l.addr("public").String(), "game.test", "/ws")
@@ -62,6 +63,11 @@ backends = [{ address = %q }]
 			}
 			if relays != 2*n || held != 0 {
 				t.Fatalf("%d idle sessions: %d relay goroutines (want %d), %d accept/HTTP goroutines still held (want 0)", n, relays, 2*n, held)
+			}
+			// RELIABILITY C11: 2 fds per idle session in sluice (its two
+			// sockets; no pipe), plus the test's client and backend ends.
+			if d := countFDs(t) - fds0; d != 4*n {
+				t.Fatalf("%d idle sessions hold %d more fds, want %d (2 in sluice + 2 test ends each)", n, d, 4*n)
 			}
 			for i, ws := range conns {
 				wsEcho(t, ws, fmt.Sprintf("player %d again", i))

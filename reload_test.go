@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"net"
@@ -126,6 +127,54 @@ key = %q
 	}
 }
 
+// RELIABILITY G7: a reload whose certificate is missing, whose key does not
+// match, or whose PEM is garbage is rejected, and new handshakes still get
+// the old leaf (same serial).
+func TestReloadBadCertKeepsOldLeaf(t *testing.T) {
+	be := echoBackend(t)
+	dir := t.TempDir()
+	cert, key := writeCert(t, dir, "a.test")
+	_, otherKey := writeCert(t, dir, "other.test")
+	garbage := filepath.Join(dir, "garbage.pem")
+	must(t, os.WriteFile(garbage, []byte("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n"), 0o644))
+	cfg := func(cert, key string) string {
+		return fmt.Sprintf(reloadBase, be.addr) + fmt.Sprintf(`
+[routes.tls]
+listener = "public"
+sni = ["a.test"]
+mode = "l7"
+pool = "p"
+cert = %q
+key = %q
+`, cert, key)
+	}
+	f := startFileLB(t, cfg(cert, key))
+	leaf := func() *x509.Certificate {
+		t.Helper()
+		c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", f.addr("public").String(),
+			&tls.Config{ServerName: "a.test", InsecureSkipVerify: true})
+		must(t, err)
+		defer c.Close()
+		return c.ConnectionState().PeerCertificates[0]
+	}
+	serial := leaf().SerialNumber
+	for name, c := range map[string]string{
+		"missing":  cfg(filepath.Join(dir, "nope.pem"), key),
+		"mismatch": cfg(cert, otherKey),
+		"garbage":  cfg(garbage, key),
+	} {
+		t.Run(name, func(t *testing.T) {
+			f.write(t, c)
+			if err := f.reload(); err == nil {
+				t.Fatal("accepted")
+			}
+			if got := leaf().SerialNumber; got.Cmp(serial) != 0 {
+				t.Fatalf("leaf serial %v after a rejected reload, want the old %v", got, serial)
+			}
+		})
+	}
+}
+
 // Adding a route and a backend, then removing the backend: the new route
 // serves at once; the removed backend gets no new connections, and its live
 // ones are closed after drain_timeout.
@@ -155,6 +204,7 @@ pool = "p"
 health = { check = "none" }
 backends = [{ address = %q }]
 `, b2.addr))
+	reloaded := time.Now()
 	must(t, f.reload())
 	if f.addr("public").String() != addr.String() {
 		t.Fatalf("listener moved from %v to %v: it must be kept", addr, f.addr("public"))
@@ -175,9 +225,30 @@ backends = [{ address = %q }]
 	if el := time.Since(start); el > 5*time.Second {
 		t.Fatalf("closed after %v", el)
 	}
+	if el := time.Since(reloaded); el < 500*time.Millisecond {
+		t.Fatalf("closed %v after the reload, before drain_timeout (500ms)", el)
+	}
 	if b1.accepts() != 1 {
 		t.Fatalf("removed backend got %d connections, want only the first", b1.accepts())
 	}
+}
+
+// drain_timeout = "0s": the sessions of a removed backend are kept until
+// they end (RELIABILITY G6, the keep case).
+func TestReloadRemovedBackendKeptWithZeroDrain(t *testing.T) {
+	b1, b2 := echoBackend(t), echoBackend(t)
+	f := startFileLB(t, "drain_timeout = \"0s\"\n"+fmt.Sprintf(reloadBase, b1.addr))
+	live := dial(t, f.addr("public"))
+	echoOnce(t, live)
+	f.write(t, "drain_timeout = \"0s\"\n"+fmt.Sprintf(reloadBase, b2.addr))
+	must(t, f.reload())
+	c := dial(t, f.addr("public"))
+	echoOnce(t, c)
+	if b2.accepts() != 1 || b1.accepts() != 1 {
+		t.Fatalf("accepts: removed %d, new %d; want 1 and 1", b1.accepts(), b2.accepts())
+	}
+	time.Sleep(300 * time.Millisecond)
+	echoOnce(t, live) // still relayed to the removed backend
 }
 
 func isReset(err error) bool { return err != nil && strings.Contains(err.Error(), "reset") }
