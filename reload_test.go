@@ -512,8 +512,8 @@ backends = [{ address = %q }, { address = %q }]
 
 	// New connections all the time, each recording its mode and start.
 	type conn struct {
-		start time.Time
-		mode  string
+		start, dialled time.Time
+		mode           string
 	}
 	var mu sync.Mutex
 	var made []conn
@@ -525,6 +525,7 @@ backends = [{ address = %q }, { address = %q }]
 				start := time.Now()
 				dctx, dcancel := context.WithTimeout(context.Background(), 10*time.Second)
 				ws, mode, err := dialWS(dctx)
+				dialled := time.Now()
 				if err == nil {
 					err = ws.Write(dctx, websocket.MessageText, []byte("new"))
 					if err == nil {
@@ -538,7 +539,7 @@ backends = [{ address = %q }, { address = %q }]
 					continue
 				}
 				mu.Lock()
-				made = append(made, conn{start, mode})
+				made = append(made, conn{start, dialled, mode})
 				mu.Unlock()
 			}
 		}()
@@ -573,10 +574,17 @@ backends = [{ address = %q }, { address = %q }]
 	}
 	counts := map[string]int{}
 	for _, c := range made {
-		if w := want(c.start); w != "" && c.mode != w {
-			t.Fatalf("a connection started after a reload to %s ran %s", w, c.mode)
+		w := want(c.start)
+		if want(c.dialled) != w {
+			// Dialling straddled a reload (a loaded box can hold a
+			// connect in the accept queue): either mode is right.
+			counts["straddled"]++
+			continue
 		}
-		counts[want(c.start)+"→"+c.mode]++
+		if w != "" && c.mode != w {
+			t.Fatalf("a connection started and dialled after a reload to %s ran %s", w, c.mode)
+		}
+		counts[w+"→"+c.mode]++
 	}
 	if counts["l4→l4"] == 0 || counts["l7→l7"] == 0 {
 		t.Fatalf("new connections per phase: %v", counts)

@@ -16,7 +16,7 @@ echo "== go test -race"
 go test -race -count=1 -timeout 15m ./...
 
 echo "== reload under full load (500 WebSocket sessions; without the race detector's 10x slowdown)"
-(ulimit -n 20000 2>/dev/null || true; go test -count=1 -run '^TestReloadSwitchesModeUnderLoad$' -v . | grep -E '^(---|ok|FAIL)|sessions')
+(ulimit -n 20000 2>/dev/null || true; go test -count=1 -run '^TestReloadSwitchesModeUnderLoad$' -v . | grep -E '^(---|ok|FAIL)|_test\.go:')
 
 echo "== fuzz (short runs; longer by hand: FUZZTIME=10m scripts/test.sh)"
 # The short runs are bounded by execution count, not wall-clock time: with a
