@@ -166,6 +166,34 @@ func upgradeRequest(r *http.Request, cs *connState) []byte {
 	return b.Bytes()
 }
 
+// readAnswer reads the head of a backend's answer to the upgrade request r
+// from bc, at most maxResponseHead bytes of it. Bytes after the head stay
+// in the returned reader, in order; lr bounds what may still be read
+// through it.
+func readAnswer(bc io.Reader, r *http.Request) (*http.Response, *bufio.Reader, *io.LimitedReader, error) {
+	lr := &io.LimitedReader{R: bc, N: maxResponseHead}
+	br := bufio.NewReaderSize(lr, 4<<10)
+	resp, err := http.ReadResponse(br, r)
+	return resp, br, lr, err
+}
+
+// switchProblem checks a 101 answer to an upgrade whose Sec-WebSocket-Key
+// was key: "" when it switches to WebSocket with the right
+// Sec-WebSocket-Accept (the only answer that opens a tunnel, rule 5), else
+// what is wrong, for the 502.
+func switchProblem(resp *http.Response, key string) string {
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		return "backend did not switch protocols"
+	}
+	if up := resp.Header.Values("Upgrade"); len(up) != 1 || !strings.EqualFold(strings.TrimSpace(up[0]), "websocket") {
+		return "backend switched to another protocol"
+	}
+	if acc := resp.Header.Values("Sec-WebSocket-Accept"); len(acc) != 1 || strings.TrimSpace(acc[0]) != acceptKey(key) {
+		return "backend sent a wrong Sec-WebSocket-Accept"
+	}
+	return ""
+}
+
 // serveUpgrade forwards a WebSocket upgrade to pool and, on a verified 101,
 // tunnels the connection through l4.Relay (rule 5). It reports whether it
 // hijacked the connection (and closed it).
@@ -201,9 +229,7 @@ func (rt *Route) serveUpgrade(w *statusWriter, r *http.Request, cs *connState, p
 	// The answer: bounded in time and size; bytes after its head (a frame
 	// coalesced with the 101) stay in br.
 	_ = bc.SetReadDeadline(time.Now().Add(rt.headerTimeout))
-	lr := &io.LimitedReader{R: bc, N: maxResponseHead}
-	br := bufio.NewReaderSize(lr, 4<<10)
-	resp, err := http.ReadResponse(br, r)
+	resp, br, lr, err := readAnswer(bc, r)
 	if err != nil {
 		if isTimeout(err) {
 			rt.refuse(w, cs, http.StatusGatewayTimeout, l4.ReasonBackendTimeout, "backend did not answer the upgrade in time")
@@ -217,12 +243,8 @@ func (rt *Route) serveUpgrade(w *statusWriter, r *http.Request, cs *connState, p
 		rt.relayRefusal(w, cs, resp)
 		return
 	}
-	if up := resp.Header.Values("Upgrade"); len(up) != 1 || !strings.EqualFold(strings.TrimSpace(up[0]), "websocket") {
-		rt.refuse(w, cs, http.StatusBadGateway, l4.ReasonBadUpgradeResponse, "backend switched to another protocol")
-		return
-	}
-	if acc := resp.Header.Values("Sec-WebSocket-Accept"); len(acc) != 1 || strings.TrimSpace(acc[0]) != acceptKey(key) {
-		rt.refuse(w, cs, http.StatusBadGateway, l4.ReasonBadUpgradeResponse, "backend sent a wrong Sec-WebSocket-Accept")
+	if problem := switchProblem(resp, key); problem != "" {
+		rt.refuse(w, cs, http.StatusBadGateway, l4.ReasonBadUpgradeResponse, problem)
 		return
 	}
 	coalesced, _ := br.Peek(br.Buffered())

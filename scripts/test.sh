@@ -38,6 +38,9 @@ fuzz FuzzNormalizeSNI ./tlsutil 200000x
 fuzz FuzzHeadScanner ./l7 60000x
 fuzz FuzzChunkScanner ./l7 40000x
 fuzz FuzzPeekHost . 40000x
+fuzz FuzzUpgradeResponse ./l7 80000x
+fuzz FuzzProxyHeader ./balancer 80000x
+fuzz FuzzConfig . 40000x
 
 echo "== end to end (real processes)"
 scripts/e2e.sh
