@@ -38,6 +38,10 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(run(strings.Fields(os.Getenv("SLUICE_TEST_ARGS")), os.Stdout, os.Stderr))
 	}
+	// Re-exec'd as a backend, for tests that kill it (kill_test.go).
+	if addr := os.Getenv("SLUICE_TEST_BACKEND"); addr != "" {
+		os.Exit(runEchoBackend(addr))
+	}
 	goleak.VerifyTestMain(m)
 }
 

@@ -1,0 +1,291 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// runEchoBackend is the test binary re-exec'd as a game server
+// (SLUICE_TEST_BACKEND=addr): it answers each read with the same bytes,
+// the first answer of a connection prefixed with its id (SLUICE_TEST_ID),
+// until it is killed.
+func runEchoBackend(addr string) int {
+	id := os.Getenv("SLUICE_TEST_ID")
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return 1
+		}
+		go func() {
+			defer c.Close()
+			buf := make([]byte, 4096)
+			prefix := []byte(id)
+			for {
+				n, err := c.Read(buf)
+				if err != nil {
+					return
+				}
+				if _, err := c.Write(append(prefix, buf[:n]...)); err != nil {
+					return
+				}
+				prefix = nil
+			}
+		}()
+	}
+}
+
+// startEchoProcess runs runEchoBackend in a child process on addr.
+func startEchoProcess(t *testing.T, addr, id string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "SLUICE_TEST_BACKEND="+addr, "SLUICE_TEST_ID="+id)
+	var out syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	must(t, cmd.Start())
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGKILL)
+		cmd.Wait()
+	})
+	waitListening(t, addr, &out)
+	return cmd
+}
+
+// session is a player's connection through sluice to one of the backends.
+type session struct {
+	c       net.Conn
+	backend byte // the id of the backend that answered
+}
+
+func openSession(t *testing.T, addr string) (session, error) {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return session{}, err
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, "hi"); err != nil {
+		c.Close()
+		return session{}, err
+	}
+	b := make([]byte, 3)
+	if _, err := io.ReadFull(c, b); err != nil || string(b[1:]) != "hi" {
+		c.Close()
+		return session{}, fmt.Errorf("first echo %q: %v", b, err)
+	}
+	return session{c, b[0]}, nil
+}
+
+func (s session) echo() error {
+	s.c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(s.c, "ping"); err != nil {
+		return err
+	}
+	b := make([]byte, 4)
+	if _, err := io.ReadFull(s.c, b); err != nil {
+		return err
+	}
+	if string(b) != "ping" {
+		return fmt.Errorf("echo %q", b)
+	}
+	return nil
+}
+
+// RELIABILITY J1: SIGKILL a game server with live sessions. Its players see
+// their connection end at once (here: measured, and bounded generously);
+// the other server's players carry on; new players land on the survivor
+// with no failure (retries and passive health work before the active check
+// says DOWN); the active check marks it DOWN, and after a restart UP, and it
+// takes players again.
+func TestKillBackendWithLiveSessions(t *testing.T) {
+	a1, a2 := freePort(t), freePort(t)
+	b1 := startEchoProcess(t, a1, "1")
+	startEchoProcess(t, a2, "2")
+	l := startLB(t, fmt.Sprintf(`
+[listeners.public]
+address = "127.0.0.1:0"
+plain_route = "raw"
+[routes.raw]
+listener = "public"
+pool = "p"
+[pools.p]
+health = { check = "tcp", interval = "200ms", timeout = "200ms", rise = 2, fall = 2 }
+backends = [{ address = %q }, { address = %q }]
+`, a1, a2))
+	addr := l.addr("public").String()
+	pool := l.rt.Load().Pools["p"]
+	waitUntil(t, 10*time.Second, "both backends up", func() bool {
+		return pool.Backends()[0].Healthy() && pool.Backends()[1].Healthy()
+	})
+
+	const n = 100
+	var on1, on2 []session
+	for i := range n {
+		s, err := openSession(t, addr)
+		if err != nil {
+			t.Fatalf("session %d: %v", i, err)
+		}
+		defer s.c.Close()
+		if s.backend == '1' {
+			on1 = append(on1, s)
+		} else {
+			on2 = append(on2, s)
+		}
+	}
+	if len(on1) == 0 || len(on2) == 0 {
+		t.Fatalf("sessions per backend %d/%d: round robin should use both", len(on1), len(on2))
+	}
+
+	killed := time.Now()
+	must(t, b1.Process.Signal(syscall.SIGKILL))
+	b1.Wait()
+
+	// Every session of the killed server ends: EOF or reset, no hang.
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var slowest time.Duration
+	hung := 0
+	for _, s := range on1 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			_, err := io.Copy(io.Discard, s.c)
+			mu.Lock()
+			defer mu.Unlock()
+			if os.IsTimeout(err) {
+				hung++
+			}
+			slowest = max(slowest, time.Since(killed))
+		}()
+	}
+	wg.Wait()
+	if hung > 0 || slowest > 5*time.Second {
+		t.Fatalf("%d of %d sessions of the killed server still open after 10s; the last ended after %v", hung, len(on1), slowest)
+	}
+	t.Logf("%d sessions of the killed server all ended within %v", len(on1), slowest)
+
+	for i, s := range on2 {
+		if err := s.echo(); err != nil {
+			t.Fatalf("session %d on the surviving server: %v", i, err)
+		}
+	}
+	for i := range 40 {
+		s, err := openSession(t, addr)
+		if err != nil {
+			t.Fatalf("new player %d after the kill: %v", i, err)
+		}
+		if s.backend != '2' {
+			t.Fatalf("new player %d answered by %q", i, s.backend)
+		}
+		s.c.Close()
+	}
+	waitUntil(t, 10*time.Second, "killed backend DOWN", func() bool { return !pool.Backends()[0].Healthy() })
+	t.Logf("DOWN %v after the kill", time.Since(killed))
+
+	startEchoProcess(t, a1, "1")
+	restarted := time.Now()
+	waitUntil(t, 10*time.Second, "restarted backend UP", func() bool { return pool.Backends()[0].Healthy() })
+	t.Logf("UP %v after the restart", time.Since(restarted))
+	seen1 := false
+	for range 10 {
+		s, err := openSession(t, addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen1 = seen1 || s.backend == '1'
+		s.c.Close()
+	}
+	if !seen1 {
+		t.Fatal("the restarted backend takes no players")
+	}
+}
+
+// RELIABILITY J2: SIGKILL sluice itself. The game server and the player
+// see their connections end, and a restarted sluice binds the same port at
+// once and serves.
+func TestKillSluice(t *testing.T) {
+	ended := make(chan time.Time, 4)
+	be := startBackend(t, listenTCP(t), func(c net.Conn) {
+		buf := make([]byte, 4096)
+		prefix := []byte("1")
+		for {
+			c.SetReadDeadline(time.Now().Add(20 * time.Second))
+			n, err := c.Read(buf)
+			if err != nil {
+				if prefix == nil { // a session, not sluice's start-up probe
+					ended <- time.Now()
+				}
+				return
+			}
+			c.Write(append(prefix, buf[:n]...))
+			prefix = nil
+		}
+	})
+	laddr := freePort(t)
+	cfg := fmt.Sprintf(`
+[admin]
+listen = "off"
+[listeners.public]
+address = %q
+plain_route = "raw"
+[routes.raw]
+listener = "public"
+pool = "p"
+[pools.p]
+health = { check = "none" }
+backends = [{ address = %q }]
+`, laddr, be.addr)
+	cmd, out := startProcess(t, cfg, 0)
+	waitListening(t, laddr, out)
+	s, err := openSession(t, laddr)
+	must(t, err)
+	defer s.c.Close()
+
+	killed := time.Now()
+	must(t, cmd.Process.Signal(syscall.SIGKILL))
+	cmd.Wait()
+	select {
+	case at := <-ended:
+		t.Logf("the game server saw the session end %v after the kill", at.Sub(killed))
+	case <-time.After(10 * time.Second):
+		t.Fatal("the game server's connection outlived sluice by 10s")
+	}
+	s.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.Copy(io.Discard, s.c); os.IsTimeout(err) {
+		t.Fatal("the player's connection outlived sluice by 10s")
+	}
+
+	_, out2 := startProcess(t, cfg, 0)
+	restarted := time.Now()
+	waitListening(t, laddr, out2)
+	t.Logf("a restarted sluice listened on the same port after %v", time.Since(restarted))
+	s2, err := openSession(t, laddr)
+	if err != nil {
+		t.Fatalf("restarted sluice: %v\n%s", err, out2.String())
+	}
+	s2.c.Close()
+}
+
+// waitUntil polls cond every 20 ms for up to d and returns how long it took.
+func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for !cond() {
+		if time.Since(start) > d {
+			t.Fatalf("%s: not within %v", what, d)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return time.Since(start)
+}
