@@ -11,12 +11,16 @@ if [ -n "$unformatted" ]; then echo "gofmt needed: $unformatted"; exit 1; fi
 
 echo "== go vet"
 go vet ./...
+go vet -tags stress .
 
 echo "== go test -race"
 go test -race -count=1 -timeout 15m ./...
 
 echo "== reload under full load (500 WebSocket sessions; without the race detector's 10x slowdown)"
 (ulimit -n 20000 2>/dev/null || true; go test -count=1 -run '^TestReloadSwitchesModeUnderLoad$' -v . | grep -E '^(---|ok|FAIL)|_test\.go:')
+
+echo "== stress tier (10,000 slowloris connections, a 5,000 global cap, 6,000 idle sessions; a sluice child process; without the race detector)"
+go test -tags stress -count=1 -run '^TestStress' -v . | grep -E '^(---|ok|FAIL)|_test\.go:'
 
 echo "== fuzz (short runs; longer by hand: FUZZTIME=10m scripts/test.sh)"
 # The short runs are bounded by execution count, not wall-clock time: with a
