@@ -311,8 +311,9 @@ func (s *server) release(rt *Runtime) {
 	}
 }
 
-// serveConn takes one accepted connection from the ClientHello peek to the
-// end of its relay, and writes its one access line.
+// serveConn peeks one accepted connection's ClientHello, routes it and hands
+// it to its route (forward or serveL7), which write its one access line and
+// end it (connDone) when it closes; a refusal ends here.
 func (s *server) serveConn(rt *Runtime, lr *listenerRuntime, c *net.TCPConn, accepted time.Time) {
 	handedOff := false // to the relay's goroutines, which end the connection
 	defer func() {

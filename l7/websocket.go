@@ -195,8 +195,8 @@ func switchProblem(resp *http.Response, key string) string {
 }
 
 // serveUpgrade forwards a WebSocket upgrade to pool and, on a verified 101,
-// tunnels the connection through l4.Relay (rule 5). It reports whether it
-// hijacked the connection (and closed it).
+// hijacks the connection and starts its tunnel on the shared l4 relay
+// (rule 5), which ends the connection. It reports whether it hijacked.
 func (rt *Route) serveUpgrade(w *statusWriter, r *http.Request, cs *connState, pool *balancer.Pool) (tunneled bool) {
 	key, code, msg := checkUpgrade(r)
 	if code != 0 {
