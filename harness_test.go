@@ -237,12 +237,25 @@ func captureBackend(t *testing.T, n int) (*backend, chan []byte) {
 	return b, ch
 }
 
-// refusedAddr is a loopback port with nothing listening.
+// refusedAddr is a loopback address that refuses connections for the whole test.
+// A socket bound to it but not listening holds the port: a listener closed
+// at once would free it, and the kernel could hand it to the next
+// listener on port 0 (the test's own proxy, seen as a flake).
 func refusedAddr(t *testing.T) string {
-	ln := listenTCP(t)
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
 }
 
 func dial(t *testing.T, addr net.Addr) *net.TCPConn {

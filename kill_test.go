@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -18,7 +19,13 @@ import (
 // until it is killed.
 func runEchoBackend(addr string) int {
 	id := os.Getenv("SLUICE_TEST_ID")
+	// A restart on the same port may find it taken for a moment as the
+	// ephemeral source port of one of sluice's outgoing connections.
 	ln, err := net.Listen("tcp", addr)
+	for deadline := time.Now().Add(5 * time.Second); errors.Is(err, syscall.EADDRINUSE) && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+		ln, err = net.Listen("tcp", addr)
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2

@@ -2,10 +2,12 @@ package balancer
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -91,7 +93,26 @@ func (s *sink) stop() {
 	s.wg.Wait()
 }
 
-func (s *sink) restart() { s.listen(s.address) }
+// restart listens again on the sink's port. While it was stopped, an
+// outgoing connection of the test (a dial, a health check) may have taken
+// that port as its ephemeral source port; it is released when that
+// connection closes, so a busy port is retried for a while.
+func (s *sink) restart() {
+	s.t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		ln, err := net.Listen("tcp", s.address)
+		if err == nil {
+			ln.Close()
+			break
+		}
+		if !errors.Is(err, syscall.EADDRINUSE) || time.Now().After(deadline) {
+			s.t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	s.listen(s.address)
+}
 
 func sinks(t testing.TB, n int) []*sink {
 	out := make([]*sink, n)

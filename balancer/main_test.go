@@ -3,9 +3,11 @@ package balancer
 import (
 	"bufio"
 	"bytes"
+	"fmt"
 	"io"
 	"net"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -113,17 +115,25 @@ func (tb *testBackend) next(t *testing.T) received {
 	}
 }
 
-// closedAddr returns a loopback address that refuses connections: a port
-// just released by a listener.
+// closedAddr is a loopback address that refuses connections for the whole test.
+// A socket bound to it but not listening holds the port: a listener closed
+// at once would free it, and the kernel could hand it to the next
+// listener on port 0 (the test's own proxy, seen as a flake).
 func closedAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
 }
 
 func mustPool(t testing.TB, cfg PoolConfig) *Pool {
