@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -16,6 +17,7 @@ import (
 // runEchoBackend is the test binary re-exec'd as a game server
 // (SLUICE_TEST_BACKEND=addr): it answers each read with the same bytes,
 // the first answer of a connection prefixed with its id (SLUICE_TEST_ID),
+// and a first read of "GET /healthz " with 200 (an HTTP health check),
 // until it is killed.
 func runEchoBackend(addr string) int {
 	id := os.Getenv("SLUICE_TEST_ID")
@@ -42,6 +44,10 @@ func runEchoBackend(addr string) int {
 			for {
 				n, err := c.Read(buf)
 				if err != nil {
+					return
+				}
+				if prefix != nil && strings.HasPrefix(string(buf[:n]), "GET /healthz ") {
+					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
 					return
 				}
 				if _, err := c.Write(append(prefix, buf[:n]...)); err != nil {
@@ -216,6 +222,90 @@ backends = [{ address = %q }, { address = %q }]
 	if !seen1 {
 		t.Fatal("the restarted backend takes no players")
 	}
+}
+
+// RELIABILITY J3: SIGSTOP a game server (a long GC pause, a frozen VM),
+// then SIGCONT. Its sessions survive (they are under idle_timeout and
+// write_stall_timeout), a message sent while it is stopped is answered
+// after; the HTTP health check marks it DOWN, new players go to the other
+// server meanwhile, and it is UP again after SIGCONT. No session moves.
+func TestStopBackendThenContinue(t *testing.T) {
+	a1, a2 := freePort(t), freePort(t)
+	b1 := startEchoProcess(t, a1, "1")
+	startEchoProcess(t, a2, "2")
+	l := startLB(t, fmt.Sprintf(`
+[listeners.public]
+address = "127.0.0.1:0"
+plain_route = "raw"
+[routes.raw]
+listener = "public"
+pool = "p"
+[pools.p]
+health = { check = "http", path = "/healthz", interval = "200ms", timeout = "200ms", rise = 2, fall = 2 }
+backends = [{ address = %q }, { address = %q }]
+`, a1, a2))
+	addr := l.addr("public").String()
+	b := l.rt.Load().Pools["p"].Backends()
+	waitUntil(t, 10*time.Second, "both backends up", func() bool { return b[0].Healthy() && b[1].Healthy() })
+	var on1, on2 []session
+	for i := range 10 {
+		s, err := openSession(t, addr)
+		if err != nil {
+			t.Fatalf("session %d: %v", i, err)
+		}
+		defer s.c.Close()
+		if s.backend == '1' {
+			on1 = append(on1, s)
+		} else {
+			on2 = append(on2, s)
+		}
+	}
+	if len(on1) == 0 || len(on2) == 0 {
+		t.Fatalf("sessions per backend %d/%d", len(on1), len(on2))
+	}
+
+	must(t, b1.Process.Signal(syscall.SIGSTOP))
+	stopped := time.Now()
+	continued := false
+	defer func() {
+		if !continued {
+			b1.Process.Signal(syscall.SIGCONT)
+		}
+	}()
+	// A message to the stopped server waits in the kernel.
+	s := on1[0]
+	s.c.SetDeadline(time.Now().Add(20 * time.Second))
+	_, err := io.WriteString(s.c, "ping")
+	must(t, err)
+	waitUntil(t, 10*time.Second, "stopped backend DOWN", func() bool { return !b[0].Healthy() })
+	t.Logf("DOWN %v after SIGSTOP", time.Since(stopped))
+	for i := range 10 {
+		ns, err := openSession(t, addr)
+		if err != nil || ns.backend != '2' {
+			t.Fatalf("new player %d while server 1 is stopped: backend %q, %v", i, ns.backend, err)
+		}
+		ns.c.Close()
+	}
+	for i, s := range on2 {
+		if err := s.echo(); err != nil {
+			t.Fatalf("session %d on the running server: %v", i, err)
+		}
+	}
+
+	must(t, b1.Process.Signal(syscall.SIGCONT))
+	continued = true
+	resumed := time.Now()
+	got := make([]byte, 4)
+	if _, err := io.ReadFull(s.c, got); err != nil || string(got) != "ping" {
+		t.Fatalf("the message sent during the stop: %q, %v", got, err)
+	}
+	for i, s := range on1 {
+		if err := s.echo(); err != nil {
+			t.Fatalf("session %d on the resumed server: %v", i, err)
+		}
+	}
+	waitUntil(t, 10*time.Second, "resumed backend UP", func() bool { return b[0].Healthy() })
+	t.Logf("UP %v after SIGCONT", time.Since(resumed))
 }
 
 // RELIABILITY J2: SIGKILL sluice itself. The game server and the player
