@@ -19,8 +19,8 @@ go test -race -count=1 -timeout 15m ./...
 echo "== reload under full load (500 WebSocket sessions; without the race detector's 10x slowdown)"
 (ulimit -n 20000 2>/dev/null || true; go test -count=1 -run '^TestReloadSwitchesModeUnderLoad$' -v . | grep -E '^(---|ok|FAIL)|_test\.go:')
 
-echo "== stress tier (10,000 slowloris connections, a 5,000 global cap, 6,000 idle sessions; a sluice child process; without the race detector)"
-go test -tags stress -count=1 -run '^TestStress' -v . | grep -E '^(---|ok|FAIL)|_test\.go:'
+echo "== stress tier and a ${SOAK:-30s} soak (a sluice child process; without the race detector; longer soak: SOAK=10m scripts/test.sh)"
+SOAK=${SOAK:-30s} go test -tags stress -count=1 -timeout 30m -run '^(TestStress|TestSoak)' -v . | grep -E '^(---|ok|FAIL)|_test\.go:'
 
 echo "== fuzz (short runs; longer by hand: FUZZTIME=10m scripts/test.sh)"
 # The short runs are bounded by execution count, not wall-clock time: with a
