@@ -114,13 +114,19 @@ func (s session) echo() error {
 	return nil
 }
 
-// RELIABILITY J1: SIGKILL a game server with live sessions. Its players see
-// their connection end at once (here: measured, and bounded generously);
-// the other server's players carry on; new players land on the survivor
-// with no failure (retries and passive health work before the active check
-// says DOWN); the active check marks it DOWN, and after a restart UP, and it
-// takes players again.
-func TestKillBackendWithLiveSessions(t *testing.T) {
+// gameFleet is two game servers, "1" and "2" (child processes running
+// runEchoBackend), behind an in-process sluice's plain_route, pool "p".
+type gameFleet struct {
+	lb      *lb
+	addr    string    // sluice's listener
+	server1 *exec.Cmd // game server "1"
+	addr1   string    // its address
+}
+
+// startGameFleet starts the fleet with pool p's health table health and
+// waits until both servers are up.
+func startGameFleet(t *testing.T, health string) gameFleet {
+	t.Helper()
 	a1, a2 := freePort(t), freePort(t)
 	b1 := startEchoProcess(t, a1, "1")
 	startEchoProcess(t, a2, "2")
@@ -132,23 +138,24 @@ plain_route = "raw"
 listener = "public"
 pool = "p"
 [pools.p]
-health = { check = "tcp", interval = "200ms", timeout = "200ms", rise = 2, fall = 2 }
+health = %s
 backends = [{ address = %q }, { address = %q }]
-`, a1, a2))
-	addr := l.addr("public").String()
-	pool := l.rt.Load().Pools["p"]
-	waitUntil(t, 10*time.Second, "both backends up", func() bool {
-		return pool.Backends()[0].Healthy() && pool.Backends()[1].Healthy()
-	})
+`, health, a1, a2))
+	b := l.rt.Load().Pools["p"].Backends()
+	waitUntil(t, 10*time.Second, "both backends up", func() bool { return b[0].Healthy() && b[1].Healthy() })
+	return gameFleet{lb: l, addr: l.addr("public").String(), server1: b1, addr1: a1}
+}
 
-	const n = 100
-	var on1, on2 []session
+// sessions opens n sessions (closed when the test ends) and sorts them by
+// the server that answered; round robin must have used both.
+func (f gameFleet) sessions(t *testing.T, n int) (on1, on2 []session) {
+	t.Helper()
 	for i := range n {
-		s, err := openSession(t, addr)
+		s, err := openSession(t, f.addr)
 		if err != nil {
 			t.Fatalf("session %d: %v", i, err)
 		}
-		defer s.c.Close()
+		t.Cleanup(func() { s.c.Close() })
 		if s.backend == '1' {
 			on1 = append(on1, s)
 		} else {
@@ -158,6 +165,20 @@ backends = [{ address = %q }, { address = %q }]
 	if len(on1) == 0 || len(on2) == 0 {
 		t.Fatalf("sessions per backend %d/%d: round robin should use both", len(on1), len(on2))
 	}
+	return on1, on2
+}
+
+// RELIABILITY J1: SIGKILL a game server with live sessions. Its players see
+// their connection end at once (here: measured, and bounded generously);
+// the other server's players carry on; new players land on the survivor
+// with no failure (retries and passive health work before the active check
+// says DOWN); the active check marks it DOWN, and after a restart UP, and it
+// takes players again.
+func TestKillBackendWithLiveSessions(t *testing.T) {
+	f := startGameFleet(t, `{ check = "tcp", interval = "200ms", timeout = "200ms", rise = 2, fall = 2 }`)
+	addr, b1, a1 := f.addr, f.server1, f.addr1
+	pool := f.lb.rt.Load().Pools["p"]
+	on1, on2 := f.sessions(t, 100)
 
 	killed := time.Now()
 	must(t, b1.Process.Signal(syscall.SIGKILL))
@@ -230,39 +251,10 @@ backends = [{ address = %q }, { address = %q }]
 // after; the HTTP health check marks it DOWN, new players go to the other
 // server meanwhile, and it is UP again after SIGCONT. No session moves.
 func TestStopBackendThenContinue(t *testing.T) {
-	a1, a2 := freePort(t), freePort(t)
-	b1 := startEchoProcess(t, a1, "1")
-	startEchoProcess(t, a2, "2")
-	l := startLB(t, fmt.Sprintf(`
-[listeners.public]
-address = "127.0.0.1:0"
-plain_route = "raw"
-[routes.raw]
-listener = "public"
-pool = "p"
-[pools.p]
-health = { check = "http", path = "/healthz", interval = "200ms", timeout = "200ms", rise = 2, fall = 2 }
-backends = [{ address = %q }, { address = %q }]
-`, a1, a2))
-	addr := l.addr("public").String()
-	b := l.rt.Load().Pools["p"].Backends()
-	waitUntil(t, 10*time.Second, "both backends up", func() bool { return b[0].Healthy() && b[1].Healthy() })
-	var on1, on2 []session
-	for i := range 10 {
-		s, err := openSession(t, addr)
-		if err != nil {
-			t.Fatalf("session %d: %v", i, err)
-		}
-		defer s.c.Close()
-		if s.backend == '1' {
-			on1 = append(on1, s)
-		} else {
-			on2 = append(on2, s)
-		}
-	}
-	if len(on1) == 0 || len(on2) == 0 {
-		t.Fatalf("sessions per backend %d/%d", len(on1), len(on2))
-	}
+	f := startGameFleet(t, `{ check = "http", path = "/healthz", interval = "200ms", timeout = "200ms", rise = 2, fall = 2 }`)
+	addr, b1 := f.addr, f.server1
+	b := f.lb.rt.Load().Pools["p"].Backends()
+	on1, on2 := f.sessions(t, 10)
 
 	must(t, b1.Process.Signal(syscall.SIGSTOP))
 	stopped := time.Now()

@@ -265,7 +265,7 @@ var (
 	descDials = prometheus.NewDesc("sluice_backend_dials_total",
 		"Connect attempts made to the backend.", backendLabels, nil)
 	descFailures = prometheus.NewDesc("sluice_backend_connect_failures_total",
-		"Connect attempts to the backend that failed (refused, timed out, or the PROXY header and prefix write failed).",
+		"Connect attempts to the backend that failed (refused, timed out, the PROXY header and prefix write failed, or it closed before answering a hello or upgrade).",
 		backendLabels, nil)
 	descCheckDuration = prometheus.NewDesc("sluice_backend_check_duration_seconds",
 		"Duration of the backend's last active health check.", backendLabels, nil)

@@ -402,6 +402,53 @@ func TestReloadStorm(t *testing.T) {
 	}
 }
 
+// dialWSOnce dials wss://host/ws through addr on a transport of its own: a
+// shared one may hand a request a connection dialled for another, earlier
+// one.
+func dialWSOnce(ctx context.Context, addr, host string) (*websocket.Conn, *http.Response, error) {
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+		},
+		TLSClientConfig:   &tls.Config{ServerName: host, InsecureSkipVerify: true},
+		DisableKeepAlives: true,
+	}
+	return websocket.Dial(ctx, "wss://"+host+"/ws", &websocket.DialOptions{HTTPClient: &http.Client{Transport: tr}})
+}
+
+// echoEvery is a player's session: every 100 ms it sends a numbered message
+// on ws and checks that the same message comes back within timeout,
+// counting each in echoed, until ctx ends (ws is then closed normally) or
+// an echo fails or comes back wrong (lost or reordered), which it reports
+// to fail and ends the session.
+func echoEvery(ctx context.Context, ws *websocket.Conn, timeout time.Duration, echoed *atomic.Int64, fail func(error)) {
+	defer ws.CloseNow()
+	for seq := 0; ; seq++ {
+		select {
+		case <-ctx.Done():
+			ws.Close(websocket.StatusNormalClosure, "")
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
+		wctx, wcancel := context.WithTimeout(context.Background(), timeout)
+		msg := fmt.Sprintf("%d", seq)
+		err := ws.Write(wctx, websocket.MessageText, []byte(msg))
+		var got []byte
+		if err == nil {
+			_, got, err = ws.Read(wctx)
+		}
+		wcancel()
+		if err == nil && string(got) != msg {
+			err = fmt.Errorf("message %s came back as %s (lost or reordered)", msg, got)
+		}
+		if err != nil {
+			fail(err)
+			return
+		}
+		echoed.Add(1)
+	}
+}
+
 func countFDs(t *testing.T) int {
 	ents, err := os.ReadDir("/proc/self/fd")
 	must(t, err)
@@ -442,16 +489,7 @@ backends = [{ address = %q }, { address = %q }]
 	addr := f.addr("public").String()
 
 	dialWS := func(ctx context.Context) (*websocket.Conn, string, error) {
-		// A transport per connection: a shared one may hand a request a
-		// connection dialled for another, earlier one.
-		tr := &http.Transport{
-			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-				return (&net.Dialer{}).DialContext(ctx, "tcp", addr)
-			},
-			TLSClientConfig:   &tls.Config{ServerName: "game.test", InsecureSkipVerify: true},
-			DisableKeepAlives: true,
-		}
-		ws, resp, err := websocket.Dial(ctx, "wss://game.test/ws", &websocket.DialOptions{HTTPClient: &http.Client{Transport: tr}})
+		ws, resp, err := dialWSOnce(ctx, addr, "game.test")
 		if err != nil {
 			return nil, "", err
 		}
@@ -481,32 +519,7 @@ backends = [{ address = %q }, { address = %q }]
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer ws.CloseNow()
-			for seq := 0; ; seq++ {
-				select {
-				case <-ctx.Done():
-					ws.Close(websocket.StatusNormalClosure, "")
-					return
-				case <-time.After(100 * time.Millisecond):
-				}
-				wctx, wcancel := context.WithTimeout(context.Background(), 10*time.Second)
-				msg := fmt.Sprintf("%d", seq)
-				err := ws.Write(wctx, websocket.MessageText, []byte(msg))
-				var got []byte
-				if err == nil {
-					_, got, err = ws.Read(wctx)
-				}
-				wcancel()
-				if err != nil {
-					fail("session", err)
-					return
-				}
-				if string(got) != msg {
-					fail("session", fmt.Errorf("message %s came back as %s (lost or reordered)", msg, got))
-					return
-				}
-				echoed.Add(1)
-			}
+			echoEvery(ctx, ws, 10*time.Second, &echoed, func(err error) { fail("session", err) })
 		}()
 	}
 

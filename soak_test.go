@@ -4,11 +4,9 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -172,31 +170,7 @@ backends = [{ address = %q }]
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer ws.CloseNow()
-			for seq := 0; ; seq++ {
-				select {
-				case <-ctx.Done():
-					ws.Close(websocket.StatusNormalClosure, "")
-					return
-				case <-time.After(100 * time.Millisecond):
-				}
-				wctx, wcancel := context.WithTimeout(context.Background(), 5*time.Second)
-				msg := fmt.Sprintf("%d", seq)
-				err := ws.Write(wctx, websocket.MessageText, []byte(msg))
-				var got []byte
-				if err == nil {
-					_, got, err = ws.Read(wctx)
-				}
-				wcancel()
-				if err == nil && string(got) != msg {
-					err = fmt.Errorf("sent %s, got %q (lost or reordered)", msg, got)
-				}
-				if err != nil {
-					fail("wss session", err)
-					return
-				}
-				echoes.Add(1)
-			}
+			echoEvery(ctx, ws, 5*time.Second, &echoes, func(err error) { fail("wss session", err) })
 		}()
 	}
 
@@ -209,14 +183,7 @@ backends = [{ address = %q }]
 			for ctx.Err() == nil {
 				time.Sleep(200 * time.Millisecond)
 				dctx, dcancel := context.WithTimeout(context.Background(), 5*time.Second)
-				tr := &http.Transport{
-					DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-						return (&net.Dialer{}).DialContext(ctx, "tcp", laddr)
-					},
-					TLSClientConfig:   &tls.Config{ServerName: "game.test", InsecureSkipVerify: true},
-					DisableKeepAlives: true,
-				}
-				ws, _, err := websocket.Dial(dctx, "wss://game.test/ws", &websocket.DialOptions{HTTPClient: &http.Client{Transport: tr}})
+				ws, _, err := dialWSOnce(dctx, laddr, "game.test")
 				if err == nil {
 					err = ws.Write(dctx, websocket.MessageText, []byte("new"))
 					if err == nil {
