@@ -499,7 +499,7 @@ func (s *server) logForward(lr *listenerRuntime, r *route, c *net.TCPConn, sni s
 	switch res.Reason {
 	case l4.ReasonError:
 		s.log.Error("connection closed", fields...)
-	case l4.ReasonNoBackend, l4.ReasonConnectFailed:
+	case l4.ReasonNoBackend, l4.ReasonConnectFailed, l4.ReasonLocalLimit:
 		s.log.Warn("connection closed", fields...)
 	default:
 		s.log.Info("connection closed", fields...)

@@ -267,6 +267,9 @@ var (
 	descFailures = prometheus.NewDesc("sluice_backend_connect_failures_total",
 		"Connect attempts to the backend that failed (refused, timed out, the PROXY header and prefix write failed, or it closed before answering a hello or upgrade).",
 		backendLabels, nil)
+	descLocalFailures = prometheus.NewDesc("sluice_backend_local_failures_total",
+		"Connect attempts to the backend that failed for want of a local resource (source ports, descriptors, socket buffers); not counted against the backend's health.",
+		[]string{"pool", "backend", "reason"}, nil)
 	descCheckDuration = prometheus.NewDesc("sluice_backend_check_duration_seconds",
 		"Duration of the backend's last active health check.", backendLabels, nil)
 	descCheckOK = prometheus.NewDesc("sluice_backend_last_check_success",
@@ -285,7 +288,7 @@ func (c *metricsCollector) Describe(ch chan<- *prometheus.Desc) {
 		descReloads, descReloadFailures, descLastReloadOK, descLastReloadTime, descBuildInfo,
 		descCertExpiry, descCertNotAfter,
 		descUp, descBackendActive, descBackendMax, descBackendWeight, descDials, descFailures,
-		descCheckDuration, descCheckOK, descAdminState,
+		descLocalFailures, descCheckDuration, descCheckOK, descAdminState,
 	} {
 		ch <- d
 	}
@@ -354,6 +357,9 @@ func (c *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 			gauge(descBackendWeight, float64(b.Weight), pname, b.Address)
 			counter(descDials, float64(b.Dials), pname, b.Address)
 			counter(descFailures, float64(b.Failures), pname, b.Address)
+			for _, r := range balancer.LocalReasons {
+				counter(descLocalFailures, float64(b.LocalFailures[r]), pname, b.Address, r.String())
+			}
 			gauge(descCheckDuration, b.LastCheckDuration.Seconds(), pname, b.Address)
 			gauge(descCheckOK, b2f(b.LastCheckError == ""), pname, b.Address)
 			for _, s := range adminStates {

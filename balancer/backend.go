@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -55,9 +54,8 @@ func (s AdminState) String() string {
 // at scrape time.
 type Backend struct {
 	addr     string
-	ap       netip.AddrPort // addr parsed when it is an IP literal: dialled without the resolver
-	weight   int            // >= 1
-	maxConns int64          // 0: unlimited
+	weight   int   // >= 1
+	maxConns int64 // 0: unlimited
 	backup   bool
 	hash     uint64 // rendezvous identity, from addr
 
@@ -69,6 +67,9 @@ type Backend struct {
 
 	dials    atomic.Uint64 // connect attempts made by Dial
 	failures atomic.Uint64 // attempts that failed (connect or first write)
+	// local counts attempts that failed for want of a local resource, by
+	// LocalReason; shared with the same backend after a reload (Adopt).
+	local *[numLocalReasons]atomic.Uint64
 
 	healthy atomic.Bool   // health state: UP (true) or DOWN
 	admin   atomic.Uint32 // AdminState
@@ -104,9 +105,7 @@ func newBackend(cfg BackendConfig) *Backend {
 		backup:   cfg.Backup,
 		hash:     mix64(hashString(cfg.Address)),
 		live:     new(liveState),
-	}
-	if ap, err := netip.ParseAddrPort(cfg.Address); err == nil {
-		b.ap = ap
+		local:    new([numLocalReasons]atomic.Uint64),
 	}
 	b.healthy.Store(true)
 	return b
@@ -145,6 +144,16 @@ func (b *Backend) Dials() uint64 { return b.dials.Load() }
 // short because the caller's context ended are not counted: the client left,
 // the backend did nothing wrong.
 func (b *Backend) Failures() uint64 { return b.failures.Load() }
+
+// LocalFailures returns the number of attempts to b that failed for want of
+// a local resource r (source ports, descriptors, buffers). They are not in
+// Failures and never count towards passive health.
+func (b *Backend) LocalFailures(r LocalReason) uint64 {
+	if r == NotLocal || r >= numLocalReasons {
+		return 0
+	}
+	return b.local[r].Load()
+}
 
 // Probe opens a plain TCP connection to b and closes it. It reports whether b
 // accepts connections; it sends nothing, not even a PROXY header (the pool's

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -133,9 +132,17 @@ func (l *Lease) Observe(bytesFromBackend int64, reset bool) {
 type AttemptError struct {
 	Backend string // the backend's configured address
 	Err     error
+	// Local is set when the attempt failed for want of a local resource
+	// (see LocalReason); such a failure is not counted against the backend.
+	Local LocalReason
 }
 
-func (e *AttemptError) Error() string { return e.Backend + ": " + e.Err.Error() }
+func (e *AttemptError) Error() string {
+	if e.Local != NotLocal {
+		return e.Backend + ": local " + e.Local.String() + ": " + e.Err.Error()
+	}
+	return e.Backend + ": " + e.Err.Error()
+}
 func (e *AttemptError) Unwrap() error { return e.Err }
 
 // DialError is returned by Dial when no attempt succeeded. errors.Is and
@@ -173,6 +180,18 @@ func (e *DialError) Error() string {
 		sb.WriteString(e.Attempts[i].Error())
 	}
 	return sb.String()
+}
+
+// Local reports whether every attempt failed for want of a local resource
+// (source ports, descriptors, buffers): sluice's trouble, not the backends'.
+// It is false when no attempt was made.
+func (e *DialError) Local() bool {
+	for i := range e.Attempts {
+		if e.Attempts[i].Local == NotLocal {
+			return false
+		}
+	}
+	return len(e.Attempts) > 0
 }
 
 func (e *DialError) Unwrap() []error {
@@ -265,11 +284,17 @@ func (p *Pool) Dial(ctx context.Context, req DialRequest) (*Lease, error) {
 			return l, nil
 		}
 		b.live.active.Add(-1)
-		if ctx.Err() == nil {
+		local := ClassifyLocal(err)
+		switch {
+		case local != NotLocal:
+			// Sluice's own trouble (no source port, no descriptor): the
+			// backend is not to blame (issue 11).
+			b.local[local].Add(1)
+		case ctx.Err() == nil:
 			b.failures.Add(1)
 			p.passiveFail(b, "connect failures", err)
 		}
-		failed = append(failed, AttemptError{Backend: b.addr, Err: err})
+		failed = append(failed, AttemptError{Backend: b.addr, Err: err, Local: local})
 	}
 	if len(failed) == 0 && stop == nil {
 		return nil, fmt.Errorf("balancer: pool %q: %w", p.name, ErrNoBackend)
@@ -305,20 +330,18 @@ func (p *Pool) attempt(ctx context.Context, b *Backend, deadline time.Time, payl
 	b.dials.Add(1)
 	actx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	var conn *net.TCPConn
-	var err error
-	if b.ap.IsValid() {
-		// An IP literal needs no resolver: about 8 fewer allocations a dial.
-		conn, err = p.dialer.DialTCP(actx, "tcp", netip.AddrPort{}, b.ap)
-	} else {
-		var c net.Conn
-		if c, err = p.dialer.DialContext(actx, "tcp", b.addr); err == nil {
-			conn = c.(*net.TCPConn)
-		}
-	}
+	// Never bind before connect: Dialer.DialTCP binds its socket to the
+	// local address it is given, and a zero netip.AddrPort still binds
+	// (to 0.0.0.0:0), which picks a source port without knowing the
+	// destination: ports in TIME_WAIT or used towards other destinations
+	// cannot be shared, and a connection storm fails with EADDRINUSE
+	// (issue 11). connect(2) on an unbound socket picks a port per
+	// destination. DialContext with no LocalAddr does that.
+	c, err := p.dialer.DialContext(actx, "tcp", b.addr)
 	if err != nil {
 		return nil, err
 	}
+	conn := c.(*net.TCPConn)
 	if len(payload) == 0 {
 		return conn, nil
 	}

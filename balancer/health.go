@@ -175,7 +175,9 @@ func (p *Pool) checkLoop(ctx context.Context, b *Backend) {
 			return
 		}
 		dur := time.Since(start)
-		p.recordCheck(b, err, dur)
+		if ClassifyLocal(err) == NotLocal {
+			p.recordCheck(b, err, dur)
+		} // else no verdict: sluice had no port or descriptor to check with (issue 11)
 		t.Reset(max(jitter(p.health.Interval)-dur, 0))
 	}
 }

@@ -576,6 +576,9 @@ type BackendStatus struct {
 	MaxConnections int
 	Dials          uint64
 	Failures       uint64
+	// LocalFailures counts attempts that failed for want of a local
+	// resource, indexed by LocalReason (index 0, NotLocal, stays 0).
+	LocalFailures [numLocalReasons]uint64
 	// LastCheckError is the last active check's error; "" if it passed or
 	// none ran.
 	LastCheckError    string
@@ -591,7 +594,12 @@ func (p *Pool) Status() []BackendStatus {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for i, b := range p.backends {
+		var local [numLocalReasons]uint64
+		for _, r := range LocalReasons {
+			local[r] = b.local[r].Load()
+		}
 		out[i] = BackendStatus{
+			LocalFailures:     local,
 			Address:           b.addr,
 			Weight:            b.weight,
 			Backup:            b.backup,
@@ -632,6 +640,7 @@ func (p *Pool) Adopt(old *Pool) {
 		lastDur              time.Duration
 		dials, failures      uint64
 		live                 *liveState
+		local                *[numLocalReasons]atomic.Uint64
 	}
 	snaps := make(map[string]snap, len(old.backends))
 	old.mu.Lock()
@@ -640,7 +649,7 @@ func (p *Pool) Adopt(old *Pool) {
 			healthy: b.healthy.Load(), admin: b.AdminState(), upSince: b.upSince.Load(),
 			consecFails: b.consecFails.Load(), okStreak: b.okStreak, failStreak: b.failStreak,
 			downUntil: b.downUntil, lastErr: b.lastCheckErr, lastDur: b.lastCheckDur,
-			dials: b.dials.Load(), failures: b.failures.Load(), live: b.live,
+			dials: b.dials.Load(), failures: b.failures.Load(), live: b.live, local: b.local,
 		}
 	}
 	old.mu.Unlock()
@@ -662,6 +671,7 @@ func (p *Pool) Adopt(old *Pool) {
 		b.dials.Store(s.dials)
 		b.failures.Store(s.failures)
 		b.live = s.live // connections from before the reload keep counting here
+		b.local = s.local
 		if s.upSince != 0 && p.slowStart > 0 {
 			p.slowUntil.Store(max(p.slowUntil.Load(), s.upSince+int64(p.slowStart)))
 		}

@@ -22,8 +22,9 @@ type ForwardResult struct {
 // with the outcome: on the caller's goroutine if the connect failed, else on
 // the relay's when it ends. client is closed in every case by then. On a
 // connect failure Reason is ReasonNoBackend (nothing to try: all backends
-// down, draining or full) or ReasonConnectFailed, and Err the balancer's
-// error. A hash pool keyed on client_ip or sni gets its key here.
+// down, draining or full), ReasonLocalLimit or ReasonConnectFailed (see
+// DialFailure), and Err the balancer's error. A hash pool keyed on
+// client_ip or sni gets its key here.
 func Forward(ctx context.Context, pool *balancer.Pool, client *net.TCPConn, req balancer.DialRequest, opts Options, done func(ForwardResult)) {
 	if pool.Balance() == balancer.Hash && !req.HasHashKey {
 		req.HashKey, req.HasHashKey = pool.HashKey().ConnKey(req.Client, req.SNI)
@@ -31,11 +32,7 @@ func Forward(ctx context.Context, pool *balancer.Pool, client *net.TCPConn, req 
 	lease, err := pool.Dial(ctx, req)
 	if err != nil {
 		client.Close()
-		reason := ReasonConnectFailed
-		if errors.Is(err, balancer.ErrNoBackend) {
-			reason = ReasonNoBackend
-		}
-		done(ForwardResult{Stats: Stats{Reason: reason, Err: err}})
+		done(ForwardResult{Stats: Stats{Reason: DialFailure(err), Err: err}})
 		return
 	}
 	prefix := int64(len(req.Prefix)) // not req.Prefix: the relay must not keep the hello alive
@@ -47,4 +44,17 @@ func Forward(ctx context.Context, pool *balancer.Pool, client *net.TCPConn, req 
 		st.BytesIn += prefix // the hello went out with the connect
 		done(ForwardResult{Stats: st, Backend: lease.Backend.Addr(), Attempts: lease.Attempts})
 	})
+}
+
+// DialFailure is the close reason for an error from balancer.Pool.Dial:
+// ReasonNoBackend when there was nothing to try, ReasonLocalLimit when every
+// attempt failed for want of a local resource, else ReasonConnectFailed.
+func DialFailure(err error) Reason {
+	if errors.Is(err, balancer.ErrNoBackend) {
+		return ReasonNoBackend
+	}
+	if de, ok := errors.AsType[*balancer.DialError](err); ok && de.Local() {
+		return ReasonLocalLimit
+	}
+	return ReasonConnectFailed
 }

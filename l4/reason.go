@@ -30,6 +30,7 @@ const (
 	// Backends.
 	ReasonNoBackend     Reason = "no_backend"     // the pool has no usable backend
 	ReasonConnectFailed Reason = "connect_failed" // every connect attempt failed
+	ReasonLocalLimit    Reason = "local_limit"    // every connect attempt failed for want of a local resource (source ports, descriptors, buffers): sluice's trouble, not the backends'
 
 	// The L7 path (it also uses the relay and backend reasons above).
 	ReasonHandshakeTimeout   Reason = "handshake_timeout"    // TLS handshake not done within HandshakeTimeout of accept

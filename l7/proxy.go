@@ -111,13 +111,16 @@ func (rt *Route) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	cs := stateFrom(r.Context())
 	reason := l4.ReasonBadGateway
 	code := http.StatusBadGateway
-	var de *balancer.DialError
-	switch {
-	case errors.Is(err, balancer.ErrNoBackend):
-		reason, code = l4.ReasonNoBackend, http.StatusServiceUnavailable
+	if _, ok := errors.AsType[*balancer.DialError](err); ok || errors.Is(err, balancer.ErrNoBackend) {
+		reason = l4.DialFailure(err)
+	}
+	switch reason {
+	case l4.ReasonNoBackend:
+		code = http.StatusServiceUnavailable
 		w.Header().Set("Retry-After", "5")
-	case errors.As(err, &de):
-		reason = l4.ReasonConnectFailed
+	case l4.ReasonLocalLimit:
+		code = http.StatusServiceUnavailable
+		w.Header().Set("Retry-After", "1")
 	}
 	cs.setReason(reason, err) // a framing refusal by the reader, if any, stays the reason
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")

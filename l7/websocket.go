@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"crypto/sha1"
 	"encoding/base64"
-	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -384,12 +383,19 @@ func (rt *Route) relayRefusal(w *statusWriter, cs *connState, resp *http.Respons
 }
 
 // dialFailed answers a failed pool.Dial: 503 when there was nothing to try
-// (T23), 502 when every attempt failed (T12).
+// (T23) or sluice ran out of local resources, 502 when every attempt failed
+// (T12).
 func (rt *Route) dialFailed(w http.ResponseWriter, cs *connState, err error) {
-	if errors.Is(err, balancer.ErrNoBackend) {
+	switch l4.DialFailure(err) {
+	case l4.ReasonNoBackend:
 		w.Header().Set("Retry-After", "5")
 		rt.refuse(w, cs, http.StatusServiceUnavailable, l4.ReasonNoBackend, "no backend available")
-	} else {
+	case l4.ReasonLocalLimit:
+		// Sluice is out of source ports or descriptors: an overload, not
+		// a broken backend (issue 11).
+		w.Header().Set("Retry-After", "1")
+		rt.refuse(w, cs, http.StatusServiceUnavailable, l4.ReasonLocalLimit, "proxy overloaded")
+	default:
 		rt.refuse(w, cs, http.StatusBadGateway, l4.ReasonConnectFailed, "backend connect failed")
 	}
 	cs.mu.Lock()
