@@ -5,6 +5,30 @@ import (
 	"crypto/x509"
 )
 
+// loadCert loads the certificate and key files set at path (".cert" and
+// ".key" under it), once per pair: routes and listeners may share one. It
+// returns nil if neither is set, or on error (recorded).
+func (cp *compiler) loadCert(path, certFile, keyFile string) *tls.Certificate {
+	if (certFile == "") != (keyFile == "") {
+		cp.errorf(path+".cert", "cert and key must be set together")
+		return nil
+	}
+	if certFile == "" {
+		return nil
+	}
+	k := [2]string{cp.cfg.resolve(certFile), cp.cfg.resolve(keyFile)}
+	if cert, ok := cp.certs[k]; ok {
+		return cert
+	}
+	cert, err := tls.LoadX509KeyPair(k[0], k[1])
+	if err != nil {
+		cp.errorf(path+".cert", "%v", err)
+		return nil
+	}
+	cp.certs[k] = &cert
+	return &cert
+}
+
 // Certificates returns the leaf certificate served for every configured
 // server name ("*.parent" for wildcards) of every TLS listener. A listener's
 // default certificate is listed as "default:<listener>" when no name serves

@@ -1,48 +1,93 @@
 package main
 
 import (
+	"fmt"
 	"strconv"
 	"strings"
-	"time"
 
 	"sluice/balancer"
 )
 
-// compilePool fills the balancing and health parts of a pool's config.
-func (c *Config) compilePool(bcfg *balancer.PoolConfig, pc *PoolConfig, path string, bad func(string, string, ...any), dur func(string, string, time.Duration, bool) time.Duration) {
+// pools checks every [pools.NAME] and compiles it to the balancer's config.
+func (cp *compiler) pools() {
+	for _, name := range sortedKeys(cp.cfg.Pools) {
+		if pc := cp.cfg.Pools[name]; pc != nil {
+			cp.pool(name, pc)
+		}
+	}
+}
+
+func (cp *compiler) pool(name string, pc *PoolConfig) {
+	path := "pools." + name
+	pp, err := balancer.ParseProxyProtocol(pc.ProxyProtocol)
+	if err != nil {
+		cp.errorf(path+".proxy_protocol", "must be \"\", \"v1\" or \"v2\"; got %q", pc.ProxyProtocol)
+	}
+	spec := balancer.PoolConfig{
+		Name:              name,
+		ProxyProtocol:     pp,
+		ConnectTimeout:    cp.duration(path+".connect_timeout", pc.ConnectTimeout, defaultConnectTimeout, false),
+		MaxAttempts:       defaultConnectAttempts,
+		ConnectBudget:     defaultConnectBudget,
+		HashBalanceFactor: pc.HashBalanceFactor,
+		MaxFails:          pc.MaxFails,
+		FailTimeout:       cp.duration(path+".fail_timeout", pc.FailTimeout, balancer.DefaultFailTimeout, false),
+		SlowStart:         cp.duration(path+".slow_start", pc.SlowStart, 0, true),
+		CloseOnDown:       pc.CloseOnDown,
+		MaintCloseAfter:   cp.out.DrainTimeout,
+	}
+	cp.balancing(path, pc, &spec)
+	spec.Health = cp.health(path+".health", pc.Health)
+	spec.Backends = cp.backends(path, pc.Backends)
+	if len(spec.Backends) != len(pc.Backends) || len(pc.Backends) == 0 {
+		return // reported
+	}
+	// The balancer's own check of its config is NewPool, which allocates
+	// and starts nothing (health checks start in Pool.Start): the pool is
+	// dropped here, and Build makes the one that serves.
+	if _, err := balancer.NewPool(spec); err != nil {
+		cp.errorf(path, "%v", err)
+		return
+	}
+	cp.out.poolSpecs[name] = spec
+}
+
+// balancing checks how a pool picks a backend and when it stops using one.
+func (cp *compiler) balancing(path string, pc *PoolConfig, spec *balancer.PoolConfig) {
 	var err error
-	if bcfg.Balance, err = balancer.ParseAlgorithm(pc.Balance); err != nil {
-		bad(path+".balance", "must be round_robin, least_conn, random_two or hash; got %q", pc.Balance)
+	if spec.Balance, err = balancer.ParseAlgorithm(pc.Balance); err != nil {
+		cp.errorf(path+".balance", "must be round_robin, least_conn, random_two or hash; got %q", pc.Balance)
 	}
 	switch {
-	case bcfg.Balance == balancer.Hash && pc.HashKey == "":
-		bad(path+".hash_key", "balance = \"hash\" needs a hash_key (client_ip, sni, query:NAME, header:NAME, cookie:NAME, path_prefix)")
-	case pc.HashKey != "" && bcfg.Balance != balancer.Hash:
-		bad(path+".hash_key", "only used with balance = \"hash\"")
+	case spec.Balance == balancer.Hash && pc.HashKey == "":
+		cp.errorf(path+".hash_key", "balance = \"hash\" needs a hash_key (client_ip, sni, query:NAME, header:NAME, cookie:NAME, path_prefix)")
+	case pc.HashKey != "" && spec.Balance != balancer.Hash:
+		cp.errorf(path+".hash_key", "only used with balance = \"hash\"")
 	case pc.HashKey != "":
-		if bcfg.HashKey, err = balancer.ParseHashKey(pc.HashKey); err != nil {
-			bad(path+".hash_key", "%v", err)
+		if spec.HashKey, err = balancer.ParseHashKey(pc.HashKey); err != nil {
+			cp.errorf(path+".hash_key", "%v", err)
 		}
 	}
 	if f := pc.HashBalanceFactor; f != 0 && (f < 1 || f > 100) {
-		bad(path+".hash_balance_factor", "must be 0 (off) or between 1 and 100, got %v", f)
+		cp.errorf(path+".hash_balance_factor", "must be 0 (off) or between 1 and 100, got %v", f)
 	}
 	if pc.MaxFails < 0 {
-		bad(path+".max_fails", "must be >= 0, got %d", pc.MaxFails)
+		cp.errorf(path+".max_fails", "must be >= 0, got %d", pc.MaxFails)
 	}
-	if bcfg.OnAllUnhealthy, err = balancer.ParseAllUnhealthy(pc.OnAllUnhealthy); err != nil {
-		bad(path+".on_all_unhealthy", "must be reject or try_all; got %q", pc.OnAllUnhealthy)
+	if spec.OnAllUnhealthy, err = balancer.ParseAllUnhealthy(pc.OnAllUnhealthy); err != nil {
+		cp.errorf(path+".on_all_unhealthy", "must be reject or try_all; got %q", pc.OnAllUnhealthy)
 	}
+}
 
-	h := pc.Health
-	hpath := path + ".health"
+// health checks a pool's health table (path "pools.NAME.health").
+func (cp *compiler) health(path string, h HealthConfig) balancer.HealthConfig {
 	check := h.Check
 	if check == "" {
 		check = "tcp" // a dead game server must stop getting players within seconds
 	}
 	hc := balancer.HealthConfig{
-		Interval: dur(hpath+".interval", h.Interval, balancer.DefaultHealthInterval, false),
-		Timeout:  dur(hpath+".timeout", h.Timeout, balancer.DefaultHealthTimeout, false),
+		Interval: cp.duration(path+".interval", h.Interval, balancer.DefaultHealthInterval, false),
+		Timeout:  cp.duration(path+".timeout", h.Timeout, balancer.DefaultHealthTimeout, false),
 		Rise:     h.Rise,
 		Fall:     h.Fall,
 		Path:     h.Path,
@@ -50,26 +95,60 @@ func (c *Config) compilePool(bcfg *balancer.PoolConfig, pc *PoolConfig, path str
 		SNI:      h.SNI,
 		TLS:      h.TLS,
 	}
+	var err error
 	if hc.Check, err = balancer.ParseCheckType(check); err != nil {
-		bad(hpath+".check", "must be tcp, tls, http, websocket or none; got %q", h.Check)
+		cp.errorf(path+".check", "must be tcp, tls, http, websocket or none; got %q", h.Check)
 	}
 	if h.Rise < 0 || h.Fall < 0 {
-		bad(hpath, "rise and fall must be >= 1")
+		cp.errorf(path, "rise and fall must be >= 1")
 	}
 	if hc.Timeout > hc.Interval {
-		bad(hpath+".timeout", "%v is longer than the interval %v", hc.Timeout, hc.Interval)
+		cp.errorf(path+".timeout", "%v is longer than the interval %v", hc.Timeout, hc.Interval)
 	}
 	if h.Path != "" && !strings.HasPrefix(h.Path, "/") {
-		bad(hpath+".path", "must start with \"/\", got %q", h.Path)
+		cp.errorf(path+".path", "must start with \"/\", got %q", h.Path)
 	}
 	if h.Status != "" {
 		lo, hi, ok := parseStatusRange(h.Status)
 		if !ok {
-			bad(hpath+".status", "want a status or a range like \"200-399\", got %q", h.Status)
+			cp.errorf(path+".status", "want a status or a range like \"200-399\", got %q", h.Status)
 		}
 		hc.StatusMin, hc.StatusMax = lo, hi
 	}
-	bcfg.Health = hc
+	return hc
+}
+
+// backends checks a pool's backends and returns the valid ones.
+func (cp *compiler) backends(path string, list []BackendConfig) []balancer.BackendConfig {
+	if len(list) == 0 {
+		cp.errorf(path+".backends", "pool has no backends")
+	}
+	var out []balancer.BackendConfig
+	seen := map[string]bool{}
+	for i, b := range list {
+		bpath := fmt.Sprintf("%s.backends[%d]", path, i)
+		if err := checkHostPort(b.Address, false); err != nil {
+			cp.errorf(bpath+".address", "%v", err)
+			continue
+		}
+		if seen[b.Address] {
+			cp.errorf(bpath+".address", "duplicate backend %q", b.Address)
+			continue
+		}
+		seen[b.Address] = true
+		bc := balancer.BackendConfig{Address: b.Address, Weight: 1, MaxConnections: b.MaxConnections, Backup: b.Backup}
+		if b.Weight != nil {
+			bc.Weight = *b.Weight
+			if bc.Weight < 1 || bc.Weight > 1000 {
+				cp.errorf(bpath+".weight", "must be between 1 and 1000, got %d", bc.Weight)
+			}
+		}
+		if b.MaxConnections < 0 {
+			cp.errorf(bpath+".max_connections", "must be >= 0 (0: unlimited), got %d", b.MaxConnections)
+		}
+		out = append(out, bc)
+	}
+	return out
 }
 
 func parseStatusRange(s string) (lo, hi int, ok bool) {

@@ -10,9 +10,10 @@ import (
 	"go.uber.org/zap"
 )
 
-// reload applies the config file again: parse, strict decode, validate,
-// load every certificate and bind every new listener, then one atomic swap.
-// On any error the running config keeps serving and the error is returned
+// reload applies the config file again: compile it (parse, strict decode,
+// check every key, load every certificate file: the pure phase, so a
+// rejected file starts nothing), build it, bind every new listener, then one
+// atomic swap. On any error the running config keeps serving and the error is returned
 // (and logged). Connections in flight keep the config they started with;
 // new ones use the new one at once. Listeners whose address is unchanged are
 // kept, removed ones stop accepting, added ones start. Backends keep their
@@ -26,7 +27,7 @@ func (s *server) reload() error {
 		return errors.New("shutting down: reload refused")
 	}
 	start := time.Now()
-	_, rt, err := LoadConfig(s.configPath)
+	_, rt, err := LoadConfig(s.configPath) // CompileFile, then Build
 	if err != nil {
 		s.log.Error("reload rejected: the running config keeps serving", zap.String("config", s.configPath), zap.Error(err))
 		s.reloaded(false)

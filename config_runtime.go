@@ -1,0 +1,114 @@
+package main
+
+import (
+	"crypto/tls"
+	"sync/atomic"
+	"time"
+
+	"sluice/balancer"
+	"sluice/l4"
+	"sluice/l7"
+	"sluice/tlsutil"
+)
+
+// Runtime is one built config: the Compiled values it was built from, and
+// the pools, routing tables and l7 servers the hot path reads. Nothing in it
+// is re-parsed per connection. Close releases what Build started (the l7
+// routes' HTTP servers) and what Start started (the pools' health checks).
+type Runtime struct {
+	*Compiled
+
+	Listeners map[string]*listenerRuntime
+	Pools     map[string]*balancer.Pool
+	Warnings  []string // logged at start: e.g. self-signed certificates generated
+
+	byAddr   map[string]*listenerRuntime // by listenerRuntime.key
+	l7routes []*l7.Route
+	onHealth atomic.Pointer[func(balancer.Event)]
+
+	// Connections accepted under this config; a retired config closes (its
+	// l7 servers) when the last one ends.
+	gen    generation
+	closed atomic.Bool
+}
+
+// acquire counts a new connection; false once retired.
+func (rt *Runtime) acquire() bool { return rt.gen.acquire() }
+
+// release ends a connection acquired before.
+func (rt *Runtime) release() {
+	if rt.gen.release() {
+		rt.Close()
+	}
+}
+
+// retire marks a config replaced: its health checks stop now, the rest
+// when its last connection ends.
+func (rt *Runtime) retire() {
+	last := rt.gen.retire()
+	for _, p := range rt.Pools {
+		p.Close()
+	}
+	if last {
+		rt.Close()
+	}
+}
+
+// OnHealthChange sets the receiver of backend health transitions.
+func (rt *Runtime) OnHealthChange(f func(balancer.Event)) { rt.onHealth.Store(&f) }
+
+func (rt *Runtime) healthChanged(e balancer.Event) {
+	if f := rt.onHealth.Load(); f != nil {
+		(*f)(e)
+	}
+}
+
+// Start starts the pools' health checks.
+func (rt *Runtime) Start() {
+	for _, p := range rt.Pools {
+		p.Start()
+	}
+}
+
+// Close stops the l7 routes' internal servers and the pools' health checks.
+// Only the first call does anything.
+func (rt *Runtime) Close() {
+	if !rt.closed.CompareAndSwap(false, true) {
+		return
+	}
+	for _, r := range rt.l7routes {
+		r.Close()
+	}
+	for _, p := range rt.Pools {
+		p.Close()
+	}
+}
+
+type listenerRuntime struct {
+	name             string
+	address          string
+	key              string // the bound socket's: the address, or address#name for port 0
+	tls              bool   // false: cleartext HTTP, routed by the first request's Host
+	helloTimeout     time.Duration
+	handshakeTimeout time.Duration
+	headerTimeout    time.Duration
+	maxHelloBytes    int
+	table            routeTable
+	certs            *tlsutil.CertStore
+	redirect         *l7.Route // tls = false with redirect_https: every request → https
+}
+
+// route is one built [routes.NAME] table.
+type route struct {
+	name  string
+	mode  string // "l4" or "l7"
+	pool  *balancer.Pool
+	relay l4.Options
+
+	// mode "l7"
+	l7        *l7.Route
+	listener  string
+	names     []string         // normalized sni entries ("*.example.com" for wildcards)
+	cert      *tls.Certificate // served on TLS listeners: from cert/key, or self-signed
+	locations []l7.Location
+}
