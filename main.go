@@ -47,15 +47,19 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 
+	if *check {
+		// The pure phase only: nothing is started, bound or generated.
+		if _, _, err := CompileFile(*configPath); err != nil {
+			printConfigErrors(stderr, err)
+			return 1
+		}
+		fmt.Fprintf(stdout, "%s: configuration is valid\n", *configPath)
+		return 0
+	}
 	_, rt, err := LoadConfig(*configPath)
 	if err != nil {
 		printConfigErrors(stderr, err)
 		return 1
-	}
-	if *check {
-		rt.Close()
-		fmt.Fprintf(stdout, "%s: configuration is valid\n", *configPath)
-		return 0
 	}
 
 	// Signals are taken over before anything listens: a SIGHUP sent as soon
