@@ -4,8 +4,12 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/BurntSushi/toml"
+	"go.uber.org/goleak"
 )
 
 const validConfig = `
@@ -216,6 +220,231 @@ func TestShippedConfigValid(t *testing.T) {
 		t.Fatal(err)
 	}
 	rt.Close()
+}
+
+// everythingConfig sets every key the config accepts (TestEverythingConfig
+// holds it to that): TestCompileStartsNothing compiles every feature. Its
+// files are relative to the config's directory.
+const everythingConfig = `
+drain_timeout = "30s"
+max_connections = 1000
+watch = true
+
+[log]
+level = "debug"
+format = "console"
+
+[admin]
+listen = "0.0.0.0:0"
+token = "secret"
+
+[listeners.public]
+address = "127.0.0.1:0"
+tls = true
+default_route = "game"
+plain_route = "native"
+hello_timeout = "2s"
+max_hello_bytes = 4096
+cert = "game.test.pem"
+key = "game.test-key.pem"
+tls_handshake_timeout = "3s"
+header_timeout = "4s"
+
+[listeners.dev]
+address = "127.0.0.1:0"
+tls = false
+default_route = "dev"
+redirect_https = true
+
+[listeners.ip]
+address = "127.0.0.2:0"
+plain_route = "plain"
+
+[routes.game]
+listener = "public"
+sni = ["game.test", "*.game.test"]
+mode = "l7"
+pool = "ws"
+cert = "game.test.pem"
+key = "game.test-key.pem"
+idle_timeout = "1m"
+half_close_timeout = "2s"
+write_stall_timeout = "3s"
+locations = [
+  { path = "/ws", pool = "ws" },
+  { path = "/static/", root = "web" },
+  { path = "/old", redirect = "https://game.test/new" },
+]
+
+[routes.selfsigned]
+listener = "public"
+sni = ["self.test"]
+mode = "l7"
+pool = "ws"
+
+[routes.echo]
+listener = "public"
+sni = ["echo.test", "*.echo.test"]
+mode = "l4"
+pool = "tls"
+
+[routes.native]
+listener = "public"
+mode = "l4"
+pool = "tcp"
+
+[routes.dev]
+listener = "dev"
+mode = "l7"
+pool = "ws"
+
+[routes.plain]
+listener = "ip"
+mode = "l7"
+pool = "ws"
+
+[routes.ipgame]
+listener = "ip"
+sni = ["ip.test"]
+mode = "l7"
+locations = [{ path = "/", root = "web" }]
+
+[pools.ws]
+balance = "hash"
+hash_key = "query:room"
+hash_balance_factor = 1.5
+proxy_protocol = "v1"
+connect_timeout = "1s"
+max_fails = 2
+fail_timeout = "5s"
+slow_start = "10s"
+on_all_unhealthy = "try_all"
+close_on_down = true
+health = { check = "http", interval = "2s", timeout = "1s", rise = 2, fall = 3, path = "/healthz", host = "h.test", sni = "s.test", tls = true, status = "200-299" }
+backends = [
+  { address = "127.0.0.1:9301", weight = 2, max_connections = 100 },
+  { address = "127.0.0.1:9302", backup = true },
+]
+
+[pools.tls]
+balance = "least_conn"
+health = { check = "tls" }
+backends = [{ address = "127.0.0.1:9101" }]
+
+[pools.tcp]
+balance = "random_two"
+proxy_protocol = "v2"
+health = { check = "websocket", path = "/ws" }
+backends = [{ address = "localhost:9201" }]
+`
+
+// everythingConfig sets every key of the Config type (a key added to the
+// schema belongs there too, so that the pure phase is proven on it).
+func TestEverythingConfig(t *testing.T) {
+	var c Config
+	if _, err := toml.Decode(everythingConfig, &c); err != nil {
+		t.Fatal(err)
+	}
+	set := map[string]bool{}
+	setKeys(reflect.ValueOf(c), "", set)
+	for _, key := range configKeys(reflect.TypeOf(c), "") {
+		if !set[key] {
+			t.Errorf("everythingConfig does not set %s", key)
+		}
+	}
+}
+
+// setKeys marks in set the key path ("pools.health.check", without table
+// names or indexes) of every non-zero field under v.
+func setKeys(v reflect.Value, path string, set map[string]bool) {
+	switch v.Kind() {
+	case reflect.Pointer:
+		if !v.IsNil() {
+			setKeys(v.Elem(), path, set)
+		}
+	case reflect.Map:
+		for it := v.MapRange(); it.Next(); {
+			setKeys(it.Value(), path, set)
+		}
+	case reflect.Slice:
+		for i := range v.Len() {
+			setKeys(v.Index(i), path, set)
+		}
+	case reflect.Struct:
+		for i := range v.NumField() {
+			if key := tomlKey(v.Type().Field(i)); key != "" {
+				set[path+key] = set[path+key] || !v.Field(i).IsZero()
+				setKeys(v.Field(i), path+key+".", set)
+			}
+		}
+	}
+}
+
+// configKeys returns the key paths of every field under typ, as setKeys
+// spells them.
+func configKeys(typ reflect.Type, path string) []string {
+	for typ.Kind() == reflect.Pointer || typ.Kind() == reflect.Map || typ.Kind() == reflect.Slice {
+		typ = typ.Elem()
+	}
+	if typ.Kind() != reflect.Struct {
+		return nil
+	}
+	var keys []string
+	for i := range typ.NumField() {
+		if key := tomlKey(typ.Field(i)); key != "" {
+			keys = append(keys, path+key)
+			keys = append(keys, configKeys(typ.Field(i).Type, path+key+".")...)
+		}
+	}
+	return keys
+}
+
+func tomlKey(f reflect.StructField) string {
+	key, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
+	if key == "-" {
+		return ""
+	}
+	return key
+}
+
+// The pure phase starts nothing (issue 9): compiling the shipped
+// config.toml, everythingConfig and an invalid config, and -check, leave no
+// goroutine behind; it binds nothing and builds no pool or server either, which would
+// start some. Build on the same Compiled does start goroutines (the l7
+// routes' HTTP servers), and the same check sees them.
+func TestCompileStartsNothing(t *testing.T) {
+	dir := t.TempDir()
+	writeCert(t, dir, "game.test")
+	must(t, os.Mkdir(filepath.Join(dir, "web"), 0o755))
+	path := filepath.Join(dir, "everything.toml")
+	must(t, os.WriteFile(path, []byte(everythingConfig), 0o644))
+	bad, err := DecodeConfig([]byte(strings.ReplaceAll(everythingConfig, `"127.0.0.1:9302"`, `"127.0.0.1:0"`)))
+	must(t, err)
+	before := goleak.IgnoreCurrent()
+
+	if _, _, err := CompileFile("config.toml"); err != nil {
+		t.Fatal(err)
+	}
+	_, everything, err := CompileFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bad.Compile(); err == nil {
+		t.Fatal("invalid config compiled")
+	}
+	var out bytes.Buffer
+	if rc := run([]string{"-check", "-config", path}, &out, &out); rc != 0 {
+		t.Fatalf("-check: rc %d: %s", rc, out.String())
+	}
+	goleak.VerifyNone(t, before)
+
+	rt, err := everything.Build()
+	must(t, err)
+	if goleak.Find(before) == nil {
+		t.Error("Build started no goroutine: the check above cannot see one")
+	}
+	rt.Close()
+	goleak.VerifyNone(t, before)
 }
 
 func BenchmarkRouteLookup(b *testing.B) {
