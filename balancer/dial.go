@@ -284,16 +284,7 @@ func (p *Pool) Dial(ctx context.Context, req DialRequest) (*Lease, error) {
 			return l, nil
 		}
 		b.live.active.Add(-1)
-		local := ClassifyLocal(err)
-		switch {
-		case local != NotLocal:
-			// Sluice's own trouble (no source port, no descriptor): the
-			// backend is not to blame (issue 11).
-			b.local[local].Add(1)
-		case ctx.Err() == nil:
-			b.failures.Add(1)
-			p.passiveFail(b, "connect failures", err)
-		}
+		local := p.attemptFailed(ctx, b, err)
 		failed = append(failed, AttemptError{Backend: b.addr, Err: err, Local: local})
 	}
 	if len(failed) == 0 && stop == nil {

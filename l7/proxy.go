@@ -3,11 +3,12 @@ package l7
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"net"
 	"net/http"
-	"net/http/httptrace"
 	"net/http/httputil"
-	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -16,12 +17,20 @@ import (
 	"sluice/l4"
 )
 
-// proxy reverse-proxies plain HTTP requests to a pool.
+// proxy reverse-proxies plain HTTP requests to a pool. Every request picks
+// its backend by the pool's balance and hash key, as an upgrade does
+// (issue 10: the backend used to be chosen only when the transport dialled,
+// so a reused connection took every later request, and round robin or a
+// hash key did not apply to plain HTTP). Connections stay pooled per
+// backend: the request's URL host is the backend's address, so the
+// transport keeps one set of idle connections per backend.
 type proxy struct {
 	pool *balancer.Pool
 	tr   *http.Transport
 	rp   *httputil.ReverseProxy
 }
+
+var _ http.RoundTripper = (*proxy)(nil)
 
 func newProxy(rt *Route, pool *balancer.Pool) *proxy {
 	p := &proxy{pool: pool}
@@ -30,7 +39,7 @@ func newProxy(rt *Route, pool *balancer.Pool) *proxy {
 		// A backend conn that carries a PROXY header carries one client's
 		// address: it must not be reused for another client.
 		DisableKeepAlives:   pool.ProxyProtocol() != balancer.ProxyNone,
-		MaxIdleConnsPerHost: 32,
+		MaxIdleConnsPerHost: 32, // per backend
 		IdleConnTimeout:     90 * time.Second,
 		DisableCompression:  true,
 		// Bounded like the upgrade's answer.
@@ -38,7 +47,7 @@ func newProxy(rt *Route, pool *balancer.Pool) *proxy {
 	}
 	p.rp = &httputil.ReverseProxy{
 		Rewrite:      p.rewrite,
-		Transport:    p.tr,
+		Transport:    p,
 		ErrorHandler: rt.proxyError,
 	}
 	if l, err := zap.NewStdLogAt(rt.log.Named("proxy"), zap.DebugLevel); err == nil {
@@ -53,7 +62,7 @@ func (p *proxy) rewrite(pr *httputil.ProxyRequest) {
 	in, out := pr.In, pr.Out
 	cs := stateFrom(in.Context())
 	out.URL.Scheme = "http"
-	out.URL.Host = "backend" // one connection pool per Transport; dial picks the backend
+	out.URL.Host = "backend" // RoundTrip puts the chosen backend here
 	out.Host = in.Host
 	ip := clientIP(cs.client)
 	proto := "http"
@@ -64,44 +73,100 @@ func (p *proxy) rewrite(pr *httputil.ProxyRequest) {
 	out.Header.Set("X-Forwarded-Host", in.Host)
 	out.Header.Set("X-Forwarded-Proto", proto)
 	out.Header.Set("X-Real-IP", ip)
-	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
-		if lc, ok := info.Conn.(*leaseConn); ok {
-			cs.mu.Lock()
-			cs.res.Backend = lc.lease.Backend.Addr()
-			cs.mu.Unlock()
-		}
-	}}
-	ctx := context.WithValue(out.Context(), requestKey{}, in) // for the hash key in dial
-	pr.Out = out.WithContext(httptrace.WithClientTrace(ctx, trace))
+	pr.Out = out.WithContext(context.WithValue(out.Context(), requestKey{}, in)) // for the hash key
 }
 
-// dial connects through the pool; the PROXY header (if the pool sends one)
-// names the client of the request that caused the dial.
-func (p *proxy) dial(ctx context.Context, _, _ string) (net.Conn, error) {
+// RoundTrip sends out to a backend chosen for this request. A backend that
+// cannot be connected to is replaced by the next choice (up to the pool's
+// max_attempts within its connect budget) while nothing of the request body
+// has been read; the slot taken on the backend is held until the response
+// body is closed.
+func (p *proxy) RoundTrip(out *http.Request) (*http.Response, error) {
+	ctx := out.Context()
+	var req balancer.DialRequest
+	cs := stateFrom(ctx)
+	if cs != nil {
+		req = balancer.DialRequest{Client: cs.client, Local: cs.local, SNI: cs.sni}
+		if in, ok := ctx.Value(requestKey{}).(*http.Request); ok {
+			req.HashKey, req.HasHashKey = hashKey(p.pool, in, cs)
+		}
+	}
+	var body *replayBody
+	if out.Body != nil && out.Body != http.NoBody {
+		body = &replayBody{rc: out.Body}
+	}
+	ch := p.pool.NewChooser(&req)
+	for {
+		claim, err := ch.Next(ctx)
+		if err != nil {
+			return nil, err
+		}
+		r := *out // a shallow copy, as Request.WithContext makes
+		u := *out.URL
+		u.Host = claim.Backend.Addr()
+		r.URL = &u
+		if body != nil {
+			r.Body = body
+		}
+		resp, err := p.tr.RoundTrip(&r)
+		if err == nil {
+			if cs != nil {
+				cs.mu.Lock()
+				cs.res.Backend = claim.Backend.Addr()
+				cs.mu.Unlock()
+			}
+			resp.Body = &claimBody{ReadCloser: resp.Body, claim: claim}
+			return resp, nil
+		}
+		if _, dialFailed := errors.AsType[*balancer.AttemptError](err); !dialFailed || (body != nil && body.read.Load()) {
+			claim.Release()
+			return nil, err
+		}
+		ch.Failed(claim, err)
+	}
+}
+
+// dial connects to the backend RoundTrip chose (the request's URL host);
+// the PROXY header (if the pool sends one) names the client of the request
+// that caused the dial.
+func (p *proxy) dial(ctx context.Context, _, addr string) (net.Conn, error) {
+	b := p.pool.Lookup(addr)
+	if b == nil {
+		return nil, fmt.Errorf("l7: no backend %q in pool %q", addr, p.pool.Name())
+	}
 	var req balancer.DialRequest
 	if cs := stateFrom(ctx); cs != nil {
 		req = balancer.DialRequest{Client: cs.client, Local: cs.local, SNI: cs.sni}
-		if r, ok := ctx.Value(requestKey{}).(*http.Request); ok {
-			req.HashKey, req.HasHashKey = hashKey(p.pool, r, cs)
-		}
 	}
-	lease, err := p.pool.Dial(ctx, req)
-	if err != nil {
-		return nil, err
-	}
-	return &leaseConn{TCPConn: lease.Conn, lease: lease}, nil
+	return p.pool.Connect(ctx, b, req)
 }
 
-// leaseConn releases its lease when closed.
-type leaseConn struct {
-	*net.TCPConn
-	lease *balancer.Lease
-	once  sync.Once
+// replayBody is a request body that can be offered to a second backend
+// while nothing of it was read: the transport closes a request body even
+// when the dial fails, so Close is left to net/http's server, which owns
+// the incoming body.
+type replayBody struct {
+	rc   io.ReadCloser
+	read atomic.Bool
 }
 
-func (c *leaseConn) Close() error {
-	err := c.TCPConn.Close()
-	c.once.Do(c.lease.Release)
+func (b *replayBody) Read(p []byte) (int, error) {
+	b.read.Store(true)
+	return b.rc.Read(p)
+}
+
+func (b *replayBody) Close() error { return nil }
+
+// claimBody frees the request's slot on its backend when the response body
+// is closed (ReverseProxy always closes it).
+type claimBody struct {
+	io.ReadCloser
+	claim *balancer.Claim
+}
+
+func (b *claimBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.claim.Release()
 	return err
 }
 
