@@ -3,12 +3,14 @@
 // of the process under test over exactly the measured window (utime+stime
 // from /proc/PID/stat), and prints the comparison table.
 //
-//	loadgen run    -target SPEC... -scenarios LIST -reps N -duration D -results FILE
+//	loadgen run    -target SPEC... -scenarios LIST -reps N -duration D -storm-duration D -results FILE
 //	loadgen report -results FILE -out FILE.md
 //
 // A target SPEC is name=NAME,pid=PID,l4=ADDR,pp=ADDR,tls=ADDR,wss=ADDR[,ppself].
-// "run" appends one JSON line per measurement to the results file; "report"
-// reads them back and prints the median of the repetitions with their spread.
+// "run" runs the scenarios in the order LIST names them (all: the table's
+// order) and appends one JSON line per measurement to the results file;
+// "report" reads them back and prints the median of the repetitions with
+// their spread.
 package main
 
 import (
@@ -50,9 +52,10 @@ func main() {
 }
 
 type config struct {
-	duration  time.Duration
-	warmup    time.Duration
-	idleConns int
+	duration      time.Duration
+	stormDuration time.Duration // the measured window of the storm rows
+	warmup        time.Duration
+	idleConns     int
 }
 
 func cmdRun(args []string) {
@@ -64,6 +67,7 @@ func cmdRun(args []string) {
 		reps     = fs.Int("reps", 3, "repetitions")
 		repBase  = fs.Int("rep-base", 0, "number of the first repetition (in the results file)")
 		duration = fs.Duration("duration", 2*time.Second, "measured window per run")
+		stormDur = fs.Duration("storm-duration", 10*time.Second, "measured window of the storm rows")
 		warmup   = fs.Duration("warmup", 300*time.Millisecond, "warm-up before each window")
 		idle     = fs.Int("idle-conns", 8000, "connections for the idle scenarios")
 		results  = fs.String("results", "", "append JSON results to this file")
@@ -76,42 +80,49 @@ func cmdRun(args []string) {
 		log.Fatalf("ClientHello: %v", err)
 	}
 	var list []*scenario
-	for _, s := range scenarios {
-		if *scen == "all" || contains(strings.Split(*scen, ","), s.name) {
+	if *scen == "all" {
+		list = scenarios
+	} else {
+		for _, n := range strings.Split(*scen, ",") {
+			s := scenarioByName(n)
+			if s == nil {
+				log.Fatalf("unknown scenario %q", n)
+			}
 			list = append(list, s)
 		}
-	}
-	if len(list) == 0 {
-		log.Fatalf("no scenario matches %q", *scen)
 	}
 	f, err := os.OpenFile(*results, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer f.Close()
-	cfg := config{duration: *duration, warmup: *warmup, idleConns: *idle}
+	cfg := config{duration: *duration, stormDuration: *stormDur, warmup: *warmup, idleConns: *idle}
 	enc := json.NewEncoder(f)
+	broken := map[string]string{} // target → the storm after which it failed connections
 	for r := 0; r < *reps; r++ {
 		rep := *repBase + r
 		for _, s := range list {
 			for i := range targets {
 				t := targets[(i+rep)%len(targets)] // alternate, rotating the order
-				res := s.run(cfg, t, s)
+				c := cfg
+				if s.storm {
+					c.duration = cfg.stormDuration
+				}
+				res := s.run(c, t, s)
 				res.Scenario, res.Target, res.Rep = s.name, t.name, rep
+				res.AfterBroken = broken[t.name]
+				if res.After != nil && res.After.Broken() && broken[t.name] == "" {
+					broken[t.name] = fmt.Sprintf("%s rep %d", s.name, rep+1)
+				}
 				fmt.Fprintf(os.Stderr, "  rep %d %-12s %-8s %s\n", rep+1, s.name, t.name, res.brief(s))
+				if res.AfterBroken != "" {
+					fmt.Fprintf(os.Stderr, "  !! %s/%s was measured after %s, after which %s failed connections\n",
+						s.name, t.name, res.AfterBroken, t.name)
+				}
 				if err := enc.Encode(res); err != nil {
 					log.Fatal(err)
 				}
 			}
 		}
 	}
-}
-
-func contains(l []string, s string) bool {
-	for _, x := range l {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }

@@ -58,19 +58,42 @@ func cmdReport(args []string) {
 	head := append([]string{"scenario", "headline"}, targets...)
 	head = append(head, "sluice/best", "sluice/direct", "beside")
 	head = append(head, targets...)
-	tbl := [][]string{append(head, "sluice/best", "sluice/direct")}
+	head = append(head, "sluice/best", "sluice/direct", "errors")
+	tbl := [][]string{append(head, targets...)}
 	lat := [][]string{append([]string{"scenario (p50/p99/p99.9 µs)"}, targets...)}
-	var notes []string
+	var notes, warnings []string
 	for _, s := range scenarios {
 		stats := map[string]*agg{}
+		errCells := map[string]string{}
 		for _, t := range targets {
 			if rs := all[key{s.name, t}]; len(rs) > 0 {
 				stats[t] = aggregate(rs)
+				var errs int64
+				mark := ""
 				for _, r := range rs {
+					errs += r.Errors
+					if r.Ops == 0 {
+						mark = " FAILED"
+					}
 					if r.Errors > 0 || r.Err != "" {
-						notes = append(notes, fmt.Sprintf("%s/%s rep %d: %d errors, first: %s", s.name, t, r.Rep+1, r.Errors, r.Err))
+						n := fmt.Sprintf("%s/%s rep %d: %d errors", s.name, t, r.Rep+1, r.Errors)
+						if len(r.ErrKinds) > 0 {
+							n += " (" + kindList(r.ErrKinds) + ")"
+						}
+						notes = append(notes, n+", first: "+r.Err)
+					}
+					if r.After != nil && r.After.Broken() {
+						mark += " !"
+						warnings = append(warnings, fmt.Sprintf("WARNING %s/%s rep %d: %s; %s's rows measured after it are suspect",
+							s.name, t, r.Rep+1, r.After, t))
+					}
+					if r.AfterBroken != "" {
+						mark += " *"
+						warnings = append(warnings, fmt.Sprintf("WARNING %s/%s rep %d was measured after %s, after which %s failed connections (%d errors in this run)",
+							s.name, t, r.Rep+1, r.AfterBroken, t, r.Errors))
 					}
 				}
+				errCells[t] = fmt.Sprint(errs) + mark
 			}
 		}
 		if len(stats) == 0 {
@@ -89,7 +112,14 @@ func cmdReport(args []string) {
 			row = append(row, stats[t].cell(func(a *agg) float64 { return a.side }, false))
 		}
 		row = append(row, ratio(stats, peers, func(a *agg) float64 { return a.side }, sideLower),
-			ratio(stats, []string{"direct"}, func(a *agg) float64 { return a.side }, sideLower))
+			ratio(stats, []string{"direct"}, func(a *agg) float64 { return a.side }, sideLower), "all reps")
+		for _, t := range targets {
+			if c, ok := errCells[t]; ok {
+				row = append(row, c)
+			} else {
+				row = append(row, "n/a")
+			}
+		}
 		tbl = append(tbl, row)
 		if s.lat {
 			lr := []string{s.title}
@@ -114,7 +144,11 @@ func cmdReport(args []string) {
 		"Headline: CPU time (utime+stime from /proc/PID/stat) of the process under test per operation, over exactly the measured window; idle rows: RSS growth per connection.",
 		"Cells: median of the repetitions ±half their min-max spread as % of the median. Ratios use medians; sluice/best compares with the better of HAProxy and nginx (> 1: sluice spends more CPU/memory, or moves more per second).",
 		"direct: no proxy; the process measured is the backends process (one endpoint doing the same work), so its CPU and memory are a scale, not a proxy.",
+		"errors: failed operations summed over the repetitions, warm-up and window (kinds in the notes: connect, reset, closed before answering, short answer, timeout); FAILED: a repetition completed none;" +
+			" !: right after this storm the target failed ordinary connections (probed for up to " + probeTime.String() + "); *: measured after such a storm.",
+		"storm rows: " + fmt.Sprint(stormWorkers) + " client loops each opening a connection, writing PROXY (direct only), hello, command and data in one write, reading the answer and closing first; all to one backend.",
 	}
+	notes = append(warnings, notes...)
 	writeTable(&b, tbl, false)
 	fmt.Fprintln(&b)
 	writeTable(&b, lat, false)

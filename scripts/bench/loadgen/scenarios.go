@@ -21,6 +21,7 @@ type scenario struct {
 	side  string  // the figure beside it: throughput (idle: fds per connection)
 	sideK float64 // ops per second × sideK = side figure
 	lat   bool    // latency percentiles are reported
+	storm bool    // measured over config.stormDuration, then probed (storm.go)
 	run   func(config, *target, *scenario) result
 }
 
@@ -37,6 +38,10 @@ var scenarios = []*scenario{
 		run: func(c config, t *target, s *scenario) result {
 			return connRate(c, t, s, 16, func() error { return echoOnceClose(t.pp, "pp.bench", t.ppSelf) })
 		}},
+	{name: "storm", title: "L4 storm: data with the hello, 1 backend", unit: "µs/conn", scale: 1e6, side: "conn/s", sideK: 1, lat: true, storm: true,
+		run: func(c config, t *target, s *scenario) result { return storm(c, t, s, t.l4, "l4.bench", false) }},
+	{name: "storm-pp2", title: "L4 storm + PROXY v2 out", unit: "µs/conn", scale: 1e6, side: "conn/s", sideK: 1, lat: true, storm: true,
+		run: func(c config, t *target, s *scenario) result { return storm(c, t, s, t.pp, "pp.bench", t.ppSelf) }},
 	{name: "tls-pass", title: "TLS passthrough conn", unit: "µs/conn", scale: 1e6, side: "conn/s", sideK: 1, lat: true,
 		run: func(c config, t *target, s *scenario) result {
 			return connRate(c, t, s, 16, func() error { return tlsEchoOnce(t.tls) })
@@ -97,7 +102,14 @@ type result struct {
 	P99     float64 `json:"p99_us,omitempty"`
 	P999    float64 `json:"p999_us,omitempty"`
 	Errors  int64   `json:"errors"`
-	Err     string  `json:"err,omitempty"`
+	// Errors by kind (errKind): connect, reset, closed, short, timeout, other.
+	ErrKinds map[string]int64 `json:"error_kinds,omitempty"`
+	Err      string           `json:"err,omitempty"`
+	// Storms only: the probe right after the storm (storm.go).
+	After *probe `json:"after,omitempty"`
+	// Set on every later result of a target that failed probes after a
+	// storm: "storm rep 1"; the figures of such a row are suspect.
+	AfterBroken string `json:"after_broken,omitempty"`
 }
 
 func (r result) brief(s *scenario) string {
@@ -112,7 +124,10 @@ func (r result) brief(s *scenario) string {
 		out += fmt.Sprintf(" (%d ticks; schedstat %.2f)", r.Ticks, r.ValueNs)
 	}
 	if r.Errors > 0 {
-		out += fmt.Sprintf(" errors=%d (%s)", r.Errors, r.Err)
+		out += fmt.Sprintf(" errors=%d [%s] (%s)", r.Errors, kindList(r.ErrKinds), r.Err)
+	}
+	if r.After != nil {
+		out += "; " + r.After.String()
 	}
 	return out
 }
@@ -123,6 +138,7 @@ type load struct {
 	stop, rec atomic.Bool
 	mu        sync.Mutex
 	firstErr  string
+	kinds     map[string]int64
 	lats      []time.Duration
 }
 
@@ -132,6 +148,10 @@ func (l *load) fail(err error) {
 	if l.firstErr == "" {
 		l.firstErr = err.Error()
 	}
+	if l.kinds == nil {
+		l.kinds = map[string]int64{}
+	}
+	l.kinds[errKind(err)]++
 	l.mu.Unlock()
 	time.Sleep(5 * time.Millisecond)
 }
@@ -174,6 +194,12 @@ func measure(cfg config, t *target, s *scenario, n int, body func(l *load, lats 
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	r.Ops, r.Ticks, r.Wall, r.Errors = o1-o0, c1-c0, t1.Sub(t0).Seconds(), l.errs.Load()
+	for k, n := range l.kinds { // a copy: late workers may still count
+		if r.ErrKinds == nil {
+			r.ErrKinds = map[string]int64{}
+		}
+		r.ErrKinds[k] = n
+	}
 	if r.Err == "" {
 		r.Err = l.firstErr
 	}

@@ -135,9 +135,13 @@ func dialL4(addr, sni string, ppSelf bool, op byte, n uint64, extra []byte) (*ne
 		return nil, err
 	}
 	var h [1]byte
-	if _, err := io.ReadFull(tc, h[:]); err != nil || h[0] != 'h' {
+	if _, err := io.ReadFull(tc, h[:]); err != nil {
 		tc.Close()
-		return nil, fmt.Errorf("no answer to the hello: %q, %v", h[:], err)
+		return nil, fmt.Errorf("no answer to the hello: %w", err)
+	}
+	if h[0] != 'h' {
+		tc.Close()
+		return nil, fmt.Errorf("%w to the hello: %q", errWrongAnswer, h[:])
 	}
 	b := binary.BigEndian.AppendUint64([]byte{op}, n)
 	if _, err := tc.Write(append(b, extra...)); err != nil {
