@@ -111,6 +111,7 @@ type PoolConfig struct {
 	SlowStart         string          `toml:"slow_start"`
 	OnAllUnhealthy    string          `toml:"on_all_unhealthy"`
 	CloseOnDown       bool            `toml:"close_on_down"`
+	StickyCookie      string          `toml:"sticky_cookie"`
 	Health            HealthConfig    `toml:"health"`
 	Backends          []BackendConfig `toml:"backends"`
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net/http"
 	"strconv"
 	"strings"
 
@@ -76,6 +77,12 @@ func (cp *compiler) balancing(path string, pc *PoolConfig, spec *balancer.PoolCo
 	}
 	if spec.OnAllUnhealthy, err = balancer.ParseAllUnhealthy(pc.OnAllUnhealthy); err != nil {
 		cp.errorf(path+".on_all_unhealthy", "must be reject or try_all; got %q", pc.OnAllUnhealthy)
+	}
+	if pc.StickyCookie != "" {
+		if (&http.Cookie{Name: pc.StickyCookie, Value: "0"}).Valid() != nil {
+			cp.errorf(path+".sticky_cookie", "%q is not a valid cookie name (RFC 6265 token)", pc.StickyCookie)
+		}
+		spec.StickyCookie = pc.StickyCookie
 	}
 }
 

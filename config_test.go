@@ -119,6 +119,7 @@ backends = []
 connect_timeout = "3"
 proxy_protocol = "v3"
 balance = "fastest"
+sticky_cookie = "bad cookie;"
 backends = [{ address = "nohost" }, { address = "127.0.0.1:0" }]
 `))
 	must(t, err)
@@ -146,6 +147,7 @@ backends = [{ address = "nohost" }, { address = "127.0.0.1:0" }]
 		`pools.bad.connect_timeout: invalid duration "3"`,
 		`pools.bad.proxy_protocol: must be`,
 		`pools.bad.balance: must be round_robin, least_conn, random_two or hash; got "fastest"`,
+		`pools.bad.sticky_cookie: "bad cookie;" is not a valid cookie name`,
 		`pools.bad.backends[0].address: invalid address "nohost"`,
 		`pools.bad.backends[1].address: invalid port`,
 		`routes.three.sni: route has no sni and is not the default_route or plain_route`,
@@ -320,6 +322,7 @@ fail_timeout = "5s"
 slow_start = "10s"
 on_all_unhealthy = "try_all"
 close_on_down = true
+sticky_cookie = "SLUICE"
 health = { check = "http", interval = "2s", timeout = "1s", rise = 2, fall = 3, path = "/healthz", host = "h.test", sni = "s.test", tls = true, status = "200-299" }
 backends = [
   { address = "127.0.0.1:9301", weight = 2, max_connections = 100 },

@@ -58,6 +58,7 @@ type Backend struct {
 	maxConns int64 // 0: unlimited
 	backup   bool
 	hash     uint64 // rendezvous identity, from addr
+	cookie   string // sticky cookie value: opaque, from the pool name and addr
 
 	// live is what a config reload carries over to the Backend with the
 	// same address (Pool.Adopt): connections in flight and their leases, so
@@ -114,6 +115,12 @@ func newBackend(cfg BackendConfig) *Backend {
 // Addr returns the configured host:port. A host name is resolved at each
 // dial, not once at startup.
 func (b *Backend) Addr() string { return b.addr }
+
+// Cookie returns the value of the pool's sticky cookie that pins a player
+// to b: 16 hex digits derived from the pool's name and b's address, so it
+// names no address, and is the same across reloads and across sluice
+// instances running the same config.
+func (b *Backend) Cookie() string { return b.cookie }
 
 // Weight returns the configured weight (at least 1).
 func (b *Backend) Weight() int { return b.weight }

@@ -58,6 +58,13 @@ type DialRequest struct {
 	// when HasHashKey is true. Without it, Hash picks as LeastConn.
 	HashKey    string
 	HasHashKey bool
+	// Sticky is the value of the pool's sticky cookie sent by the client
+	// (Backend.Cookie), "" if none. The backend it names is chosen while it
+	// is UP (or the pool tries all), not in Maint and not full, and not
+	// already tried; Drain does not stop it (HAProxy serves persistent
+	// connections on a draining server). Otherwise, or for a forged or
+	// unknown value, the pool's algorithm picks.
+	Sticky string
 	// AwaitAnswer makes each attempt wait, after the write, until the
 	// backend sends its first byte (peeked, not consumed), for up to the
 	// pool's connect timeout. A backend that closes or resets before

@@ -1,6 +1,8 @@
 package balancer
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -115,6 +117,11 @@ func (k HashKey) String() string {
 // concurrent use and allocation-free; only smooth round robin takes a
 // (short) mutex.
 func (p *Pool) pick(v *view, st *pickState, req *DialRequest) int {
+	if req.Sticky != "" {
+		if i := p.stickyPick(v, st, req.Sticky); i >= 0 {
+			return i
+		}
+	}
 	switch p.algo {
 	case LeastConn:
 		return leastConn{}.pick(p, v, st, req)
@@ -441,4 +448,26 @@ func (k HashKey) ConnKey(client net.Addr, sni string) (key string, ok bool) {
 		return sni, sni != ""
 	}
 	return "", false
+}
+
+// stickyPick returns the backend named by a sticky cookie value when it may
+// take the player (see DialRequest.Sticky), else -1.
+func (p *Pool) stickyPick(v *view, st *pickState, cookie string) int {
+	for i, b := range p.backends {
+		if b.cookie != cookie {
+			continue
+		}
+		if st.has(i) || b.full() || b.admin.Load() == uint32(Maint) || !(b.healthy.Load() || v.tier == tierAll) {
+			return -1
+		}
+		return i
+	}
+	return -1
+}
+
+// stickyValue is Backend.Cookie: the first 8 bytes of SHA-256 over the pool
+// name and the backend address, in hex.
+func stickyValue(pool, addr string) string {
+	h := sha256.Sum256([]byte("sluice sticky\x00" + pool + "\x00" + addr))
+	return hex.EncodeToString(h[:8])
 }

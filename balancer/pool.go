@@ -120,6 +120,10 @@ type PoolConfig struct {
 	// MaxConnections instead where a room must stay on one server.
 	HashBalanceFactor float64
 
+	// StickyCookie names the cookie that pins a player to a backend (l7):
+	// see DialRequest.Sticky and Backend.Cookie. If empty, none.
+	StickyCookie string
+
 	// Health configures active checks, run between Start and Close.
 	Health HealthConfig
 	// MaxFails consecutive failed connects (or resets before the first
@@ -162,6 +166,7 @@ type Pool struct {
 	dialer   net.Dialer
 	hashKey  HashKey
 	algo     Algorithm
+	sticky   string // StickyCookie
 
 	connectTimeout time.Duration
 	maxAttempts    int
@@ -242,6 +247,7 @@ func NewPool(cfg PoolConfig) (*Pool, error) {
 		dialer:         newDialer(),
 		hashKey:        cfg.HashKey,
 		algo:           cfg.Balance,
+		sticky:         cfg.StickyCookie,
 		connectTimeout: orDefault(cfg.ConnectTimeout, DefaultConnectTimeout),
 		maxAttempts:    orDefault(cfg.MaxAttempts, DefaultMaxAttempts),
 		connectBudget:  orDefault(cfg.ConnectBudget, DefaultConnectBudget),
@@ -271,7 +277,9 @@ func NewPool(cfg PoolConfig) (*Pool, error) {
 		if bc.Weight < 0 || bc.MaxConnections < 0 {
 			return nil, fmt.Errorf("balancer: pool %q: backend %s: negative weight or max connections", cfg.Name, bc.Address)
 		}
-		p.backends = append(p.backends, newBackend(bc))
+		b := newBackend(bc)
+		b.cookie = stickyValue(cfg.Name, bc.Address)
+		p.backends = append(p.backends, b)
 		weighted = weighted || p.backends[i].weight != p.backends[0].weight
 	}
 	switch cfg.Balance {
@@ -308,6 +316,9 @@ func (p *Pool) Backends() []*Backend { return slices.Clone(p.backends) }
 
 // ProxyProtocol returns the header the pool sends to its backends.
 func (p *Pool) ProxyProtocol() ProxyProtocol { return p.proxy }
+
+// StickyCookie returns the name of the pool's sticky cookie, "" if none.
+func (p *Pool) StickyCookie() string { return p.sticky }
 
 // Balance returns the pool's algorithm.
 func (p *Pool) Balance() Algorithm { return p.algo }

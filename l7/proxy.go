@@ -91,6 +91,7 @@ func (p *proxy) RoundTrip(out *http.Request) (*http.Response, error) {
 			req.HashKey, req.HasHashKey = hashKey(p.pool, in, cs)
 		}
 	}
+	req.Sticky = stickyFrom(p.pool, out)
 	var body *replayBody
 	if out.Body != nil && out.Body != http.NoBody {
 		body = &replayBody{rc: out.Body}
@@ -115,6 +116,7 @@ func (p *proxy) RoundTrip(out *http.Request) (*http.Response, error) {
 				cs.res.Backend = claim.Backend.Addr()
 				cs.mu.Unlock()
 			}
+			setSticky(resp.Header, p.pool, req.Sticky, claim.Backend, cs != nil && cs.tls)
 			resp.Body = &claimBody{ReadCloser: resp.Body, claim: claim}
 			return resp, nil
 		}

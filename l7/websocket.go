@@ -209,6 +209,7 @@ func (rt *Route) serveUpgrade(w *statusWriter, r *http.Request, cs *connState, p
 	// answering the upgrade is retried on another one (T12).
 	dreq := balancer.DialRequest{Client: cs.client, Local: cs.local, SNI: cs.sni, Prefix: upgradeRequest(r, cs), AwaitAnswer: true}
 	dreq.HashKey, dreq.HasHashKey = hashKey(pool, r, cs)
+	dreq.Sticky = stickyFrom(pool, r)
 	lease, err := pool.Dial(cs.ctx, dreq)
 	if err != nil {
 		rt.dialFailed(w, cs, err)
@@ -237,6 +238,7 @@ func (rt *Route) serveUpgrade(w *statusWriter, r *http.Request, cs *connState, p
 		rt.refuse(w, cs, http.StatusBadGateway, l4.ReasonBadUpgradeResponse, "bad answer from backend")
 		return
 	}
+	setSticky(resp.Header, pool, dreq.Sticky, lease.Backend, cs.tls)
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		lr.N += maxRefusalBody + 8<<10 // chunk framing
 		rt.relayRefusal(w, cs, resp)
