@@ -15,6 +15,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"sluice/l7"
 	"sluice/tlsutil"
 )
 
@@ -31,6 +32,7 @@ const (
 	defaultHandshakeTimeout  = 10 * time.Second
 	defaultAdminListen       = "127.0.0.1:9090"
 	defaultHeaderTimeout     = 10 * time.Second
+	defaultBodyTimeout       = l7.DefaultBodyTimeout
 
 	// fdsPerSession is what one relayed connection may hold: its two sockets,
 	// plus a splice pipe pair while data is in flight (amortised: idle
@@ -76,6 +78,9 @@ type ListenerConfig struct {
 	Key                 string `toml:"key"`
 	TLSHandshakeTimeout string `toml:"tls_handshake_timeout"`
 	HeaderTimeout       string `toml:"header_timeout"`
+	BodyTimeout         string `toml:"body_timeout"`
+	RequestBufferBytes  int64  `toml:"request_buffer_bytes"`
+	MaxBodyBytes        int64  `toml:"max_body_bytes"`
 	RedirectHTTPS       bool   `toml:"redirect_https"`
 }
 

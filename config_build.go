@@ -80,6 +80,7 @@ func (rt *Runtime) buildListeners(routes map[string]*route) {
 			helloTimeout:     ls.helloTimeout,
 			handshakeTimeout: ls.handshakeTimeout,
 			headerTimeout:    ls.headerTimeout,
+			body:             ls.body,
 			maxHelloBytes:    ls.maxHelloBytes,
 			table: routeTable{
 				exact:    make(map[string]*route, len(ls.exact)),
@@ -179,15 +180,18 @@ func (rt *Runtime) startL7(lr *listenerRuntime, rs *routeSpec, r *route, ck *che
 		}
 	}
 	l7r, err := l7.NewRoute(l7.RouteConfig{
-		Name:             r.name,
-		Hosts:            r.names,
-		OtherRoute:       otherRoute,
-		Pool:             r.pool,
-		Locations:        r.locations,
-		TLS:              tcfg,
-		HandshakeTimeout: lr.handshakeTimeout,
-		HeaderTimeout:    lr.headerTimeout,
-		Relay:            r.relay,
+		Name:               r.name,
+		Hosts:              r.names,
+		OtherRoute:         otherRoute,
+		Pool:               r.pool,
+		Locations:          r.locations,
+		TLS:                tcfg,
+		HandshakeTimeout:   lr.handshakeTimeout,
+		HeaderTimeout:      lr.headerTimeout,
+		BodyTimeout:        lr.body.timeout,
+		RequestBufferBytes: lr.body.buffer,
+		MaxBodyBytes:       lr.body.limit,
+		Relay:              r.relay,
 	})
 	if err != nil {
 		ck.errorf("routes."+r.name, "%v", err)

@@ -12,6 +12,7 @@ import (
 
 	"sluice/balancer"
 	"sluice/l4"
+	"sluice/l7"
 	"sluice/tlsutil"
 )
 
@@ -154,6 +155,7 @@ func (cp *compiler) listener(name string, lc *ListenerConfig, addrs map[string]s
 		wildcard:      map[string]string{},
 	}
 	ls.handshakeTimeout = cp.duration(path+".tls_handshake_timeout", lc.TLSHandshakeTimeout, defaultHandshakeTimeout, false)
+	ls.body = cp.bodyLimits(path, lc)
 	switch {
 	case lc.MaxHelloBytes == 0:
 		ls.maxHelloBytes = tlsutil.DefaultMaxHelloBytes
@@ -314,4 +316,27 @@ func (cp *compiler) entryRoute(listener, key, route string, reachable map[string
 	}
 	reachable[route] = true
 	return route
+}
+
+// bodyLimits checks a listener's request body keys (l7 routes).
+func (cp *compiler) bodyLimits(path string, lc *ListenerConfig) bodyLimits {
+	b := bodyLimits{
+		timeout: cp.duration(path+".body_timeout", lc.BodyTimeout, defaultBodyTimeout, false),
+		buffer:  lc.RequestBufferBytes,
+		limit:   lc.MaxBodyBytes,
+	}
+	if b.buffer == 0 {
+		b.buffer = l7.DefaultRequestBufferBytes
+	}
+	if b.limit == 0 {
+		b.limit = l7.DefaultMaxBodyBytes
+	}
+	const most = 1 << 40
+	if b.buffer < 0 || b.buffer > 1<<30 {
+		cp.errorf(path+".request_buffer_bytes", "must be between 1 and %d (1 GiB), got %d", 1<<30, lc.RequestBufferBytes)
+	}
+	if b.limit < 0 || b.limit > most {
+		cp.errorf(path+".max_body_bytes", "must be between 1 and %d (1 TiB), got %d", most, lc.MaxBodyBytes)
+	}
+	return b
 }

@@ -39,6 +39,7 @@ type listenerSpec struct {
 	helloTimeout     time.Duration
 	handshakeTimeout time.Duration
 	headerTimeout    time.Duration
+	body             bodyLimits
 	maxHelloBytes    int
 	redirectHTTPS    bool
 
@@ -49,6 +50,12 @@ type listenerSpec struct {
 	plainRoute   string            // "" if none
 
 	cert *tls.Certificate // the listener's own cert/key, served without SNI; nil if unset
+}
+
+// bodyLimits are a listener's request body keys (l7).
+type bodyLimits struct {
+	timeout       time.Duration
+	buffer, limit int64
 }
 
 // routeSpec is one checked [routes.NAME] table.

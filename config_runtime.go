@@ -92,6 +92,7 @@ type listenerRuntime struct {
 	helloTimeout     time.Duration
 	handshakeTimeout time.Duration
 	headerTimeout    time.Duration
+	body             bodyLimits
 	maxHelloBytes    int
 	table            routeTable
 	certs            *tlsutil.CertStore

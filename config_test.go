@@ -251,6 +251,9 @@ cert = "game.test.pem"
 key = "game.test-key.pem"
 tls_handshake_timeout = "3s"
 header_timeout = "4s"
+body_timeout = "5s"
+request_buffer_bytes = 65536
+max_body_bytes = 1048576
 
 [listeners.dev]
 address = "127.0.0.1:0"

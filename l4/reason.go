@@ -17,7 +17,7 @@ const (
 	ReasonError            Reason = "error"              // a local fault; logged at error level
 
 	// Before the relay: the ClientHello peek and routing.
-	ReasonClientClosed   Reason = "client_closed"   // the client closed before sending a complete ClientHello
+	ReasonClientClosed   Reason = "client_closed"   // the client closed before sending a complete ClientHello (l7: or a request body)
 	ReasonHelloTimeout   Reason = "hello_timeout"   // no complete ClientHello within hello_timeout
 	ReasonHelloTooLarge  Reason = "hello_too_large" // ClientHello over max_hello_bytes
 	ReasonHelloMalformed Reason = "hello_malformed" // ClientHello crypto/tls rejects
@@ -45,4 +45,6 @@ const (
 	ReasonBadUpgradeResponse Reason = "bad_upgrade_response" // the backend's answer to an upgrade was unusable (bad 101, too large, malformed): 502
 	ReasonBackendTimeout     Reason = "backend_timeout"      // the backend did not answer the upgrade within HeaderTimeout: 504
 	ReasonBadGateway         Reason = "bad_gateway"          // a proxied plain request failed after connecting: 502
+	ReasonBodyTimeout        Reason = "body_timeout"         // a request body made no progress for body_timeout: 408
+	ReasonBodyTooLarge       Reason = "body_too_large"       // a request body over max_body_bytes: 413
 )

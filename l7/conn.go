@@ -303,6 +303,15 @@ func (v *vconn) fill() error {
 	if err == nil {
 		return nil
 	}
+	if (v.ph == phaseBody || v.ph == phaseChunked) && !v.wasAborted() {
+		// A body that stalls or ends early is the client's doing.
+		switch {
+		case isTimeout(err):
+			v.cs.setReason(l4.ReasonBodyTimeout, nil)
+		case err == io.EOF || errors.Is(err, io.ErrUnexpectedEOF):
+			v.cs.setReason(l4.ReasonClientClosed, nil)
+		}
+	}
 	if v.ph == phaseHead && isTimeout(err) && !v.wasAborted() {
 		switch {
 		case v.busy():
@@ -364,7 +373,7 @@ func (v *vconn) wasAborted() bool {
 //   - first head: end of handshake + HeaderTimeout, from 0 bytes on;
 //   - later heads: last response + KeepAliveTimeout until the first byte,
 //     then that byte + HeaderTimeout;
-//   - body: KeepAliveTimeout per read;
+//   - body: BodyTimeout per read;
 //   - while a request is in flight (net/http's background read, or the
 //     passthrough before a hijack): its start + the relay's idle timeout, a
 //     cap on one plain request.
@@ -375,7 +384,7 @@ func (v *vconn) armDeadline() {
 	var dl time.Time
 	switch {
 	case v.ph == phaseBody || v.ph == phaseChunked:
-		dl = now.Add(v.rt.keepAliveTimeout)
+		dl = now.Add(v.rt.bodyTimeout)
 	case v.inRequest:
 		dl = v.reqStart.Add(v.rt.requestCap)
 	case v.first:

@@ -176,6 +176,18 @@ func (b *claimBody) Close() error {
 // pool had nothing to try, 502 otherwise.
 func (rt *Route) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	cs := stateFrom(r.Context())
+	in, _ := r.Context().Value(requestKey{}).(*http.Request) // r is ReverseProxy's copy
+	if in == nil {
+		in = r
+	}
+	if sb, ok := in.Body.(*streamBody); ok {
+		if berr := sb.failed(); berr != nil {
+			// The client's body failed, not the backend (issue 10: a
+			// client-aborted upload was logged as 502).
+			rt.bodyFailed(w, cs, berr)
+			return
+		}
+	}
 	reason := l4.ReasonBadGateway
 	code := http.StatusBadGateway
 	if _, ok := errors.AsType[*balancer.DialError](err); ok || errors.Is(err, balancer.ErrNoBackend) {

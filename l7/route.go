@@ -24,6 +24,7 @@ const (
 	DefaultHandshakeTimeout = 10 * time.Second
 	DefaultHeaderTimeout    = 10 * time.Second
 	DefaultKeepAliveTimeout = 75 * time.Second
+	DefaultBodyTimeout      = 15 * time.Second
 )
 
 // Location is one path prefix of a route and what serves it: exactly one of
@@ -71,9 +72,17 @@ type RouteConfig struct {
 	// their first byte. It also bounds the backend's answer to an upgrade.
 	// If zero, 10s is used.
 	HeaderTimeout time.Duration
-	// KeepAliveTimeout bounds the wait for the next request after a response,
-	// and each read of a request body. If zero, 75s is used.
+	// KeepAliveTimeout bounds the wait for the next request after a
+	// response. If zero, 75s is used.
 	KeepAliveTimeout time.Duration
+	// BodyTimeout bounds each read of a request body: a body that makes no
+	// progress for this long gets 408. If zero, 15s is used.
+	BodyTimeout time.Duration
+	// RequestBufferBytes: a proxied request body up to this size is read
+	// whole before a backend is chosen (see readBody). If zero, 1 MiB.
+	RequestBufferBytes int64
+	// MaxBodyBytes caps a request body (413 past it). If zero, 16 MiB.
+	MaxBodyBytes int64
 	// Relay tunes WebSocket tunnels. Its IdleTimeout (default 10m; nginx's
 	// proxy_read_timeout cuts at 60s) also caps one plain HTTP exchange and
 	// its WriteStallTimeout (default 30s) bounds each response write.
@@ -120,6 +129,9 @@ type Route struct {
 	handshakeTimeout time.Duration
 	headerTimeout    time.Duration
 	keepAliveTimeout time.Duration
+	bodyTimeout      time.Duration
+	requestBuffer    int64
+	maxBody          int64
 	requestCap       time.Duration
 	writeStall       time.Duration
 	relay            l4.Options
@@ -151,6 +163,9 @@ func NewRoute(cfg RouteConfig) (*Route, error) {
 		handshakeTimeout: orDefault(cfg.HandshakeTimeout, DefaultHandshakeTimeout),
 		headerTimeout:    orDefault(cfg.HeaderTimeout, DefaultHeaderTimeout),
 		keepAliveTimeout: orDefault(cfg.KeepAliveTimeout, DefaultKeepAliveTimeout),
+		bodyTimeout:      orDefault(cfg.BodyTimeout, DefaultBodyTimeout),
+		requestBuffer:    orDefault(cfg.RequestBufferBytes, DefaultRequestBufferBytes),
+		maxBody:          orDefault(cfg.MaxBodyBytes, DefaultMaxBodyBytes),
 		requestCap:       orDefault(cfg.Relay.IdleTimeout, l4.DefaultIdleTimeout),
 		writeStall:       orDefault(cfg.Relay.WriteStallTimeout, l4.DefaultWriteStallTimeout),
 		relay:            cfg.Relay,
@@ -264,7 +279,7 @@ func (rt *Route) serve() {
 	_ = rt.srv.Serve(rt.ln) // returns when ln is closed
 }
 
-func orDefault(v, def time.Duration) time.Duration {
+func orDefault[T time.Duration | int64](v, def T) T {
 	if v <= 0 {
 		return def
 	}
@@ -490,7 +505,9 @@ func (rt *Route) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	case upgrade:
 		tunneled = rt.serveUpgrade(sw, r, cs, loc.proxy.pool)
 	case loc.proxy != nil:
-		loc.proxy.rp.ServeHTTP(sw, r)
+		if rt.readBody(sw, r, cs) {
+			loc.proxy.rp.ServeHTTP(sw, r)
+		}
 	default:
 		loc.handler.ServeHTTP(sw, r)
 	}
