@@ -30,7 +30,9 @@ func TestMain(m *testing.M) {
 	// (resource limits, signals).
 	if os.Getenv("SLUICE_TEST_MAIN") == "1" {
 		if n, err := strconv.ParseUint(os.Getenv("SLUICE_TEST_NOFILE"), 10, 64); err == nil {
-			lim := syscall.Rlimit{Cur: n, Max: n}
+			var lim syscall.Rlimit
+			setRlim(&lim.Cur, n)
+			setRlim(&lim.Max, n)
 			if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
 				fmt.Fprintln(os.Stderr, "setrlimit:", err)
 				os.Exit(3)
@@ -44,6 +46,10 @@ func TestMain(m *testing.M) {
 	}
 	goleak.VerifyTestMain(m)
 }
+
+// setRlim sets a field of syscall.Rlimit: uint64 on Linux and macOS, int64
+// on FreeBSD.
+func setRlim[T ~int64 | ~uint64](f *T, n uint64) { *f = T(n) }
 
 // lb is an in-process sluice under test.
 type lb struct {
@@ -243,7 +249,14 @@ func captureBackend(t *testing.T, n int) (*backend, chan []byte) {
 // listener on port 0 (the test's own proxy, seen as a flake).
 func refusedAddr(t *testing.T) string {
 	t.Helper()
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	// SOCK_CLOEXEC is not on every OS: set close-on-exec under ForkLock, as
+	// package net does there, so a re-exec'd sluice inherits nothing.
+	syscall.ForkLock.RLock()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err == nil {
+		syscall.CloseOnExec(fd)
+	}
+	syscall.ForkLock.RUnlock()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -280,5 +293,3 @@ func must(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
-
-func q(s string) string { return fmt.Sprintf("%q", s) }

@@ -21,14 +21,12 @@ import (
 	"sluice/tlsutil"
 )
 
-// Socket options for accepted connections (RELIABILITY T17). They are set on
-// the listening socket, which Linux copies into every accepted socket, so the
-// accept path makes no extra syscalls.
+// Keepalive of accepted connections (RELIABILITY T17); listenConfig
+// (sockopt_linux.go, sockopt_other.go) sets them.
 const (
 	keepAliveIdle     = 30 * time.Second
 	keepAliveInterval = 10 * time.Second
 	keepAliveCount    = 3
-	tcpUserTimeout    = 30 * time.Second
 
 	acceptBackoffMin = 5 * time.Millisecond
 	acceptBackoffMax = 100 * time.Millisecond
@@ -128,10 +126,7 @@ func (s *server) listen() error {
 // none, and returns them. Addresses already bound are kept as they are: a
 // reload never closes and reopens a socket (no connection refused).
 func (s *server) bindNew(rt *Runtime) ([]string, error) {
-	lc := net.ListenConfig{
-		KeepAlive: -1, // set on the listening socket below, inherited by accepted ones
-		Control:   controlListener,
-	}
+	lc := listenConfig()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var added []string
@@ -152,28 +147,6 @@ func (s *server) bindNew(rt *Runtime) ([]string, error) {
 		added = append(added, key)
 	}
 	return added, nil
-}
-
-func controlListener(_, _ string, c syscall.RawConn) error {
-	var serr error
-	err := c.Control(func(fd uintptr) {
-		for _, o := range [...]struct{ level, opt, val int }{
-			{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
-			{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, int(keepAliveIdle / time.Second)},
-			{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, int(keepAliveInterval / time.Second)},
-			{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, keepAliveCount},
-			{unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(tcpUserTimeout / time.Millisecond)},
-		} {
-			if err := unix.SetsockoptInt(int(fd), o.level, o.opt, o.val); err != nil {
-				serr = fmt.Errorf("setsockopt %d/%d: %w", o.level, o.opt, err)
-				return
-			}
-		}
-	})
-	if err != nil {
-		return err
-	}
-	return serr
 }
 
 // addr returns the bound address of a listener (tests listen on port 0).
@@ -224,7 +197,9 @@ func (s *server) shutdown(drain time.Duration) {
 		close(s.stopWatch)
 	}
 	s.watchers.Wait()
-	s.reloadMu.Lock() // a reload in progress finishes first; none starts after
+	// A reload in progress finishes first; none starts after (stopping).
+	s.reloadMu.Lock()
+	//lint:ignore SA2001 the empty critical section is a barrier
 	s.reloadMu.Unlock()
 	s.closeListeners()
 	s.accepts.Wait()

@@ -121,7 +121,14 @@ func (tb *testBackend) next(t *testing.T) received {
 // listener on port 0 (the test's own proxy, seen as a flake).
 func closedAddr(t *testing.T) string {
 	t.Helper()
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	// SOCK_CLOEXEC is not on every OS: set close-on-exec under ForkLock, as
+	// package net does there, so a concurrent exec (deps_test) inherits nothing.
+	syscall.ForkLock.RLock()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err == nil {
+		syscall.CloseOnExec(fd)
+	}
+	syscall.ForkLock.RUnlock()
 	if err != nil {
 		t.Fatal(err)
 	}
