@@ -175,7 +175,7 @@ func startPPBackend(t *testing.T) *ppBackend {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pb := &ppBackend{ln: &proxyproto.Listener{Listener: ln, Policy: func(net.Addr) (proxyproto.Policy, error) { return proxyproto.REQUIRE, nil }}}
+	pb := &ppBackend{ln: &proxyproto.Listener{Listener: ln, ConnPolicy: func(proxyproto.ConnPolicyOptions) (proxyproto.Policy, error) { return proxyproto.REQUIRE, nil }}}
 	pb.wg.Add(1)
 	go pb.acceptLoop()
 	t.Cleanup(func() { pb.ln.Close(); pb.wg.Wait() })

@@ -128,18 +128,16 @@ func tlsPair(tb testing.TB, clientRaw, serverRaw net.Conn) (client, server *tls.
 
 // harness is one relay between a test client and a test backend.
 type harness struct {
-	client     net.Conn     // the test's client end (*net.TCPConn or *tls.Conn)
-	clientRaw  *net.TCPConn // the socket under client
-	backend    *net.TCPConn // the test's backend end
-	cancel     context.CancelFunc
-	start      time.Time
-	statsc     chan Stats
-	endedc     chan time.Time
-	once       sync.Once
-	stats      Stats
-	endedAt    time.Time
-	gotResult  bool
-	relayEnded bool
+	client    net.Conn     // the test's client end (*net.TCPConn or *tls.Conn)
+	clientRaw *net.TCPConn // the socket under client
+	backend   *net.TCPConn // the test's backend end
+	cancel    context.CancelFunc
+	start     time.Time
+	statsc    chan Stats
+	endedc    chan time.Time
+	stats     Stats
+	endedAt   time.Time
+	gotResult bool
 }
 
 func startRelay(tb testing.TB, m mode, opts Options) *harness {

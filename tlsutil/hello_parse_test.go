@@ -152,6 +152,9 @@ func readCorpusBytes(path string) ([]byte, bool) {
 		return nil, false
 	}
 	arg, ok := strings.CutPrefix(lines[1], "[]byte(")
+	if !ok {
+		return nil, false
+	}
 	if arg, ok = strings.CutSuffix(arg, ")"); !ok {
 		return nil, false
 	}

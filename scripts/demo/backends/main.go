@@ -62,7 +62,7 @@ func main() {
 		ln := &proxyproto.Listener{
 			Listener:          raw,
 			ReadHeaderTimeout: 3 * time.Second,
-			Policy:            func(net.Addr) (proxyproto.Policy, error) { return proxyproto.REQUIRE, nil },
+			ConnPolicy:        func(proxyproto.ConnPolicyOptions) (proxyproto.Policy, error) { return proxyproto.REQUIRE, nil },
 		}
 		log.Printf("%s listening on %s (requires a PROXY header)", name, addr)
 		go serve(ln, name)
