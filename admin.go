@@ -169,7 +169,8 @@ func (a *admin) getState(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, a.state())
 }
 
-// setBackendState is POST /api/v1/backends/{pool}/{address}/{state}: drain,
+// setBackendState is POST /api/v1/backends/{pool}/{address}/{state} (the
+// backend's id or address): drain,
 // maint or ready one backend of the current config. It answers the
 // backend's new status.
 func (a *admin) setBackendState(w http.ResponseWriter, r *http.Request) {
@@ -195,7 +196,7 @@ func (a *admin) setBackendState(w http.ResponseWriter, r *http.Request) {
 	a.log.Info("backend admin state set", zap.String("pool", pname), zap.String("backend", addr),
 		zap.String("state", st.String()), zap.String("client", r.RemoteAddr))
 	for _, b := range p.Status() {
-		if b.Address == addr {
+		if b.ID == addr || b.Address == addr {
 			writeJSON(w, http.StatusOK, backendState(b))
 			return
 		}

@@ -135,6 +135,7 @@ type HealthConfig struct {
 }
 
 type BackendConfig struct {
+	ID             string `toml:"id"`
 	Address        string `toml:"address"`
 	Weight         *int   `toml:"weight"`
 	MaxConnections int    `toml:"max_connections"`

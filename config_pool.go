@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -132,6 +133,7 @@ func (cp *compiler) backends(path string, list []BackendConfig) []balancer.Backe
 	}
 	var out []balancer.BackendConfig
 	seen := map[string]bool{}
+	ids := map[string]int{}
 	for i, b := range list {
 		bpath := fmt.Sprintf("%s.backends[%d]", path, i)
 		if err := checkHostPort(b.Address, false); err != nil {
@@ -143,7 +145,20 @@ func (cp *compiler) backends(path string, list []BackendConfig) []balancer.Backe
 			continue
 		}
 		seen[b.Address] = true
-		bc := balancer.BackendConfig{Address: b.Address, Weight: 1, MaxConnections: b.MaxConnections, Backup: b.Backup}
+		bc := balancer.BackendConfig{ID: b.ID, Address: b.Address, Weight: 1, MaxConnections: b.MaxConnections, Backup: b.Backup}
+		if b.ID != "" && !validBackendID(b.ID) {
+			cp.errorf(bpath+".id", "%q: use 1 to 64 letters, digits, '.', '_', '-' or ':'", b.ID)
+		}
+		// The admin API finds a backend by id or address: neither may
+		// name two backends.
+		id := cmp.Or(b.ID, b.Address)
+		if j, dup := ids[id]; dup {
+			cp.errorf(bpath+".id", "id %q is also backends[%d]'s id or address", id, j)
+		}
+		ids[id] = i
+		if _, dup := ids[b.Address]; !dup {
+			ids[b.Address] = i
+		}
 		if b.Weight != nil {
 			bc.Weight = *b.Weight
 			if bc.Weight < 1 || bc.Weight > 1000 {
@@ -167,4 +182,20 @@ func parseStatusRange(s string) (lo, hi int, ok bool) {
 	}
 	ok = err1 == nil && err2 == nil && lo >= 100 && hi <= 599 && lo <= hi
 	return lo, hi, ok
+}
+
+// validBackendID reports whether id can name a backend in the admin API's
+// URL paths, metrics labels and logs as it is.
+func validBackendID(id string) bool {
+	if len(id) == 0 || len(id) > 64 {
+		return false
+	}
+	for _, c := range []byte(id) {
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '.', c == '_', c == '-', c == ':':
+		default:
+			return false
+		}
+	}
+	return true
 }

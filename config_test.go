@@ -120,7 +120,7 @@ connect_timeout = "3"
 proxy_protocol = "v3"
 balance = "fastest"
 sticky_cookie = "bad cookie;"
-backends = [{ address = "nohost" }, { address = "127.0.0.1:0" }]
+backends = [{ address = "nohost" }, { address = "127.0.0.1:0" }, { id = "bad id/x", address = "127.0.0.1:1" }, { id = "127.0.0.1:1", address = "127.0.0.1:2" }]
 `))
 	must(t, err)
 	_, err = c.Validate()
@@ -150,6 +150,8 @@ backends = [{ address = "nohost" }, { address = "127.0.0.1:0" }]
 		`pools.bad.sticky_cookie: "bad cookie;" is not a valid cookie name`,
 		`pools.bad.backends[0].address: invalid address "nohost"`,
 		`pools.bad.backends[1].address: invalid port`,
+		`pools.bad.backends[2].id: "bad id/x": use 1 to 64 letters`,
+		`pools.bad.backends[3].id: id "127.0.0.1:1" is also backends[2]'s id or address`,
 		`routes.three.sni: route has no sni and is not the default_route or plain_route`,
 	} {
 		if !strings.Contains(msg, want) {
@@ -328,7 +330,7 @@ close_on_down = true
 sticky_cookie = "SLUICE"
 health = { check = "http", interval = "2s", timeout = "1s", rise = 2, fall = 3, path = "/healthz", host = "h.test", sni = "s.test", tls = true, status = "200-299" }
 backends = [
-  { address = "127.0.0.1:9301", weight = 2, max_connections = 100 },
+  { id = "gs-1", address = "127.0.0.1:9301", weight = 2, max_connections = 100 },
   { address = "127.0.0.1:9302", backup = true },
 ]
 

@@ -351,19 +351,19 @@ func (c *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 
 	for _, pname := range sortedKeys(rt.Pools) {
 		for _, b := range rt.Pools[pname].Status() {
-			gauge(descUp, b2f(b.Healthy), pname, b.Address)
-			gauge(descBackendActive, float64(b.Active), pname, b.Address)
-			gauge(descBackendMax, float64(b.MaxConnections), pname, b.Address)
-			gauge(descBackendWeight, float64(b.Weight), pname, b.Address)
-			counter(descDials, float64(b.Dials), pname, b.Address)
-			counter(descFailures, float64(b.Failures), pname, b.Address)
+			gauge(descUp, b2f(b.Healthy), pname, b.ID)
+			gauge(descBackendActive, float64(b.Active), pname, b.ID)
+			gauge(descBackendMax, float64(b.MaxConnections), pname, b.ID)
+			gauge(descBackendWeight, float64(b.Weight), pname, b.ID)
+			counter(descDials, float64(b.Dials), pname, b.ID)
+			counter(descFailures, float64(b.Failures), pname, b.ID)
 			for _, r := range balancer.LocalReasons {
-				counter(descLocalFailures, float64(b.LocalFailures[r]), pname, b.Address, r.String())
+				counter(descLocalFailures, float64(b.LocalFailures[r]), pname, b.ID, r.String())
 			}
-			gauge(descCheckDuration, b.LastCheckDuration.Seconds(), pname, b.Address)
-			gauge(descCheckOK, b2f(b.LastCheckError == ""), pname, b.Address)
+			gauge(descCheckDuration, b.LastCheckDuration.Seconds(), pname, b.ID)
+			gauge(descCheckOK, b2f(b.LastCheckError == ""), pname, b.ID)
 			for _, s := range adminStates {
-				gauge(descAdminState, b2f(b.AdminState == s), pname, b.Address, s.String())
+				gauge(descAdminState, b2f(b.AdminState == s), pname, b.ID, s.String())
 			}
 		}
 	}

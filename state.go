@@ -54,6 +54,7 @@ type poolJSON struct {
 }
 
 type backendJSON struct {
+	ID             string  `json:"id"` // the configured id, or the address
 	Address        string  `json:"address"`
 	Weight         int     `json:"weight"`
 	Backup         bool    `json:"backup"`
@@ -160,6 +161,7 @@ func (a *admin) routeState(lr *listenerRuntime, r *route) routeJSON {
 
 func backendState(b balancer.BackendStatus) backendJSON {
 	return backendJSON{
+		ID:             b.ID,
 		Address:        b.Address,
 		Weight:         b.Weight,
 		Backup:         b.Backup,

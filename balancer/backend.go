@@ -1,6 +1,7 @@
 package balancer
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"net"
@@ -53,6 +54,7 @@ func (s AdminState) String() string {
 // pick path reads them without locks, and the metrics collector reads them
 // at scrape time.
 type Backend struct {
+	id       string // BackendConfig.ID, or addr
 	addr     string
 	weight   int   // >= 1
 	maxConns int64 // 0: unlimited
@@ -100,6 +102,7 @@ type liveState struct {
 
 func newBackend(cfg BackendConfig) *Backend {
 	b := &Backend{
+		id:       cmp.Or(cfg.ID, cfg.Address),
 		addr:     cfg.Address,
 		weight:   max(cfg.Weight, 1),
 		maxConns: int64(max(cfg.MaxConnections, 0)),
@@ -116,8 +119,15 @@ func newBackend(cfg BackendConfig) *Backend {
 // dial, not once at startup.
 func (b *Backend) Addr() string { return b.addr }
 
+// ID returns the backend's stable identity: its configured id, or its
+// address.
+func (b *Backend) ID() string { return b.id }
+
+// is reports whether key names b: its id or its address.
+func (b *Backend) is(key string) bool { return b.id == key || b.addr == key }
+
 // Cookie returns the value of the pool's sticky cookie that pins a player
-// to b: 16 hex digits derived from the pool's name and b's address, so it
+// to b: 16 hex digits derived from the pool's name and b's ID, so it
 // names no address, and is the same across reloads and across sluice
 // instances running the same config.
 func (b *Backend) Cookie() string { return b.cookie }

@@ -466,8 +466,8 @@ func (p *Pool) stickyPick(v *view, st *pickState, cookie string) int {
 }
 
 // stickyValue is Backend.Cookie: the first 8 bytes of SHA-256 over the pool
-// name and the backend address, in hex.
-func stickyValue(pool, addr string) string {
-	h := sha256.Sum256([]byte("sluice sticky\x00" + pool + "\x00" + addr))
+// name and the backend's id, in hex.
+func stickyValue(pool, id string) string {
+	h := sha256.Sum256([]byte("sluice sticky\x00" + pool + "\x00" + id))
 	return hex.EncodeToString(h[:8])
 }

@@ -28,6 +28,9 @@ type BackendConfig struct {
 	// Address is host:port, validated by the caller. A host name is
 	// resolved at each dial.
 	Address string
+	// ID is the backend's stable identity in the admin API, metrics, logs
+	// and sticky cookies. If empty, Address is used.
+	ID string
 	// Weight is the backend's share relative to the others. If zero, 1 is
 	// used; negative is an error.
 	Weight int
@@ -278,7 +281,7 @@ func NewPool(cfg PoolConfig) (*Pool, error) {
 			return nil, fmt.Errorf("balancer: pool %q: backend %s: negative weight or max connections", cfg.Name, bc.Address)
 		}
 		b := newBackend(bc)
-		b.cookie = stickyValue(cfg.Name, bc.Address)
+		b.cookie = stickyValue(cfg.Name, b.id)
 		p.backends = append(p.backends, b)
 		weighted = weighted || p.backends[i].weight != p.backends[0].weight
 	}
@@ -512,7 +515,7 @@ func (p *Pool) passiveFail(b *Backend, what string, err error) {
 	}
 }
 
-// SetState sets the admin state of the backend(s) with address addr. Drain
+// SetState sets the admin state of the backend(s) with id or address addr. Drain
 // and Maint stop new connections at once; live ones continue (Maint closes
 // them after MaintCloseAfter when set). Ready cancels a pending close.
 func (p *Pool) SetState(addr string, s AdminState) error {
@@ -523,7 +526,7 @@ func (p *Pool) SetState(addr string, s AdminState) error {
 	defer p.mu.Unlock()
 	found := false
 	for _, b := range p.backends {
-		if b.addr != addr {
+		if !b.is(addr) {
 			continue
 		}
 		found = true
@@ -559,12 +562,12 @@ func (p *Pool) maintExpired(b *Backend) {
 }
 
 // CloseConnections closes the connections of every live lease on the
-// backend(s) with address addr and returns how many. Their owners see the
+// backend(s) with id or address addr and returns how many. Their owners see the
 // closed socket and end (the relay), then Release.
 func (p *Pool) CloseConnections(addr string) (int, error) {
 	n, found := 0, false
 	for _, b := range p.backends {
-		if b.addr == addr {
+		if b.is(addr) {
 			found = true
 			n += b.closeLeases()
 		}
@@ -578,6 +581,7 @@ func (p *Pool) CloseConnections(addr string) (int, error) {
 // BackendStatus is a snapshot of one backend, for the admin API and for an
 // orchestrator waiting until a drained server has no players left.
 type BackendStatus struct {
+	ID             string // BackendConfig.ID, or the address
 	Address        string
 	Weight         int
 	Backup         bool
@@ -610,6 +614,7 @@ func (p *Pool) Status() []BackendStatus {
 			local[r] = b.local[r].Load()
 		}
 		out[i] = BackendStatus{
+			ID:                b.id,
 			LocalFailures:     local,
 			Address:           b.addr,
 			Weight:            b.weight,

@@ -48,3 +48,35 @@ func TestStickyValueStable(t *testing.T) {
 		t.Fatalf("an unknown cookie was not balanced: %v", seen)
 	}
 }
+
+// A backend's id names it in SetState, Status and its cookie: a backend
+// that keeps its id keeps its cookie when its address changes.
+func TestBackendID(t *testing.T) {
+	mk := func(addr string) *Pool {
+		p, err := NewPool(PoolConfig{Name: "rooms", Backends: []BackendConfig{{ID: "gs-1", Address: addr}, {Address: "10.0.0.9:7000"}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	a, b := mk("10.0.0.1:7000"), mk("10.0.0.2:7000")
+	if a.backends[0].Cookie() != b.backends[0].Cookie() {
+		t.Fatal("the same id gave another cookie after an address change")
+	}
+	if a.backends[1].ID() != "10.0.0.9:7000" {
+		t.Fatalf("default id %q, want the address", a.backends[1].ID())
+	}
+	if err := a.SetState("gs-1", Drain); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.SetState("10.0.0.9:7000", Maint); err != nil {
+		t.Fatal(err)
+	}
+	st := a.Status()
+	if st[0].ID != "gs-1" || st[0].AdminState != Drain || st[1].AdminState != Maint {
+		t.Fatalf("status %+v", st)
+	}
+	if err := a.SetState("gs-2", Drain); err == nil {
+		t.Fatal("an unknown id was accepted")
+	}
+}

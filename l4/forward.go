@@ -11,7 +11,7 @@ import (
 // ForwardResult is the outcome of one opaque-stream connection.
 type ForwardResult struct {
 	Stats
-	Backend  string // the backend's address; "" when none was connected
+	Backend  string // the backend's id (default: its address); "" when none was connected
 	Attempts int    // connect attempts it took
 }
 
@@ -42,7 +42,7 @@ func Forward(ctx context.Context, pool *balancer.Pool, client *net.TCPConn, req 
 		lease.Observe(st.BytesOut, st.Reason == ReasonBackendReset)
 		lease.Release()
 		st.BytesIn += prefix // the hello went out with the connect
-		done(ForwardResult{Stats: st, Backend: lease.Backend.Addr(), Attempts: lease.Attempts})
+		done(ForwardResult{Stats: st, Backend: lease.Backend.ID(), Attempts: lease.Attempts})
 	})
 }
 

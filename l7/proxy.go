@@ -113,7 +113,7 @@ func (p *proxy) RoundTrip(out *http.Request) (*http.Response, error) {
 		if err == nil {
 			if cs != nil {
 				cs.mu.Lock()
-				cs.res.Backend = claim.Backend.Addr()
+				cs.res.Backend = claim.Backend.ID()
 				cs.mu.Unlock()
 			}
 			setSticky(resp.Header, p.pool, req.Sticky, claim.Backend, cs != nil && cs.tls)

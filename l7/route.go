@@ -98,7 +98,7 @@ type Result struct {
 	Requests int       // HTTP requests answered on the connection
 	Status   int       // the last response status
 	Upgraded bool      // a WebSocket tunnel ran
-	Backend  string    // backend of the tunnel or of the last proxied request
+	Backend  string    // id of the backend of the tunnel or of the last proxied request
 	// BytesIn and BytesOut count tunnel payload (client→backend and
 	// backend→client, including bytes pipelined before the relay); plain
 	// HTTP is not counted.

@@ -223,7 +223,7 @@ func (rt *Route) serveUpgrade(w *statusWriter, r *http.Request, cs *connState, p
 		}
 	}()
 	cs.mu.Lock()
-	cs.res.Backend = lease.Backend.Addr()
+	cs.res.Backend = lease.Backend.ID()
 	cs.mu.Unlock()
 
 	// The answer: bounded in time and size; bytes after its head (a frame
