@@ -50,7 +50,7 @@ backends = [{ address = %q }]
 					switch {
 					case bytes.Contains(g, []byte("sluice/l4.(*relay).run")):
 						relays++
-					case bytes.Contains(g, []byte("sluice.(*server).serveConn")),
+					case bytes.Contains(g, []byte("sluice.(*session).serve")),
 						bytes.Contains(g, []byte("sluice/l7.(*vconn)")),
 						bytes.Contains(g, []byte("sluice/l7.(*Route).serveHTTP")):
 						held++

@@ -75,31 +75,31 @@ func startEchoProcess(t *testing.T, addr, id string) *exec.Cmd {
 	return cmd
 }
 
-// session is a player's connection through sluice to one of the backends.
-type session struct {
+// playerConn is a player's connection through sluice to one of the backends.
+type playerConn struct {
 	c       net.Conn
 	backend byte // the id of the backend that answered
 }
 
-func openSession(t *testing.T, addr string) (session, error) {
+func openSession(t *testing.T, addr string) (playerConn, error) {
 	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
-		return session{}, err
+		return playerConn{}, err
 	}
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	if _, err := io.WriteString(c, "hi"); err != nil {
 		c.Close()
-		return session{}, err
+		return playerConn{}, err
 	}
 	b := make([]byte, 3)
 	if _, err := io.ReadFull(c, b); err != nil || string(b[1:]) != "hi" {
 		c.Close()
-		return session{}, fmt.Errorf("first echo %q: %v", b, err)
+		return playerConn{}, fmt.Errorf("first echo %q: %v", b, err)
 	}
-	return session{c, b[0]}, nil
+	return playerConn{c, b[0]}, nil
 }
 
-func (s session) echo() error {
+func (s playerConn) echo() error {
 	s.c.SetDeadline(time.Now().Add(10 * time.Second))
 	if _, err := io.WriteString(s.c, "ping"); err != nil {
 		return err
@@ -148,7 +148,7 @@ backends = [{ address = %q }, { address = %q }]
 
 // sessions opens n sessions (closed when the test ends) and sorts them by
 // the server that answered; round robin must have used both.
-func (f gameFleet) sessions(t *testing.T, n int) (on1, on2 []session) {
+func (f gameFleet) sessions(t *testing.T, n int) (on1, on2 []playerConn) {
 	t.Helper()
 	for i := range n {
 		s, err := openSession(t, f.addr)

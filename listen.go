@@ -17,7 +17,6 @@ import (
 
 	"sluice/balancer"
 	"sluice/l4"
-	"sluice/l7"
 	"sluice/tlsutil"
 )
 
@@ -269,10 +268,11 @@ func (s *server) acceptLoop(addr string, ln *net.TCPListener) {
 			continue
 		}
 		s.conns.Add(1)
+		ss := &session{srv: s, rt: rt, lr: lr, c: c, client: c.RemoteAddr(), accepted: accepted}
 		if lr.tls {
-			go s.serveConn(rt, lr, c, accepted)
+			go ss.serve()
 		} else {
-			go s.serveCleartext(rt, lr, c, accepted)
+			go ss.serveCleartext()
 		}
 	}
 }
@@ -284,217 +284,6 @@ func (s *server) release(rt *Runtime) {
 	case s.released <- struct{}{}:
 	default:
 	}
-}
-
-// serveConn peeks one accepted connection's ClientHello, routes it and hands
-// it to its route (forward or serveL7), which write its one access line and
-// end it (connDone) when it closes; a refusal ends here.
-func (s *server) serveConn(rt *Runtime, lr *listenerRuntime, c *net.TCPConn, accepted time.Time) {
-	handedOff := false // to the relay's goroutines, which end the connection
-	defer func() {
-		if !handedOff {
-			s.connDone(rt)
-		}
-	}()
-
-	// One absolute deadline from accept covers the whole peek (RELIABILITY
-	// rule 1, T1): progress never extends it. The relay sets its own.
-	c.SetReadDeadline(accepted.Add(lr.helloTimeout))
-	h, err := tlsutil.ReadClientHello(c, lr.maxHelloBytes)
-	if err == nil || errors.Is(err, tlsutil.ErrNotTLS) {
-		s.metrics.helloDone(lr.name, time.Since(accepted))
-	}
-	var r *route
-	switch {
-	case err == nil:
-		r = lr.table.lookup(h.ServerName)
-		if r == nil {
-			reason := l4.ReasonNoRoute
-			if h.SNIInvalid {
-				reason = l4.ReasonSNIInvalid
-			} else if h.ServerName == "" {
-				reason = l4.ReasonNoSNI
-			}
-			c.SetWriteDeadline(time.Now().Add(rejectWriteTimeout))
-			tlsutil.WriteAlert(c, tlsutil.AlertUnrecognizedName)
-			lingerClose(c)
-			s.reject(lr.name, c.RemoteAddr(), reason, h.RawServerName)
-			return
-		}
-	case errors.Is(err, tlsutil.ErrNotTLS):
-		if r = lr.table.plain; r == nil {
-			if tlsutil.LooksLikeHTTP(h.Raw) {
-				c.SetWriteDeadline(time.Now().Add(rejectWriteTimeout))
-				io.WriteString(c, httpOnTLSPort)
-				lingerClose(c)
-			} else {
-				c.Close()
-			}
-			s.reject(lr.name, c.RemoteAddr(), l4.ReasonNotTLS, "")
-			return
-		}
-	default:
-		c.Close()
-		s.reject(lr.name, c.RemoteAddr(), peekFailure(err), h.RawServerName, zap.Error(err))
-		return
-	}
-
-	handedOff = true
-	if r.mode == "l7" {
-		s.serveL7(rt, lr, r, c, h.Raw, h.RawServerName, accepted)
-		return
-	}
-	s.forward(rt, lr, r, c, h, err == nil, accepted)
-}
-
-// connDone is the end of one accepted connection.
-func (s *server) connDone(rt *Runtime) {
-	s.release(rt)
-	s.conns.Done()
-}
-
-// serveCleartext serves a connection on a cleartext HTTP listener
-// (tls = false): the first request's Host picks the route.
-func (s *server) serveCleartext(rt *Runtime, lr *listenerRuntime, c *net.TCPConn, accepted time.Time) {
-	handedOff := false // to serveL7, which ends the connection
-	defer func() {
-		if !handedOff {
-			s.connDone(rt)
-		}
-	}()
-	if lr.redirect != nil {
-		handedOff = true
-		s.serveL7(rt, lr, &route{name: "redirect_https", mode: "l7", l7: lr.redirect}, c, nil, "", accepted)
-		return
-	}
-	c.SetReadDeadline(accepted.Add(lr.headerTimeout))
-	host, head, err := peekHost(c, maxHTTPHead)
-	if err != nil && len(head) == 0 {
-		c.Close()
-		s.reject(lr.name, c.RemoteAddr(), peekFailure(err), "", zap.Error(err))
-		return
-	}
-	name, _ := tlsutil.NormalizeSNI(host)
-	r := lr.table.lookup(name)
-	if r == nil {
-		c.SetWriteDeadline(time.Now().Add(rejectWriteTimeout))
-		io.WriteString(c, misdirected)
-		lingerClose(c)
-		s.reject(lr.name, c.RemoteAddr(), l4.ReasonNoRoute, host)
-		return
-	}
-	handedOff = true
-	s.serveL7(rt, lr, r, c, head, host, accepted)
-}
-
-// serveL7 hands a connection to an l7 route (TLS termination, HTTP and
-// WebSocket) and returns once it is in the route's HTTP server; whichever
-// goroutine ends the connection writes its access line and ends it
-// (connDone).
-func (s *server) serveL7(rt *Runtime, lr *listenerRuntime, r *route, c *net.TCPConn, prefix []byte, sni string, accepted time.Time) {
-	s.metrics.connOpened(lr.name, r.name, "l7")
-	r.l7.Serve(s.ctx, c, prefix, accepted, func(res l7.Result) {
-		defer s.connDone(rt)
-		if res.Handshake > 0 {
-			s.metrics.handshakeDone(r.name, res.Handshake)
-		}
-		s.metrics.connClosed(lr.name, r.name, "l7", res.Reason, res.BytesIn, res.BytesOut)
-		s.logL7(lr, r, c, sni, accepted, res)
-	})
-}
-
-func (s *server) logL7(lr *listenerRuntime, r *route, c *net.TCPConn, sni string, accepted time.Time, res l7.Result) {
-	fields := s.accessFields(lr, r, c, sni, accepted, res.Reason, zap.Int("requests", res.Requests))
-	if res.Status != 0 {
-		fields = append(fields, zap.Int("status", res.Status))
-	}
-	if res.Backend != "" {
-		fields = append(fields, zap.String("backend", res.Backend))
-	}
-	if res.Upgraded {
-		fields = append(fields,
-			zap.Bool("websocket", true),
-			zap.Int64("bytes_in", res.BytesIn),
-			zap.Int64("bytes_out", res.BytesOut),
-			zap.Stringer("path_in", res.Relay.PathIn),
-			zap.Stringer("path_out", res.Relay.PathOut),
-		)
-	}
-	if res.Err != nil {
-		fields = append(fields, zap.Error(res.Err))
-	}
-	s.log.Info("connection closed", fields...)
-}
-
-// forward connects an l4 route to its backend and hands the two sockets to
-// the relay's own goroutines, so this one (whose stack grew peeking and
-// dialling) can exit; the relay's last goroutine writes the access line and
-// ends the connection (connDone). Nothing of the ClientHello but the two
-// names is kept while the relay runs.
-//
-// For a TLS ClientHello the dial waits for the backend's first byte
-// (AwaitAnswer): a TLS server answers a hello without more bytes from the
-// client, so a backend that accepts and then closes or resets is retried on
-// another one with the same hello instead of resetting the player (T12).
-// Other first bytes (a plain_route) may need more from the client first.
-func (s *server) forward(rt *Runtime, lr *listenerRuntime, r *route, c *net.TCPConn, h *tlsutil.ClientHello, isHello bool, accepted time.Time) {
-	s.metrics.connOpened(lr.name, r.name, r.mode)
-	sni := h.RawServerName
-	l4.Forward(s.ctx, r.pool, c, balancer.DialRequest{
-		Client:      c.RemoteAddr(),
-		Local:       c.LocalAddr(),
-		SNI:         h.ServerName,
-		Prefix:      h.Raw,
-		AwaitAnswer: isHello,
-	}, r.relay, func(res l4.ForwardResult) {
-		defer s.connDone(rt)
-		s.logForward(lr, r, c, sni, accepted, res)
-	})
-}
-
-// logForward counts the end of an l4 connection and writes its access line.
-func (s *server) logForward(lr *listenerRuntime, r *route, c *net.TCPConn, sni string, accepted time.Time, res l4.ForwardResult) {
-	s.metrics.connClosed(lr.name, r.name, r.mode, res.Reason, res.BytesIn, res.BytesOut)
-	fields := s.accessFields(lr, r, c, sni, accepted, res.Reason, zap.String("pool", r.pool.Name()))
-	if res.Backend != "" {
-		fields = append(fields,
-			zap.String("backend", res.Backend),
-			zap.Int("attempts", res.Attempts),
-			zap.Int64("bytes_in", res.BytesIn),
-			zap.Int64("bytes_out", res.BytesOut),
-			zap.Stringer("path_in", res.PathIn),
-			zap.Stringer("path_out", res.PathOut),
-			zap.Int64("spliced_in", res.SplicedIn),
-			zap.Int64("spliced_out", res.SplicedOut),
-		)
-	}
-	if res.Err != nil {
-		fields = append(fields, zap.Error(res.Err))
-	}
-	switch res.Reason {
-	case l4.ReasonError:
-		s.log.Error("connection closed", fields...)
-	case l4.ReasonNoBackend, l4.ReasonConnectFailed, l4.ReasonLocalLimit:
-		s.log.Warn("connection closed", fields...)
-	default:
-		s.log.Info("connection closed", fields...)
-	}
-}
-
-// accessFields are the fixed keys of an access line; sni is as the client
-// sent it (escaped and capped here).
-func (s *server) accessFields(lr *listenerRuntime, r *route, c *net.TCPConn, sni string, accepted time.Time, reason l4.Reason, extra ...zap.Field) []zap.Field {
-	f := make([]zap.Field, 0, 16+len(extra))
-	f = append(f,
-		zap.Stringer("client", c.RemoteAddr()),
-		zap.String("listener", lr.name),
-		zap.String("route", r.name),
-		zap.String("mode", r.mode),
-		zap.String("sni", tlsutil.EscapeForLog(sni, maxLogField)),
-		zap.Duration("duration", time.Since(accepted)),
-		zap.String("reason", string(reason)),
-	)
-	return append(f, extra...)
 }
 
 // maxLogField caps attacker-controlled strings in log fields: RELIABILITY

@@ -1,0 +1,243 @@
+package main
+
+import (
+	"errors"
+	"io"
+	"net"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"sluice/balancer"
+	"sluice/l4"
+	"sluice/l7"
+	"sluice/tlsutil"
+)
+
+// session is one accepted connection, from accept to its access line.
+//
+// Ownership, in one rule (as inetaf/tcpproxy writes it): the accept loop
+// creates a session, counts it, and hands it to exactly one goroutine
+// (serve or serveCleartext); from then on the session owns the conn. It
+// either refuses it (writes a refusal, closes the conn, logs the rejection
+// and ends), or hands the conn to its route: l4.Forward or l7.Route.Serve,
+// after which the session never touches the conn again, and the route's
+// completion callback (exactly one call) writes the access line and ends
+// the session. end runs exactly once and releases the session's slot in
+// the global cap and its config generation.
+type session struct {
+	srv      *server
+	rt       *Runtime // the config generation it was accepted under
+	lr       *listenerRuntime
+	c        *net.TCPConn
+	client   net.Addr // the player's address
+	accepted time.Time
+	ended    atomic.Bool
+}
+
+// end is the end of the session; only the first call counts.
+func (ss *session) end() {
+	if ss.ended.CompareAndSwap(false, true) {
+		ss.srv.release(ss.rt)
+		ss.srv.conns.Done()
+	}
+}
+
+// refuse closes the conn (with close, or lingerClose after a refusal was
+// written), counts and logs the rejection, and ends the session.
+func (ss *session) refuse(linger bool, reason l4.Reason, sni string, extra ...zap.Field) {
+	if linger {
+		lingerClose(ss.c)
+	} else {
+		ss.c.Close()
+	}
+	ss.srv.reject(ss.lr.name, ss.client, reason, sni, extra...)
+	ss.end()
+}
+
+// serve peeks the ClientHello on a TLS listener, routes it and hands the
+// conn to its route; a refusal ends here.
+func (ss *session) serve() {
+	c, lr := ss.c, ss.lr
+	// One absolute deadline from accept covers the whole peek (RELIABILITY
+	// rule 1, T1): progress never extends it. The relay sets its own.
+	c.SetReadDeadline(ss.accepted.Add(lr.helloTimeout))
+	h, err := tlsutil.ReadClientHello(c, lr.maxHelloBytes)
+	if err == nil || errors.Is(err, tlsutil.ErrNotTLS) {
+		ss.srv.metrics.helloDone(lr.name, time.Since(ss.accepted))
+	}
+	var r *route
+	switch {
+	case err == nil:
+		r = lr.table.lookup(h.ServerName)
+		if r == nil {
+			reason := l4.ReasonNoRoute
+			if h.SNIInvalid {
+				reason = l4.ReasonSNIInvalid
+			} else if h.ServerName == "" {
+				reason = l4.ReasonNoSNI
+			}
+			c.SetWriteDeadline(time.Now().Add(rejectWriteTimeout))
+			tlsutil.WriteAlert(c, tlsutil.AlertUnrecognizedName)
+			ss.refuse(true, reason, h.RawServerName)
+			return
+		}
+	case errors.Is(err, tlsutil.ErrNotTLS):
+		if r = lr.table.plain; r == nil {
+			if tlsutil.LooksLikeHTTP(h.Raw) {
+				c.SetWriteDeadline(time.Now().Add(rejectWriteTimeout))
+				io.WriteString(c, httpOnTLSPort)
+				ss.refuse(true, l4.ReasonNotTLS, "")
+			} else {
+				ss.refuse(false, l4.ReasonNotTLS, "")
+			}
+			return
+		}
+	default:
+		ss.refuse(false, peekFailure(err), h.RawServerName, zap.Error(err))
+		return
+	}
+	if r.mode == "l7" {
+		ss.toL7(r, h.Raw, h.RawServerName)
+		return
+	}
+	ss.toL4(r, h, err == nil)
+}
+
+// serveCleartext serves a conn on a cleartext HTTP listener (tls = false):
+// the first request's Host picks the route.
+func (ss *session) serveCleartext() {
+	c, lr := ss.c, ss.lr
+	if lr.redirect != nil {
+		ss.toL7(&route{name: "redirect_https", mode: "l7", l7: lr.redirect}, nil, "")
+		return
+	}
+	c.SetReadDeadline(ss.accepted.Add(lr.headerTimeout))
+	host, head, err := peekHost(c, maxHTTPHead)
+	if err != nil && len(head) == 0 {
+		ss.refuse(false, peekFailure(err), "", zap.Error(err))
+		return
+	}
+	name, _ := tlsutil.NormalizeSNI(host)
+	r := lr.table.lookup(name)
+	if r == nil {
+		c.SetWriteDeadline(time.Now().Add(rejectWriteTimeout))
+		io.WriteString(c, misdirected)
+		ss.refuse(true, l4.ReasonNoRoute, host)
+		return
+	}
+	ss.toL7(r, head, host)
+}
+
+// toL7 hands the conn to an l7 route (TLS termination, HTTP and WebSocket)
+// and returns once it is in the route's HTTP server; whichever goroutine
+// ends the connection writes its access line and ends the session.
+func (ss *session) toL7(r *route, prefix []byte, sni string) {
+	s, lr := ss.srv, ss.lr
+	s.metrics.connOpened(lr.name, r.name, "l7")
+	r.l7.Serve(s.ctx, ss.c, prefix, ss.accepted, func(res l7.Result) {
+		defer ss.end()
+		if res.Handshake > 0 {
+			s.metrics.handshakeDone(r.name, res.Handshake)
+		}
+		s.metrics.connClosed(lr.name, r.name, "l7", res.Reason, res.BytesIn, res.BytesOut)
+		ss.logL7(r, sni, res)
+	})
+}
+
+func (ss *session) logL7(r *route, sni string, res l7.Result) {
+	fields := ss.accessFields(r, sni, res.Reason, zap.Int("requests", res.Requests))
+	if res.Status != 0 {
+		fields = append(fields, zap.Int("status", res.Status))
+	}
+	if res.Backend != "" {
+		fields = append(fields, zap.String("backend", res.Backend))
+	}
+	if res.Upgraded {
+		fields = append(fields,
+			zap.Bool("websocket", true),
+			zap.Int64("bytes_in", res.BytesIn),
+			zap.Int64("bytes_out", res.BytesOut),
+			zap.Stringer("path_in", res.Relay.PathIn),
+			zap.Stringer("path_out", res.Relay.PathOut),
+		)
+	}
+	if res.Err != nil {
+		fields = append(fields, zap.Error(res.Err))
+	}
+	ss.srv.log.Info("connection closed", fields...)
+}
+
+// toL4 connects an l4 route to its backend and hands the two sockets to the
+// relay's own goroutines, so this one (whose stack grew peeking and
+// dialling) can exit; the relay's last goroutine writes the access line and
+// ends the session. Nothing of the ClientHello but the two names is kept
+// while the relay runs.
+//
+// For a TLS ClientHello the dial waits for the backend's first byte
+// (AwaitAnswer): a TLS server answers a hello without more bytes from the
+// client, so a backend that accepts and then closes or resets is retried on
+// another one with the same hello instead of resetting the player (T12).
+// Other first bytes (a plain_route) may need more from the client first.
+func (ss *session) toL4(r *route, h *tlsutil.ClientHello, isHello bool) {
+	s := ss.srv
+	s.metrics.connOpened(ss.lr.name, r.name, r.mode)
+	sni := h.RawServerName
+	l4.Forward(s.ctx, r.pool, ss.c, balancer.DialRequest{
+		Client:      ss.client,
+		Local:       ss.c.LocalAddr(),
+		SNI:         h.ServerName,
+		Prefix:      h.Raw,
+		AwaitAnswer: isHello,
+	}, r.relay, func(res l4.ForwardResult) {
+		defer ss.end()
+		ss.logL4(r, sni, res)
+	})
+}
+
+// logL4 counts the end of an l4 connection and writes its access line.
+func (ss *session) logL4(r *route, sni string, res l4.ForwardResult) {
+	s := ss.srv
+	s.metrics.connClosed(ss.lr.name, r.name, r.mode, res.Reason, res.BytesIn, res.BytesOut)
+	fields := ss.accessFields(r, sni, res.Reason, zap.String("pool", r.pool.Name()))
+	if res.Backend != "" {
+		fields = append(fields,
+			zap.String("backend", res.Backend),
+			zap.Int("attempts", res.Attempts),
+			zap.Int64("bytes_in", res.BytesIn),
+			zap.Int64("bytes_out", res.BytesOut),
+			zap.Stringer("path_in", res.PathIn),
+			zap.Stringer("path_out", res.PathOut),
+			zap.Int64("spliced_in", res.SplicedIn),
+			zap.Int64("spliced_out", res.SplicedOut),
+		)
+	}
+	if res.Err != nil {
+		fields = append(fields, zap.Error(res.Err))
+	}
+	switch res.Reason {
+	case l4.ReasonError:
+		s.log.Error("connection closed", fields...)
+	case l4.ReasonNoBackend, l4.ReasonConnectFailed, l4.ReasonLocalLimit:
+		s.log.Warn("connection closed", fields...)
+	default:
+		s.log.Info("connection closed", fields...)
+	}
+}
+
+// accessFields are the fixed keys of an access line; sni is as the client
+// sent it (escaped and capped here).
+func (ss *session) accessFields(r *route, sni string, reason l4.Reason, extra ...zap.Field) []zap.Field {
+	f := make([]zap.Field, 0, 16+len(extra))
+	f = append(f,
+		zap.Stringer("client", ss.client),
+		zap.String("listener", ss.lr.name),
+		zap.String("route", r.name),
+		zap.String("mode", r.mode),
+		zap.String("sni", tlsutil.EscapeForLog(sni, maxLogField)),
+		zap.Duration("duration", time.Since(ss.accepted)),
+		zap.String("reason", string(reason)),
+	)
+	return append(f, extra...)
+}
