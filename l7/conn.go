@@ -213,20 +213,18 @@ func (v *vconn) stepHead() error {
 }
 
 func (v *vconn) stepChunked() error {
-	for {
-		n, done, vi := v.chunk.step(v.buf[v.r:v.w])
-		if vi != nil {
-			return v.violate(vi)
-		}
-		if n == 0 && !done {
-			return v.fill()
-		}
-		v.release(n)
-		if done {
-			v.ph = phaseHead
-		}
-		return nil
+	n, done, vi := v.chunk.step(v.buf[v.r:v.w])
+	if vi != nil {
+		return v.violate(vi)
 	}
+	if n == 0 && !done {
+		return v.fill()
+	}
+	v.release(n)
+	if done {
+		v.ph = phaseHead
+	}
+	return nil
 }
 
 // violate refuses the request being read. A head refused by net/http's

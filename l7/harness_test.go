@@ -252,7 +252,14 @@ func pool(t *testing.T, pp balancer.ProxyProtocol, addrs ...string) *balancer.Po
 // listener on port 0 (the test's own proxy, seen as a flake).
 func refusedAddr(t *testing.T) string {
 	t.Helper()
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	// SOCK_CLOEXEC is not on every OS: set close-on-exec under ForkLock, as
+	// package net does there.
+	syscall.ForkLock.RLock()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err == nil {
+		syscall.CloseOnExec(fd)
+	}
+	syscall.ForkLock.RUnlock()
 	if err != nil {
 		t.Fatal(err)
 	}

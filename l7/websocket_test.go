@@ -139,7 +139,7 @@ func TestWebSocketConcurrentSpread(t *testing.T) {
 func TestWebSocketProxyV2(t *testing.T) {
 	checkLeaks(t)
 	be := startWSBackend(t, func(ln net.Listener) net.Listener {
-		return &proxyproto.Listener{Listener: ln, Policy: func(net.Addr) (proxyproto.Policy, error) { return proxyproto.REQUIRE, nil }}
+		return &proxyproto.Listener{Listener: ln, ConnPolicy: func(proxyproto.ConnPolicyOptions) (proxyproto.Policy, error) { return proxyproto.REQUIRE, nil }}
 	})
 	l := startLB(t, RouteConfig{Name: "h5", Hosts: []string{testHost}, TLS: serverTLS(),
 		Pool: pool(t, balancer.ProxyV2, be.addr)})
