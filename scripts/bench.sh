@@ -2,18 +2,18 @@
 # The side-by-side benchmark: sluice against HAProxy and nginx (and "direct",
 # no proxy at all), one worker each, everything on 127.0.0.1.
 #
-#   scripts/bench.sh                 full run (about 8 minutes on 2 cores)
-#   QUICK=1 scripts/bench.sh         smoke run (about 2 minutes)
+#   scripts/bench.sh                 full run (about 9 minutes on 2 cores)
+#   QUICK=1 scripts/bench.sh         smoke run (about 2.5 minutes)
 #   WORKERS=2 scripts/bench.sh       nbthread 2 / worker_processes 2 / GOMAXPROCS=2
 #
 # Environment: REPS (3; QUICK: 1), DURATION (measured window per run, 2s;
 # QUICK: 1s), STORM_DURATION (measured window of the storm rows, 10s; QUICK:
 # 5s), WARMUP (300ms), IDLE_CONNS (8000; QUICK: 2000), SCENARIOS
 # (comma-separated, run in the order given; default all: bulk-up bulk-down
-# conn conn-pp2 tls-pass ping-1 ping-64 wss-hs wss-resume wss-echo storm
-# storm-pp2 idle-l4 idle-wss), OUT (the Markdown table, /tmp/sluice-bench.md),
-# PROFILE (comma-separated scenarios: afterwards, run each against sluice
-# alone under `perf record` and print the hot spots).
+# conn conn-pp2 tls-pass ping-1 ping-64 wss-hs wss-resume wss-echo http-small
+# http-static storm storm-pp2 idle-l4 idle-wss), OUT (the Markdown table,
+# /tmp/sluice-bench.md), PROFILE (comma-separated scenarios: afterwards, run
+# each against sluice alone under `perf record` and print the hot spots).
 #
 #   storm      new connections as fast as 64 client loops can open them, for
 #              STORM_DURATION, all to one backend; each client writes its
@@ -22,6 +22,16 @@
 #   storm-pp2  the same through the PROXY-protocol pool (nginx: PROXY v1)
 #   QUICK=1 SCENARIOS=storm,storm-pp2,conn scripts/bench.sh
 #              the storms, then whether each proxy still serves connections
+#
+#   http-small   plain HTTP/1.1 over TLS the proxy terminates: 50 keep-alive
+#                connections, GET /hello one at a time on each, proxied as
+#                plain HTTP to one backend (keep-alive), 19-byte body
+#   http-static  the same, GET of a 20 KiB file the proxy serves itself
+#                (sluice: a location with root; nginx: alias). HAProxy: n/a,
+#                it serves no files (`http-request return file` is limited
+#                to one buffer, tune.bufsize 16 KiB)
+#   SCENARIOS=http-small,http-static scripts/bench.sh
+#              just the HTTP rows (about 1 minute)
 #
 # Errors (failed connects, resets, short answers, timeouts) are counted per
 # proxy and row in the table's "errors" columns, by kind in the notes. After
@@ -54,7 +64,7 @@ WORKERS=${WORKERS:-1}
 SCENARIOS=${SCENARIOS:-all}
 OUT=${OUT:-/tmp/sluice-bench.md}
 PROFILE=${PROFILE:-}
-all_load="bulk-up,bulk-down,conn,conn-pp2,tls-pass,ping-1,ping-64,wss-hs,wss-resume,wss-echo,storm,storm-pp2"
+all_load="bulk-up,bulk-down,conn,conn-pp2,tls-pass,ping-1,ping-64,wss-hs,wss-resume,wss-echo,http-small,http-static,storm,storm-pp2"
 all_idle="idle-l4 idle-wss"
 
 log() { printf '== %s\n' "$*" >&2; }
@@ -127,7 +137,7 @@ go build -o "$tmp/loadgen" ./scripts/bench/loadgen
 "$tmp/backends" -gencert "$tmp"
 
 # --- ports and configs -----------------------------------------------------
-names=(B_L4 B_PP B_TLS B_WS B_WSS HA_L4 HA_WS NG_L4 NG_PP NG_WS SL)
+names=(B_L4 B_PP B_TLS B_WS B_WSS B_HTTP B_HTTPS HA_L4 HA_WS HA_HTTP NG_L4 NG_PP NG_WS NG_HTTP SL)
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 declare -A port=()
 for try in $(seq 1 20); do
@@ -145,6 +155,13 @@ render() { # render TEMPLATE OUTPUT
   sed "${args[@]}" "$1" >"$2"
   ! grep -n '@[A-Z_]*@' "$2" || die "$2: unfilled template names"
 }
+# The file of the http-static row, served under /static/ by sluice, nginx
+# and direct (the loadgen checks its size: 20 KiB).
+# nginx's workers run as nobody when started by root: they need to get
+# through $tmp (mktemp makes it 0700) to read it.
+mkdir -p "$tmp/www"
+head -c 20480 /dev/urandom >"$tmp/www/20k.bin"
+chmod go+x "$tmp" && chmod 755 "$tmp/www" && chmod 644 "$tmp/www/20k.bin"
 render scripts/bench/haproxy.cfg "$tmp/haproxy.cfg"
 render scripts/bench/nginx.conf "$tmp/nginx.conf"
 render scripts/bench/sluice.toml "$tmp/sluice.toml"
@@ -167,20 +184,21 @@ start() { # start NAME: (re)start one process under test
   case $name in
   direct)
     GOMAXPROCS=$WORKERS "$tmp/backends" -l4 "127.0.0.1:${port[B_L4]}" -pp "127.0.0.1:${port[B_PP]}" -tls "127.0.0.1:${port[B_TLS]}" \
-      -ws "127.0.0.1:${port[B_WS]}" -wss "127.0.0.1:${port[B_WSS]}" -cert "$tmp/cert.pem" -key "$tmp/key.pem" \
+      -ws "127.0.0.1:${port[B_WS]}" -wss "127.0.0.1:${port[B_WSS]}" -http "127.0.0.1:${port[B_HTTP]}" \
+      -https "127.0.0.1:${port[B_HTTPS]}" -www "$tmp/www" -cert "$tmp/cert.pem" -key "$tmp/key.pem" \
       >"$tmp/direct.log" 2>&1 &
     pid[direct]=$!
-    wait_port "${port[B_L4]}" direct && wait_port "${port[B_WSS]}" direct
+    wait_port "${port[B_L4]}" direct && wait_port "${port[B_WSS]}" direct && wait_port "${port[B_HTTPS]}" direct
     ;;
   haproxy)
     haproxy -db -f "$tmp/haproxy.cfg" >"$tmp/haproxy.log" 2>&1 &
     pid[haproxy]=$!
-    wait_port "${port[HA_L4]}" haproxy && wait_port "${port[HA_WS]}" haproxy
+    wait_port "${port[HA_L4]}" haproxy && wait_port "${port[HA_WS]}" haproxy && wait_port "${port[HA_HTTP]}" haproxy
     ;;
   nginx)
     nginx -p "$tmp/" -e "$tmp/nginx-error.log" -c "$tmp/nginx.conf" -g 'daemon off;' >"$tmp/nginx.log" 2>&1 &
     pid[nginx]=$!
-    wait_port "${port[NG_L4]}" nginx && wait_port "${port[NG_WS]}" nginx
+    wait_port "${port[NG_L4]}" nginx && wait_port "${port[NG_WS]}" nginx && wait_port "${port[NG_HTTP]}" nginx
     ;;
   sluice)
     GOMAXPROCS=$WORKERS "$tmp/sluice" -config "$tmp/sluice.toml" >"$tmp/sluice.log" 2>&1 &
@@ -189,13 +207,13 @@ start() { # start NAME: (re)start one process under test
     ;;
   esac
 }
-spec() { # spec NAME: the loadgen target spec
+spec() { # spec NAME: the loadgen target spec (no static=: the http-static row is n/a)
   local a=127.0.0.1
   case $1 in
-  direct) echo "name=direct,pid=${pid[direct]},l4=$a:${port[B_L4]},pp=$a:${port[B_PP]},ppself,tls=$a:${port[B_TLS]},wss=$a:${port[B_WSS]}" ;;
-  haproxy) echo "name=haproxy,pid=${pid[haproxy]},l4=$a:${port[HA_L4]},pp=$a:${port[HA_L4]},tls=$a:${port[HA_L4]},wss=$a:${port[HA_WS]}" ;;
-  nginx) echo "name=nginx,pid=${pid[nginx]},l4=$a:${port[NG_L4]},pp=$a:${port[NG_PP]},tls=$a:${port[NG_L4]},wss=$a:${port[NG_WS]}" ;;
-  sluice) echo "name=sluice,pid=${pid[sluice]},l4=$a:${port[SL]},pp=$a:${port[SL]},tls=$a:${port[SL]},wss=$a:${port[SL]}" ;;
+  direct) echo "name=direct,pid=${pid[direct]},l4=$a:${port[B_L4]},pp=$a:${port[B_PP]},ppself,tls=$a:${port[B_TLS]},wss=$a:${port[B_WSS]},http=$a:${port[B_HTTPS]},static=$a:${port[B_HTTPS]}" ;;
+  haproxy) echo "name=haproxy,pid=${pid[haproxy]},l4=$a:${port[HA_L4]},pp=$a:${port[HA_L4]},tls=$a:${port[HA_L4]},wss=$a:${port[HA_WS]},http=$a:${port[HA_HTTP]}" ;;
+  nginx) echo "name=nginx,pid=${pid[nginx]},l4=$a:${port[NG_L4]},pp=$a:${port[NG_PP]},tls=$a:${port[NG_L4]},wss=$a:${port[NG_WS]},http=$a:${port[NG_HTTP]},static=$a:${port[NG_HTTP]}" ;;
+  sluice) echo "name=sluice,pid=${pid[sluice]},l4=$a:${port[SL]},pp=$a:${port[SL]},tls=$a:${port[SL]},wss=$a:${port[SL]},http=$a:${port[SL]},static=$a:${port[SL]}" ;;
   esac
 }
 targets=(direct haproxy nginx sluice)

@@ -7,6 +7,10 @@
 //	-tls  ADDR  TLS server: handshake, echo one 64-byte message, close
 //	-ws   ADDR  WebSocket echo server over cleartext TCP (what the proxies dial)
 //	-wss  ADDR  the same over TLS (the "direct" target of the wss scenarios)
+//	-http ADDR  HTTP/1.1 keep-alive server over cleartext TCP (what the proxies
+//	            dial): GET /hello answers "hello from backend\n" (19 bytes)
+//	-https ADDR the same over TLS, plus the files of -www under /static/ (the
+//	            "direct" target of the http scenarios)
 //
 // The L4 bench protocol: the client sends one ClientHello (the proxy routes on
 // it; the backend skips it), then commands of one op byte and a big-endian
@@ -41,6 +45,7 @@ import (
 	"log"
 	"math/big"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -51,14 +56,17 @@ import (
 
 func main() {
 	var (
-		l4Addr  = flag.String("l4", "", "L4 bench protocol listen address")
-		ppAddr  = flag.String("pp", "", "L4 bench protocol after a PROXY v1/v2 header")
-		tlsAddr = flag.String("tls", "", "TLS echo-once listen address")
-		wsAddr  = flag.String("ws", "", "WebSocket echo listen address (cleartext)")
-		wssAddr = flag.String("wss", "", "WebSocket echo listen address (TLS)")
-		cert    = flag.String("cert", "", "certificate PEM for -tls and -wss")
-		key     = flag.String("key", "", "key PEM for -tls and -wss")
-		gencert = flag.String("gencert", "", "write cert.pem, key.pem, combined.pem to this directory and exit")
+		l4Addr    = flag.String("l4", "", "L4 bench protocol listen address")
+		ppAddr    = flag.String("pp", "", "L4 bench protocol after a PROXY v1/v2 header")
+		tlsAddr   = flag.String("tls", "", "TLS echo-once listen address")
+		wsAddr    = flag.String("ws", "", "WebSocket echo listen address (cleartext)")
+		wssAddr   = flag.String("wss", "", "WebSocket echo listen address (TLS)")
+		httpAddr  = flag.String("http", "", "HTTP/1.1 listen address (cleartext)")
+		httpsAddr = flag.String("https", "", "HTTP/1.1 listen address (TLS), with -www under /static/")
+		www       = flag.String("www", "", "directory served under /static/ by -https")
+		cert      = flag.String("cert", "", "certificate PEM for -tls, -wss and -https")
+		key       = flag.String("key", "", "key PEM for -tls, -wss and -https")
+		gencert   = flag.String("gencert", "", "write cert.pem, key.pem, combined.pem to this directory and exit")
 	)
 	flag.Parse()
 	log.SetFlags(0)
@@ -70,7 +78,7 @@ func main() {
 		return
 	}
 	var tcfg *tls.Config
-	if *tlsAddr != "" || *wssAddr != "" {
+	if *tlsAddr != "" || *wssAddr != "" || *httpsAddr != "" {
 		c, err := tls.LoadX509KeyPair(*cert, *key)
 		if err != nil {
 			log.Fatal(err)
@@ -83,6 +91,8 @@ func main() {
 	serve(*tlsAddr, func(c net.Conn) { handleTLS(tls.Server(c, tcfg)) })
 	serve(*wsAddr, handleWS)
 	serve(*wssAddr, func(c net.Conn) { handleWS(tls.Server(c, tcfg)) })
+	serveHTTP(*httpAddr, nil, "")
+	serveHTTP(*httpsAddr, tcfg, *www)
 
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
@@ -114,6 +124,39 @@ func serve(addr string, handle func(net.Conn)) {
 			go handle(c)
 		}
 	}()
+}
+
+// helloBody is the answer of GET /hello: the small proxied response of the
+// http-small row.
+var helloBody = []byte("hello from backend\n")
+
+// serveHTTP runs a net/http server on addr (TLS if tcfg is set: HTTP/1.1
+// only, as the proxies' listeners), answering /hello and, if www is set,
+// serving its files under /static/.
+func serveHTTP(addr string, tcfg *tls.Config, www string) {
+	if addr == "" {
+		return
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/hello", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = w.Write(helloBody)
+	})
+	if www != "" {
+		mux.Handle("/static/", http.StripPrefix("/static/", http.FileServer(http.Dir(www))))
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Hour,
+		ErrorLog: log.New(io.Discard, "", 0),
+		// No HTTP/2: the load generator and the proxies speak HTTP/1.1.
+		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){}}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		log.Fatal(err)
+	}
+	if tcfg != nil {
+		ln = tls.NewListener(ln, tcfg)
+	}
+	go func() { log.Fatal(srv.Serve(ln)) }()
 }
 
 // handleL4 serves the L4 bench protocol.

@@ -6,7 +6,9 @@
 //	loadgen run    -target SPEC... -scenarios LIST -reps N -duration D -storm-duration D -results FILE
 //	loadgen report -results FILE -out FILE.md
 //
-// A target SPEC is name=NAME,pid=PID,l4=ADDR,pp=ADDR,tls=ADDR,wss=ADDR[,ppself].
+// A target SPEC is
+// name=NAME,pid=PID,l4=ADDR,pp=ADDR,tls=ADDR,wss=ADDR[,http=ADDR][,static=ADDR][,ppself];
+// a row whose address the spec lacks is skipped for that target ("n/a").
 // "run" runs the scenarios in the order LIST names them (all: the table's
 // order) and appends one JSON line per measurement to the results file;
 // "report" reads them back and prints the median of the repetitions with

@@ -28,15 +28,22 @@ func cmdReport(args []string) {
 	defer f.Close()
 	type key struct{ scenario, target string }
 	all := map[key][]result{}
+	skipped := map[key]string{} // not measured on that target: why
 	targetSeen := map[string]bool{}
+	httpRows := false
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		var r result
 		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
 			log.Fatalf("%s: %v", *results, err)
 		}
-		all[key{r.Scenario, r.Target}] = append(all[key{r.Scenario, r.Target}], r)
 		targetSeen[r.Target] = true
+		httpRows = httpRows || strings.HasPrefix(r.Scenario, "http-")
+		if r.Skip != "" {
+			skipped[key{r.Scenario, r.Target}] = r.Skip
+			continue
+		}
+		all[key{r.Scenario, r.Target}] = append(all[key{r.Scenario, r.Target}], r)
 	}
 	targets := []string{}
 	for _, t := range []string{"direct", "haproxy", "nginx", "sluice"} {
@@ -66,6 +73,9 @@ func cmdReport(args []string) {
 		stats := map[string]*agg{}
 		errCells := map[string]string{}
 		for _, t := range targets {
+			if why := skipped[key{s.name, t}]; why != "" && len(all[key{s.name, t}]) == 0 {
+				notes = append(notes, fmt.Sprintf("%s/%s: n/a, not measured: %s", s.name, t, why))
+			}
 			if rs := all[key{s.name, t}]; len(rs) > 0 {
 				stats[t] = aggregate(rs)
 				var errs int64
@@ -81,6 +91,10 @@ func cmdReport(args []string) {
 							n += " (" + kindList(r.ErrKinds) + ")"
 						}
 						notes = append(notes, n+", first: "+r.Err)
+					}
+					if r.Reconnects > 0 {
+						notes = append(notes, fmt.Sprintf("%s/%s rep %d: the server closed %d keep-alive connections (Connection: close); the client reconnected",
+							s.name, t, r.Rep+1, r.Reconnects))
 					}
 					if r.After != nil && r.After.Broken() {
 						mark += " !"
@@ -147,6 +161,11 @@ func cmdReport(args []string) {
 		"errors: failed operations summed over the repetitions, warm-up and window (kinds in the notes: connect, reset, closed before answering, short answer, timeout); FAILED: a repetition completed none;" +
 			" !: right after this storm the target failed ordinary connections (probed for up to " + probeTime.String() + "); *: measured after such a storm.",
 		"storm rows: " + fmt.Sprint(stormWorkers) + " client loops each opening a connection, writing PROXY (direct only), hello, command and data in one write, reading the answer and closing first; all to one backend.",
+	}
+	if httpRows {
+		explain = append(explain, "http rows: "+fmt.Sprint(httpConns)+" keep-alive HTTP/1.1 connections over TLS the proxy terminates (one handshake each, before the window), one GET at a time on each;"+
+			" http-small: a 19-byte body from one backend (proxied as plain HTTP, backend connections kept alive); http-static: a 20 KiB file the proxy serves from disk itself"+
+			" (HAProxy: n/a, it serves no files: `http-request return file` holds at most one buffer, tune.bufsize 16 KiB, and raising it would change every other row); direct: Go net/http over TLS.")
 	}
 	notes = append(warnings, notes...)
 	writeTable(&b, tbl, false)

@@ -70,6 +70,14 @@ var scenarios = []*scenario{
 		}},
 	{name: "wss-echo", title: "wss:// echo 64 B, 64 conns", unit: "µs/msg", scale: 1e6, side: "msg/s", sideK: 1, lat: true,
 		run: func(c config, t *target, s *scenario) result { return wssEcho(c, t, s, 64) }},
+	{name: "http-small", title: "HTTP/1.1 over TLS, 19 B proxied, 50 conns", unit: "µs/req", scale: 1e6, side: "req/s", sideK: 1, lat: true,
+		run: func(c config, t *target, s *scenario) result {
+			return httpKeepAlive(c, t, s, t.http, "/hello", helloSize)
+		}},
+	{name: "http-static", title: "HTTP/1.1 over TLS, 20 KiB static, 50 conns", unit: "µs/req", scale: 1e6, side: "req/s", sideK: 1, lat: true,
+		run: func(c config, t *target, s *scenario) result {
+			return httpKeepAlive(c, t, s, t.static, "/static/20k.bin", staticSize)
+		}},
 	{name: "idle-l4", title: "idle L4 conns", unit: "KiB RSS/conn", side: "fds/conn",
 		run: func(c config, t *target, s *scenario) result { return idle(c, t, openIdleL4) }},
 	{name: "idle-wss", title: "idle wss:// conns", unit: "KiB RSS/conn", side: "fds/conn",
@@ -110,9 +118,17 @@ type result struct {
 	// Set on every later result of a target that failed probes after a
 	// storm: "storm rep 1"; the figures of such a row are suspect.
 	AfterBroken string `json:"after_broken,omitempty"`
+	// http rows: keep-alive connections the server closed (Connection:
+	// close) and the client replaced.
+	Reconnects int64 `json:"reconnects,omitempty"`
+	// Not measured on this target, and why (the report shows n/a).
+	Skip string `json:"skip,omitempty"`
 }
 
 func (r result) brief(s *scenario) string {
+	if r.Skip != "" {
+		return "skipped: " + r.Skip
+	}
 	if r.Err != "" && r.Ops == 0 {
 		return "FAILED: " + r.Err
 	}
@@ -122,6 +138,9 @@ func (r result) brief(s *scenario) string {
 	}
 	if s.unit != "KiB RSS/conn" {
 		out += fmt.Sprintf(" (%d ticks; schedstat %.2f)", r.Ticks, r.ValueNs)
+	}
+	if r.Reconnects > 0 {
+		out += fmt.Sprintf(" reconnects=%d", r.Reconnects)
 	}
 	if r.Errors > 0 {
 		out += fmt.Sprintf(" errors=%d [%s] (%s)", r.Errors, kindList(r.ErrKinds), r.Err)
@@ -135,6 +154,7 @@ func (r result) brief(s *scenario) string {
 // load is the state shared by the workers of one run.
 type load struct {
 	ops, errs atomic.Int64
+	reconns   atomic.Int64 // http rows: keep-alive connections the server closed
 	stop, rec atomic.Bool
 	mu        sync.Mutex
 	firstErr  string
@@ -194,6 +214,7 @@ func measure(cfg config, t *target, s *scenario, n int, body func(l *load, lats 
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	r.Ops, r.Ticks, r.Wall, r.Errors = o1-o0, c1-c0, t1.Sub(t0).Seconds(), l.errs.Load()
+	r.Reconnects = l.reconns.Load()
 	for k, n := range l.kinds { // a copy: late workers may still count
 		if r.ErrKinds == nil {
 			r.ErrKinds = map[string]int64{}

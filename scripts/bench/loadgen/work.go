@@ -26,6 +26,8 @@ type target struct {
 	ppSelf bool   // direct: the client writes the PROXY v2 header itself
 	tls    string // TLS passthrough (SNI tls.bench) to a TLS backend
 	wss    string // wss:// terminated by the proxy (SNI ws.bench)
+	http   string // HTTP/1.1 over TLS terminated by the proxy, proxied to a backend (SNI http.bench)
+	static string // the same, the proxy serving a file itself ("": it cannot)
 	proc   procSet
 }
 
@@ -46,6 +48,10 @@ func parseTarget(s string) (*target, error) {
 			t.tls = v
 		case "wss":
 			t.wss = v
+		case "http":
+			t.http = v
+		case "static":
+			t.static = v
 		case "pid":
 			if _, err := fmt.Sscan(v, &t.proc.root); err != nil {
 				return nil, fmt.Errorf("pid %q: %v", v, err)
