@@ -81,6 +81,7 @@ func (rt *Runtime) buildListeners(routes map[string]*route) {
 			handshakeTimeout: ls.handshakeTimeout,
 			headerTimeout:    ls.headerTimeout,
 			body:             ls.body,
+			proxyIn:          ls.proxyIn,
 			maxHelloBytes:    ls.maxHelloBytes,
 			table: routeTable{
 				exact:    make(map[string]*route, len(ls.exact)),

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -156,6 +157,7 @@ func (cp *compiler) listener(name string, lc *ListenerConfig, addrs map[string]s
 	}
 	ls.handshakeTimeout = cp.duration(path+".tls_handshake_timeout", lc.TLSHandshakeTimeout, defaultHandshakeTimeout, false)
 	ls.body = cp.bodyLimits(path, lc)
+	ls.proxyIn = cp.proxyIn(path, lc)
 	switch {
 	case lc.MaxHelloBytes == 0:
 		ls.maxHelloBytes = tlsutil.DefaultMaxHelloBytes
@@ -339,4 +341,29 @@ func (cp *compiler) bodyLimits(path string, lc *ListenerConfig) bodyLimits {
 		cp.errorf(path+".max_body_bytes", "must be between 1 and %d (1 TiB), got %d", most, lc.MaxBodyBytes)
 	}
 	return b
+}
+
+// proxyIn checks accept_proxy and trusted_cidrs: PROXY headers are taken
+// only from the listed prefixes, which accept_proxy requires.
+func (cp *compiler) proxyIn(path string, lc *ListenerConfig) proxyIn {
+	p := proxyIn{accept: lc.AcceptProxy}
+	for i, s := range lc.TrustedCIDRs {
+		pfx, err := netip.ParsePrefix(s)
+		if err != nil {
+			if a, aerr := netip.ParseAddr(s); aerr == nil {
+				pfx = netip.PrefixFrom(a, a.BitLen()) // a single address
+			} else {
+				cp.errorf(fmt.Sprintf("%s.trusted_cidrs[%d]", path, i), "%q is not a CIDR prefix (10.0.0.0/8, 2001:db8::/32) or an address", s)
+				continue
+			}
+		}
+		p.trusted = append(p.trusted, pfx.Masked())
+	}
+	switch {
+	case lc.AcceptProxy && len(lc.TrustedCIDRs) == 0:
+		cp.errorf(path+".trusted_cidrs", "required with accept_proxy: the addresses of the balancers that send PROXY headers")
+	case !lc.AcceptProxy && len(lc.TrustedCIDRs) > 0:
+		cp.errorf(path+".trusted_cidrs", "only used with accept_proxy = true")
+	}
+	return p
 }

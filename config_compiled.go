@@ -2,6 +2,7 @@ package main
 
 import (
 	"crypto/tls"
+	"net/netip"
 	"time"
 
 	"sluice/balancer"
@@ -40,6 +41,7 @@ type listenerSpec struct {
 	handshakeTimeout time.Duration
 	headerTimeout    time.Duration
 	body             bodyLimits
+	proxyIn          proxyIn
 	maxHelloBytes    int
 	redirectHTTPS    bool
 
@@ -50,6 +52,24 @@ type listenerSpec struct {
 	plainRoute   string            // "" if none
 
 	cert *tls.Certificate // the listener's own cert/key, served without SNI; nil if unset
+}
+
+// proxyIn is a listener's PROXY protocol in: with accept, every connection
+// must come from a trusted prefix and start with a PROXY header.
+type proxyIn struct {
+	accept  bool
+	trusted []netip.Prefix
+}
+
+// trusts reports whether a is in one of the trusted prefixes.
+func (p *proxyIn) trusts(a netip.Addr) bool {
+	a = a.Unmap()
+	for _, pfx := range p.trusted {
+		if pfx.Contains(a) {
+			return true
+		}
+	}
+	return false
 }
 
 // bodyLimits are a listener's request body keys (l7).

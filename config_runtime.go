@@ -93,6 +93,7 @@ type listenerRuntime struct {
 	handshakeTimeout time.Duration
 	headerTimeout    time.Duration
 	body             bodyLimits
+	proxyIn          proxyIn
 	maxHelloBytes    int
 	table            routeTable
 	certs            *tlsutil.CertStore

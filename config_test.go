@@ -100,6 +100,10 @@ default_route = "ghost"
 max_hello_bytes = 100000
 [listeners.b]
 address = "127.0.0.1:8443"
+accept_proxy = true
+[listeners.c]
+address = "127.0.0.1:8444"
+trusted_cidrs = ["10.0.0.0/33"]
 [routes.one]
 listener = "a"
 sni = ["game.example.com", "*.*.example.com", "127.0.0.1", "bad_name!.com"]
@@ -135,6 +139,9 @@ backends = [{ address = "nohost" }, { address = "127.0.0.1:0" }, { id = "bad id/
 		`listeners.a.default_route: unknown route "ghost"`,
 		`listeners.a.max_hello_bytes: must be between`,
 		`listeners.b.address: address "127.0.0.1:8443" is also used by listeners.a`,
+		`listeners.b.trusted_cidrs: required with accept_proxy`,
+		`listeners.c.trusted_cidrs[0]: "10.0.0.0/33" is not a CIDR prefix`,
+		`listeners.c.trusted_cidrs: only used with accept_proxy = true`,
 		`routes.one.sni[1]: "*.*.example.com": a wildcard may only be a single leading label`,
 		`routes.one.sni[2]: "127.0.0.1" is not a valid host name`,
 		`routes.one.sni[3]: "bad_name!.com" is not a valid host name`,
@@ -254,6 +261,8 @@ key = "game.test-key.pem"
 tls_handshake_timeout = "3s"
 header_timeout = "4s"
 body_timeout = "5s"
+accept_proxy = true
+trusted_cidrs = ["10.0.0.0/8", "2001:db8::/32", "192.0.2.1"]
 request_buffer_bytes = 65536
 max_body_bytes = 1048576
 

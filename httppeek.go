@@ -22,7 +22,7 @@ var errHeadTooLarge = errors.New("request head larger than the limit")
 //
 // Lines end in LF or CRLF, as net/http reads them, and empty lines before
 // the request line are skipped, as the l7 route does.
-func peekHost(c net.Conn, max int) (host string, raw []byte, err error) {
+func peekHost(c io.Reader, max int) (host string, raw []byte, err error) {
 	buf := make([]byte, 0, 2048)
 	// line starts the first unfinished line, scan is where its LF is
 	// looked for: each byte is searched once, so a dribbled head costs O(n).

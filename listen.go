@@ -268,7 +268,7 @@ func (s *server) acceptLoop(addr string, ln *net.TCPListener) {
 			continue
 		}
 		s.conns.Add(1)
-		ss := &session{srv: s, rt: rt, lr: lr, c: c, client: c.RemoteAddr(), accepted: accepted}
+		ss := &session{srv: s, rt: rt, lr: lr, c: c, client: c.RemoteAddr(), local: c.LocalAddr(), accepted: accepted}
 		if lr.tls {
 			go ss.serve()
 		} else {

@@ -1,10 +1,13 @@
 package main
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"net"
+	"os"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -31,7 +34,9 @@ type session struct {
 	rt       *Runtime // the config generation it was accepted under
 	lr       *listenerRuntime
 	c        *net.TCPConn
-	client   net.Addr // the player's address
+	client   net.Addr // the player's address: c's peer, or the PROXY header's source
+	local    net.Addr // the address the player connected to: c's, or the PROXY header's destination
+	first    []byte   // bytes read past a PROXY header: the start of the hello or head
 	accepted time.Time
 	ended    atomic.Bool
 }
@@ -60,10 +65,14 @@ func (ss *session) refuse(linger bool, reason l4.Reason, sni string, extra ...za
 // conn to its route; a refusal ends here.
 func (ss *session) serve() {
 	c, lr := ss.c, ss.lr
-	// One absolute deadline from accept covers the whole peek (RELIABILITY
-	// rule 1, T1): progress never extends it. The relay sets its own.
+	// One absolute deadline from accept covers the whole peek, a PROXY
+	// header included (RELIABILITY rule 1, T1): progress never extends it.
+	// The relay sets its own.
 	c.SetReadDeadline(ss.accepted.Add(lr.helloTimeout))
-	h, err := tlsutil.ReadClientHello(c, lr.maxHelloBytes)
+	if lr.proxyIn.accept && !ss.readProxyHeader() {
+		return
+	}
+	h, err := tlsutil.ReadClientHello(ss.reader(), lr.maxHelloBytes)
 	if err == nil || errors.Is(err, tlsutil.ErrNotTLS) {
 		ss.srv.metrics.helloDone(lr.name, time.Since(ss.accepted))
 	}
@@ -110,11 +119,18 @@ func (ss *session) serve() {
 func (ss *session) serveCleartext() {
 	c, lr := ss.c, ss.lr
 	if lr.redirect != nil {
-		ss.toL7(&route{name: "redirect_https", mode: "l7", l7: lr.redirect}, nil, "")
+		c.SetReadDeadline(ss.accepted.Add(lr.headerTimeout))
+		if lr.proxyIn.accept && !ss.readProxyHeader() {
+			return
+		}
+		ss.toL7(&route{name: "redirect_https", mode: "l7", l7: lr.redirect}, ss.first, "")
 		return
 	}
 	c.SetReadDeadline(ss.accepted.Add(lr.headerTimeout))
-	host, head, err := peekHost(c, maxHTTPHead)
+	if lr.proxyIn.accept && !ss.readProxyHeader() {
+		return
+	}
+	host, head, err := peekHost(ss.reader(), maxHTTPHead)
 	if err != nil && len(head) == 0 {
 		ss.refuse(false, peekFailure(err), "", zap.Error(err))
 		return
@@ -136,7 +152,7 @@ func (ss *session) serveCleartext() {
 func (ss *session) toL7(r *route, prefix []byte, sni string) {
 	s, lr := ss.srv, ss.lr
 	s.metrics.connOpened(lr.name, r.name, "l7")
-	r.l7.Serve(s.ctx, ss.c, prefix, ss.accepted, func(res l7.Result) {
+	r.l7.Serve(s.ctx, ss.c, ss.client, prefix, ss.accepted, func(res l7.Result) {
 		defer ss.end()
 		if res.Handshake > 0 {
 			s.metrics.handshakeDone(r.name, res.Handshake)
@@ -186,7 +202,7 @@ func (ss *session) toL4(r *route, h *tlsutil.ClientHello, isHello bool) {
 	sni := h.RawServerName
 	l4.Forward(s.ctx, r.pool, ss.c, balancer.DialRequest{
 		Client:      ss.client,
-		Local:       ss.c.LocalAddr(),
+		Local:       ss.local,
 		SNI:         h.ServerName,
 		Prefix:      h.Raw,
 		AwaitAnswer: isHello,
@@ -240,4 +256,45 @@ func (ss *session) accessFields(r *route, sni string, reason l4.Reason, extra ..
 		zap.String("reason", string(reason)),
 	)
 	return append(f, extra...)
+}
+
+// reader is where the hello or head is read from: the bytes already read
+// past a PROXY header, then the conn.
+func (ss *session) reader() io.Reader {
+	if len(ss.first) == 0 {
+		return ss.c
+	}
+	return io.MultiReader(bytes.NewReader(ss.first), ss.c)
+}
+
+// readProxyHeader reads the PROXY header a listener with accept_proxy
+// requires (issue 12), under the read deadline already set: from a peer
+// outside trusted_cidrs, or without a valid header, the connection is
+// refused and counted, never guessed. A PROXY header's source becomes the
+// session's client (logs, hash keys, PROXY out, X-Forwarded-For) and its
+// destination the local address; a LOCAL header (the front balancer's own
+// health check) keeps the connection's addresses, as HAProxy does, so the
+// probe is answered like any connection. It reports whether to go on.
+func (ss *session) readProxyHeader() bool {
+	peer, ok := ss.c.RemoteAddr().(*net.TCPAddr)
+	if !ok || !ss.lr.proxyIn.trusts(peer.AddrPort().Addr()) {
+		ss.refuse(false, l4.ReasonProxyUntrusted, "")
+		return false
+	}
+	h, rest, err := balancer.ReadProxyHeader(ss.c)
+	if err != nil {
+		reason := l4.ReasonProxyInvalid
+		if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) {
+			reason = peekFailure(err)
+		}
+		ss.refuse(false, reason, "", zap.Error(err))
+		return false
+	}
+	ss.first = rest
+	if h.Command.IsProxy() {
+		if src, dst, ok := h.TCPAddrs(); ok {
+			ss.client, ss.local = src, dst
+		}
+	}
+	return true
 }

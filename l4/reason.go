@@ -26,6 +26,8 @@ const (
 	ReasonSNIInvalid     Reason = "sni_invalid"     // an SNI that is not a valid host name, and no default_route
 	ReasonNoRoute        Reason = "no_route"        // an SNI that matches no route, and no default_route
 	ReasonMaxConnections Reason = "max_connections" // over the global max_connections
+	ReasonProxyUntrusted Reason = "proxy_untrusted" // accept_proxy: the peer is not in trusted_cidrs
+	ReasonProxyInvalid   Reason = "proxy_invalid"   // accept_proxy: the first bytes are not a valid PROXY header (or one over 4 KiB)
 
 	// Backends.
 	ReasonNoBackend     Reason = "no_backend"     // the pool has no usable backend

@@ -6,7 +6,7 @@
 //	route, err := l7.NewRoute(l7.RouteConfig{Name: "h5", Hosts: []string{"game.example.com"},
 //		TLS: tlsConfig, Locations: []l7.Location{{Path: "/ws", Pool: rooms}, {Path: "/", Root: "web"}}})
 //	...
-//	route.Serve(ctx, tcpConn, hello.Raw, accepted, func(res l7.Result) { // returns after the handshake
+//	route.Serve(ctx, tcpConn, nil, hello.Raw, accepted, func(res l7.Result) { // returns after the handshake
 //		log.Info("access", zap.String("reason", string(res.Reason)), ...) // when the conn has ended
 //	})
 //	res := route.ServeConn(ctx, tcpConn, hello.Raw, accepted) // the same, blocking until the end

@@ -325,7 +325,7 @@ func WithClientAddr(ctx context.Context, addr net.Addr) context.Context {
 // owns c. Cancelling ctx closes the connection (drain).
 func (rt *Route) ServeConn(ctx context.Context, c *net.TCPConn, prefix []byte, accepted time.Time) Result {
 	res := make(chan Result, 1)
-	rt.Serve(ctx, c, prefix, accepted, func(r Result) { res <- r })
+	rt.Serve(ctx, c, nil, prefix, accepted, func(r Result) { res <- r })
 	return <-res
 }
 
@@ -340,7 +340,14 @@ func (rt *Route) ServeConn(ctx context.Context, c *net.TCPConn, prefix []byte, a
 // for the connection's whole life, and a tunnel leaves no HTTP goroutine or
 // buffer behind either: an idle wss:// player costs its TLS state and two
 // relay goroutines.
-func (rt *Route) Serve(ctx context.Context, c *net.TCPConn, prefix []byte, accepted time.Time, done func(Result)) {
+//
+// client is the player's address, as logs, X-Forwarded-For, X-Real-IP, the
+// client_ip hash key and PROXY headers to backends see it: the source of a
+// PROXY header the listener read, or nil for c's peer.
+func (rt *Route) Serve(ctx context.Context, c *net.TCPConn, client net.Addr, prefix []byte, accepted time.Time, done func(Result)) {
+	if client == nil {
+		client = c.RemoteAddr()
+	}
 	rt.mu.Lock()
 	if rt.closed {
 		rt.mu.Unlock()
@@ -360,7 +367,7 @@ func (rt *Route) Serve(ctx context.Context, c *net.TCPConn, prefix []byte, accep
 		done(res)
 	}
 
-	cs := &connState{ctx: cctx, client: c.RemoteAddr(), local: c.LocalAddr(), tls: rt.tls != nil}
+	cs := &connState{ctx: cctx, client: client, local: c.LocalAddr(), tls: rt.tls != nil}
 	if a, ok := ctx.Value(clientAddrKey{}).(net.Addr); ok && a != nil {
 		cs.client = a
 	}

@@ -59,6 +59,7 @@ fuzz FuzzChunkScanner ./l7 40000x
 fuzz FuzzPeekHost . 40000x
 fuzz FuzzUpgradeResponse ./l7 80000x
 fuzz FuzzProxyHeader ./balancer 80000x
+fuzz FuzzReadProxyHeader ./balancer 100000x
 fuzz FuzzConfig . 40000x
 
 echo "== end to end (real processes)"
