@@ -68,22 +68,31 @@ type AdminConfig struct {
 }
 
 type ListenerConfig struct {
-	Address             string   `toml:"address"`
-	TLS                 *bool    `toml:"tls"`
-	DefaultRoute        string   `toml:"default_route"`
-	PlainRoute          string   `toml:"plain_route"`
-	HelloTimeout        string   `toml:"hello_timeout"`
-	MaxHelloBytes       int      `toml:"max_hello_bytes"`
-	Cert                string   `toml:"cert"`
-	Key                 string   `toml:"key"`
-	TLSHandshakeTimeout string   `toml:"tls_handshake_timeout"`
-	HeaderTimeout       string   `toml:"header_timeout"`
-	AcceptProxy         bool     `toml:"accept_proxy"`
-	TrustedCIDRs        []string `toml:"trusted_cidrs"`
-	BodyTimeout         string   `toml:"body_timeout"`
-	RequestBufferBytes  int64    `toml:"request_buffer_bytes"`
-	MaxBodyBytes        int64    `toml:"max_body_bytes"`
-	RedirectHTTPS       bool     `toml:"redirect_https"`
+	Address             string      `toml:"address"`
+	TLS                 *bool       `toml:"tls"`
+	DefaultRoute        string      `toml:"default_route"`
+	PlainRoute          string      `toml:"plain_route"`
+	HelloTimeout        string      `toml:"hello_timeout"`
+	MaxHelloBytes       int         `toml:"max_hello_bytes"`
+	Cert                string      `toml:"cert"`
+	Key                 string      `toml:"key"`
+	TLSHandshakeTimeout string      `toml:"tls_handshake_timeout"`
+	HeaderTimeout       string      `toml:"header_timeout"`
+	AcceptProxy         bool        `toml:"accept_proxy"`
+	TrustedCIDRs        []string    `toml:"trusted_cidrs"`
+	MaxConnectionsPerIP *int        `toml:"max_connections_per_ip"`
+	NewConnectionsPerIP *RateConfig `toml:"new_connections_per_ip"`
+	BodyTimeout         string      `toml:"body_timeout"`
+	RequestBufferBytes  int64       `toml:"request_buffer_bytes"`
+	MaxBodyBytes        int64       `toml:"max_body_bytes"`
+	RedirectHTTPS       bool        `toml:"redirect_https"`
+}
+
+// RateConfig is a token bucket: rate new connections a second, up to burst
+// at once.
+type RateConfig struct {
+	Rate  float64 `toml:"rate"`
+	Burst int     `toml:"burst"`
 }
 
 type RouteConfig struct {

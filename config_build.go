@@ -82,6 +82,7 @@ func (rt *Runtime) buildListeners(routes map[string]*route) {
 			headerTimeout:    ls.headerTimeout,
 			body:             ls.body,
 			proxyIn:          ls.proxyIn,
+			perIP:            ls.perIP,
 			maxHelloBytes:    ls.maxHelloBytes,
 			table: routeTable{
 				exact:    make(map[string]*route, len(ls.exact)),

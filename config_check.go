@@ -158,6 +158,7 @@ func (cp *compiler) listener(name string, lc *ListenerConfig, addrs map[string]s
 	ls.handshakeTimeout = cp.duration(path+".tls_handshake_timeout", lc.TLSHandshakeTimeout, defaultHandshakeTimeout, false)
 	ls.body = cp.bodyLimits(path, lc)
 	ls.proxyIn = cp.proxyIn(path, lc)
+	ls.perIP = cp.perIP(path, lc)
 	switch {
 	case lc.MaxHelloBytes == 0:
 		ls.maxHelloBytes = tlsutil.DefaultMaxHelloBytes
@@ -366,4 +367,27 @@ func (cp *compiler) proxyIn(path string, lc *ListenerConfig) proxyIn {
 		cp.errorf(path+".trusted_cidrs", "only used with accept_proxy = true")
 	}
 	return p
+}
+
+// perIP checks the per-client limits: max_connections_per_ip (default 512,
+// 0: none) and new_connections_per_ip (default { rate = 100, burst = 200 },
+// rate 0: none).
+func (cp *compiler) perIP(path string, lc *ListenerConfig) ipLimits {
+	l := ipLimits{maxConns: defaultMaxConnsPerIP, rate: defaultNewConnsRate, burst: float64(defaultNewConnsBurst)}
+	if n := lc.MaxConnectionsPerIP; n != nil {
+		if *n < 0 {
+			cp.errorf(path+".max_connections_per_ip", "must be >= 0 (0: no limit), got %d", *n)
+		}
+		l.maxConns = max(*n, 0)
+	}
+	if r := lc.NewConnectionsPerIP; r != nil {
+		switch {
+		case r.Rate < 0 || r.Rate > 1e6 || r.Rate != r.Rate:
+			cp.errorf(path+".new_connections_per_ip.rate", "must be between 0 (no limit) and 1000000, got %v", r.Rate)
+		case r.Rate > 0 && r.Burst < 1:
+			cp.errorf(path+".new_connections_per_ip.burst", "must be >= 1 with a rate, got %d", r.Burst)
+		}
+		l.rate, l.burst = r.Rate, float64(r.Burst)
+	}
+	return l
 }

@@ -42,6 +42,7 @@ type listenerSpec struct {
 	headerTimeout    time.Duration
 	body             bodyLimits
 	proxyIn          proxyIn
+	perIP            ipLimits
 	maxHelloBytes    int
 	redirectHTTPS    bool
 

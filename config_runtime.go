@@ -94,6 +94,8 @@ type listenerRuntime struct {
 	headerTimeout    time.Duration
 	body             bodyLimits
 	proxyIn          proxyIn
+	perIP            ipLimits
+	limiter          *ipLimiter // set by server.attachLimiters; nil without limits
 	maxHelloBytes    int
 	table            routeTable
 	certs            *tlsutil.CertStore

@@ -104,6 +104,8 @@ accept_proxy = true
 [listeners.c]
 address = "127.0.0.1:8444"
 trusted_cidrs = ["10.0.0.0/33"]
+max_connections_per_ip = -1
+new_connections_per_ip = { rate = 5 }
 [routes.one]
 listener = "a"
 sni = ["game.example.com", "*.*.example.com", "127.0.0.1", "bad_name!.com"]
@@ -142,6 +144,8 @@ backends = [{ address = "nohost" }, { address = "127.0.0.1:0" }, { id = "bad id/
 		`listeners.b.trusted_cidrs: required with accept_proxy`,
 		`listeners.c.trusted_cidrs[0]: "10.0.0.0/33" is not a CIDR prefix`,
 		`listeners.c.trusted_cidrs: only used with accept_proxy = true`,
+		`listeners.c.max_connections_per_ip: must be >= 0`,
+		`listeners.c.new_connections_per_ip.burst: must be >= 1 with a rate`,
 		`routes.one.sni[1]: "*.*.example.com": a wildcard may only be a single leading label`,
 		`routes.one.sni[2]: "127.0.0.1" is not a valid host name`,
 		`routes.one.sni[3]: "bad_name!.com" is not a valid host name`,
@@ -263,6 +267,8 @@ header_timeout = "4s"
 body_timeout = "5s"
 accept_proxy = true
 trusted_cidrs = ["10.0.0.0/8", "2001:db8::/32", "192.0.2.1"]
+max_connections_per_ip = 64
+new_connections_per_ip = { rate = 20, burst = 40 }
 request_buffer_bytes = 65536
 max_body_bytes = 1048576
 

@@ -58,6 +58,7 @@ type server struct {
 	mu        sync.Mutex
 	listeners map[string]*net.TCPListener // by listenerRuntime.key: a reload keeps them
 	timers    map[*time.Timer]struct{}    // drains of backends removed by a reload
+	limiters  map[string]*ipLimiter       // per-client limits by listenerRuntime.key
 
 	configPath string     // what reload reads
 	reloadMu   sync.Mutex // one reload at a time
@@ -83,10 +84,12 @@ func newServer(rt *Runtime, log *zap.Logger, rejectLog *zap.Logger) *server {
 		released:  make(chan struct{}, 1),
 		listeners: map[string]*net.TCPListener{},
 		timers:    map[*time.Timer]struct{}{},
+		limiters:  map[string]*ipLimiter{},
 		stopWatch: make(chan struct{}),
 		ctx:       ctx,
 		cancel:    cancel,
 	}
+	s.attachLimiters(rt)
 	s.rt.Store(rt)
 	s.setMaxConns(rt)
 	s.metrics = newMetrics(s.rt.Load)

@@ -48,6 +48,7 @@ func (s *server) reload() error {
 	}
 	rt.OnHealthChange(s.logHealth)
 	rt.Start()
+	s.attachLimiters(rt)
 	s.rt.Store(rt)
 	s.setMaxConns(rt)
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"sync/atomic"
 	"syscall"
@@ -34,9 +35,11 @@ type session struct {
 	rt       *Runtime // the config generation it was accepted under
 	lr       *listenerRuntime
 	c        *net.TCPConn
-	client   net.Addr // the player's address: c's peer, or the PROXY header's source
-	local    net.Addr // the address the player connected to: c's, or the PROXY header's destination
-	first    []byte   // bytes read past a PROXY header: the start of the hello or head
+	client   net.Addr   // the player's address: c's peer, or the PROXY header's source
+	local    net.Addr   // the address the player connected to: c's, or the PROXY header's destination
+	first    []byte     // bytes read past a PROXY header: the start of the hello or head
+	limited  *ipLimiter // holding a per-client slot under limitKey
+	limitKey netip.Addr
 	accepted time.Time
 	ended    atomic.Bool
 }
@@ -44,6 +47,9 @@ type session struct {
 // end is the end of the session; only the first call counts.
 func (ss *session) end() {
 	if ss.ended.CompareAndSwap(false, true) {
+		if ss.limited != nil {
+			ss.limited.done(ss.limitKey)
+		}
 		ss.srv.release(ss.rt)
 		ss.srv.conns.Done()
 	}
@@ -69,7 +75,7 @@ func (ss *session) serve() {
 	// header included (RELIABILITY rule 1, T1): progress never extends it.
 	// The relay sets its own.
 	c.SetReadDeadline(ss.accepted.Add(lr.helloTimeout))
-	if lr.proxyIn.accept && !ss.readProxyHeader() {
+	if !ss.admit() {
 		return
 	}
 	h, err := tlsutil.ReadClientHello(ss.reader(), lr.maxHelloBytes)
@@ -120,14 +126,14 @@ func (ss *session) serveCleartext() {
 	c, lr := ss.c, ss.lr
 	if lr.redirect != nil {
 		c.SetReadDeadline(ss.accepted.Add(lr.headerTimeout))
-		if lr.proxyIn.accept && !ss.readProxyHeader() {
+		if !ss.admit() {
 			return
 		}
 		ss.toL7(&route{name: "redirect_https", mode: "l7", l7: lr.redirect}, ss.first, "")
 		return
 	}
 	c.SetReadDeadline(ss.accepted.Add(lr.headerTimeout))
-	if lr.proxyIn.accept && !ss.readProxyHeader() {
+	if !ss.admit() {
 		return
 	}
 	host, head, err := peekHost(ss.reader(), maxHTTPHead)
@@ -296,5 +302,30 @@ func (ss *session) readProxyHeader() bool {
 			ss.client, ss.local = src, dst
 		}
 	}
+	return true
+}
+
+// admit reads the PROXY header a listener with accept_proxy requires, then
+// applies the listener's per-client limits to the client it names; it
+// refuses the connection (closed at once, counted by reason) and reports
+// false when one fails.
+func (ss *session) admit() bool {
+	if ss.lr.proxyIn.accept && !ss.readProxyHeader() {
+		return false
+	}
+	l := ss.lr.limiter
+	if l == nil {
+		return true
+	}
+	key, ok := clientKey(ss.client)
+	if !ok {
+		return true
+	}
+	if ok, reason := l.admit(key, time.Now()); !ok {
+		ss.c.SetLinger(0)
+		ss.refuse(false, reason, "")
+		return false
+	}
+	ss.limited, ss.limitKey = l, key
 	return true
 }
