@@ -38,8 +38,13 @@ func newProxy(rt *Route, pool *balancer.Pool) *proxy {
 		DialContext: p.dial,
 		// A backend conn that carries a PROXY header carries one client's
 		// address: it must not be reused for another client.
-		DisableKeepAlives:   pool.ProxyProtocol() != balancer.ProxyNone,
-		MaxIdleConnsPerHost: 32, // per backend
+		DisableKeepAlives: pool.ProxyProtocol() != balancer.ProxyNone,
+		// Idle conns kept per backend. Below the requests in flight, the
+		// transport closes the excess after each response and dials again:
+		// with 32, issue 10's bench (50 keep-alive clients) dialled ~770
+		// backend conns/s. An idle conn holds no slot (not a player) and
+		// is closed after IdleConnTimeout.
+		MaxIdleConnsPerHost: 256,
 		IdleConnTimeout:     90 * time.Second,
 		DisableCompression:  true,
 		// Bounded like the upgrade's answer.
