@@ -15,23 +15,26 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"sluice/balancer"
+	"sluice/l4"
 	"sluice/l7"
 	"sluice/tlsutil"
 )
 
-// Defaults. The README's configuration reference lists each one; keep them in step.
+// Defaults. The README's configuration reference lists each one; keep them
+// in step. Where a library package has the default, it is the one constant.
 const (
 	defaultDrainTimeout      = 60 * time.Second
 	defaultHelloTimeout      = 5 * time.Second
-	defaultIdleTimeout       = 10 * time.Minute
-	defaultHalfCloseTimeout  = 30 * time.Second
-	defaultWriteStallTimeout = 30 * time.Second
-	defaultConnectTimeout    = 3 * time.Second
-	defaultConnectBudget     = 6 * time.Second
-	defaultConnectAttempts   = 3
-	defaultHandshakeTimeout  = 10 * time.Second
+	defaultIdleTimeout       = l4.DefaultIdleTimeout
+	defaultHalfCloseTimeout  = l4.DefaultHalfCloseTimeout
+	defaultWriteStallTimeout = l4.DefaultWriteStallTimeout
+	defaultConnectTimeout    = balancer.DefaultConnectTimeout
+	defaultConnectBudget     = balancer.DefaultConnectBudget
+	defaultConnectAttempts   = balancer.DefaultMaxAttempts
+	defaultHandshakeTimeout  = l7.DefaultHandshakeTimeout
 	defaultAdminListen       = "127.0.0.1:9090"
-	defaultHeaderTimeout     = 10 * time.Second
+	defaultHeaderTimeout     = l7.DefaultHeaderTimeout
 	defaultBodyTimeout       = l7.DefaultBodyTimeout
 
 	// fdsPerSession is what one relayed connection may hold: its two sockets,

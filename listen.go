@@ -20,13 +20,7 @@ import (
 	"sluice/tlsutil"
 )
 
-// Keepalive of accepted connections (RELIABILITY T17); listenConfig
-// (sockopt_linux.go, sockopt_other.go) sets them.
 const (
-	keepAliveIdle     = 30 * time.Second
-	keepAliveInterval = 10 * time.Second
-	keepAliveCount    = 3
-
 	acceptBackoffMin = 5 * time.Millisecond
 	acceptBackoffMax = 100 * time.Millisecond
 
@@ -72,8 +66,7 @@ type server struct {
 	accepts sync.WaitGroup
 	conns   sync.WaitGroup
 
-	rejected sync.Map // l4.Reason → *atomic.Uint64, read by tests
-	metrics  *metrics
+	metrics *metrics
 }
 
 func newServer(rt *Runtime, log *zap.Logger, rejectLog *zap.Logger) *server {
@@ -296,8 +289,6 @@ const maxLogField = 255
 // reject counts and logs (sampled per reason) a connection refused before it
 // reached a route.
 func (s *server) reject(listener string, client net.Addr, reason l4.Reason, sni string, extra ...zap.Field) {
-	n, _ := s.rejected.LoadOrStore(reason, new(atomic.Uint64))
-	n.(*atomic.Uint64).Add(1)
 	s.metrics.rejected(listener, reason)
 	if ce := s.rejectLog.Check(zap.InfoLevel, "rejected: "+string(reason)); ce != nil {
 		f := []zap.Field{zap.Stringer("client", client), zap.String("listener", listener), zap.String("reason", string(reason))}
@@ -318,12 +309,16 @@ func (s *server) logHealth(e balancer.Event) {
 	}
 }
 
-// rejectedCount reports how many connections were refused for reason.
+// rejectedCount reports how many connections were refused for reason, on
+// every listener: what the sluice_connections_rejected_total counters say.
 func (s *server) rejectedCount(reason l4.Reason) uint64 {
-	if n, ok := s.rejected.Load(reason); ok {
-		return n.(*atomic.Uint64).Load()
+	var n uint64
+	for k, c := range s.metrics.rejects.snapshot() {
+		if k.reason == reason {
+			n += c.Load()
+		}
 	}
-	return 0
+	return n
 }
 
 // peekFailure classifies a failed ClientHello read.

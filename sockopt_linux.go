@@ -7,12 +7,9 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-)
 
-// tcpUserTimeout ends an accepted connection whose sent data stays
-// unacknowledged this long, instead of waiting out the retransmission limit
-// (~15 min) (RELIABILITY T17).
-const tcpUserTimeout = 30 * time.Second
+	"sluice/balancer"
+)
 
 // listenConfig sets the socket options of accepted connections on the
 // listening socket (controlListener), which Linux copies into every accepted
@@ -29,10 +26,10 @@ func controlListener(_, _ string, c syscall.RawConn) error {
 	err := c.Control(func(fd uintptr) {
 		for _, o := range [...]struct{ level, opt, val int }{
 			{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
-			{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, int(keepAliveIdle / time.Second)},
-			{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, int(keepAliveInterval / time.Second)},
-			{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, keepAliveCount},
-			{unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(tcpUserTimeout / time.Millisecond)},
+			{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, int(balancer.KeepAlive.Idle / time.Second)},
+			{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, int(balancer.KeepAlive.Interval / time.Second)},
+			{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, balancer.KeepAlive.Count},
+			{unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(balancer.UserTimeout / time.Millisecond)},
 		} {
 			if err := unix.SetsockoptInt(int(fd), o.level, o.opt, o.val); err != nil {
 				serr = fmt.Errorf("setsockopt %d/%d: %w", o.level, o.opt, err)

@@ -2,7 +2,11 @@
 
 package main
 
-import "net"
+import (
+	"net"
+
+	"sluice/balancer"
+)
 
 // listenConfig asks Go to set keepalive on each accepted connection (a few
 // syscalls per accept): whether a listening socket's TCP options are
@@ -11,11 +15,6 @@ import "net"
 // building and behaving sanely elsewhere.
 func listenConfig() net.ListenConfig {
 	return net.ListenConfig{
-		KeepAliveConfig: net.KeepAliveConfig{
-			Enable:   true,
-			Idle:     keepAliveIdle,
-			Interval: keepAliveInterval,
-			Count:    keepAliveCount,
-		},
+		KeepAliveConfig: balancer.KeepAlive,
 	}
 }

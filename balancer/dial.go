@@ -11,15 +11,19 @@ import (
 	"time"
 )
 
-// Keepalive and unacked-data limits for backend sockets (RELIABILITY T17):
-// a peer that vanishes without FIN is declared dead after about 60 s idle, or
-// 30 s with data unacknowledged.
-const (
-	keepAliveIdle     = 30 * time.Second
-	keepAliveInterval = 10 * time.Second
-	keepAliveCount    = 3
-	userTimeout       = 30 * time.Second
-)
+// KeepAlive and UserTimeout are the keepalive and unacked-data limits of
+// every TCP socket sluice relays, backend and client side (RELIABILITY T17):
+// a peer that vanishes without FIN is declared dead after about 60 s idle,
+// or 30 s with data unacknowledged (TCP_USER_TIMEOUT, Linux only).
+var KeepAlive = net.KeepAliveConfig{
+	Enable:   true,
+	Idle:     30 * time.Second,
+	Interval: 10 * time.Second,
+	Count:    3,
+}
+
+// UserTimeout: see KeepAlive.
+const UserTimeout = 30 * time.Second
 
 // ErrBudgetExhausted is the DialError.Stop reason when ConnectBudget ran out
 // before MaxAttempts attempts were made.
@@ -29,13 +33,8 @@ var ErrBudgetExhausted = errors.New("balancer: connect budget exhausted")
 // default; TCP_USER_TIMEOUT is set in Control (Linux only, see sockopt_*.go).
 func newDialer() net.Dialer {
 	return net.Dialer{
-		KeepAliveConfig: net.KeepAliveConfig{
-			Enable:   true,
-			Idle:     keepAliveIdle,
-			Interval: keepAliveInterval,
-			Count:    keepAliveCount,
-		},
-		Control: controlBackendSocket,
+		KeepAliveConfig: KeepAlive,
+		Control:         controlBackendSocket,
 	}
 }
 

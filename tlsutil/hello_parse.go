@@ -6,7 +6,8 @@ import "strings"
 // makes the same accept/reject decision as crypto/tls does before it calls
 // Config.GetConfigForClient, and returns the same fields, without running
 // the crypto/tls handshake machinery (which costs about 40 allocations and
-// 6-13 KB per hello). The crypto/tls path survives as parseWithCryptoTLS,
+// 6-13 KB per hello). The crypto/tls path survives as parseWithCryptoTLS
+// (cryptotls_test.go),
 // the oracle of the tests and of FuzzClientHelloDifferential.
 //
 // What crypto/tls (Go 1.26) checks before GetConfigForClient, given the

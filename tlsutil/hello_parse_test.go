@@ -220,9 +220,6 @@ func TestDifferentialSeeds(t *testing.T) {
 // TestParseMessageAllocs pins the allocation budget: the helloBlock and
 // one string for SNI and ALPN; Raw is the only other allocation.
 func TestParseMessageAllocs(t *testing.T) {
-	if useCryptoTLSParser {
-		t.Skip("ReadClientHello uses the crypto/tls parser")
-	}
 	for _, hello := range [][]byte{capture(t, "default"), capture(t, "alpn"), tlstest.ChromeLikeHello("chrome.example.com")} {
 		r := bytes.NewReader(hello)
 		allocs := testing.AllocsPerRun(100, func() {
