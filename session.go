@@ -25,7 +25,7 @@ import (
 // creates a session, counts it, and hands it to exactly one goroutine
 // (serve or serveCleartext); from then on the session owns the conn. It
 // either refuses it (writes a refusal, closes the conn, logs the rejection
-// and ends), or hands the conn to its route: l4.Forward or l7.Route.Serve,
+// and ends), or hands the conn to its route: the relay (toL4) or l7.Route.Serve,
 // after which the session never touches the conn again, and the route's
 // completion callback (exactly one call) writes the access line and ends
 // the session. end runs exactly once and releases the session's slot in
@@ -206,20 +206,44 @@ func (ss *session) toL4(r *route, h *tlsutil.ClientHello, isHello bool) {
 	s := ss.srv
 	s.metrics.connOpened(ss.lr.name, r.name, r.mode)
 	sni := h.RawServerName
-	l4.Forward(s.ctx, r.pool, ss.c, balancer.DialRequest{
+	req := balancer.DialRequest{
 		Client:      ss.client,
 		Local:       ss.local,
 		SNI:         h.ServerName,
-		Prefix:      h.Raw,
+		Prefix:      h.Raw, // written with the PROXY header, if any, in one write
 		AwaitAnswer: isHello,
-	}, r.relay, func(res l4.ForwardResult) {
+	}
+	if r.pool.Balance() == balancer.Hash {
+		req.HashKey, req.HasHashKey = r.pool.HashKey().ConnKey(req.Client, req.SNI)
+	}
+	lease, err := r.pool.Dial(s.ctx, req)
+	if err != nil {
+		ss.c.Close()
+		ss.logL4(r, sni, l4Result{Stats: l4.Stats{Reason: l4.DialFailure(err), Err: err}})
+		ss.end()
+		return
+	}
+	prefix := int64(len(h.Raw)) // not h.Raw: the relay must not keep the hello alive
+	l4.Start(s.ctx, ss.c, lease.Conn, r.relay, func(st l4.Stats) {
 		defer ss.end()
-		ss.logL4(r, sni, res)
+		// Passive health: a backend that resets before sending anything
+		// counts as a failure, like a refused connect.
+		lease.Observe(st.BytesOut, st.Reason == l4.ReasonBackendReset)
+		lease.Release()
+		st.BytesIn += prefix // the hello went out with the connect
+		ss.logL4(r, sni, l4Result{Stats: st, Backend: lease.Backend.ID(), Attempts: lease.Attempts})
 	})
 }
 
+// l4Result is the outcome of one l4 connection.
+type l4Result struct {
+	l4.Stats
+	Backend  string // the backend's id; "" when none was connected
+	Attempts int    // connect attempts it took
+}
+
 // logL4 counts the end of an l4 connection and writes its access line.
-func (ss *session) logL4(r *route, sni string, res l4.ForwardResult) {
+func (ss *session) logL4(r *route, sni string, res l4Result) {
 	s := ss.srv
 	s.metrics.connClosed(ss.lr.name, r.name, r.mode, res.Reason, res.BytesIn, res.BytesOut)
 	fields := ss.accessFields(r, sni, res.Reason, zap.String("pool", r.pool.Name()))

@@ -1,5 +1,5 @@
-// Package l4 holds the relay that both paths share and the opaque-stream
-// (TLS passthrough or raw TCP) forwarder.
+// Package l4 holds the relay that both paths share (the l4 path of package
+// main and l7's WebSocket tunnels), and the close reasons of the access log.
 //
 //	stats := l4.Relay(ctx, client, backend, l4.Options{IdleTimeout: 10 * time.Minute})
 //	l4.Start(ctx, client, backend, opts, func(stats l4.Stats) { ... }) // the same on fresh goroutines

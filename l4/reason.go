@@ -1,5 +1,11 @@
 package l4
 
+import (
+	"errors"
+
+	"sluice/balancer"
+)
+
 // Reason says why a connection ended or was refused. It is the one set of
 // close reasons shared by the access log, metrics and tests
 // (shared/RELIABILITY.md §4): every value is a stable, greppable string.
@@ -52,3 +58,16 @@ const (
 	ReasonBodyTimeout        Reason = "body_timeout"         // a request body made no progress for body_timeout: 408
 	ReasonBodyTooLarge       Reason = "body_too_large"       // a request body over max_body_bytes: 413
 )
+
+// DialFailure is the close reason for an error from balancer.Pool.Dial:
+// ReasonNoBackend when there was nothing to try, ReasonLocalLimit when every
+// attempt failed for want of a local resource, else ReasonConnectFailed.
+func DialFailure(err error) Reason {
+	if errors.Is(err, balancer.ErrNoBackend) {
+		return ReasonNoBackend
+	}
+	if de, ok := errors.AsType[*balancer.DialError](err); ok && de.Local() {
+		return ReasonLocalLimit
+	}
+	return ReasonConnectFailed
+}
