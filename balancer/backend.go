@@ -87,7 +87,15 @@ type Backend struct {
 	lastCheckErr         string        // "" after a passing check
 	lastCheckDur         time.Duration // of the last finished check
 	maintTimer           *time.Timer   // MaintCloseAfter, while in Maint
+	stopCheck            func()        // ends its active-check goroutine; nil if none
 
+	// discovered: the backend came from PoolConfig.Discover, not from
+	// PoolConfig.Backends; the next answer may remove it.
+	discovered bool
+	// rrWeight is smooth round robin's current weight, under the pool's
+	// rr.mu. It lives on the backend, not in the backend set, so a set
+	// swap (discovery) carries every backend's place in the rotation over.
+	rrWeight int64
 }
 
 // liveState is a backend's connections in flight.

@@ -16,7 +16,7 @@ func benchPool(tb testing.TB, algo Algorithm, n int) *Pool {
 		bs[i] = BackendConfig{Address: "10.0.0." + strconv.Itoa(i+1) + ":7000", Weight: 1 + i%4}
 	}
 	p := mustPool(tb, PoolConfig{Name: "bench", Backends: bs, Balance: algo, HashBalanceFactor: 1.25})
-	for i, b := range p.backends {
+	for i, b := range p.backends() {
 		b.live.active.Store(int64(i % 3))
 	}
 	return p
@@ -90,8 +90,8 @@ func TestPickAllocs(t *testing.T) {
 				t.Fatal(err)
 			}
 			st.reset()
-			st.add(p.pick(&v, st, req))
-			st.add(p.pick(&v, st, req)) // a retry
+			st.add(p.pick(p.set.Load(), &v, st, req))
+			st.add(p.pick(p.set.Load(), &v, st, req)) // a retry
 		}); n != 0 {
 			t.Errorf("%v: pick allocates %v times", algo, n)
 		}

@@ -46,6 +46,7 @@ func (c *Claim) Release() {
 // MaxAttempts within its ConnectBudget, like Dial's retries.
 type Chooser struct {
 	p        *Pool
+	set      *backendSet // loaded once: st's indices are into it
 	req      *DialRequest
 	st       pickState
 	budget   time.Time
@@ -55,7 +56,7 @@ type Chooser struct {
 
 // NewChooser starts a walk for req; req is read by each Next, not copied.
 func (p *Pool) NewChooser(req *DialRequest) *Chooser {
-	ch := &Chooser{p: p, req: req, budget: time.Now().Add(p.connectBudget)}
+	ch := &Chooser{p: p, set: p.set.Load(), req: req, budget: time.Now().Add(p.connectBudget)}
 	ch.st.reset()
 	return ch
 }
@@ -66,7 +67,7 @@ func (p *Pool) NewChooser(req *DialRequest) *Chooser {
 func (ch *Chooser) Next(ctx context.Context) (*Claim, error) {
 	p := ch.p
 	var stop error
-	for ch.attempts < p.maxAttempts {
+	for ch.attempts < ch.set.maxAttempts {
 		if err := ctx.Err(); err != nil {
 			stop = err
 			break
@@ -82,15 +83,19 @@ func (ch *Chooser) Next(ctx context.Context) (*Claim, error) {
 			}
 			break
 		}
-		i := p.pick(&v, &ch.st, ch.req)
+		i := p.pick(ch.set, &v, &ch.st, ch.req)
+		if i < 0 && p.set.Load() != ch.set {
+			ch.set = ch.st.moveTo(ch.set, p.set.Load()) // see Dial
+			continue
+		}
 		if i < 0 {
 			if ch.attempts == 0 {
-				return nil, fmt.Errorf("balancer: pool %q: %w", p.name, p.whyNone(&v))
+				return nil, fmt.Errorf("balancer: pool %q: %w", p.name, whyNone(ch.set, &v))
 			}
 			break
 		}
 		ch.st.add(i)
-		b := p.backends[i]
+		b := ch.set.list[i]
 		if !b.reserve() {
 			continue // filled up since the pick: the next candidate
 		}
@@ -148,9 +153,16 @@ func (p *Pool) attemptFailed(ctx context.Context, b *Backend, err error) LocalRe
 	return local
 }
 
-// Lookup returns the pool's backend with address addr, or nil.
+// Lookup returns the pool's backend with address addr, or nil: one of the
+// current set, else one that discovery removed and that still drains (a
+// Claim taken just before the removal still connects to it).
 func (p *Pool) Lookup(addr string) *Backend {
-	for _, b := range p.backends {
+	for _, b := range p.backends() {
+		if b.addr == addr {
+			return b
+		}
+	}
+	for _, b := range p.draining() {
 		if b.addr == addr {
 			return b
 		}

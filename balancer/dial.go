@@ -239,12 +239,15 @@ func (p *Pool) Dial(ctx context.Context, req DialRequest) (*Lease, error) {
 	}
 	budget := time.Now().Add(p.connectBudget)
 
+	// One set for every attempt: st's indices are into it, and a backend
+	// discovery removes meanwhile is in Drain, so no attempt picks it.
+	s := p.set.Load()
 	var st pickState
 	st.reset()
 	var failed []AttemptError
 	var stop error
 	attempts := 0
-	for attempts < p.maxAttempts {
+	for attempts < s.maxAttempts {
 		if err := ctx.Err(); err != nil {
 			stop = err
 			break
@@ -261,15 +264,21 @@ func (p *Pool) Dial(ctx context.Context, req DialRequest) (*Lease, error) {
 			}
 			break
 		}
-		i := p.pick(&v, &st, &req)
+		i := p.pick(s, &v, &st, &req)
+		if i < 0 && p.set.Load() != s {
+			// The set was swapped since this Dial loaded it, and what is
+			// left of the old one is drained: go on with the new one.
+			s = st.moveTo(s, p.set.Load())
+			continue
+		}
 		if i < 0 {
 			if attempts == 0 {
-				return nil, fmt.Errorf("balancer: pool %q: %w", p.name, p.whyNone(&v))
+				return nil, fmt.Errorf("balancer: pool %q: %w", p.name, whyNone(s, &v))
 			}
 			break
 		}
 		st.add(i)
-		b := p.backends[i]
+		b := s.list[i]
 		if !b.reserve() {
 			continue // filled up since the pick: the next candidate
 		}
@@ -302,8 +311,8 @@ func (p *Pool) Dial(ctx context.Context, req DialRequest) (*Lease, error) {
 // whyNone explains a first pick that found nothing in tier v: ErrFull when
 // some backend of the tier is only full, else ErrUnhealthy (the tier counts
 // were stale, or every backend is draining).
-func (p *Pool) whyNone(v *view) error {
-	for _, b := range p.backends {
+func whyNone(s *backendSet, v *view) error {
+	for _, b := range s.list {
 		if b.full() && admitted(b, v) {
 			return ErrFull
 		}
@@ -319,7 +328,7 @@ func (p *Pool) pickOnce(req *DialRequest) int {
 	}
 	var st pickState
 	st.reset()
-	return p.pick(&v, &st, req)
+	return p.pick(p.set.Load(), &v, &st, req)
 }
 
 // attempt connects to b and writes payload, all before deadline.

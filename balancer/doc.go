@@ -42,6 +42,14 @@
 // Admin state (SetState: ready, drain, maint), Status, CloseConnections and
 // Adopt (keep state across a reload) are in pool.go.
 //
+// Discovery (discovery.go, set.go): with PoolConfig.Discover (DNS SRV or
+// A/AAAA, package balancer/discover) the backend set changes while the pool
+// runs. The set is an immutable snapshot swapped atomically; each Dial and
+// Chooser works from one snapshot, so picks stay lock- and allocation-free.
+// Backends found again keep their state; new ones are checked before they
+// take players; removed ones drain (DrainTimeout); a failed or empty lookup
+// keeps the last set. Changes are reported through OnChange (Event.Kind).
+//
 // It does not log, does not relay bytes, does not read from backends except
 // in health checks, and imports neither l4, l7, tlsutil nor net/http (which
 // imports log).

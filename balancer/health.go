@@ -155,11 +155,11 @@ func jitter(d time.Duration) time.Duration {
 }
 
 // checkLoop runs b's checks one at a time until ctx ends: at most one check
-// in flight per backend, each bounded by Timeout. The first check starts at
-// a random point of the first interval (HAProxy spread-checks).
-func (p *Pool) checkLoop(ctx context.Context, b *Backend) {
+// in flight per backend, each bounded by Timeout. The first check starts
+// after first (see startCheckLocked).
+func (p *Pool) checkLoop(ctx context.Context, b *Backend, first time.Duration) {
 	defer p.wg.Done()
-	t := time.NewTimer(time.Duration(rand.Int64N(int64(p.health.Interval)) + 1))
+	t := time.NewTimer(first)
 	defer t.Stop()
 	for {
 		select {

@@ -47,7 +47,7 @@ func TestHealthDownUp(t *testing.T) {
 	p.Start()
 	p.Start() // idempotent
 	defer p.Close()
-	ba := p.backends[0]
+	ba := p.backends()[0]
 
 	a.stop()
 	took := waitFor(t, 3*inter*11/10+timeout+time.Second, "DOWN", func() bool { return !ba.Healthy() })
@@ -225,7 +225,7 @@ func TestHealthProxyRequired(t *testing.T) {
 				return len(pb.hdrs) >= 5
 			})
 			p.Close()
-			if len(ev.list()) != 0 || !p.backends[0].Healthy() {
+			if len(ev.list()) != 0 || !p.backends()[0].Healthy() {
 				t.Errorf("transitions %+v", ev.list())
 			}
 			pb.mu.Lock()
@@ -249,7 +249,7 @@ func checkOnce(t *testing.T, hc HealthConfig, addr string) error {
 	p := mustPool(t, PoolConfig{Name: "once", Backends: backendsOf(addr), Health: hc})
 	ctx, cancel := context.WithTimeout(context.Background(), p.health.Timeout)
 	defer cancel()
-	return p.runCheck(ctx, p.backends[0])
+	return p.runCheck(ctx, p.backends()[0])
 }
 
 func hostOf(s *httptest.Server) string {

@@ -191,7 +191,7 @@ func dialDone(t testing.TB, p *Pool, req DialRequest) *Backend {
 }
 
 func indexOf(p *Pool, b *Backend) int {
-	for i, x := range p.backends {
+	for i, x := range p.backends() {
 		if x == b {
 			return i
 		}

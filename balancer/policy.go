@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/textproto"
+	"slices"
 	"strings"
 	"sync"
 )
@@ -110,27 +111,28 @@ func (k HashKey) String() string {
 	return k.Kind + ":" + k.Name
 }
 
-// pick chooses the backend of one connect attempt: the index in p.backends
-// of a backend usable in v, never one already in st.tried, or -1 when none
-// is left. A switch rather than an interface: an interface call makes v and
-// st escape to the heap, one allocation per pick. The pickers are safe for
-// concurrent use and allocation-free; only smooth round robin takes a
-// (short) mutex.
-func (p *Pool) pick(v *view, st *pickState, req *DialRequest) int {
+// pick chooses the backend of one connect attempt: the index in s.list of
+// a backend usable in v, never one already in st.tried, or -1 when none is
+// left. s is the set the caller loaded once for all its attempts (the
+// indices in st are into it). A switch rather than an interface: an
+// interface call makes v and st escape to the heap, one allocation per
+// pick. The pickers are safe for concurrent use and allocation-free; only
+// smooth round robin takes a (short) mutex.
+func (p *Pool) pick(s *backendSet, v *view, st *pickState, req *DialRequest) int {
 	if req.Sticky != "" {
-		if i := p.stickyPick(v, st, req.Sticky); i >= 0 {
+		if i := stickyPick(s, v, st, req.Sticky); i >= 0 {
 			return i
 		}
 	}
 	switch p.algo {
 	case LeastConn:
-		return leastConn{}.pick(p, v, st, req)
+		return leastConn{}.pick(p, s, v, st, req)
 	case RandomTwo:
-		return randomTwo{}.pick(p, v, st, req)
+		return randomTwo{}.pick(p, s, v, st, req)
 	case Hash:
-		return p.hash.pick(p, v, st, req)
+		return p.hash.pick(p, s, v, st, req)
 	}
-	return p.rr.pick(p, v, st, req)
+	return p.rr.pick(p, s, v, st, req)
 }
 
 // pickState is what one Dial knows while it picks: the backends it already
@@ -167,6 +169,23 @@ func (st *pickState) has(i int) bool {
 		}
 	}
 	return false
+}
+
+// moveTo re-expresses st, indices into from, as indices into to (the
+// backends of from that to still has stay tried) and returns to. It
+// allocates, but runs only when a Dial outlived a set swap.
+func (st *pickState) moveTo(from, to *backendSet) *backendSet {
+	tried := make([]*Backend, 0, st.n)
+	for _, i := range st.tried() {
+		tried = append(tried, from.list[i])
+	}
+	st.reset()
+	for _, b := range tried {
+		if j := slices.Index(to.list, b); j >= 0 {
+			st.add(j)
+		}
+	}
+	return to
 }
 
 // tried returns the backends tried so far, in order (tests, messages).
@@ -226,33 +245,36 @@ func (p *Pool) effWeight(b *Backend, now int64) int64 {
 // smoothRR is nginx's smooth weighted round robin
 // (ngx_http_upstream_get_peer): each usable backend's current weight grows by
 // its effective weight, the largest wins and gives back the total. A short
-// mutex guards the current weights (measured in BenchmarkPick); the loop
-// reads only atomics.
+// mutex guards the current weights (Backend.rrWeight, measured in
+// BenchmarkPick); the loop reads only atomics. The weights live on the
+// backends, so a set swap keeps every remaining backend's place, a new one
+// joins at 0, and a pick still holding the previous set updates the same
+// weights.
 type smoothRR struct {
 	mu sync.Mutex
-	cw []int64
 }
 
-func (r *smoothRR) pick(p *Pool, v *view, st *pickState, _ *DialRequest) int {
-	best := -1
+func (r *smoothRR) pick(p *Pool, s *backendSet, v *view, st *pickState, _ *DialRequest) int {
+	var best *Backend
+	bi := -1
 	var total int64
 	r.mu.Lock()
-	for i, b := range p.backends {
+	for i, b := range s.list {
 		if st.has(i) || !usable(b, v) {
 			continue
 		}
 		w := p.effWeight(b, v.now)
-		r.cw[i] += w
+		b.rrWeight += w
 		total += w
-		if best < 0 || r.cw[i] > r.cw[best] {
-			best = i
+		if best == nil || b.rrWeight > best.rrWeight {
+			best, bi = b, i
 		}
 	}
-	if best >= 0 {
-		r.cw[best] -= total
+	if best != nil {
+		best.rrWeight -= total
 	}
 	r.mu.Unlock()
-	return best
+	return bi
 }
 
 // lessLoaded reports whether active a over weight wa is strictly below b over
@@ -263,8 +285,8 @@ func lessLoaded(a, wa, b, wb int64) bool { return a*wb < b*wa }
 // counter (math/rand/v2's top-level source is per-thread).
 type leastConn struct{}
 
-func (leastConn) pick(p *Pool, v *view, st *pickState, _ *DialRequest) int {
-	n := len(p.backends)
+func (leastConn) pick(p *Pool, s *backendSet, v *view, st *pickState, _ *DialRequest) int {
+	n := len(s.list)
 	if n == 0 {
 		return -1
 	}
@@ -272,7 +294,7 @@ func (leastConn) pick(p *Pool, v *view, st *pickState, _ *DialRequest) int {
 	var bestA, bestW int64
 	i := rand.IntN(n)
 	for range n {
-		if b := p.backends[i]; !st.has(i) && usable(b, v) {
+		if b := s.list[i]; !st.has(i) && usable(b, v) {
 			a, w := b.live.active.Load(), p.effWeight(b, v.now)
 			if best < 0 || lessLoaded(a, w, bestA, bestW) {
 				best, bestA, bestW = i, a, w
@@ -289,20 +311,20 @@ func (leastConn) pick(p *Pool, v *view, st *pickState, _ *DialRequest) int {
 // positions (distinct) and keeps the less loaded.
 type randomTwo struct{}
 
-func (randomTwo) pick(p *Pool, v *view, st *pickState, _ *DialRequest) int {
-	n := len(p.backends)
+func (randomTwo) pick(p *Pool, s *backendSet, v *view, st *pickState, _ *DialRequest) int {
+	n := len(s.list)
 	if n == 0 {
 		return -1
 	}
-	first := nextUsable(p, v, st, rand.IntN(n), -1)
+	first := nextUsable(s, v, st, rand.IntN(n), -1)
 	if first < 0 {
 		return -1
 	}
-	second := nextUsable(p, v, st, rand.IntN(n), first)
+	second := nextUsable(s, v, st, rand.IntN(n), first)
 	if second < 0 {
 		return first
 	}
-	a, b := p.backends[first], p.backends[second]
+	a, b := s.list[first], s.list[second]
 	aa, wa := a.live.active.Load(), p.effWeight(a, v.now)
 	ab, wb := b.live.active.Load(), p.effWeight(b, v.now)
 	if lessLoaded(ab, wb, aa, wa) || (!lessLoaded(aa, wa, ab, wb) && rand.Uint32()&1 == 0) {
@@ -313,11 +335,11 @@ func (randomTwo) pick(p *Pool, v *view, st *pickState, _ *DialRequest) int {
 
 // nextUsable returns the first usable, untried backend at or after start
 // (wrapping) other than skip, or -1.
-func nextUsable(p *Pool, v *view, st *pickState, start, skip int) int {
-	n := len(p.backends)
+func nextUsable(s *backendSet, v *view, st *pickState, start, skip int) int {
+	n := len(s.list)
 	i := start
 	for range n {
-		if i != skip && !st.has(i) && usable(p.backends[i], v) {
+		if i != skip && !st.has(i) && usable(s.list[i], v) {
 			return i
 		}
 		if i++; i == n {
@@ -346,22 +368,25 @@ func nextUsable(p *Pool, v *view, st *pickState, start, skip int) int {
 // 2016; HAProxy hash-balance-factor) a backend holding at least
 // ceil(factor × (active+1) × weight/sum(weights)) connections of the usable
 // set is passed over.
+//
+// A set swap (discovery) moves only the keys of the backends it removes or
+// adds: a score depends on the key and the backend alone (backendSet.weighted
+// only picks the cheaper of two formulas that rank equal weights alike).
 type rendezvous struct {
 	factor   float64
-	weighted bool // weights differ: use Schindler's -w/ln(u) score
 	fallback leastConn
 }
 
-func (h *rendezvous) pick(p *Pool, v *view, st *pickState, req *DialRequest) int {
+func (h *rendezvous) pick(p *Pool, s *backendSet, v *view, st *pickState, req *DialRequest) int {
 	if !req.HasHashKey {
-		return h.fallback.pick(p, v, st, req)
+		return h.fallback.pick(p, s, v, st, req)
 	}
 	key := mix64(hashString(req.HashKey))
 
 	var load float64 // factor × (active+1) / sum(weights), when bounded
 	if h.factor > 0 {
 		var sumA, sumW int64
-		for _, b := range p.backends {
+		for _, b := range s.list {
 			if usable(b, v) {
 				sumA += b.live.active.Load()
 				sumW += int64(b.weight)
@@ -374,30 +399,30 @@ func (h *rendezvous) pick(p *Pool, v *view, st *pickState, req *DialRequest) int
 
 	best, bestUnder := -1, -1
 	var bestS, bestUnderS float64
-	for i, b := range p.backends {
+	for i, b := range s.list {
 		if st.has(i) || !usable(b, v) {
 			continue
 		}
 		u := mix64(key ^ b.hash)
-		s := float64(u >> 11) // 53 bits: exact in a float64
-		if h.weighted {
+		sc := float64(u >> 11) // 53 bits: exact in a float64
+		if s.weighted {
 			// -ln(x) >= 1-x, so w/(1-x) bounds the score from above: when
 			// that cannot beat the current bests, skip the logarithm
 			// (measured: 4.1 → 1.0 µs/op at 100 backends).
-			x := (s + 0.5) / (1 << 53)
+			x := (sc + 0.5) / (1 << 53)
 			if ub := float64(b.weight) / (1 - x); best >= 0 && ub <= bestS && (load == 0 || bestUnder >= 0 && ub <= bestUnderS) {
 				continue
 			}
-			s = -float64(b.weight) / math.Log(x)
+			sc = -float64(b.weight) / math.Log(x)
 		}
-		if best < 0 || s > bestS {
-			best, bestS = i, s
+		if best < 0 || sc > bestS {
+			best, bestS = i, sc
 		}
 		if load > 0 && float64(b.live.active.Load()) >= math.Ceil(load*float64(b.weight)) {
 			continue
 		}
-		if bestUnder < 0 || s > bestUnderS {
-			bestUnder, bestUnderS = i, s
+		if bestUnder < 0 || sc > bestUnderS {
+			bestUnder, bestUnderS = i, sc
 		}
 	}
 	if bestUnder >= 0 {
@@ -452,8 +477,8 @@ func (k HashKey) ConnKey(client net.Addr, sni string) (key string, ok bool) {
 
 // stickyPick returns the backend named by a sticky cookie value when it may
 // take the player (see DialRequest.Sticky), else -1.
-func (p *Pool) stickyPick(v *view, st *pickState, cookie string) int {
-	for i, b := range p.backends {
+func stickyPick(s *backendSet, v *view, st *pickState, cookie string) int {
+	for i, b := range s.list {
 		if b.cookie != cookie {
 			continue
 		}

@@ -123,7 +123,7 @@ func TestLeastConnSpread(t *testing.T) {
 	for range 200 {
 		dialHold(t, p, DialRequest{})
 		lo, hi := math.Inf(1), math.Inf(-1)
-		for i, b := range p.backends {
+		for i, b := range p.backends() {
 			r := float64(b.Active()) / float64(weights[i])
 			lo, hi = min(lo, r), max(hi, r)
 		}
@@ -155,8 +155,8 @@ func TestRandomTwoSpread(t *testing.T) {
 }
 
 func activeOf(p *Pool) []int64 {
-	a := make([]int64, len(p.backends))
-	for i, b := range p.backends {
+	a := make([]int64, len(p.backends()))
+	for i, b := range p.backends() {
 		a[i] = b.Active()
 	}
 	return a
@@ -200,7 +200,7 @@ func mapKeys(p *Pool, n int) []string {
 	out := make([]string, n)
 	for k := range out {
 		i := p.pickOnce(&DialRequest{HashKey: "room-" + strconv.Itoa(k), HasHashKey: true})
-		out[k] = p.backends[i].addr
+		out[k] = p.backends()[i].addr
 	}
 	return out
 }
@@ -246,7 +246,7 @@ func TestHashRemap(t *testing.T) {
 	check("remove from config", mapKeys(hashPool(t, append(append([]string{}, addrs[:3]...), addrs[4:10]...)), keys))
 
 	p := hashPool(t, addrs[:10])
-	p.setHealth(p.backends[3], false, "test", false)
+	p.setHealth(p.backends()[3], false, "test", false)
 	check("mark DOWN", mapKeys(p, keys))
 
 	added := mapKeys(hashPool(t, addrs[:11]), keys)

@@ -76,16 +76,24 @@ func (a AllUnhealthy) String() string {
 	return fmt.Sprintf("AllUnhealthy(%d)", uint8(a))
 }
 
-// Event is one health transition of a backend.
+// Event is one health transition of a backend (Kind EventHealth), or a
+// change discovery made (see EventKind).
 type Event struct {
-	Pool    string
-	Backend string // address
-	Healthy bool   // the state after the transition
+	Pool string
+	// Backend is the backend's address for health transitions, its id for
+	// EventAdded and EventRemoved, the discovery source for
+	// EventDiscoveryFailed and EventDiscoveryOK.
+	Backend string
+	Healthy bool // the state after the transition
 	// Reason says why, e.g. "3 consecutive failed tcp checks: dial tcp
 	// 127.0.0.1:9001: connect: connection refused", "5 consecutive connect
 	// failures: ...", "2 consecutive successful tcp checks".
 	Reason string
 	Time   time.Time
+	// Kind is what happened; the zero value is a health transition, so a
+	// receiver that knows only those still logs a sensible line for the
+	// others (an addition or recovery as up, a removal or failure as down).
+	Kind EventKind
 }
 
 // PoolConfig describes a pool. NewPool copies what it needs; the caller may
@@ -93,8 +101,20 @@ type Event struct {
 type PoolConfig struct {
 	// Name identifies the pool in errors, events and metrics.
 	Name string
-	// Backends in config order; round robin starts at the first.
+	// Backends in config order; round robin starts at the first. It may be
+	// empty when Discover is set.
 	Backends []BackendConfig
+	// Discover, if set, adds the backends it finds to Backends, looked up
+	// at Start and again every ResolveInterval (sooner when the answer's
+	// TTL is shorter, never sooner than 1s) until Close. Changes apply to
+	// the running pool; see Rediscover.
+	Discover Discoverer
+	// ResolveInterval is the longest time between two lookups of Discover.
+	// If zero or negative, 5s is used.
+	ResolveInterval time.Duration
+	// DrainTimeout: the connections of a backend that discovery removed are
+	// closed this long after the removal. If zero, they stay until they end.
+	DrainTimeout time.Duration
 	// ProxyProtocol is the header written before the prefix (and, as
 	// "PROXY UNKNOWN" / a v2 LOCAL header, before health checks). If zero,
 	// none.
@@ -161,18 +181,21 @@ type PoolConfig struct {
 // Pool is a set of backends and the policy to pick among them. Dial is safe
 // for concurrent use.
 type Pool struct {
-	name     string
-	backends []*Backend
-	rr       *smoothRR   // RoundRobin
-	hash     *rendezvous // Hash
-	proxy    ProxyProtocol
-	dialer   net.Dialer
-	hashKey  HashKey
-	algo     Algorithm
-	sticky   string // StickyCookie
+	name string
+	// set is the current backends: an immutable snapshot, replaced whole
+	// under mu (discovery), read without a lock by every pick.
+	set     atomic.Pointer[backendSet]
+	disc    *discovery  // nil without PoolConfig.Discover
+	rr      *smoothRR   // RoundRobin
+	hash    *rendezvous // Hash
+	proxy   ProxyProtocol
+	dialer  net.Dialer
+	hashKey HashKey
+	algo    Algorithm
+	sticky  string // StickyCookie
 
 	connectTimeout time.Duration
-	maxAttempts    int
+	maxAttempts    int // as configured; each set caps it at its size
 	connectBudget  time.Duration
 	maxFails       int32 // <= 0: passive health off
 	failTimeout    time.Duration
@@ -190,10 +213,11 @@ type Pool struct {
 	nextRevive atomic.Int64 // earliest Backend.downUntil; 0 if none
 	slowUntil  atomic.Int64 // end of the latest slow start; 0 if none
 
-	mu       sync.Mutex // health streaks, transitions, admin changes, lifecycle
+	mu       sync.Mutex // health streaks, transitions, admin changes, set swaps, lifecycle
 	started  bool
 	checking bool // active-check goroutines run
 	closed   bool
+	ctx      context.Context // between Start and Close: the checks' and discovery's
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 }
@@ -223,12 +247,12 @@ type sentinel struct {
 func (e *sentinel) Error() string { return e.msg }
 func (e *sentinel) Unwrap() error { return e.parent }
 
-// NewPool builds a pool from cfg. It fails on an empty pool, an empty
-// backend address, and out-of-range settings; other validation (host:port
-// syntax, duplicate names) is the config loader's. Health checks start with
-// Start.
+// NewPool builds a pool from cfg. It fails on an empty pool (no backends
+// and no Discover), an empty backend address, and out-of-range settings;
+// other validation (host:port syntax, duplicate names) is the config
+// loader's. Health checks and discovery start with Start.
 func NewPool(cfg PoolConfig) (*Pool, error) {
-	if len(cfg.Backends) == 0 {
+	if len(cfg.Backends) == 0 && cfg.Discover == nil {
 		return nil, fmt.Errorf("balancer: pool %q: no backends", cfg.Name)
 	}
 	switch cfg.ProxyProtocol {
@@ -245,7 +269,6 @@ func NewPool(cfg PoolConfig) (*Pool, error) {
 	}
 	p := &Pool{
 		name:           cfg.Name,
-		backends:       make([]*Backend, 0, len(cfg.Backends)),
 		proxy:          cfg.ProxyProtocol,
 		dialer:         newDialer(),
 		hashKey:        cfg.HashKey,
@@ -272,7 +295,7 @@ func NewPool(cfg PoolConfig) (*Pool, error) {
 			return nil, fmt.Errorf("balancer: pool %q: %w", cfg.Name, err)
 		}
 	}
-	weighted := false
+	list := make([]*Backend, 0, len(cfg.Backends))
 	for i, bc := range cfg.Backends {
 		if bc.Address == "" {
 			return nil, fmt.Errorf("balancer: pool %q: backend %d: empty address", cfg.Name, i)
@@ -282,22 +305,31 @@ func NewPool(cfg PoolConfig) (*Pool, error) {
 		}
 		b := newBackend(bc)
 		b.cookie = stickyValue(cfg.Name, b.id)
-		p.backends = append(p.backends, b)
-		weighted = weighted || p.backends[i].weight != p.backends[0].weight
+		list = append(list, b)
 	}
 	switch cfg.Balance {
 	case RoundRobin:
-		p.rr = &smoothRR{cw: make([]int64, len(p.backends))}
+		p.rr = new(smoothRR)
 	case LeastConn, RandomTwo:
 	case Hash:
 		if p.hashKey.Kind == "" {
 			p.hashKey = HashKey{Kind: HashClientIP}
 		}
-		p.hash = &rendezvous{factor: cfg.HashBalanceFactor, weighted: weighted}
+		p.hash = &rendezvous{factor: cfg.HashBalanceFactor}
 	default:
 		return nil, fmt.Errorf("balancer: pool %q: unknown balance %d", cfg.Name, uint8(cfg.Balance))
 	}
-	p.maxAttempts = min(p.maxAttempts, len(p.backends))
+	if cfg.Discover != nil {
+		p.disc = &discovery{
+			src:      cfg.Discover,
+			interval: orDefault(cfg.ResolveInterval, DefaultResolveInterval),
+			minDelay: MinResolveDelay,
+			drain:    max(cfg.DrainTimeout, 0),
+			stats:    new(discoveryStats),
+			lastTTL:  -1,
+		}
+	}
+	p.set.Store(newBackendSet(list, p.maxAttempts))
 	p.recountLocked()
 	return p, nil
 }
@@ -313,9 +345,10 @@ func orDefault[T int | time.Duration](v, def T) T {
 // Name returns the pool's name.
 func (p *Pool) Name() string { return p.name }
 
-// Backends returns the pool's backends in config order. The slice is a copy;
-// the *Backend values are shared and stay valid while connections use them.
-func (p *Pool) Backends() []*Backend { return slices.Clone(p.backends) }
+// Backends returns the pool's current backends: the configured ones in
+// config order, then the discovered ones by id. The slice is a copy; the
+// *Backend values are shared and stay valid while connections use them.
+func (p *Pool) Backends() []*Backend { return slices.Clone(p.backends()) }
 
 // ProxyProtocol returns the header the pool sends to its backends.
 func (p *Pool) ProxyProtocol() ProxyProtocol { return p.proxy }
@@ -335,9 +368,10 @@ func (p *Pool) HashKey() HashKey {
 	return p.hashKey
 }
 
-// Start starts the active health checks: one goroutine per backend, each
-// with at most one check in flight. It is idempotent, does nothing with
-// CheckNone, and nothing after Close.
+// Start starts the active health checks, one goroutine per backend, each
+// with at most one check in flight (none with CheckNone), and discovery,
+// one goroutine that looks the backends up at once. It is idempotent and
+// does nothing after Close.
 func (p *Pool) Start() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -345,21 +379,26 @@ func (p *Pool) Start() {
 		return
 	}
 	p.started = true
-	if !p.health.active() {
+	if !p.health.active() && p.disc == nil {
 		return
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	p.cancel = cancel
-	p.checking = true
-	for _, b := range p.backends {
+	p.ctx, p.cancel = context.WithCancel(context.Background())
+	if p.health.active() {
+		p.checking = true
+		for _, b := range p.backends() {
+			p.startCheckLocked(b, -1)
+		}
+	}
+	if p.disc != nil {
 		p.wg.Add(1)
-		go p.checkLoop(ctx, b)
+		go p.discoverLoop(p.ctx)
 	}
 }
 
-// Close stops the health checks and pending MaintCloseAfter timers and waits
-// for their goroutines. It does not close live connections; Dial keeps
-// working (with the health state frozen). It is idempotent.
+// Close stops the health checks, discovery, and the pending
+// MaintCloseAfter and DrainTimeout timers, and waits for their goroutines.
+// It does not close live connections; Dial keeps working (with the health
+// state and the backend set frozen). It is idempotent.
 func (p *Pool) Close() {
 	p.mu.Lock()
 	if p.closed {
@@ -371,12 +410,13 @@ func (p *Pool) Close() {
 	if p.cancel != nil {
 		p.cancel()
 	}
-	for _, b := range p.backends {
-		if b.maintTimer != nil {
-			if b.maintTimer.Stop() {
-				p.wg.Done()
-			}
-			b.maintTimer = nil
+	for _, b := range p.backends() {
+		b.stopCheck = nil // ended by p.cancel
+		p.stopMaintLocked(b)
+	}
+	if p.disc != nil {
+		for _, g := range p.disc.gone {
+			p.stopGoneLocked(g)
 		}
 	}
 	p.mu.Unlock()
@@ -386,7 +426,7 @@ func (p *Pool) Close() {
 // recountLocked refreshes the counts of usable backends per tier.
 func (p *Pool) recountLocked() {
 	var prim, back int32
-	for _, b := range p.backends {
+	for _, b := range p.backends() {
 		if b.healthy.Load() && b.AdminState() == Ready {
 			if b.backup {
 				back++
@@ -455,7 +495,7 @@ func (p *Pool) transitionLocked(b *Backend, up bool, reason string, passive bool
 // refreshReviveLocked recomputes nextRevive from the backends' downUntil.
 func (p *Pool) refreshReviveLocked() {
 	var next int64
-	for _, b := range p.backends {
+	for _, b := range p.backends() {
 		if b.downUntil != 0 && (next == 0 || b.downUntil < next) {
 			next = b.downUntil
 		}
@@ -490,7 +530,7 @@ func (p *Pool) revive() {
 	var evs []Event
 	var bs []*Backend
 	p.mu.Lock()
-	for _, b := range p.backends {
+	for _, b := range p.backends() {
 		if b.downUntil != 0 && now >= b.downUntil {
 			reason := fmt.Sprintf("fail timeout %v passed after passive failures", p.failTimeout)
 			if ev, ok := p.transitionLocked(b, true, reason, true); ok {
@@ -525,17 +565,14 @@ func (p *Pool) SetState(addr string, s AdminState) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	found := false
-	for _, b := range p.backends {
+	for _, b := range p.backends() {
 		if !b.is(addr) {
 			continue
 		}
 		found = true
 		b.admin.Store(uint32(s))
-		if b.maintTimer != nil && s != Maint {
-			if b.maintTimer.Stop() {
-				p.wg.Done()
-			}
-			b.maintTimer = nil
+		if s != Maint {
+			p.stopMaintLocked(b)
 		}
 		if s == Maint && p.maintClose > 0 && b.maintTimer == nil && !p.closed {
 			p.wg.Add(1)
@@ -562,11 +599,18 @@ func (p *Pool) maintExpired(b *Backend) {
 }
 
 // CloseConnections closes the connections of every live lease on the
-// backend(s) with id or address addr and returns how many. Their owners see the
-// closed socket and end (the relay), then Release.
+// backend(s) with id or address addr, current or removed by discovery and
+// draining, and returns how many. Their owners see the closed socket and
+// end (the relay), then Release.
 func (p *Pool) CloseConnections(addr string) (int, error) {
 	n, found := 0, false
-	for _, b := range p.backends {
+	for _, b := range p.backends() {
+		if b.is(addr) {
+			found = true
+			n += b.closeLeases()
+		}
+	}
+	for _, b := range p.draining() {
 		if b.is(addr) {
 			found = true
 			n += b.closeLeases()
@@ -600,15 +644,17 @@ type BackendStatus struct {
 	LastCheckDuration time.Duration
 }
 
-// Status returns a snapshot of every backend, in config order.
+// Status returns a snapshot of every backend of the current set, in the
+// order of Backends.
 func (p *Pool) Status() []BackendStatus {
 	if nr := p.nextRevive.Load(); nr != 0 && time.Now().UnixNano() >= nr {
 		p.revive()
 	}
-	out := make([]BackendStatus, len(p.backends))
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for i, b := range p.backends {
+	list := p.backends()
+	out := make([]BackendStatus, len(list))
+	for i, b := range list {
 		var local [numLocalReasons]uint64
 		for _, r := range LocalReasons {
 			local[r] = b.local[r].Load()
@@ -633,64 +679,41 @@ func (p *Pool) Status() []BackendStatus {
 }
 
 // Adopt copies, for each backend of p whose address is also in old, the
-// health state, health and passive streaks, admin state, slow-start start
-// and the Dials/Failures counters, so that a config reload neither resets
-// health nor makes metrics counters restart. The connections in flight are
-// shared, not copied: leases from old release into the same count, so
-// MaxConnections and least_conn see the players connected before the
-// reload, and CloseConnections on p reaches them. Call it on a new pool
-// before Start and before it serves. A pending MaintCloseAfter timer is not
-// carried over; a backend adopted in Maint gets a fresh one.
+// health state, health and passive streaks, admin state, slow-start start,
+// round robin's place and the Dials/Failures counters, so that a config
+// reload neither resets health nor makes metrics counters restart. The
+// connections in flight are shared, not copied: leases from old release
+// into the same count, so MaxConnections and least_conn see the players
+// connected before the reload, and CloseConnections on p reaches them. When
+// both pools discover from the same source, p first takes over old's
+// discovered backends (then carried over by address like the others), its
+// removed backends still draining, and its discovery counters; p looks the
+// backends up again at Start. Call it on a new pool before Start and before
+// it serves. A pending MaintCloseAfter timer is not carried over; a backend
+// adopted in Maint gets a fresh one.
 func (p *Pool) Adopt(old *Pool) {
 	if old == nil || old == p {
 		return
 	}
-	type snap struct {
-		healthy              bool
-		admin                AdminState
-		upSince              int64
-		consecFails          int32
-		okStreak, failStreak int
-		downUntil            int64
-		lastErr              string
-		lastDur              time.Duration
-		dials, failures      uint64
-		live                 *liveState
-		local                *[numLocalReasons]atomic.Uint64
-	}
-	snaps := make(map[string]snap, len(old.backends))
+	p.mu.Lock()
+	p.adoptDiscoveredLocked(old)
+	p.mu.Unlock()
+
+	snaps := make(map[string]backendState, len(old.backends()))
 	old.mu.Lock()
-	for _, b := range old.backends {
-		snaps[b.addr] = snap{
-			healthy: b.healthy.Load(), admin: b.AdminState(), upSince: b.upSince.Load(),
-			consecFails: b.consecFails.Load(), okStreak: b.okStreak, failStreak: b.failStreak,
-			downUntil: b.downUntil, lastErr: b.lastCheckErr, lastDur: b.lastCheckDur,
-			dials: b.dials.Load(), failures: b.failures.Load(), live: b.live, local: b.local,
-		}
+	for _, b := range old.backends() {
+		snaps[b.addr] = captureLocked(b)
 	}
 	old.mu.Unlock()
 
 	var maint []string
 	p.mu.Lock()
-	for _, b := range p.backends {
+	for _, b := range p.backends() {
 		s, ok := snaps[b.addr]
 		if !ok {
 			continue
 		}
-		b.healthy.Store(s.healthy)
-		b.admin.Store(uint32(s.admin))
-		b.upSince.Store(s.upSince)
-		b.consecFails.Store(s.consecFails)
-		b.okStreak, b.failStreak = s.okStreak, s.failStreak
-		b.downUntil = s.downUntil
-		b.lastCheckErr, b.lastCheckDur = s.lastErr, s.lastDur
-		b.dials.Store(s.dials)
-		b.failures.Store(s.failures)
-		b.live = s.live // connections from before the reload keep counting here
-		b.local = s.local
-		if s.upSince != 0 && p.slowStart > 0 {
-			p.slowUntil.Store(max(p.slowUntil.Load(), s.upSince+int64(p.slowStart)))
-		}
+		p.restoreLocked(b, s)
 		if s.admin == Maint {
 			maint = append(maint, b.addr)
 		}
@@ -701,4 +724,19 @@ func (p *Pool) Adopt(old *Pool) {
 	for _, addr := range maint {
 		_ = p.SetState(addr, Maint) // arms MaintCloseAfter
 	}
+}
+
+// draining returns the backends discovery removed whose connections may
+// still drain.
+func (p *Pool) draining() []*Backend {
+	if p.disc == nil {
+		return nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]*Backend, len(p.disc.gone))
+	for i, g := range p.disc.gone {
+		out[i] = g.b
+	}
+	return out
 }

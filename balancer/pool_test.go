@@ -61,8 +61,8 @@ func TestNewPool(t *testing.T) {
 		t.Errorf("defaults: timeout %v budget %v", p.connectTimeout, p.connectBudget)
 	}
 	// MaxAttempts defaults to 3 but is capped at the number of backends.
-	if p.maxAttempts != 2 {
-		t.Errorf("maxAttempts = %d, want 2 (capped)", p.maxAttempts)
+	if p.set.Load().maxAttempts != 2 {
+		t.Errorf("maxAttempts = %d, want 2 (capped)", p.set.Load().maxAttempts)
 	}
 	bs := p.Backends()
 	if len(bs) != 2 || bs[0].Addr() != "a:1" || bs[1].Addr() != "b:2" {
@@ -122,14 +122,14 @@ func TestPickerDistinct(t *testing.T) {
 			v, _ := p.view()
 			var st pickState
 			st.reset()
-			for range len(p.backends) {
-				i := p.pick(&v, &st, &req)
+			for range len(p.backends()) {
+				i := p.pick(p.set.Load(), &v, &st, &req)
 				if i < 0 || st.has(i) {
 					t.Fatalf("%v: pick %d after %v", algo, i, st.tried())
 				}
 				st.add(i)
 			}
-			if i := p.pick(&v, &st, &req); i != -1 {
+			if i := p.pick(p.set.Load(), &v, &st, &req); i != -1 {
 				t.Errorf("%v: pick with all tried = %d, want -1", algo, i)
 			}
 		}

@@ -21,9 +21,9 @@ func TestPassiveDown(t *testing.T) {
 		Name: "passive", Backends: []BackendConfig{{Address: refused}, {Address: good.addr()}},
 		FailTimeout: 300 * time.Millisecond, OnChange: ev.record,
 	})
-	bad := p.backends[0]
+	bad := p.backends()[0]
 	for range 30 {
-		if b := dialDone(t, p, DialRequest{}); b != p.backends[1] {
+		if b := dialDone(t, p, DialRequest{}); b != p.backends()[1] {
 			t.Fatalf("lease on %s", b.Addr())
 		}
 	}
@@ -45,7 +45,7 @@ func TestPassiveDown(t *testing.T) {
 func TestPassiveObserve(t *testing.T) {
 	s := startSink(t)
 	p := mustPool(t, PoolConfig{Name: "observe", Backends: backendsOf(s.addr()), MaxFails: 3})
-	b := p.backends[0]
+	b := p.backends()[0]
 	use := func(bytes int64, reset bool) {
 		l, err := p.Dial(context.Background(), DialRequest{})
 		if err != nil {
@@ -90,7 +90,7 @@ func TestCapacity(t *testing.T) {
 			if !errors.Is(err, ErrFull) || !errors.Is(err, ErrNoBackend) {
 				t.Fatalf("5th dial: %v, want ErrFull", err)
 			}
-			if d := p.backends[0].Dials() + p.backends[1].Dials(); d != 4 {
+			if d := p.backends()[0].Dials() + p.backends()[1].Dials(); d != 4 {
 				t.Errorf("%d dials, want 4", d)
 			}
 			held[0].Conn.Close()
@@ -109,7 +109,7 @@ func TestBackup(t *testing.T) {
 	bs := sinkConfigs(ss)
 	bs[2].Backup = true
 	p := mustPool(t, PoolConfig{Name: "backup", Backends: bs})
-	a, b, backup := p.backends[0], p.backends[1], p.backends[2]
+	a, b, backup := p.backends()[0], p.backends()[1], p.backends()[2]
 	for range 10 {
 		if dialDone(t, p, DialRequest{}) == backup {
 			t.Fatal("backup used while primaries are healthy")
@@ -145,7 +145,7 @@ func connWorks(l *Lease) bool {
 func TestDrain(t *testing.T) {
 	ss := sinks(t, 2)
 	p := mustPool(t, PoolConfig{Name: "drain", Backends: sinkConfigs(ss), Balance: LeastConn, MaintCloseAfter: 100 * time.Millisecond})
-	a := p.backends[0]
+	a := p.backends()[0]
 	var onA []*Lease
 	for len(onA) < 3 {
 		if l := dialHold(t, p, DialRequest{}); l.Backend == a {
@@ -228,7 +228,7 @@ func TestAllUnhealthy(t *testing.T) {
 	for _, mode := range []AllUnhealthy{Reject, TryAll} {
 		t.Run(mode.String(), func(t *testing.T) {
 			p := mustPool(t, PoolConfig{Name: "all", Backends: backendsOf(addrs...), OnAllUnhealthy: mode})
-			for _, b := range p.backends {
+			for _, b := range p.backends() {
 				p.setHealth(b, false, "test", false)
 			}
 			for range 20 {
@@ -246,7 +246,7 @@ func TestAllUnhealthy(t *testing.T) {
 				l.Release()
 			}
 			var dials uint64
-			for _, b := range p.backends {
+			for _, b := range p.backends() {
 				dials += b.Dials()
 			}
 			if mode == Reject && dials != 0 {
@@ -267,18 +267,18 @@ func TestSlowStart(t *testing.T) {
 		t.Run(algo.String(), func(t *testing.T) {
 			const window = 300 * time.Millisecond
 			p := mustPool(t, PoolConfig{Name: "slow", Backends: backendsOf("10.0.0.1:1", "10.0.0.2:1"), Balance: algo, SlowStart: window})
-			b := p.backends[1]
+			b := p.backends()[1]
 			share := func() int {
 				n := 0
 				for range 200 {
 					i := p.pickOnce(&DialRequest{})
 					// least_conn / random_two see load: hold what was picked
-					p.backends[i].live.active.Add(1)
+					p.backends()[i].live.active.Add(1)
 					if i == 1 {
 						n++
 					}
 				}
-				for _, x := range p.backends {
+				for _, x := range p.backends() {
 					x.live.active.Store(0)
 				}
 				return n
@@ -300,9 +300,9 @@ func TestSlowStart(t *testing.T) {
 // backends with the same address; new addresses start fresh.
 func TestAdopt(t *testing.T) {
 	old := mustPool(t, PoolConfig{Name: "p", Backends: backendsOf("10.0.0.1:1", "10.0.0.2:1", "10.0.0.3:1")})
-	old.setHealth(old.backends[0], false, "test", false)
+	old.setHealth(old.backends()[0], false, "test", false)
 	_ = old.SetState("10.0.0.2:1", Drain)
-	old.backends[1].dials.Store(7)
+	old.backends()[1].dials.Store(7)
 	nu := mustPool(t, PoolConfig{Name: "p", Backends: backendsOf("10.0.0.2:1", "10.0.0.1:1", "10.0.0.4:1")})
 	nu.Adopt(old)
 	st := nu.Status()
@@ -328,7 +328,7 @@ func TestCloseOnDown(t *testing.T) {
 	for _, closeOnDown := range []bool{false, true} {
 		p := mustPool(t, PoolConfig{Name: "cod", Backends: backendsOf(s.addr()), CloseOnDown: closeOnDown, OnAllUnhealthy: TryAll})
 		l := dialHold(t, p, DialRequest{})
-		p.setHealth(p.backends[0], false, "test", false)
+		p.setHealth(p.backends()[0], false, "test", false)
 		if connWorks(l) == closeOnDown {
 			t.Errorf("CloseOnDown %v: conn open %v", closeOnDown, !closeOnDown)
 		}

@@ -17,23 +17,23 @@ func TestStickyValueStable(t *testing.T) {
 		return p
 	}
 	a, b, other := mk("rooms"), mk("rooms"), mk("lobby")
-	for i := range a.backends {
-		v := a.backends[i].Cookie()
+	for i := range a.backends() {
+		v := a.backends()[i].Cookie()
 		if len(v) != 16 || strings.Contains(v, "10.0.0") {
 			t.Fatalf("cookie %q", v)
 		}
-		if v != b.backends[i].Cookie() {
+		if v != b.backends()[i].Cookie() {
 			t.Fatal("the same config gave another cookie value")
 		}
-		if v == other.backends[i].Cookie() {
+		if v == other.backends()[i].Cookie() {
 			t.Fatal("two pools share a cookie value")
 		}
 	}
-	if a.backends[0].Cookie() == a.backends[1].Cookie() {
+	if a.backends()[0].Cookie() == a.backends()[1].Cookie() {
 		t.Fatal("two backends share a cookie value")
 	}
 	// The pick follows a known value and ignores an unknown one.
-	req := DialRequest{Sticky: a.backends[1].Cookie()}
+	req := DialRequest{Sticky: a.backends()[1].Cookie()}
 	for range 5 {
 		if i := a.pickOnce(&req); i != 1 {
 			t.Fatalf("sticky pick %d, want 1", i)
@@ -60,11 +60,11 @@ func TestBackendID(t *testing.T) {
 		return p
 	}
 	a, b := mk("10.0.0.1:7000"), mk("10.0.0.2:7000")
-	if a.backends[0].Cookie() != b.backends[0].Cookie() {
+	if a.backends()[0].Cookie() != b.backends()[0].Cookie() {
 		t.Fatal("the same id gave another cookie after an address change")
 	}
-	if a.backends[1].ID() != "10.0.0.9:7000" {
-		t.Fatalf("default id %q, want the address", a.backends[1].ID())
+	if a.backends()[1].ID() != "10.0.0.9:7000" {
+		t.Fatalf("default id %q, want the address", a.backends()[1].ID())
 	}
 	if err := a.SetState("gs-1", Drain); err != nil {
 		t.Fatal(err)

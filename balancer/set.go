@@ -1,0 +1,122 @@
+package balancer
+
+import (
+	"context"
+	"math/rand/v2"
+	"sync/atomic"
+	"time"
+)
+
+// backendSet is one immutable snapshot of a pool's backends. A pick, a
+// Dial (all its attempts) and a Chooser (all its Nexts) each load the
+// pool's set once and work from it to the end, so the indices in their
+// pickState always name the backends they meant, while discovery swaps in
+// a new set (Pool.set, an atomic.Pointer) without a lock on the pick path.
+// The per-backend state the picks read (health, admin state, active
+// connections, round robin's current weight) lives on the *Backend, which
+// consecutive sets share: a backend in both keeps all of it.
+type backendSet struct {
+	list []*Backend
+	// weighted: the weights differ, rendezvous uses Schindler's scores.
+	// Equal weights rank backends in the same order either way (-1/ln(x)
+	// grows with x), so a swap that flips it moves no key.
+	weighted bool
+	// maxAttempts is PoolConfig.MaxAttempts capped at len(list).
+	maxAttempts int
+}
+
+func newBackendSet(list []*Backend, maxAttempts int) *backendSet {
+	s := &backendSet{list: list, maxAttempts: min(maxAttempts, len(list))}
+	for _, b := range list {
+		s.weighted = s.weighted || b.weight != list[0].weight
+	}
+	return s
+}
+
+// backends returns the current set's backends. The slice is shared: do
+// not modify it.
+func (p *Pool) backends() []*Backend { return p.set.Load().list }
+
+// backendState is what a Backend carries over to its successor: the
+// Backend of the same address in the next pool (Pool.Adopt, a reload) or in
+// the next set when its weight, backup flag or slots changed (discovery).
+// The connections in flight are shared, not copied.
+type backendState struct {
+	healthy              bool
+	admin                AdminState
+	upSince              int64
+	consecFails          int32
+	okStreak, failStreak int
+	downUntil            int64
+	lastErr              string
+	lastDur              time.Duration
+	dials, failures      uint64
+	rrWeight             int64
+	live                 *liveState
+	local                *[numLocalReasons]atomic.Uint64
+}
+
+// captureLocked reads b's state; the lock of b's pool is held.
+func captureLocked(b *Backend) backendState {
+	return backendState{
+		healthy: b.healthy.Load(), admin: b.AdminState(), upSince: b.upSince.Load(),
+		consecFails: b.consecFails.Load(), okStreak: b.okStreak, failStreak: b.failStreak,
+		downUntil: b.downUntil, lastErr: b.lastCheckErr, lastDur: b.lastCheckDur,
+		dials: b.dials.Load(), failures: b.failures.Load(), rrWeight: b.rrWeight,
+		live: b.live, local: b.local,
+	}
+}
+
+// restoreLocked gives b the state s; p.mu is held and b is not picked yet.
+func (p *Pool) restoreLocked(b *Backend, s backendState) {
+	b.healthy.Store(s.healthy)
+	b.admin.Store(uint32(s.admin))
+	b.upSince.Store(s.upSince)
+	b.consecFails.Store(s.consecFails)
+	b.okStreak, b.failStreak = s.okStreak, s.failStreak
+	b.downUntil = s.downUntil
+	b.lastCheckErr, b.lastCheckDur = s.lastErr, s.lastDur
+	b.dials.Store(s.dials)
+	b.failures.Store(s.failures)
+	b.rrWeight = s.rrWeight
+	b.live = s.live // connections from before keep counting here
+	b.local = s.local
+	if s.upSince != 0 && p.slowStart > 0 {
+		p.slowUntil.Store(max(p.slowUntil.Load(), s.upSince+int64(p.slowStart)))
+	}
+}
+
+// startCheckLocked starts b's active-check goroutine when checks run; the
+// first check comes after first, or at a random point of the first interval
+// (HAProxy spread-checks) when first is negative. p.mu is held.
+func (p *Pool) startCheckLocked(b *Backend, first time.Duration) {
+	if !p.checking || b.stopCheck != nil {
+		return
+	}
+	if first < 0 {
+		first = time.Duration(rand.Int64N(int64(p.health.Interval)) + 1)
+	}
+	ctx, cancel := context.WithCancel(p.ctx)
+	b.stopCheck = cancel
+	p.wg.Add(1)
+	go p.checkLoop(ctx, b, first)
+}
+
+// stopCheckLocked ends b's active checks (the goroutine exits at its next
+// wake-up; Close waits for it). p.mu is held.
+func (p *Pool) stopCheckLocked(b *Backend) {
+	if b.stopCheck != nil {
+		b.stopCheck()
+		b.stopCheck = nil
+	}
+}
+
+// stopMaintLocked cancels b's pending MaintCloseAfter close. p.mu is held.
+func (p *Pool) stopMaintLocked(b *Backend) {
+	if b.maintTimer != nil {
+		if b.maintTimer.Stop() {
+			p.wg.Done()
+		}
+		b.maintTimer = nil
+	}
+}
