@@ -136,7 +136,7 @@ func (ss *session) serveCleartext() {
 	if !ss.admit() {
 		return
 	}
-	host, head, err := peekHost(ss.reader(), maxHTTPHead)
+	host, head, err := l7.PeekHost(ss.reader(), l7.MaxPeekHead)
 	if err != nil && len(head) == 0 {
 		ss.refuse(false, peekFailure(err), "", zap.Error(err))
 		return

@@ -56,7 +56,7 @@ fuzz FuzzClientHelloDifferential ./tlsutil 100000x
 fuzz FuzzNormalizeSNI ./tlsutil 200000x
 fuzz FuzzHeadScanner ./l7 60000x
 fuzz FuzzChunkScanner ./l7 40000x
-fuzz FuzzPeekHost . 40000x
+fuzz FuzzPeekHost ./l7 40000x
 fuzz FuzzUpgradeResponse ./l7 80000x
 fuzz FuzzProxyHeader ./balancer 80000x
 fuzz FuzzReadProxyHeader ./balancer 100000x

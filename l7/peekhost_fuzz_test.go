@@ -1,4 +1,4 @@
-package main
+package l7
 
 import (
 	"bufio"
@@ -15,7 +15,7 @@ import (
 // dribbleConn is a net.Conn whose Read hands out data in segments of
 // pseudo-random length, then io.EOF. It counts what it gave and records the
 // largest buffer a Read asked to fill beyond what was given. Only Read is
-// implemented: peekHost must call nothing else.
+// implemented: PeekHost must call nothing else.
 type dribbleConn struct {
 	net.Conn
 	data    []byte
@@ -74,19 +74,19 @@ func FuzzPeekHost(f *testing.F) {
 		"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
 		"GET / HTTP/1.1\r\nHost: a\r\n",
 		"GET / HTTP/1.1\r\nHost: a\r\n\r",
-		"GET / HTTP/1.1\r\nX: " + strings.Repeat("y", maxHTTPHead) + "\r\nHost: a\r\n\r\n",
+		"GET / HTTP/1.1\r\nX: " + strings.Repeat("y", MaxPeekHead) + "\r\nHost: a\r\n\r\n",
 		"GET /" + strings.Repeat("a", 20000) + " HTTP/1.1\r\nHost: a\r\n\r\n",
 		"",
 	}
 	for _, h := range heads {
-		for _, m := range []int{maxHTTPHead, 16, len(h), len(h) - 1} {
+		for _, m := range []int{MaxPeekHead, 16, len(h), len(h) - 1} {
 			f.Add([]byte(h), uint64(len(h)), uint16(min(max(m, 0), 1<<16-1)))
 		}
 	}
 	f.Fuzz(func(t *testing.T, data []byte, split uint64, maxb uint16) {
 		limit := int(maxb)
 		c := &dribbleConn{data: data, x: split | 1}
-		host, raw, err := peekHost(c, limit)
+		host, raw, err := PeekHost(c, limit)
 
 		// Never reads (nor asks to read) more than the max it was given;
 		// the raw bytes are exactly those consumed.
@@ -98,7 +98,7 @@ func FuzzPeekHost(f *testing.F) {
 		}
 		switch {
 		case err == nil:
-		case errors.Is(err, errHeadTooLarge):
+		case errors.Is(err, ErrPeekTooLarge):
 			if len(raw) < limit {
 				t.Fatalf("head too large after %d of %d bytes", len(raw), limit)
 			}
@@ -138,7 +138,7 @@ func FuzzPeekHost(f *testing.F) {
 			return
 		}
 		if err != nil {
-			t.Fatalf("net/http reads a head (Host %q) in %d of max %d bytes; peekHost: %v",
+			t.Fatalf("net/http reads a head (Host %q) in %d of max %d bytes; PeekHost: %v",
 				req.Host, len(in), limit, err)
 		}
 		if want := stripPort(req.Host); host != want {

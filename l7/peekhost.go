@@ -1,4 +1,4 @@
-package main
+package l7
 
 import (
 	"bytes"
@@ -9,20 +9,23 @@ import (
 	"strings"
 )
 
-// maxHTTPHead bounds the request head read to find the Host on a cleartext
+// MaxPeekHead bounds the request head read to find the Host on a cleartext
 // listener: the 16 KiB header limit plus an 8 KiB request line. The l7 route
 // then enforces the exact limits (414, 431) on the replayed bytes.
-const maxHTTPHead = 24 << 10
+const MaxPeekHead = 24 << 10
 
-var errHeadTooLarge = errors.New("request head larger than the limit")
+// ErrPeekTooLarge is PeekHost's error for a head over its max bytes.
+var ErrPeekTooLarge = errors.New("l7: request head larger than the limit")
 
-// peekHost reads the first request head (up to the blank line, at most max
-// bytes) and returns its Host header and every byte read, for replay. A head
+// PeekHost reads the first request head (up to the blank line, at most max
+// bytes) and returns its Host header and every byte read, for replay: a
+// cleartext listener picks the route by it, then hands the bytes to the
+// route's ServeConn as its prefix. A head
 // without Host returns "" and no error: the route decides (400).
 //
 // Lines end in LF or CRLF, as net/http reads them, and empty lines before
 // the request line are skipped, as the l7 route does.
-func peekHost(c io.Reader, max int) (host string, raw []byte, err error) {
+func PeekHost(c io.Reader, max int) (host string, raw []byte, err error) {
 	buf := make([]byte, 0, 2048)
 	// line starts the first unfinished line, scan is where its LF is
 	// looked for: each byte is searched once, so a dribbled head costs O(n).
@@ -55,7 +58,7 @@ func peekHost(c io.Reader, max int) (host string, raw []byte, err error) {
 			return "", buf, rerr
 		}
 		if len(buf) >= max {
-			return "", buf, errHeadTooLarge
+			return "", buf, ErrPeekTooLarge
 		}
 	}
 }
