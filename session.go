@@ -109,6 +109,11 @@ func (ss *session) serve() {
 			}
 			return
 		}
+	case len(h.Raw) == 0 && lr.table.plain != nil && errors.Is(err, os.ErrDeadlineExceeded):
+		// A raw TCP client may be waiting for the server to speak: say
+		// so, not that a ClientHello was late.
+		ss.refuse(false, l4.ReasonNoFirstBytes, "")
+		return
 	default:
 		ss.refuse(false, peekFailure(err), h.RawServerName, zap.Error(err))
 		return

@@ -25,6 +25,7 @@ const (
 	// Before the relay: the ClientHello peek and routing.
 	ReasonClientClosed     Reason = "client_closed"      // the client closed before sending a complete ClientHello (l7: or a request body)
 	ReasonHelloTimeout     Reason = "hello_timeout"      // no complete ClientHello within hello_timeout
+	ReasonNoFirstBytes     Reason = "no_first_bytes"     // a listener with a plain_route: the client sent nothing within hello_timeout (sluice never speaks first)
 	ReasonHelloTooLarge    Reason = "hello_too_large"    // ClientHello over max_hello_bytes
 	ReasonHelloMalformed   Reason = "hello_malformed"    // ClientHello crypto/tls rejects
 	ReasonNotTLS           Reason = "not_tls"            // first bytes are not TLS and the listener has no plain_route
