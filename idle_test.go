@@ -3,11 +3,15 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"net"
 	"runtime"
+	"strconv"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
+
+	"sluice/balancer/balancertest"
 )
 
 // An idle session, l4 or l7 (wss:// terminated by sluice), is held by its
@@ -16,6 +20,12 @@ import (
 // net/http's goroutine and buffers are gone once the tunnel runs. This is
 // what an idle player costs (scripts/bench.sh idle-l4, idle-wss); the
 // sessions still work afterwards and each writes its access line.
+//
+// Only what belongs to the sessions under test is counted: goroutines
+// started after the baseline, and sockets on this subtest's listener port
+// or the backend's port. Earlier tests winding down (their relays, their
+// backends' conns) cannot move the counts, and the test runs alone (no
+// t.Parallel).
 func TestIdleSessionHoldsOnlyRelayGoroutines(t *testing.T) {
 	addr, _, _ := dualWSBackend(t, "game.test")
 	for _, mode := range []string{"l4", "l7"} {
@@ -32,7 +42,9 @@ pool = "ws"
 backends = [{ address = %q }]
 `, mode, addr))
 			const n = 5
-			fds0 := countFDs(t)
+			ports := []int{l.addr("public").(*net.TCPAddr).Port, portOf(t, addr)}
+			pipes0 := balancertest.ReadFDs(t).Pipes
+			old := goroutineIDs()
 			var conns []*websocket.Conn
 			for i := range n {
 				ws, _ := wsDial(t, l.addr("public").String(), "game.test", "/ws")
@@ -40,13 +52,16 @@ backends = [{ address = %q }]
 				wsEcho(t, ws, fmt.Sprintf("player %d", i))
 				conns = append(conns, ws)
 			}
-			var relays, held int
+			// RELIABILITY C11: 2 fds per idle session in sluice (its two
+			// sockets; no pipe), plus the test's client and backend ends.
+			var relays, held, sockets int
 			deadline := time.Now().Add(10 * time.Second)
 			for {
 				relays, held = 0, 0
-				buf := make([]byte, 1<<20)
-				buf = buf[:runtime.Stack(buf, true)]
-				for g := range bytes.SplitSeq(buf, []byte("\n\n")) {
+				for id, g := range goroutines() {
+					if old[id] {
+						continue
+					}
 					switch {
 					case bytes.Contains(g, []byte("sluice/l4.(*relay).run")):
 						relays++
@@ -56,7 +71,8 @@ backends = [{ address = %q }]
 						held++
 					}
 				}
-				if (relays == 2*n && held == 0) || time.Now().After(deadline) {
+				sockets = balancertest.ReadFDs(t).Connected(ports...)
+				if (relays == 2*n && held == 0 && sockets == 4*n) || time.Now().After(deadline) {
 					break
 				}
 				time.Sleep(20 * time.Millisecond)
@@ -64,10 +80,11 @@ backends = [{ address = %q }]
 			if relays != 2*n || held != 0 {
 				t.Fatalf("%d idle sessions: %d relay goroutines (want %d), %d accept/HTTP goroutines still held (want 0)", n, relays, 2*n, held)
 			}
-			// RELIABILITY C11: 2 fds per idle session in sluice (its two
-			// sockets; no pipe), plus the test's client and backend ends.
-			if d := countFDs(t) - fds0; d != 4*n {
-				t.Fatalf("%d idle sessions hold %d more fds, want %d (2 in sluice + 2 test ends each)", n, d, 4*n)
+			if sockets != 4*n {
+				t.Fatalf("%d idle sessions hold %d socket fds on ports %v, want %d (2 in sluice + 2 test ends each)", n, sockets, ports, 4*n)
+			}
+			if d := balancertest.ReadFDs(t).Pipes - pipes0; d > 0 {
+				t.Fatalf("%d idle sessions: %d more pipe fds, want none", n, d)
 			}
 			for i, ws := range conns {
 				wsEcho(t, ws, fmt.Sprintf("player %d again", i))
@@ -85,4 +102,49 @@ backends = [{ address = %q }]
 			}
 		})
 	}
+}
+
+// goroutines returns the stack of every goroutine by its id.
+func goroutines() map[uint64][]byte {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	gs := map[uint64][]byte{}
+	for g := range bytes.SplitSeq(buf, []byte("\n\n")) {
+		// "goroutine 42 [IO wait]:"
+		f := bytes.Fields(g)
+		if len(f) < 2 || string(f[0]) != "goroutine" {
+			continue
+		}
+		if id, err := strconv.ParseUint(string(f[1]), 10, 64); err == nil {
+			gs[id] = g
+		}
+	}
+	return gs
+}
+
+// goroutineIDs is the set of goroutines running now: ids are never reused,
+// so a goroutine not in it started later.
+func goroutineIDs() map[uint64]bool {
+	ids := map[uint64]bool{}
+	for id := range goroutines() {
+		ids[id] = true
+	}
+	return ids
+}
+
+// portOf is the port of a host:port address.
+func portOf(t *testing.T, addr string) int {
+	t.Helper()
+	_, p, err := net.SplitHostPort(addr)
+	must(t, err)
+	n, err := strconv.Atoi(p)
+	must(t, err)
+	return n
 }

@@ -17,6 +17,7 @@ import (
 
 	proxyproto "github.com/pires/go-proxyproto"
 
+	"sluice/balancer/balancertest"
 	"sluice/l4"
 	"sluice/tlsutil"
 	"sluice/tlsutil/tlstest"
@@ -26,6 +27,7 @@ import (
 // client sees each backend's own certificate (passthrough), and 1 MiB each
 // way arrives sha256-exact.
 func TestL4TwoSNIsTwoBackendsPassthrough(t *testing.T) {
+	t.Parallel()
 	ba, certA := tlsEchoBackend(t, "a.game.test")
 	bb, certB := tlsEchoBackend(t, "b.game.test")
 	l := startLB(t, fmt.Sprintf(`
@@ -98,6 +100,7 @@ backends = [{ address = %q }]
 // Fragmented and large ClientHellos route on the right SNI and reach the
 // backend byte for byte (RELIABILITY T5, A9, A10).
 func TestL4FragmentedHellosReachBackendExact(t *testing.T) {
+	t.Parallel()
 	hello := tlstest.CaptureClientHello(t, &tls.Config{ServerName: "frag.game.test"})
 	sniAt := tlstest.ServerNameOffset(hello, "frag.game.test")
 	if sniAt <= 0 {
@@ -199,6 +202,7 @@ func writeChunks(t *testing.T, c net.Conn, b []byte, chunk int) {
 // PROXY v1 and v2 carry the player's real address to the backend; v2 also
 // carries the SNI as PP2_TYPE_AUTHORITY. The hello follows the header exactly.
 func TestL4ProxyProtocolToBackend(t *testing.T) {
+	t.Parallel()
 	for _, v := range []string{"v1", "v2"} {
 		t.Run(v, func(t *testing.T) {
 			hello := tlstest.CaptureClientHello(t, &tls.Config{ServerName: "pp.game.test"})
@@ -261,6 +265,7 @@ backends = [{ address = %q }]
 // listener, and on a plain route it arrives as payload after sluice's own
 // header, never as the header (RELIABILITY T20, F2).
 func TestL4ClientProxyHeaderInjection(t *testing.T) {
+	t.Parallel()
 	fake := "PROXY TCP4 6.6.6.6 127.0.0.1 4444 443\r\n"
 
 	be, got := proxyBackend(t, len(fake))
@@ -308,6 +313,7 @@ backends = [{ address = %q }]
 // A silent client and one that dribbles a valid hello are both closed at the
 // absolute hello_timeout: progress does not extend it (RELIABILITY T1).
 func TestL4HelloTimeoutIsAbsolute(t *testing.T) {
+	t.Parallel()
 	be := echoBackend(t)
 	l := startLB(t, fmt.Sprintf(`
 [listeners.public]
@@ -359,6 +365,7 @@ backends = [{ address = %q }]
 // No SNI goes to the default route; with no default, the client gets a TLS
 // unrecognized_name alert and a close (RELIABILITY T2).
 func TestL4NoSNI(t *testing.T) {
+	t.Parallel()
 	be, cert := tlsEchoBackend(t, "default.game.test")
 	l := startLB(t, fmt.Sprintf(`
 [listeners.withdefault]
@@ -411,6 +418,7 @@ backends = [{ address = %q }]
 // Bytes that are not TLS go to the plain route when there is one; otherwise
 // HTTP gets a 400 and anything else a close, with no backend dialled (T3).
 func TestL4NotTLS(t *testing.T) {
+	t.Parallel()
 	be := echoBackend(t)
 	l := startLB(t, fmt.Sprintf(`
 [listeners.plain]
@@ -462,6 +470,7 @@ backends = [{ address = %q }]
 
 // Half-close is data, in both directions, through the whole L4 path.
 func TestL4HalfClose(t *testing.T) {
+	t.Parallel()
 	payload := make([]byte, 256<<10)
 	rand.Read(payload)
 	sum := sha256.Sum256(payload)
@@ -526,6 +535,7 @@ backends = [{ address = %q }]
 
 // A backend reset mid-stream reaches the client as a reset (T13).
 func TestL4BackendResetPropagates(t *testing.T) {
+	t.Parallel()
 	be := startBackend(t, listenTCP(t), func(c net.Conn) {
 		c.Write(bytes.Repeat([]byte("x"), 100<<10))
 		time.Sleep(50 * time.Millisecond)
@@ -546,6 +556,7 @@ func TestL4BackendResetPropagates(t *testing.T) {
 
 // idle_timeout closes a connection on which nothing moves either way.
 func TestL4IdleTimeout(t *testing.T) {
+	t.Parallel()
 	be := echoBackend(t)
 	l := startRaw(t, be.addr, `idle_timeout = "300ms"`)
 	c := dial(t, l.addr("public"))
@@ -561,6 +572,7 @@ func TestL4IdleTimeout(t *testing.T) {
 
 // A refused backend is retried on the next one, replaying the same bytes.
 func TestL4ConnectRetryReplaysHello(t *testing.T) {
+	t.Parallel()
 	hello := tlstest.CaptureClientHello(t, &tls.Config{ServerName: "retry.game.test"})
 	good, got := captureBackend(t, len(hello))
 	l := startLB(t, fmt.Sprintf(`
@@ -572,7 +584,7 @@ sni = ["retry.game.test"]
 pool = "p"
 [pools.p]
 backends = [{ address = %q }, { address = %q }]
-`, refusedAddr(t), good.addr))
+`, balancertest.RefusedAddr(t), good.addr))
 	for i := range 4 {
 		c := dial(t, l.addr("public"))
 		c.Write(hello)
@@ -597,6 +609,7 @@ backends = [{ address = %q }, { address = %q }]
 
 // Over max_connections a new connection is closed at once and counted.
 func TestMaxConnections(t *testing.T) {
+	t.Parallel()
 	be := echoBackend(t)
 	l := startLB(t, fmt.Sprintf(`
 max_connections = 2
@@ -643,6 +656,7 @@ backends = [{ address = %q }]
 // Attacker-controlled SNI is escaped and capped in the one log line of a
 // rejection (T26, A15).
 func TestRejectLogEscapesSNI(t *testing.T) {
+	t.Parallel()
 	l := startLB(t, `
 [listeners.public]
 address = "127.0.0.1:0"
@@ -671,6 +685,7 @@ backends = [{ address = "127.0.0.1:1" }]
 // the cap, is one rejection line whose field is escaped and at most 255
 // bytes.
 func TestRejectLogEscapesHostileSNI(t *testing.T) {
+	t.Parallel()
 	l := startLB(t, `
 [listeners.public]
 address = "127.0.0.1:0"

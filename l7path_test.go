@@ -117,6 +117,7 @@ func wsEcho(t *testing.T, ws *websocket.Conn, msg string) {
 // proxies the upgrade with forwarded headers) serves wss:// both ways; the
 // config differs by the one mode line.
 func TestModeSwitchL4L7WSS(t *testing.T) {
+	t.Parallel()
 	addr, backendCert, reqs := dualWSBackend(t, "game.test")
 	for _, mode := range []string{"l4", "l7"} {
 		t.Run(mode, func(t *testing.T) {
@@ -163,6 +164,7 @@ backends = [{ address = %q }]
 // wss://IP:port sends no SNI: the default route answers, with a certificate
 // (the listener's default), instead of ERR_SSL_PROTOCOL_ERROR.
 func TestL7NoSNIGetsDefaultCertificate(t *testing.T) {
+	t.Parallel()
 	addr, _, _ := dualWSBackend(t, "game.test")
 	dir := t.TempDir()
 	certFile, keyFile := writeCert(t, dir, "default.test")
@@ -210,6 +212,7 @@ func writeCert(t *testing.T, dir, name string) (certFile, keyFile string) {
 // A certificate file that is missing, or a key that does not match its
 // certificate, is a config error naming the key path.
 func TestL7CertificateErrors(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	certA, _ := writeCert(t, dir, "a.test")
 	_, keyB := writeCert(t, dir, "b.test")
@@ -245,6 +248,7 @@ backends = [{ address = "127.0.0.1:9" }]
 // development; a Host no route serves gets 421; redirect_https sends
 // everything to https.
 func TestCleartextListener(t *testing.T) {
+	t.Parallel()
 	addr, _, reqs := dualWSBackend(t, "game.test")
 	l := startLB(t, fmt.Sprintf(`
 [listeners.dev]
@@ -297,6 +301,7 @@ backends = [{ address = %q }]
 // An expired certificate, or one expiring within 7 days, loads with a
 // warning naming its server names and NotAfter (RELIABILITY T22, G8).
 func TestCertificateExpiryWarning(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	c, err := tlsutil.SelfSigned([]string{"soon.test"}, 72*time.Hour)
 	must(t, err)

@@ -17,6 +17,7 @@ import (
 // Room affinity on the l7 path: every client of ?room=42 reaches the same
 // game server; other rooms spread over both.
 func TestHashRoomAffinityL7(t *testing.T) {
+	t.Parallel()
 	addrA, _, reqsA := dualWSBackend(t, "a.test")
 	addrB, _, reqsB := dualWSBackend(t, "b.test")
 	l := startLB(t, fmt.Sprintf(`
@@ -65,6 +66,7 @@ backends = [{ address = %q }, { address = %q }]
 // Room affinity on the l4 path with hash_key = "sni": every connection for
 // one name reaches the same TLS backend.
 func TestHashSNIAffinityL4(t *testing.T) {
+	t.Parallel()
 	ba, certA := tlsEchoBackend(t, "room.game.test")
 	bb, _ := tlsEchoBackend(t, "room.game.test")
 	l := startLB(t, fmt.Sprintf(`
@@ -106,6 +108,7 @@ backends = [{ address = %q }, { address = %q }]
 // concurrent player is refused (l4: close; l7: 503 + Retry-After) without a
 // dial, and gets in once a slot frees.
 func TestCapacity(t *testing.T) {
+	t.Parallel()
 	t.Run("l4", func(t *testing.T) {
 		b1, b2 := echoBackend(t), echoBackend(t)
 		l := startLB(t, fmt.Sprintf(`

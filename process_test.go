@@ -165,6 +165,7 @@ backends = [{ address = %q }]
 // SIGTERM: new connections are refused at once, live ones continue until
 // drain_timeout and are then closed, and sluice exits 0 (RELIABILITY T25).
 func TestSIGTERMDrains(t *testing.T) {
+	t.Parallel()
 	be := echoBackend(t)
 	addr := freePort(t)
 	cmd, out := startProcess(t, fmt.Sprintf(`
@@ -240,6 +241,7 @@ backends = [{ address = %q }]
 // SIGHUP reloads the file: an added listener starts serving, the existing
 // one keeps its socket.
 func TestSIGHUPReloads(t *testing.T) {
+	t.Parallel()
 	be := echoBackend(t)
 	a1, a2 := freePort(t), freePort(t)
 	cfg := func(extra string) string {

@@ -28,6 +28,7 @@ func acceptThenReset(t *testing.T) *backend {
 // retried on the next backend, which gets the PROXY header and the hello
 // sha256-identical to a direct connection; no player sees the reset.
 func TestL4RetryBackendThatAcceptsThenResets(t *testing.T) {
+	t.Parallel()
 	hello := tlstest.CaptureClientHello(t, &tls.Config{ServerName: "d2.game.test"})
 	bad := acceptThenReset(t)
 	good, got := proxyBackend(t, len(hello))
@@ -77,6 +78,7 @@ backends = [{ address = %q }, { address = %q }]
 // The same on an l7 route: a WebSocket upgrade sent to a backend that
 // accepts and resets is retried on the next one instead of answering 502.
 func TestL7RetryBackendThatAcceptsThenResets(t *testing.T) {
+	t.Parallel()
 	bad := acceptThenReset(t)
 	addr, _, _ := dualWSBackend(t, "game.test")
 	l := startLB(t, fmt.Sprintf(`

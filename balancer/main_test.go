@@ -3,16 +3,16 @@ package balancer
 import (
 	"bufio"
 	"bytes"
-	"fmt"
 	"io"
 	"net"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	proxyproto "github.com/pires/go-proxyproto"
 	"go.uber.org/goleak"
+
+	"sluice/balancer/balancertest"
 )
 
 func TestMain(m *testing.M) {
@@ -116,32 +116,7 @@ func (tb *testBackend) next(t *testing.T) received {
 }
 
 // closedAddr is a loopback address that refuses connections for the whole test.
-// A socket bound to it but not listening holds the port: a listener closed
-// at once would free it, and the kernel could hand it to the next
-// listener on port 0 (the test's own proxy, seen as a flake).
-func closedAddr(t *testing.T) string {
-	t.Helper()
-	// SOCK_CLOEXEC is not on every OS: set close-on-exec under ForkLock, as
-	// package net does there, so a concurrent exec (deps_test) inherits nothing.
-	syscall.ForkLock.RLock()
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
-	if err == nil {
-		syscall.CloseOnExec(fd)
-	}
-	syscall.ForkLock.RUnlock()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { syscall.Close(fd) })
-	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	sa, err := syscall.Getsockname(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
-}
+var closedAddr = balancertest.RefusedAddr
 
 func mustPool(t testing.TB, cfg PoolConfig) *Pool {
 	t.Helper()

@@ -23,6 +23,12 @@ import (
 )
 
 // checkLeaks fails t if goroutines started during the test outlive it.
+//
+// goleak sees every goroutine of the process, so a test whose subtests call
+// t.Parallel calls it once, in the parent (its cleanup runs after every
+// subtest returned), and never inside a parallel subtest, where it would
+// count the siblings' goroutines as leaks. Top-level tests do not call
+// t.Parallel: each runs alone with its check.
 func checkLeaks(t *testing.T) {
 	t.Helper()
 	opt := goleak.IgnoreCurrent()
@@ -69,7 +75,7 @@ type mode struct {
 	name  string
 	path  Path
 	tls   bool
-	start bool // run the relay with Start (how l4.Forward runs it) instead of Relay
+	start bool // run the relay with Start (how the l4 path runs it) instead of Relay
 }
 
 var modes = []mode{

@@ -81,10 +81,11 @@ func TestRelayDataBothWays(t *testing.T) {
 // direction keeps flowing, and each side ends with io.EOF, never a reset.
 func TestHalfClose(t *testing.T) {
 	const n = 1 * mib
+	checkLeaks(t)
 	for _, m := range modes {
 		for _, first := range []string{"client", "backend"} {
 			t.Run(m.name+"/"+first+"-first", func(t *testing.T) {
-				checkLeaks(t)
+				t.Parallel()
 				for i := range 10 {
 					h := startRelay(t, m, Options{})
 					closer, replier := h.client, net.Conn(h.backend)
@@ -122,9 +123,10 @@ func TestHalfClose(t *testing.T) {
 // after the FIN, not before.
 func TestHalfCloseTimeout(t *testing.T) {
 	const hc = 300 * time.Millisecond
+	checkLeaks(t)
 	for _, m := range modes {
 		t.Run(m.name, func(t *testing.T) {
-			checkLeaks(t)
+			t.Parallel()
 			h := startRelay(t, m, Options{HalfCloseTimeout: hc})
 			fin := time.Now()
 			closeWrite(h.client)
@@ -181,9 +183,10 @@ func TestHalfCloseProgressExtends(t *testing.T) {
 // C4: the backend writes 16 MiB and FIN while the client reads nothing for
 // 1 s; then the client gets every byte.
 func TestFlushAfterFIN(t *testing.T) {
+	checkLeaks(t)
 	for _, m := range modes {
 		t.Run(m.name, func(t *testing.T) {
-			checkLeaks(t)
+			t.Parallel()
 			const n = 16 * mib
 			h := startRelay(t, m, Options{})
 			sent := goSend(h.backend, n, 5, closeWrite)
@@ -230,9 +233,10 @@ func TestBackendReset(t *testing.T) {
 // C6 (Envoy #45190): the backend writes 1 MiB, FIN, then RST 50 ms later;
 // the client still gets all of it and EOF.
 func TestResetAfterFINDoesNotTruncate(t *testing.T) {
+	checkLeaks(t)
 	for _, m := range modes {
 		t.Run(m.name, func(t *testing.T) {
-			checkLeaks(t)
+			t.Parallel()
 			const n = 1 * mib
 			for i := range 5 {
 				h := startRelay(t, m, Options{HalfCloseTimeout: 5 * time.Second})
@@ -274,6 +278,11 @@ func TestWriteToResetBackendAfterFIN(t *testing.T) {
 	got := goRecv(h.client)
 	sent := goSend(h.backend, n, 8, func(c net.Conn) {
 		closeWrite(c)
+		// The RST must come after the relay has all the data and the FIN
+		// (it discards what the backend's kernel has not sent yet): on a
+		// loaded box 50 ms alone was not enough, and the client lost the
+		// tail of the data to a reset the test itself caused.
+		waitSendQueueEmpty(c.(*net.TCPConn), 10*time.Second)
 		time.Sleep(50 * time.Millisecond)
 		c.(*net.TCPConn).SetLinger(0)
 		c.Close()
@@ -325,9 +334,10 @@ func TestClientReset(t *testing.T) {
 // either direction keeps it open.
 func TestIdleTimeout(t *testing.T) {
 	const idle = 400 * time.Millisecond
+	checkLeaks(t)
 	for _, m := range modes {
 		t.Run(m.name+"/silent", func(t *testing.T) {
-			checkLeaks(t)
+			t.Parallel()
 			h := startRelay(t, m, Options{IdleTimeout: idle})
 			st := h.wait(t)
 			if st.Reason != ReasonIdleTimeout {
@@ -342,7 +352,7 @@ func TestIdleTimeout(t *testing.T) {
 		})
 		for _, from := range []string{"backend", "client"} {
 			t.Run(m.name+"/one-way-from-"+from, func(t *testing.T) {
-				checkLeaks(t)
+				t.Parallel()
 				// On a loaded box the test itself may stall longer than
 				// idle; such a run proves nothing and is repeated.
 				for attempt := range 3 {
@@ -401,9 +411,10 @@ func oneWay(t *testing.T, m mode, from string, idle time.Duration) (closedEarly,
 // write_stall_timeout; memory stays bounded (backpressure, not buffering).
 func TestWriteStall(t *testing.T) {
 	const stall = 500 * time.Millisecond
+	checkLeaks(t)
 	for _, m := range modes {
 		t.Run(m.name, func(t *testing.T) {
-			checkLeaks(t)
+			t.Parallel()
 			h := startRelay(t, m, Options{WriteStallTimeout: stall, IdleTimeout: 200 * time.Millisecond})
 			pushed := make(chan int64, 1)
 			go func() {
@@ -610,9 +621,10 @@ func TestIdleTLSRelayHeap(t *testing.T) {
 // both be relayed: the echo, then EOF, every time. The bench's hello + echo
 // + close hung on this once.
 func TestSmallMessageThenFIN(t *testing.T) {
+	checkLeaks(t)
 	for _, m := range modes {
 		t.Run(m.name, func(t *testing.T) {
-			checkLeaks(t)
+			t.Parallel()
 			for i := range 200 {
 				h := startRelay(t, m, Options{})
 				msg := []byte("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")

@@ -5,35 +5,20 @@ package l4
 import (
 	"io"
 	"net"
-	"os"
 	"runtime"
-	"strings"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"sluice/balancer/balancertest"
 )
 
-// countFDs counts this process's open fds and, among them, pipe ends.
-func countFDs(tb testing.TB) (total, pipeFDs int) {
-	tb.Helper()
-	runtime.GC()
-	runtime.GC()
-	entries, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		tb.Skip("no /proc/self/fd:", err)
-	}
-	for _, e := range entries {
-		link, err := os.Readlink("/proc/self/fd/" + e.Name())
-		if err != nil {
-			continue // the ReadDir fd itself, already closed
-		}
-		total++
-		if strings.HasPrefix(link, "pipe:") {
-			pipeFDs++
-		}
-	}
-	return total, pipeFDs
+// ports are the two listening ports of h's loopback pairs: every socket of
+// the relay under test (the test's two ends, the relay's two) has one of
+// them at one end.
+func (h *harness) ports() []int {
+	return []int{h.clientRaw.RemoteAddr().(*net.TCPAddr).Port, h.backend.LocalAddr().(*net.TCPAddr).Port}
 }
 
 func pooledPipes() int {
@@ -45,10 +30,15 @@ func pooledPipes() int {
 // C11 / rule 8: an idle TCP↔TCP relay holds its two sockets, no pipe and
 // no buffer.
 // Every relay first moves data both ways (so each took pipes), then idles.
+// Sockets are counted by the ports of the relays' pairs, so other sockets of
+// the process do not move the count; pipes only the relays make (and this
+// test runs alone: no t.Parallel).
 func TestIdleRelayHoldsNoPipe(t *testing.T) {
 	checkLeaks(t)
 	const relays = 100
-	total0, pipes0 := countFDs(t)
+	runtime.GC() // and again: finalizers may close what the first found
+	runtime.GC()
+	fds0 := balancertest.ReadFDs(t)
 	pool0 := pooledPipes()
 	bufs0 := recvBufsOut.Load()
 
@@ -69,13 +59,19 @@ func TestIdleRelayHoldsNoPipe(t *testing.T) {
 		}
 	}
 	time.Sleep(100 * time.Millisecond) // let every direction park
-	total1, pipes1 := countFDs(t)
+	runtime.GC()
+	runtime.GC()
+	fds1 := balancertest.ReadFDs(t)
 	pool1 := pooledPipes()
 
-	sockets := (total1 - pipes1) - (total0 - pipes0)
-	held := (pipes1 - pipes0) - 2*(pool1-pool0) // pipe fds outside the pool
-	t.Logf("%d idle relays: +%d socket fds (%.1f per relay incl. the test's ends), +%d pipe fds, pool %d→%d pipes (cap %d)",
-		relays, sockets, float64(sockets)/relays, pipes1-pipes0, pool0, pool1, pipePoolCap)
+	var ports []int
+	for _, h := range hs {
+		ports = append(ports, h.ports()...)
+	}
+	sockets := fds1.Connected(ports...) - fds0.Connected(ports...)
+	held := (fds1.Pipes - fds0.Pipes) - 2*(pool1-pool0) // pipe fds outside the pool
+	t.Logf("%d idle relays: %d socket fds (%.1f per relay incl. the test's ends), +%d pipe fds, pool %d→%d pipes (cap %d)",
+		relays, sockets, float64(sockets)/relays, fds1.Pipes-fds0.Pipes, pool0, pool1, pipePoolCap)
 	if sockets != 4*relays {
 		t.Errorf("socket fds grew by %d, want %d (2 relay ends + 2 test ends per relay)", sockets, 4*relays)
 	}

@@ -6,13 +6,11 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -20,6 +18,7 @@ import (
 	"go.uber.org/goleak"
 
 	"sluice/balancer"
+	"sluice/balancer/balancertest"
 	"sluice/tlsutil"
 )
 
@@ -247,32 +246,7 @@ func pool(t *testing.T, pp balancer.ProxyProtocol, addrs ...string) *balancer.Po
 }
 
 // refusedAddr is a loopback address that refuses connections for the whole test.
-// A socket bound to it but not listening holds the port: a listener closed
-// at once would free it, and the kernel could hand it to the next
-// listener on port 0 (the test's own proxy, seen as a flake).
-func refusedAddr(t *testing.T) string {
-	t.Helper()
-	// SOCK_CLOEXEC is not on every OS: set close-on-exec under ForkLock, as
-	// package net does there.
-	syscall.ForkLock.RLock()
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
-	if err == nil {
-		syscall.CloseOnExec(fd)
-	}
-	syscall.ForkLock.RUnlock()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { syscall.Close(fd) })
-	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	sa, err := syscall.Getsockname(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
-}
+var refusedAddr = balancertest.RefusedAddr
 
 // wsBackend is a coder/websocket echo server that records upgrade requests.
 type wsBackend struct {
