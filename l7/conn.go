@@ -55,8 +55,9 @@ const (
 type vconn struct {
 	rt  *Route
 	cs  *connState
-	tc  net.Conn     // *tls.Conn, or raw for cleartext
-	raw *net.TCPConn // the socket under tc
+	tc  net.Conn      // *tls.Conn, or raw for cleartext
+	raw *net.TCPConn  // the socket under tc
+	rw  *recordWriter // under a *tls.Conn; nil for cleartext
 
 	// reader
 	buf    []byte
@@ -439,10 +440,18 @@ func (v *vconn) SetWriteDeadline(time.Time) error { return nil }
 
 func (v *vconn) SetDeadline(t time.Time) error { return v.SetReadDeadline(t) }
 
-// Write gives every write WriteStallTimeout to make progress.
+// Write gives every write WriteStallTimeout to make progress; the TLS
+// records of one Write leave in one syscall (recordWriter).
 func (v *vconn) Write(p []byte) (int, error) {
 	_ = v.tc.SetWriteDeadline(time.Now().Add(v.rt.writeStall))
-	return v.tc.Write(p)
+	if v.rw == nil || !v.rw.collect(len(p)) {
+		return v.tc.Write(p)
+	}
+	n, err := v.tc.Write(p)
+	if ferr := v.rw.flush(); err == nil && ferr != nil {
+		return 0, ferr
+	}
+	return n, err
 }
 
 func (v *vconn) LocalAddr() net.Addr  { return v.cs.local }

@@ -373,12 +373,14 @@ func (rt *Route) Serve(ctx context.Context, c *net.TCPConn, client net.Addr, pre
 	}
 
 	var tc net.Conn = c
+	var rw *recordWriter
 	start := accepted
 	if rt.tls != nil {
 		// One absolute deadline for the handshake, read and write; it stays
 		// until the first head's deadline replaces it (rule 1).
 		_ = c.SetDeadline(accepted.Add(rt.handshakeTimeout))
-		t := tls.Server(tlsutil.NewPrefixConn(c, prefix), rt.tls)
+		rw = &recordWriter{Conn: tlsutil.NewPrefixConn(c, prefix)}
+		t := tls.Server(rw, rt.tls)
 		hs := time.Now()
 		if err := t.HandshakeContext(cctx); err != nil {
 			reason := l4.ReasonHandshakeFailed
@@ -402,6 +404,7 @@ func (rt *Route) Serve(ctx context.Context, c *net.TCPConn, client net.Addr, pre
 		tc, prefix = t, nil
 	}
 	v := newVconn(rt, cs, tc, c, prefix, start)
+	v.rw = rw
 	cs.v = v
 	_ = c.SetReadDeadline(v.firstDL)
 	_ = c.SetWriteDeadline(v.firstDL)

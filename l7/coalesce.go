@@ -1,0 +1,73 @@
+package l7
+
+import (
+	"net"
+	"sync"
+)
+
+// recordWriter sits between a *tls.Conn and its socket. crypto/tls writes
+// each record of a Write with its own write(2) (crypto/tls conn.go,
+// writeRecordLocked), and a response body is several records: a 16 KiB
+// maximum, and smaller ones early in a connection (dynamic record sizing).
+// While vconn.Write holds it open (collect, then flush), the records are
+// collected and written with one syscall: issue 10's http-static bench, a
+// 20 KiB file, went from 3 writes per response to 2.
+//
+// Every write of the *tls.Conn goes through here, those of other goroutines
+// included (an alert sent by a read, close_notify): they take mu, so bytes
+// reach the socket in the order crypto/tls produced them.
+type recordWriter struct {
+	net.Conn // tlsutil.PrefixConn over the *net.TCPConn
+
+	mu  sync.Mutex
+	buf *[]byte // collecting when non-nil
+}
+
+// minCollect and maxCollect bound the Writes worth collecting: up to
+// minCollect bytes always fit in one record; past maxCollect the buffer
+// would cost more memory than the syscalls it saves.
+const (
+	minCollect = 1 << 10
+	maxCollect = 64 << 10
+)
+
+var recordBufs = sync.Pool{New: func() any { b := make([]byte, 0, 32<<10); return &b }}
+
+// NetConn returns the conn under it, so that unwrapping reaches the socket.
+func (w *recordWriter) NetConn() net.Conn { return w.Conn }
+
+func (w *recordWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.buf != nil {
+		*w.buf = append(*w.buf, p...)
+		return len(p), nil
+	}
+	return w.Conn.Write(p)
+}
+
+// collect starts collecting the records of a Write of n bytes; it reports
+// whether it did (then flush must follow).
+func (w *recordWriter) collect(n int) bool {
+	if n <= minCollect || n > maxCollect {
+		return false
+	}
+	w.mu.Lock()
+	w.buf = recordBufs.Get().(*[]byte)
+	w.mu.Unlock()
+	return true
+}
+
+// flush writes what was collected and stops collecting.
+func (w *recordWriter) flush() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	b := w.buf
+	w.buf = nil
+	_, err := w.Conn.Write(*b)
+	if cap(*b) <= maxCollect+maxCollect/4 {
+		*b = (*b)[:0]
+		recordBufs.Put(b)
+	}
+	return err
+}
