@@ -334,7 +334,7 @@ func (p *Pool) applyLocked(found []BackendConfig, now time.Time) []Event {
 			// Same server, new weight, backup flag or slots: a new Backend
 			// (those fields are read without locks) with the old one's state.
 			kept[old] = true
-			p.restoreLocked(b, captureLocked(old))
+			p.restoreLocked(b, p.captureLocked(old))
 			p.stopCheckLocked(old)
 			p.stopMaintLocked(old)
 			if b.AdminState() == Maint && p.maintClose > 0 && !p.closed {

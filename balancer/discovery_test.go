@@ -304,7 +304,9 @@ func TestSwapUnderLoad(t *testing.T) {
 				})
 			}
 			for i := range 200 {
-				src.set(nil, cfgs[i%3:i%3+2]...) // always two of them
+				next := slices.Clone(cfgs[i%3 : i%3+2]) // always two of them
+				next[0].Weight = 1 + i%2                // and a reweighted one: rebuilt
+				src.set(nil, next...)
 				p.Rediscover(context.Background())
 			}
 			close(stop)

@@ -702,7 +702,7 @@ func (p *Pool) Adopt(old *Pool) {
 	snaps := make(map[string]backendState, len(old.backends()))
 	old.mu.Lock()
 	for _, b := range old.backends() {
-		snaps[b.addr] = captureLocked(b)
+		snaps[b.addr] = old.captureLocked(b)
 	}
 	old.mu.Unlock()
 

@@ -56,18 +56,25 @@ type backendState struct {
 	local                *[numLocalReasons]atomic.Uint64
 }
 
-// captureLocked reads b's state; the lock of b's pool is held.
-func captureLocked(b *Backend) backendState {
-	return backendState{
+// captureLocked reads b's state; p is b's pool and p.mu is held.
+func (p *Pool) captureLocked(b *Backend) backendState {
+	s := backendState{
 		healthy: b.healthy.Load(), admin: b.AdminState(), upSince: b.upSince.Load(),
 		consecFails: b.consecFails.Load(), okStreak: b.okStreak, failStreak: b.failStreak,
 		downUntil: b.downUntil, lastErr: b.lastCheckErr, lastDur: b.lastCheckDur,
-		dials: b.dials.Load(), failures: b.failures.Load(), rrWeight: b.rrWeight,
+		dials: b.dials.Load(), failures: b.failures.Load(),
 		live: b.live, local: b.local,
 	}
+	if p.rr != nil { // picks write it under rr.mu, not mu
+		p.rr.mu.Lock()
+		s.rrWeight = b.rrWeight
+		p.rr.mu.Unlock()
+	}
+	return s
 }
 
-// restoreLocked gives b the state s; p.mu is held and b is not picked yet.
+// restoreLocked gives b the state s; p.mu is held and b is in no set yet
+// (so no pick reads rrWeight concurrently: storing the set publishes it).
 func (p *Pool) restoreLocked(b *Backend, s backendState) {
 	b.healthy.Store(s.healthy)
 	b.admin.Store(uint32(s.admin))
