@@ -36,6 +36,7 @@ const (
 	defaultAdminListen       = "127.0.0.1:9090"
 	defaultHeaderTimeout     = l7.DefaultHeaderTimeout
 	defaultBodyTimeout       = l7.DefaultBodyTimeout
+	defaultResolveInterval   = balancer.DefaultResolveInterval
 
 	// fdsPerSession is what one relayed connection may hold: its two sockets,
 	// plus a splice pipe pair while data is in flight (amortised: idle
@@ -55,6 +56,7 @@ type Config struct {
 
 	Log       LogConfig                  `toml:"log"`
 	Admin     AdminConfig                `toml:"admin"`
+	Resolver  ResolverConfig             `toml:"resolver"`
 	Listeners map[string]*ListenerConfig `toml:"listeners"`
 	Routes    map[string]*RouteConfig    `toml:"routes"`
 	Pools     map[string]*PoolConfig     `toml:"pools"`
@@ -68,6 +70,11 @@ type LogConfig struct {
 type AdminConfig struct {
 	Listen string `toml:"listen"`
 	Token  string `toml:"token"`
+}
+
+// ResolverConfig is [resolver]: the DNS servers pools with discover ask.
+type ResolverConfig struct {
+	Servers []string `toml:"servers"` // "ip:port"; none: the system's (/etc/resolv.conf)
 }
 
 type ListenerConfig struct {
@@ -131,6 +138,8 @@ type PoolConfig struct {
 	OnAllUnhealthy    string          `toml:"on_all_unhealthy"`
 	CloseOnDown       bool            `toml:"close_on_down"`
 	StickyCookie      string          `toml:"sticky_cookie"`
+	Discover          string          `toml:"discover"`
+	ResolveInterval   string          `toml:"resolve_interval"`
 	Health            HealthConfig    `toml:"health"`
 	Backends          []BackendConfig `toml:"backends"`
 }

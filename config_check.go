@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"sluice/balancer"
+	"sluice/balancer/discover"
 	"sluice/l4"
 	"sluice/l7"
 	"sluice/tlsutil"
@@ -52,6 +53,7 @@ type compiler struct {
 	cfg   *Config
 	out   *Compiled
 	certs map[[2]string]*tls.Certificate // by resolved (cert, key): routes may share one
+	dns   *discover.Resolver             // [resolver], for the pools' discover; nil if invalid
 }
 
 // Compile checks the whole config and compiles it: the pure phase. It
@@ -72,6 +74,7 @@ func (c *Config) Compile() (*Compiled, error) {
 	cp.global()
 	cp.log()
 	cp.admin()
+	cp.resolver()
 	cp.pools()
 	cp.listeners()
 	cp.routes()

@@ -4,10 +4,12 @@ import (
 	"cmp"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 
 	"sluice/balancer"
+	"sluice/balancer/discover"
 )
 
 // pools checks every [pools.NAME] and compiles it to the balancer's config.
@@ -40,8 +42,9 @@ func (cp *compiler) pool(name string, pc *PoolConfig) {
 	}
 	cp.balancing(path, pc, &spec)
 	spec.Health = cp.health(path+".health", pc.Health)
-	spec.Backends = cp.backends(path, pc.Backends)
-	if len(spec.Backends) != len(pc.Backends) || len(pc.Backends) == 0 {
+	cp.discovery(path, pc, &spec)
+	spec.Backends = cp.backends(path, pc.Backends, pc.Discover != "")
+	if len(spec.Backends) != len(pc.Backends) || (len(pc.Backends) == 0 && spec.Discover == nil) {
 		return // reported
 	}
 	// The balancer's own check of its config is NewPool, which allocates
@@ -126,10 +129,11 @@ func (cp *compiler) health(path string, h HealthConfig) balancer.HealthConfig {
 	return hc
 }
 
-// backends checks a pool's backends and returns the valid ones.
-func (cp *compiler) backends(path string, list []BackendConfig) []balancer.BackendConfig {
-	if len(list) == 0 {
-		cp.errorf(path+".backends", "pool has no backends")
+// backends checks a pool's backends and returns the valid ones. With
+// discover, the list may be empty.
+func (cp *compiler) backends(path string, list []BackendConfig, discovered bool) []balancer.BackendConfig {
+	if len(list) == 0 && !discovered {
+		cp.errorf(path+".backends", "pool has no backends (list some, or set discover)")
 	}
 	var out []balancer.BackendConfig
 	seen := map[string]bool{}
@@ -171,6 +175,44 @@ func (cp *compiler) backends(path string, list []BackendConfig) []balancer.Backe
 		out = append(out, bc)
 	}
 	return out
+}
+
+// resolver checks [resolver]: the DNS servers of discovery.
+func (cp *compiler) resolver() {
+	var err error
+	for i, s := range cp.cfg.Resolver.Servers {
+		if _, perr := netip.ParseAddrPort(s); perr != nil {
+			cp.errorf(fmt.Sprintf("resolver.servers[%d]", i), "want an IP address and port, like \"127.0.0.1:53\" or \"[::1]:53\"; got %q", s)
+			err = perr
+		}
+	}
+	if err == nil {
+		cp.dns, err = discover.NewResolver(cp.cfg.Resolver.Servers)
+		if err != nil {
+			cp.errorf("resolver.servers", "%s", strings.TrimPrefix(err.Error(), "discover: "))
+		}
+	}
+}
+
+// discovery checks a pool's discover and resolve_interval keys: the
+// backends it adds from DNS, and how often it asks.
+func (cp *compiler) discovery(path string, pc *PoolConfig, spec *balancer.PoolConfig) {
+	interval := cp.duration(path+".resolve_interval", pc.ResolveInterval, defaultResolveInterval, false)
+	if pc.Discover == "" {
+		if pc.ResolveInterval != "" {
+			cp.errorf(path+".resolve_interval", "only used with discover")
+		}
+		return
+	}
+	if interval > 0 && interval < balancer.MinResolveDelay {
+		cp.errorf(path+".resolve_interval", "must be at least %v, got %q", balancer.MinResolveDelay, pc.ResolveInterval)
+	}
+	src, err := discover.New(pc.Discover, cmp.Or(cp.dns, &discover.Resolver{}))
+	if err != nil {
+		cp.errorf(path+".discover", "%s", strings.TrimPrefix(err.Error(), "discover: "))
+		return
+	}
+	spec.Discover, spec.ResolveInterval, spec.DrainTimeout = src, interval, cp.out.DrainTimeout
 }
 
 func parseStatusRange(s string) (lo, hi int, ok bool) {

@@ -127,6 +127,16 @@ proxy_protocol = "v3"
 balance = "fastest"
 sticky_cookie = "bad cookie;"
 backends = [{ address = "nohost" }, { address = "127.0.0.1:0" }, { id = "bad id/x", address = "127.0.0.1:1" }, { id = "127.0.0.1:1", address = "127.0.0.1:2" }]
+[resolver]
+servers = ["127.0.0.1:53", "dns.example:53"]
+[pools.dns]
+discover = "mx:rooms.test"
+resolve_interval = "500ms"
+[pools.dnsport]
+discover = "a:gs.test"
+[pools.static]
+resolve_interval = "10s"
+backends = [{ address = "127.0.0.1:9001" }]
 `))
 	must(t, err)
 	_, err = c.Validate()
@@ -163,6 +173,11 @@ backends = [{ address = "nohost" }, { address = "127.0.0.1:0" }, { id = "bad id/
 		`pools.bad.backends[1].address: invalid port`,
 		`pools.bad.backends[2].id: "bad id/x": use 1 to 64 letters`,
 		`pools.bad.backends[3].id: id "127.0.0.1:1" is also backends[2]'s id or address`,
+		`resolver.servers[1]: want an IP address and port`,
+		`pools.dns.resolve_interval: must be at least 1s, got "500ms"`,
+		`pools.dns.discover: "mx:rooms.test": want srv:NAME or a:NAME:PORT`,
+		`pools.dnsport.discover: "a:gs.test": want a:NAME:PORT`,
+		`pools.static.resolve_interval: only used with discover`,
 		`routes.three.sni: route has no sni and is not the default_route or plain_route`,
 	} {
 		if !strings.Contains(msg, want) {
@@ -252,6 +267,9 @@ format = "console"
 [admin]
 listen = "0.0.0.0:0"
 token = "secret"
+
+[resolver]
+servers = ["127.0.0.1:53", "[::1]:53"]
 
 [listeners.public]
 address = "127.0.0.1:0"
@@ -358,6 +376,8 @@ backends = [{ address = "127.0.0.1:9101" }]
 balance = "random_two"
 proxy_protocol = "v2"
 health = { check = "websocket", path = "/ws" }
+discover = "srv:_game._tcp.rooms.test"
+resolve_interval = "10s"
 backends = [{ address = "localhost:9201" }]
 `
 

@@ -277,6 +277,20 @@ var (
 	descAdminState = prometheus.NewDesc("sluice_backend_admin_state",
 		"The backend's admin state: 1 for the current one of ready, drain and maint, 0 for the others.",
 		[]string{"pool", "backend", "state"}, nil)
+
+	descDiscoveryLookups = prometheus.NewDesc("sluice_discovery_lookups_total",
+		"DNS lookups made by the pool's discover.", []string{"pool"}, nil)
+	descDiscoveryFailures = prometheus.NewDesc("sluice_discovery_failures_total",
+		"Discovery lookups that kept the last backend set: reason error (the resolver failed: down, SERVFAIL, timeout) or empty (no record, NXDOMAIN).",
+		[]string{"pool", "reason"}, nil)
+	descDiscoveryFailing = prometheus.NewDesc("sluice_discovery_failing",
+		"1 while the pool's last discovery lookup failed or found nothing (the last set serves), else 0.", []string{"pool"}, nil)
+	descDiscoveryBackends = prometheus.NewDesc("sluice_discovery_backends",
+		"Backends the pool has from discovery now.", []string{"pool"}, nil)
+	descDiscoveryDraining = prometheus.NewDesc("sluice_discovery_draining_backends",
+		"Backends discovery removed whose connections have not ended yet.", []string{"pool"}, nil)
+	descDiscoveryLastSuccess = prometheus.NewDesc("sluice_discovery_last_success_timestamp_seconds",
+		"Unix time of the pool's last successful discovery lookup; 0 if none.", []string{"pool"}, nil)
 )
 
 var adminStates = [...]balancer.AdminState{balancer.Ready, balancer.Drain, balancer.Maint}
@@ -289,6 +303,8 @@ func (c *metricsCollector) Describe(ch chan<- *prometheus.Desc) {
 		descCertExpiry, descCertNotAfter,
 		descUp, descBackendActive, descBackendMax, descBackendWeight, descDials, descFailures,
 		descLocalFailures, descCheckDuration, descCheckOK, descAdminState,
+		descDiscoveryLookups, descDiscoveryFailures, descDiscoveryFailing,
+		descDiscoveryBackends, descDiscoveryDraining, descDiscoveryLastSuccess,
 	} {
 		ch <- d
 	}
@@ -365,6 +381,19 @@ func (c *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 			for _, s := range adminStates {
 				gauge(descAdminState, b2f(b.AdminState == s), pname, b.ID, s.String())
 			}
+		}
+		if d, ok := rt.Pools[pname].Discovery(); ok {
+			counter(descDiscoveryLookups, float64(d.Lookups), pname)
+			counter(descDiscoveryFailures, float64(d.Failures), pname, "error")
+			counter(descDiscoveryFailures, float64(d.Empty), pname, "empty")
+			gauge(descDiscoveryFailing, b2f(d.Failing), pname)
+			gauge(descDiscoveryBackends, float64(d.Backends), pname)
+			gauge(descDiscoveryDraining, float64(d.Draining), pname)
+			last := 0.0
+			if !d.LastSuccess.IsZero() {
+				last = float64(d.LastSuccess.UnixNano()) / 1e9
+			}
+			gauge(descDiscoveryLastSuccess, last, pname)
 		}
 	}
 }
