@@ -3,6 +3,7 @@ package l7
 import (
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -135,5 +136,18 @@ func TestFileCacheLimits(t *testing.T) {
 	delete(c.files, "/a")
 	if c.fill(dir, "/a", fa, st) != nil || c.files["/a"] != nil {
 		t.Fatal("cached past maxCacheBytes")
+	}
+}
+
+// io.Copy into a statusWriter (http.ServeContent does) records 200 and
+// reaches the ResponseWriter, with or without its ReadFrom.
+func TestStatusWriterReadFrom(t *testing.T) {
+	rec := httptest.NewRecorder()
+	sw := &statusWriter{ResponseWriter: rec}
+	if n, err := io.Copy(sw, strings.NewReader("abc")); n != 3 || err != nil {
+		t.Fatalf("copy: %d %v", n, err)
+	}
+	if sw.status != http.StatusOK || rec.Body.String() != "abc" {
+		t.Fatalf("status %d, body %q", sw.status, rec.Body.String())
 	}
 }
