@@ -43,6 +43,8 @@ func BenchmarkL4Connection(b *testing.B) {
 	c, err := DecodeConfig(fmt.Appendf(nil, `
 [listeners.public]
 address = "127.0.0.1:0"
+max_connections_per_ip = 0 # tests open many connections from 127.0.0.1
+new_connections_per_ip = { rate = 0 }
 [routes.r]
 listener = "public"
 sni = ["bench.test"]
@@ -100,6 +102,8 @@ func BenchmarkIdleL4Memory(b *testing.B) {
 	addr := benchServer(b, fmt.Sprintf(`
 [listeners.public]
 address = "127.0.0.1:0"
+max_connections_per_ip = 0 # tests open many connections from 127.0.0.1
+new_connections_per_ip = { rate = 0 }
 [routes.r]
 listener = "public"
 sni = ["bench.test"]
@@ -154,6 +158,8 @@ func BenchmarkIdleWSSMemory(b *testing.B) {
 	addr := benchServer(b, fmt.Sprintf(`
 [listeners.public]
 address = "127.0.0.1:0"
+max_connections_per_ip = 0 # tests open many connections from 127.0.0.1
+new_connections_per_ip = { rate = 0 }
 [routes.r]
 listener = "public"
 sni = ["bench.test"]

@@ -72,6 +72,17 @@ func startLB(t *testing.T, cfg string) *lb {
 			p.Health.Check = "none"
 		}
 	}
+	// Tests open many connections from 127.0.0.1 at once: per-client
+	// limits (on by default) only where a test sets them.
+	zero := 0
+	for _, l := range c.Listeners {
+		if l.MaxConnectionsPerIP == nil {
+			l.MaxConnectionsPerIP = &zero
+		}
+		if l.NewConnectionsPerIP == nil {
+			l.NewConnectionsPerIP = &RateConfig{}
+		}
+	}
 	rt, err := c.Validate()
 	if err != nil {
 		t.Fatalf("validate: %v\n%s", err, cfg)

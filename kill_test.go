@@ -133,6 +133,8 @@ func startGameFleet(t *testing.T, health string) gameFleet {
 	l := startLB(t, fmt.Sprintf(`
 [listeners.public]
 address = "127.0.0.1:0"
+max_connections_per_ip = 0 # tests open many connections from 127.0.0.1
+new_connections_per_ip = { rate = 0 }
 plain_route = "raw"
 [routes.raw]
 listener = "public"
@@ -327,6 +329,8 @@ func TestKillSluice(t *testing.T) {
 listen = "off"
 [listeners.public]
 address = %q
+max_connections_per_ip = 0 # tests open many connections from 127.0.0.1
+new_connections_per_ip = { rate = 0 }
 plain_route = "raw"
 [routes.raw]
 listener = "public"

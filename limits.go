@@ -16,12 +16,9 @@ import (
 // source when the listener reads one.
 
 const (
-	// TEMPORARY: off while the tests that open hundreds of connections
-	// from 127.0.0.1 get explicit limits; the defaults are 512,
-	// 100/s and 200 (see the session note).
-	defaultMaxConnsPerIP = 0 // 512: sized for carrier-grade NAT, many players behind one address
-	defaultNewConnsRate  = 0 // 100 a second
-	defaultNewConnsBurst = 0 // 200
+	defaultMaxConnsPerIP = 512 // sized for carrier-grade NAT: many players behind one address
+	defaultNewConnsRate  = 100 // a second
+	defaultNewConnsBurst = 200
 
 	// limiterSweepAt is the table size at which entries holding no live
 	// connection are dropped. Entries with live connections are bounded by

@@ -162,3 +162,24 @@ func (deadConn) Read([]byte) (int, error)        { return 0, io.EOF }
 func (deadConn) Close() error                    { return nil }
 func (deadConn) SetDeadline(time.Time) error     { return nil }
 func (deadConn) SetReadDeadline(time.Time) error { return nil }
+
+// The defaults: 512 live connections and 100 new a second (burst 200) per
+// client, per listener.
+func TestPerIPDefaults(t *testing.T) {
+	c, err := DecodeConfig([]byte(`
+[listeners.public]
+address = "127.0.0.1:0"
+plain_route = "raw"
+[routes.raw]
+listener = "public"
+pool = "p"
+[pools.p]
+backends = [{ address = "127.0.0.1:9" }]
+`))
+	must(t, err)
+	cc, err := c.Compile()
+	must(t, err)
+	if got := cc.listenerSpecs["public"].perIP; got != (ipLimits{maxConns: 512, rate: 100, burst: 200}) {
+		t.Fatalf("defaults %+v", got)
+	}
+}

@@ -39,6 +39,8 @@ func TestRejectionFloodIsSampled(t *testing.T) {
 	c, err := DecodeConfig([]byte(`
 [listeners.public]
 address = "127.0.0.1:0"
+max_connections_per_ip = 0 # tests open many connections from 127.0.0.1
+new_connections_per_ip = { rate = 0 }
 [routes.r]
 listener = "public"
 sni = ["x.game.test"]

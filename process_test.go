@@ -98,6 +98,8 @@ listen = "off"
 level = "warn"
 [listeners.public]
 address = %q
+max_connections_per_ip = 0 # tests open many connections from 127.0.0.1
+new_connections_per_ip = { rate = 0 }
 plain_route = "raw"
 hello_timeout = "60s" # silent clients each hold a descriptor
 [routes.raw]
@@ -174,6 +176,8 @@ drain_timeout = "3s"
 listen = "off"
 [listeners.public]
 address = %q
+max_connections_per_ip = 0 # tests open many connections from 127.0.0.1
+new_connections_per_ip = { rate = 0 }
 plain_route = "raw"
 [routes.raw]
 listener = "public"
@@ -250,6 +254,8 @@ func TestSIGHUPReloads(t *testing.T) {
 listen = "off"
 [listeners.one]
 address = %q
+max_connections_per_ip = 0 # tests open many connections from 127.0.0.1
+new_connections_per_ip = { rate = 0 }
 plain_route = "r1"
 [routes.r1]
 listener = "one"
@@ -264,6 +270,8 @@ backends = [{ address = %q }]
 	must(t, os.WriteFile(path, []byte(cfg(fmt.Sprintf(`
 [listeners.two]
 address = %q
+max_connections_per_ip = 0 # tests open many connections from 127.0.0.1
+new_connections_per_ip = { rate = 0 }
 plain_route = "r2"
 [routes.r2]
 listener = "two"

@@ -61,6 +61,8 @@ func (f *fileLB) write(t *testing.T, cfg string) {
 const reloadBase = `
 [listeners.public]
 address = "127.0.0.1:0"
+max_connections_per_ip = 0 # tests open many connections from 127.0.0.1
+new_connections_per_ip = { rate = 0 }
 plain_route = "raw"
 [routes.raw]
 listener = "public"
@@ -91,7 +93,7 @@ cert = %q
 key = %q
 `
 	for _, tc := range []struct{ name, cfg, want string }{
-		{"syntax", good + "\n[routes.x\n", "sluice.toml:13:10: "},
+		{"syntax", good + "\n[routes.x\n", "sluice.toml:15:10: "},
 		{"unknown key", good + "\n[pools.q]\nconect_timeout = \"1s\"\n", "pools.q.conect_timeout: unknown key"},
 		{"unknown pool", strings.Replace(good, `pool = "p"`, `pool = "nope"`, 1), `routes.raw.pool: unknown pool "nope"`},
 		{"bad duration", "drain_timeout = \"soon\"\n" + good, `drain_timeout: invalid duration "soon"`},
@@ -195,9 +197,13 @@ func TestReloadAddRemove(t *testing.T) {
 drain_timeout = "500ms"
 [listeners.public]
 address = "127.0.0.1:0"
+max_connections_per_ip = 0 # tests open many connections from 127.0.0.1
+new_connections_per_ip = { rate = 0 }
 plain_route = "raw"
 [listeners.extra]
 address = "127.0.0.1:0"
+max_connections_per_ip = 0 # tests open many connections from 127.0.0.1
+new_connections_per_ip = { rate = 0 }
 plain_route = "raw2"
 [routes.raw]
 listener = "public"
@@ -477,6 +483,8 @@ func TestReloadSwitchesModeUnderLoad(t *testing.T) {
 		return fmt.Sprintf(`
 [listeners.public]
 address = "127.0.0.1:0"
+max_connections_per_ip = 0 # tests open many connections from 127.0.0.1
+new_connections_per_ip = { rate = 0 }
 [routes.game]
 listener = "public"
 sni = ["game.test"]
@@ -636,6 +644,8 @@ func TestReloadRotatesCertificate(t *testing.T) {
 	cfg := fmt.Sprintf(`
 [listeners.public]
 address = "127.0.0.1:0"
+max_connections_per_ip = 0 # tests open many connections from 127.0.0.1
+new_connections_per_ip = { rate = 0 }
 [routes.game]
 listener = "public"
 sni = ["game.test"]
@@ -678,6 +688,8 @@ func TestReloadKeepsSelfSignedCertificate(t *testing.T) {
 	f := startFileLB(t, fmt.Sprintf(`
 [listeners.public]
 address = "127.0.0.1:0"
+max_connections_per_ip = 0 # tests open many connections from 127.0.0.1
+new_connections_per_ip = { rate = 0 }
 [routes.game]
 listener = "public"
 sni = ["selfsigned.test"]

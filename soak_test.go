@@ -51,6 +51,8 @@ drain_timeout = %q
 listen = %q
 [listeners.public]
 address = %q
+max_connections_per_ip = 0 # tests open many connections from 127.0.0.1
+new_connections_per_ip = { rate = 0 }
 hello_timeout = "10m"
 plain_route = "raw"
 [routes.raw]

@@ -117,6 +117,8 @@ max_connections = 15000
 listen = %q
 [listeners.public]
 address = %q
+max_connections_per_ip = 0 # tests open many connections from 127.0.0.1
+new_connections_per_ip = { rate = 0 }
 hello_timeout = "60s"
 [routes.game]
 listener = "public"
@@ -222,6 +224,8 @@ max_connections = %d
 listen = %q
 [listeners.public]
 address = %q
+max_connections_per_ip = 0 # tests open many connections from 127.0.0.1
+new_connections_per_ip = { rate = 0 }
 hello_timeout = "60s"
 plain_route = "raw"
 [routes.raw]
@@ -304,6 +308,8 @@ max_connections = 10000
 listen = %q
 [listeners.public]
 address = %q
+max_connections_per_ip = 0 # tests open many connections from 127.0.0.1
+new_connections_per_ip = { rate = 0 }
 plain_route = "raw"
 [routes.raw]
 listener = "public"
