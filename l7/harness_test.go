@@ -6,11 +6,15 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"runtime/pprof"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -25,11 +29,84 @@ import (
 const testHost = "game.example.com"
 
 // checkLeaks fails t if goroutines started during the test outlive it. Call
-// it first: cleanups run last-registered first.
+// it first: cleanups run last-registered first. goleak sees every goroutine
+// of the process, so a test that checks this way runs alone; a test that
+// runs in parallel calls parallelCheckLeaks instead.
 func checkLeaks(t *testing.T) {
 	t.Helper()
 	opt := goleak.IgnoreCurrent()
 	t.Cleanup(func() { goleak.VerifyNone(t, opt) })
+}
+
+// leakLabel is the pprof label key that marks a parallel test's goroutines.
+const leakLabel = "sluice.test"
+
+var leakSeq atomic.Int64
+
+// parallelCheckLeaks runs t in parallel with the other tests that call it,
+// and fails t if a goroutine it started, directly or through goroutines it
+// started, outlives it. Call it first, instead of checkLeaks.
+//
+// goleak would count the other parallel tests' goroutines as leaks, so the
+// test's goroutine gets a pprof label of its own, which every goroutine it
+// starts inherits (and theirs in turn: listeners' accept loops, net/http's
+// conns, relays), and the check counts the goroutines carrying it. A
+// goroutine started by a timer (time.AfterFunc) inherits no label: a leak of
+// one is left to the package's goleak.VerifyTestMain.
+//
+// A test whose lower time bound starts after the timer it measures (a
+// keep-alive counted from the response it has just read, a handshake
+// timeout counted from accept) stays sequential: next to other tests it can
+// be descheduled long enough to see the close early. So does a test that
+// burns CPU (200 TLS handshakes at once): parallel, it would starve the
+// timers of the tests beside it.
+func parallelCheckLeaks(t *testing.T) {
+	t.Helper()
+	t.Parallel()
+	id := fmt.Sprintf("%s#%d", t.Name(), leakSeq.Add(1))
+	pprof.SetGoroutineLabels(pprof.WithLabels(context.Background(), pprof.Labels(leakLabel, id)))
+	t.Cleanup(func() {
+		// Goroutines get the time goleak gives them to finish.
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			n, stacks := labeledGoroutines(id)
+			if n == 0 {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("%d goroutines started by the test outlive it:\n%s", n, stacks)
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	})
+}
+
+// labeledGoroutines counts the goroutines labelled id, with their stacks,
+// leaving out the caller's own (the test's goroutine, running its cleanup).
+func labeledGoroutines(id string) (n int, stacks string) {
+	var buf bytes.Buffer
+	_ = pprof.Lookup("goroutine").WriteTo(&buf, 1)
+	// debug=1: a "goroutine profile: total N" line, then records of
+	// "<count> @ <pcs>", "# labels: {...}" and the frames, separated by
+	// blank lines.
+	_, profile, _ := strings.Cut(buf.String(), "\n")
+	want := fmt.Sprintf("%q:%q", leakLabel, id) // the closing quote: #1 is not #10
+	var sb strings.Builder
+	for rec := range strings.SplitSeq(profile, "\n\n") {
+		if !strings.Contains(rec, "\n# labels: {") || !strings.Contains(rec, want) ||
+			strings.Contains(rec, "sluice/l7.labeledGoroutines") {
+			continue
+		}
+		count, _, _ := strings.Cut(rec, " @ ")
+		k, err := strconv.Atoi(count)
+		if err != nil {
+			k = 1
+		}
+		n += k
+		sb.WriteString(rec + "\n\n")
+	}
+	return n, sb.String()
 }
 
 var testCerts = sync.OnceValues(func() (tls.Certificate, tls.Certificate) {

@@ -78,7 +78,7 @@ func TestStaticAndRedirect(t *testing.T) {
 
 // RedirectHTTPS answers 308 to the https URL (port dropped, query kept).
 func TestRedirectHTTPS(t *testing.T) {
-	checkLeaks(t)
+	parallelCheckLeaks(t)
 	be := startRawBackend(t, nil)
 	l := startLB(t, RouteConfig{Name: "plain", Hosts: []string{testHost}, RedirectHTTPS: true, Pool: pool(t, balancer.ProxyNone, be.addr)})
 	c := l.dial(t)

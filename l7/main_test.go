@@ -1,11 +1,24 @@
 package l7
 
 import (
+	"flag"
+	"runtime"
+	"strconv"
 	"testing"
 
 	"go.uber.org/goleak"
 )
 
 func TestMain(m *testing.M) {
+	// The parallel tests here wait on the route's timers (header,
+	// handshake, keep-alive, relay idle), not on CPUs: let more of them wait
+	// at once than -parallel's default, GOMAXPROCS (2 on the CI box). An
+	// explicit -parallel wins.
+	flag.Parse()
+	set := false
+	flag.Visit(func(f *flag.Flag) { set = set || f.Name == "test.parallel" })
+	if !set {
+		flag.Set("test.parallel", strconv.Itoa(max(8, 4*runtime.GOMAXPROCS(0))))
+	}
 	goleak.VerifyTestMain(m)
 }

@@ -139,7 +139,7 @@ func TestHeadLimits(t *testing.T) {
 // B4 (T10): a head dribbled one byte at a time gets 408 at HeaderTimeout
 // from the end of the handshake, not extended by progress.
 func TestSlowHeaders(t *testing.T) {
-	checkLeaks(t)
+	parallelCheckLeaks(t)
 	l, be := strictLB(t, RouteConfig{HeaderTimeout: time.Second})
 	c := l.dial(t) // handshake done
 	start := time.Now()
@@ -181,7 +181,7 @@ func TestSlowHeaders(t *testing.T) {
 // A connection that sends nothing after the handshake is closed silently at
 // HeaderTimeout.
 func TestSilentAfterHandshake(t *testing.T) {
-	checkLeaks(t)
+	parallelCheckLeaks(t)
 	l, _ := strictLB(t, RouteConfig{HeaderTimeout: 300 * time.Millisecond})
 	c := l.dial(t)
 	start := time.Now()
@@ -368,7 +368,7 @@ func TestCoalescedFrames(t *testing.T) {
 // 400 and the connection closes; the body is read before a backend is
 // chosen (issue 10), so nothing of the request reaches a backend.
 func TestChunkedViolationMidBody(t *testing.T) {
-	checkLeaks(t)
+	parallelCheckLeaks(t)
 	be := startRawBackend(t, func(c *net.TCPConn, head []byte) {})
 	l := startLB(t, RouteConfig{Name: "h5", TLS: serverTLS(), Pool: pool(t, balancer.ProxyNone, be.addr)})
 	c := l.dial(t)

@@ -51,7 +51,7 @@ func TestHostMatching(t *testing.T) {
 // Without SNI (a client connecting to an IP), the route's TLS config serves
 // its default certificate and requests work.
 func TestNoSNIDefaultCertificate(t *testing.T) {
-	checkLeaks(t)
+	parallelCheckLeaks(t)
 	be := startWSBackend(t, nil)
 	l := startLB(t, RouteConfig{Name: "h5", TLS: serverTLS(), Pool: pool(t, balancer.ProxyNone, be.addr)})
 	c, err := tls.Dial("tcp", l.addr, clientTLS("127.0.0.1")) // Go sends no SNI for an IP
@@ -205,7 +205,7 @@ func TestTunnelHalfCloseToTLSClient(t *testing.T) {
 // A backend that does not answer the upgrade within HeaderTimeout: 504,
 // and the client's pipelined bytes never reach it.
 func TestUpgradeBackendSilent(t *testing.T) {
-	checkLeaks(t)
+	parallelCheckLeaks(t)
 	be := startRawBackend(t, func(c *net.TCPConn, head []byte) {})
 	l := startLB(t, RouteConfig{Name: "h5", TLS: serverTLS(), HeaderTimeout: 300 * time.Millisecond, Pool: pool(t, balancer.ProxyNone, be.addr)})
 	c := l.dial(t)

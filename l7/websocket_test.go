@@ -175,18 +175,20 @@ func TestWebSocketProxyV2(t *testing.T) {
 	hc.CloseIdleConnections()
 }
 
-// A quiet WebSocket is not cut before the relay's idle timeout (2 s here;
+// A quiet WebSocket is not cut before the relay's idle timeout (3 s here;
 // the default idle_timeout is 10 min, where nginx cuts at 60 s).
 func TestWebSocketIdleNotCut(t *testing.T) {
-	checkLeaks(t)
+	parallelCheckLeaks(t)
 	be := startWSBackend(t, nil)
 	l := startLB(t, RouteConfig{Name: "h5", TLS: serverTLS(), Pool: pool(t, balancer.ProxyNone, be.addr),
 		HeaderTimeout: 500 * time.Millisecond, KeepAliveTimeout: 500 * time.Millisecond,
-		Relay: l4.Options{IdleTimeout: 2 * time.Second}})
+		Relay: l4.Options{IdleTimeout: 3 * time.Second}})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	c := l.wsDial(t, ctx, "/ws")
-	for i := range 3 {
+	// Two quiet periods, each 3× the HTTP timeouts and half the relay's
+	// idle timeout away from it.
+	for i := range 2 {
 		if err := c.Write(ctx, websocket.MessageText, []byte("ping")); err != nil {
 			t.Fatalf("write %d: %v", i, err)
 		}
