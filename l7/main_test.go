@@ -13,11 +13,12 @@ func TestMain(m *testing.M) {
 	// The parallel tests here wait on the route's timers (header,
 	// handshake, keep-alive, relay idle), not on CPUs: let more of them wait
 	// at once than -parallel's default, GOMAXPROCS (2 on the CI box). An
-	// explicit -parallel wins.
+	// explicit -parallel wins, and so does fuzzing, where -parallel is the
+	// number of fuzz workers.
 	flag.Parse()
-	set := false
-	flag.Visit(func(f *flag.Flag) { set = set || f.Name == "test.parallel" })
-	if !set {
+	keep := flag.Lookup("test.fuzz").Value.String() != ""
+	flag.Visit(func(f *flag.Flag) { keep = keep || f.Name == "test.parallel" })
+	if !keep {
 		flag.Set("test.parallel", strconv.Itoa(max(8, 4*runtime.GOMAXPROCS(0))))
 	}
 	goleak.VerifyTestMain(m)
