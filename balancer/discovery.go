@@ -72,13 +72,12 @@ func (k EventKind) String() string {
 	return fmt.Sprintf("EventKind(%d)", uint8(k))
 }
 
-// discovery is a pool's dynamic part: the source, the last answer applied,
-// and the removed backends whose connections still drain.
+// discovery is a pool's dynamic part: the source and the last answer
+// applied. The backends it removed drain in Pool.gone.
 type discovery struct {
 	src      Discoverer
 	interval time.Duration
 	minDelay time.Duration // MinResolveDelay; tests shorten it
-	drain    time.Duration // PoolConfig.DrainTimeout; 0: connections stay until they end
 	stats    *discoveryStats
 
 	// Guarded by the pool's mu.
@@ -86,7 +85,6 @@ type discovery struct {
 	seeded  bool            // an answer was applied: later additions are checked before use
 	failing bool            // the last lookup failed or was empty
 	lastTTL time.Duration   // of the last answer applied; negative: unknown
-	gone    []*goneBackend  // removed, draining
 }
 
 // discoveryStats are the counters behind Pool.Discovery; a reload carries
@@ -155,7 +153,7 @@ func (p *Pool) Discovery() (st DiscoveryStatus, ok bool) {
 			st.Backends++
 		}
 	}
-	for _, g := range d.gone {
+	for _, g := range p.gone {
 		if g.b.Active() > 0 {
 			st.Draining++
 		}
@@ -388,21 +386,21 @@ func (p *Pool) applyLocked(found []BackendConfig, now time.Time) []Event {
 // (a Dial still holding the previous set skips it), no more checks, its
 // connections closed at DrainTimeout. p.mu is held.
 func (p *Pool) retireLocked(b *Backend, now time.Time) Event {
-	d := p.disc
 	g := &goneBackend{b: b, admin: b.AdminState()}
 	b.admin.Store(uint32(Drain))
 	p.stopCheckLocked(b)
 	p.stopMaintLocked(b)
 	active := b.Active()
-	reason := fmt.Sprintf("removed by %s: no new players; %d live connections ", d.src.String(), active)
-	if d.drain > 0 {
-		g.deadline = now.Add(d.drain)
+	reason := fmt.Sprintf("removed by %s: no new players; %d live connections ", p.disc.src.String(), active)
+	if p.drainTimeout > 0 {
+		g.deadline = now.Add(p.drainTimeout)
 		p.armGoneLocked(g)
-		reason += fmt.Sprintf("closed after %v unless they end before", d.drain)
+		reason += fmt.Sprintf("closed after %v unless they end before", p.drainTimeout)
 	} else {
 		reason += "kept until they end"
 	}
-	d.gone = append(d.gone, g)
+	p.gone = append(p.gone, g)
+	p.hadGone.Store(true)
 	return Event{Pool: p.name, Backend: b.id, Kind: EventRemoved, Reason: reason, Time: now}
 }
 
@@ -444,13 +442,12 @@ func (p *Pool) stopGoneLocked(g *goneBackend) {
 // admin state restored, its checks restarted. It returns nil if there is
 // none. p.mu is held.
 func (p *Pool) reclaimLocked(bc BackendConfig) *Backend {
-	d := p.disc
-	for i, g := range d.gone {
+	for i, g := range p.gone {
 		if g.b.id != bc.ID || g.b.addr != bc.Address {
 			continue
 		}
 		p.stopGoneLocked(g)
-		d.gone = slices.Delete(d.gone, i, i+1)
+		p.gone = slices.Delete(p.gone, i, i+1)
 		g.b.admin.Store(uint32(g.admin))
 		p.startCheckLocked(g.b, 0)
 		return g.b
@@ -461,8 +458,7 @@ func (p *Pool) reclaimLocked(bc BackendConfig) *Backend {
 // pruneGoneLocked forgets removed backends that have no connection left
 // and no close pending. p.mu is held.
 func (p *Pool) pruneGoneLocked() {
-	d := p.disc
-	d.gone = slices.DeleteFunc(d.gone, func(g *goneBackend) bool {
+	p.gone = slices.DeleteFunc(p.gone, func(g *goneBackend) bool {
 		if g.b.Active() == 0 {
 			p.stopGoneLocked(g)
 			return true
@@ -471,29 +467,37 @@ func (p *Pool) pruneGoneLocked() {
 	})
 }
 
-// adoptDiscoveredLocked takes over old's discovered backends (its last
-// answer, whose state Adopt then carries over by address), its draining
-// backends and its counters, when both pools discover from the same
-// source. p.mu is held, not old.mu.
+// adoptDiscoveredLocked takes over old's draining backends (with what is
+// left of their drain), and, when both pools discover from the same
+// source, old's discovered backends (its last answer, whose state Adopt
+// then carries over by address) and its counters. p.mu is held, not
+// old.mu.
 func (p *Pool) adoptDiscoveredLocked(old *Pool) {
-	if p.disc == nil || old.disc == nil || p.disc.src.String() != old.disc.src.String() {
-		return
-	}
 	old.mu.Lock()
-	found, seeded, ttl := old.disc.found, old.disc.seeded, old.disc.lastTTL
-	gone := old.disc.gone
-	old.disc.gone = nil
+	gone := old.gone
+	old.gone = nil
 	for _, g := range gone {
 		old.stopGoneLocked(g)
 	}
+	var found []BackendConfig
+	var seeded bool
+	var ttl time.Duration
+	same := p.disc != nil && old.disc != nil && p.disc.src.String() == old.disc.src.String()
+	if same {
+		found, seeded, ttl = old.disc.found, old.disc.seeded, old.disc.lastTTL
+	}
 	old.mu.Unlock()
+	for _, g := range gone {
+		p.armGoneLocked(g) // the rest of its drain, from this pool
+		p.gone = append(p.gone, g)
+		p.hadGone.Store(true)
+	}
+	if !same {
+		return
+	}
 	p.disc.stats = old.disc.stats
 	if len(found) > 0 {
 		p.applyLocked(found, time.Now()) // no event: nothing changed for the fleet
 	}
 	p.disc.seeded, p.disc.lastTTL = seeded, ttl
-	for _, g := range gone {
-		p.armGoneLocked(g) // the rest of its drain, from this pool
-		p.disc.gone = append(p.disc.gone, g)
-	}
 }

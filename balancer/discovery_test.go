@@ -448,3 +448,27 @@ func TestAdoptDiscovered(t *testing.T) {
 type otherSource struct{ fakeSource }
 
 func (*otherSource) String() string { return "fake:other" }
+
+// TestAdoptHandsOnDraining: a reload whose pool no longer discovers (or
+// discovers elsewhere) still takes over the backends the old pool's
+// discovery removed: their connections are closed at the old deadline
+// though the old pool is closed, and CloseConnections reaches them.
+func TestAdoptHandsOnDraining(t *testing.T) {
+	ss := sinks(t, 2)
+	src := &fakeSource{}
+	old := mustPool(t, PoolConfig{Name: "h", Discover: src, DrainTimeout: 100 * time.Millisecond})
+	src.set(nil, sinkConfigs(ss[:1])...)
+	old.Rediscover(context.Background())
+	l := dialHold(t, old, DialRequest{})
+	src.set(nil, sinkConfigs(ss[1:])...)
+	old.Rediscover(context.Background()) // ss[0] leaves, with l on it
+
+	nu := mustPool(t, PoolConfig{Name: "h", Backends: sinkConfigs(ss[1:])}) // discover removed
+	nu.Adopt(old)
+	old.Close() // stops old's timers
+	defer nu.Close()
+	if nu.Lookup(ss[0].addr()) != l.Backend {
+		t.Fatal("the draining backend was not handed on")
+	}
+	waitFor(t, 5*time.Second, "the drain close, from the new pool", func() bool { return !connWorks(l) })
+}

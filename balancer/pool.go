@@ -202,6 +202,7 @@ type Pool struct {
 	slowStart      time.Duration
 	tryAll         bool
 	maintClose     time.Duration
+	drainTimeout   time.Duration // PoolConfig.DrainTimeout
 	closeOnDown    bool
 	onChange       func(Event)
 	health         HealthConfig // defaults applied
@@ -213,7 +214,9 @@ type Pool struct {
 	nextRevive atomic.Int64 // earliest Backend.downUntil; 0 if none
 	slowUntil  atomic.Int64 // end of the latest slow start; 0 if none
 
-	mu       sync.Mutex // health streaks, transitions, admin changes, set swaps, lifecycle
+	mu       sync.Mutex     // health streaks, transitions, admin changes, set swaps, lifecycle
+	gone     []*goneBackend // removed by discovery, draining (a reload hands them on: Adopt)
+	hadGone  atomic.Bool    // gone was ever non-empty
 	started  bool
 	checking bool // active-check goroutines run
 	closed   bool
@@ -282,6 +285,7 @@ func NewPool(cfg PoolConfig) (*Pool, error) {
 		slowStart:      max(cfg.SlowStart, 0),
 		tryAll:         cfg.OnAllUnhealthy == TryAll,
 		maintClose:     max(cfg.MaintCloseAfter, 0),
+		drainTimeout:   max(cfg.DrainTimeout, 0),
 		closeOnDown:    cfg.CloseOnDown,
 		onChange:       cfg.OnChange,
 		health:         health,
@@ -324,7 +328,6 @@ func NewPool(cfg PoolConfig) (*Pool, error) {
 			src:      cfg.Discover,
 			interval: orDefault(cfg.ResolveInterval, DefaultResolveInterval),
 			minDelay: MinResolveDelay,
-			drain:    max(cfg.DrainTimeout, 0),
 			stats:    new(discoveryStats),
 			lastTTL:  -1,
 		}
@@ -414,10 +417,8 @@ func (p *Pool) Close() {
 		b.stopCheck = nil // ended by p.cancel
 		p.stopMaintLocked(b)
 	}
-	if p.disc != nil {
-		for _, g := range p.disc.gone {
-			p.stopGoneLocked(g)
-		}
+	for _, g := range p.gone {
+		p.stopGoneLocked(g)
 	}
 	p.mu.Unlock()
 	p.wg.Wait()
@@ -686,9 +687,10 @@ func (p *Pool) Status() []BackendStatus {
 // into the same count, so MaxConnections and least_conn see the players
 // connected before the reload, and CloseConnections on p reaches them. When
 // both pools discover from the same source, p first takes over old's
-// discovered backends (then carried over by address like the others), its
-// removed backends still draining, and its discovery counters; p looks the
-// backends up again at Start. Call it on a new pool before Start and before
+// discovered backends (then carried over by address like the others) and
+// its discovery counters; p looks the backends up again at Start. The
+// backends discovery removed from old and that still drain are handed on
+// to p with what is left of their DrainTimeout, whatever p's source. Call it on a new pool before Start and before
 // it serves. A pending MaintCloseAfter timer is not carried over; a backend
 // adopted in Maint gets a fresh one.
 func (p *Pool) Adopt(old *Pool) {
@@ -729,13 +731,13 @@ func (p *Pool) Adopt(old *Pool) {
 // draining returns the backends discovery removed whose connections may
 // still drain.
 func (p *Pool) draining() []*Backend {
-	if p.disc == nil {
-		return nil
+	if p.disc == nil && !p.hadGone.Load() {
+		return nil // the common case: no lock
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	out := make([]*Backend, len(p.disc.gone))
-	for i, g := range p.disc.gone {
+	out := make([]*Backend, len(p.gone))
+	for i, g := range p.gone {
 		out[i] = g.b
 	}
 	return out
