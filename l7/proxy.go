@@ -23,18 +23,23 @@ import (
 // (issue 10: the backend used to be chosen only when the transport dialled,
 // so a reused connection took every later request, and round robin or a
 // hash key did not apply to plain HTTP). Connections stay pooled per
-// backend: the request's URL host is the backend's address, so the
-// transport keeps one set of idle connections per backend.
+// backend: in backendConns for a keep-alive pool and a request whose body
+// is absent or buffered (the common case, backend.go), else in the
+// http.Transport, whose URL host is the backend's address.
 type proxy struct {
-	pool *balancer.Pool
-	tr   *http.Transport
-	rp   *httputil.ReverseProxy
+	pool  *balancer.Pool
+	conns *backendConns // keep-alive pools: the requests it takes (backend.go)
+	tr    *http.Transport
+	rp    *httputil.ReverseProxy
 }
 
 var _ http.RoundTripper = (*proxy)(nil)
 
 func newProxy(rt *Route, pool *balancer.Pool) *proxy {
 	p := &proxy{pool: pool}
+	if pool.ProxyProtocol() == balancer.ProxyNone {
+		p.conns = &backendConns{pool: pool}
+	}
 	p.tr = &http.Transport{
 		DialContext: p.dial,
 		// A backend conn that carries a PROXY header carries one client's
@@ -134,7 +139,12 @@ func (p *proxy) RoundTrip(out *http.Request) (*http.Response, error) {
 		if body != nil {
 			r.Body = body
 		}
-		resp, err := p.tr.RoundTrip(&r)
+		var resp *http.Response
+		if p.conns != nil && fastPath(&r) {
+			resp, err = p.conns.roundTrip(&r, claim.Backend, &req)
+		} else {
+			resp, err = p.tr.RoundTrip(&r)
+		}
 		if err == nil {
 			if cs != nil {
 				cs.mu.Lock()

@@ -305,6 +305,9 @@ func (rt *Route) Close() error {
 	for _, l := range rt.locations {
 		if l.proxy != nil {
 			l.proxy.tr.CloseIdleConnections()
+			if l.proxy.conns != nil {
+				l.proxy.conns.close()
+			}
 		}
 	}
 	return nil
