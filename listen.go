@@ -302,10 +302,21 @@ func (s *server) reject(listener string, client net.Addr, reason l4.Reason, sni 
 // logHealth writes one line per backend health transition.
 func (s *server) logHealth(e balancer.Event) {
 	f := []zap.Field{zap.String("pool", e.Pool), zap.String("backend", e.Backend), zap.String("reason", e.Reason)}
-	if e.Healthy {
-		s.log.Info("backend up", f...)
-	} else {
-		s.log.Warn("backend down", f...)
+	switch e.Kind {
+	case balancer.EventAdded:
+		s.log.Info("backend discovered", append(f, zap.Bool("healthy", e.Healthy))...)
+	case balancer.EventRemoved:
+		s.log.Info("backend removed by discovery", f...)
+	case balancer.EventDiscoveryFailed:
+		s.log.Warn("discovery failing, keeping the last backends", f...)
+	case balancer.EventDiscoveryOK:
+		s.log.Info("discovery recovered", f...)
+	default:
+		if e.Healthy {
+			s.log.Info("backend up", f...)
+		} else {
+			s.log.Warn("backend down", f...)
+		}
 	}
 }
 
