@@ -16,7 +16,6 @@
 package balancertest
 
 import (
-	"bufio"
 	"fmt"
 	"os"
 	"strconv"
@@ -68,8 +67,12 @@ type Socket struct {
 	Listening             bool
 }
 
-// ReadFDs reads /proc/self/fd, and the TCP tables (/proc/self/net/tcp and
-// tcp6) for the sockets' ports. It skips the test where /proc is missing.
+// ReadFDs lists /proc/self/fd and asks each socket descriptor for its
+// ports (getsockname, getpeername: exact, where /proc/net/tcp, read in
+// chunks while other processes open and close sockets, can list a socket
+// twice or not at all). Only a socket still connecting, which has no peer
+// yet, takes its remote port from /proc/net/tcp. It skips the test where
+// /proc is missing.
 func ReadFDs(tb testing.TB) FDs {
 	tb.Helper()
 	ents, err := os.ReadDir("/proc/self/fd")
@@ -77,7 +80,7 @@ func ReadFDs(tb testing.TB) FDs {
 		tb.Skip("no /proc/self/fd:", err)
 	}
 	var f FDs
-	inodes := map[string][]int{} // socket inode → fds (a dup shares the inode)
+	var table map[string]int // inode → remote port, read once if needed
 	for _, e := range ents {
 		link, err := os.Readlink("/proc/self/fd/" + e.Name())
 		if err != nil {
@@ -88,47 +91,87 @@ func ReadFDs(tb testing.TB) FDs {
 		case strings.HasPrefix(link, "pipe:"):
 			f.Pipes++
 		case strings.HasPrefix(link, "socket:["):
-			fd, _ := strconv.Atoi(e.Name())
-			inode := strings.TrimSuffix(strings.TrimPrefix(link, "socket:["), "]")
-			inodes[inode] = append(inodes[inode], fd)
-		}
-	}
-	// A socket opened after the fd walk is not in inodes; one closed since
-	// (or not TCP: unix, netlink) is not in the tables. Neither is counted.
-	for _, table := range []string{"/proc/self/net/tcp", "/proc/self/net/tcp6"} {
-		fh, err := os.Open(table)
-		if err != nil {
-			continue // no IPv6
-		}
-		sc := bufio.NewScanner(fh)
-		sc.Scan() // the header line
-		for sc.Scan() {
-			// sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode ...
-			fields := strings.Fields(sc.Text())
-			if len(fields) < 10 {
+			fd, err := strconv.Atoi(e.Name())
+			if err != nil {
 				continue
 			}
-			for _, fd := range inodes[fields[9]] {
-				f.Sockets = append(f.Sockets, Socket{FD: fd, LocalPort: hexPort(fields[1]),
-					RemotePort: hexPort(fields[2]), Listening: fields[3] == "0A"}) // TCP_LISTEN
+			s, ok := tcpSocket(fd)
+			if !ok {
+				continue
 			}
+			if s.RemotePort == 0 && !s.Listening {
+				if table == nil {
+					table = remotePorts()
+				}
+				s.RemotePort = table[strings.TrimSuffix(strings.TrimPrefix(link, "socket:["), "]")]
+			}
+			f.Sockets = append(f.Sockets, s)
 		}
-		fh.Close()
 	}
 	return f
 }
 
-// hexPort is the port of a /proc/net/tcp address: ADDR:PORT, both hex.
-func hexPort(addr string) int {
-	_, p, _ := strings.Cut(addr, ":")
-	n, _ := strconv.ParseUint(p, 16, 16)
-	return int(n)
+// remotePorts maps the inodes in /proc/self/net/tcp and tcp6 to their
+// remote ports (SYN_SENT sockets have one before getpeername does).
+func remotePorts() map[string]int {
+	ports := map[string]int{}
+	for _, table := range []string{"/proc/self/net/tcp", "/proc/self/net/tcp6"} {
+		b, err := os.ReadFile(table)
+		if err != nil {
+			continue // no IPv6
+		}
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			// sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+			f := strings.Fields(line)
+			if len(f) < 10 {
+				continue
+			}
+			_, port, _ := strings.Cut(f[2], ":") // ADDR:PORT, hex
+			if n, err := strconv.ParseUint(port, 16, 16); err == nil {
+				ports[f[9]] = int(n)
+			}
+		}
+	}
+	return ports
+}
+
+// tcpSocket describes fd if it is a TCP socket (IPv4 or IPv6). A socket
+// closed since the listing is left out (getsockname fails).
+func tcpSocket(fd int) (Socket, bool) {
+	if typ, err := syscall.GetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_TYPE); err != nil || typ != syscall.SOCK_STREAM {
+		return Socket{}, false
+	}
+	local, err := syscall.Getsockname(fd)
+	if err != nil {
+		return Socket{}, false
+	}
+	lport, ok := inetPort(local)
+	if !ok {
+		return Socket{}, false // a unix socket
+	}
+	s := Socket{FD: fd, LocalPort: lport}
+	if peer, err := syscall.Getpeername(fd); err == nil {
+		s.RemotePort, _ = inetPort(peer) // ENOTCONN: a listener, or not connected yet
+	}
+	acc, err := syscall.GetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_ACCEPTCONN)
+	s.Listening = err == nil && acc != 0
+	return s, true
+}
+
+func inetPort(sa syscall.Sockaddr) (int, bool) {
+	switch a := sa.(type) {
+	case *syscall.SockaddrInet4:
+		return a.Port, true
+	case *syscall.SockaddrInet6:
+		return a.Port, true
+	}
+	return 0, false
 }
 
 // Connected counts the descriptors of TCP sockets, other than listeners,
-// that have one of ports at either end: with the ports of a proxy's listener and of its
-// backends, the proxy's two sockets and the test's two ends of every
-// connection through it.
+// that have one of ports at either end: with the ports of a proxy's
+// listener and of its backends, the proxy's two sockets and the test's two
+// ends of every connection through it (and a connect still under way).
 func (f FDs) Connected(ports ...int) int {
 	n := 0
 	for _, s := range f.Sockets {
