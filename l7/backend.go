@@ -8,8 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptrace"
-	"net/textproto"
 	"sync"
 	"syscall"
 	"time"
@@ -30,7 +28,7 @@ import (
 //
 // What it keeps from http.Transport: conns pooled per backend (up to
 // maxIdlePerBackend, closed after idleConnTimeout), the response head size
-// limit, 1xx responses handed to httptrace (ReverseProxy forwards them),
+// limit, 1xx responses forwarded to the client,
 // cancellation by the request's context, and the retry of a replayable
 // request on a new conn when a reused one turns out closed before it
 // answered. A reused conn is first checked for a FIN or stray bytes
@@ -86,24 +84,25 @@ var (
 	aLongTimeAgo            = time.Unix(1, 0)
 )
 
-// fastPath reports whether out can go through backendConns: a keep-alive
-// pool and a body that is absent or in memory (GetBody), so that nothing
-// streams from the client while the backend answers.
-func fastPath(out *http.Request) bool {
-	return (out.Body == nil || out.Body == http.NoBody || out.GetBody != nil) && !out.Close
+// fastPath reports whether in can go through backendConns: a body that is
+// absent or in memory (readBody), so that nothing streams from the client
+// while the backend answers.
+func fastPath(in *http.Request) bool {
+	return in.Body == nil || in.Body == http.NoBody || in.GetBody != nil
 }
 
-// roundTrip sends out to b and returns its response; the response body's
-// Close puts the conn back in the pool (or closes it).
-func (bcs *backendConns) roundTrip(out *http.Request, b *balancer.Backend, dr *balancer.DialRequest) (*http.Response, error) {
-	ctx := out.Context()
-	replayable := isReplayable(out)
+// roundTrip sends in to b (send writes the request) and returns the
+// response; 1xx responses are forwarded to w on the way. The response
+// body's Close puts the conn back in the pool (or closes it).
+func (bcs *backendConns) roundTrip(in *http.Request, b *balancer.Backend, dr *balancer.DialRequest, send func(*bufio.Writer) error, w http.ResponseWriter) (*http.Response, error) {
+	ctx := in.Context()
+	replayable := isReplayable(in)
 	for retried := false; ; retried = true {
 		bc, reused, err := bcs.get(ctx, b, dr)
 		if err != nil {
 			return nil, err
 		}
-		resp, err := bcs.exchange(ctx, bc, out)
+		resp, err := bcs.exchange(ctx, bc, in, send, w)
 		if err == nil {
 			return resp, nil
 		}
@@ -111,13 +110,6 @@ func (bcs *backendConns) roundTrip(out *http.Request, b *balancer.Backend, dr *b
 			// The backend had closed it (or restarted): its other idle
 			// conns are likely gone too.
 			bcs.dropIdle(b)
-			if out.GetBody != nil {
-				body, gerr := out.GetBody()
-				if gerr != nil {
-					return nil, err
-				}
-				out.Body = body
-			}
 			continue
 		}
 		return nil, err
@@ -127,8 +119,8 @@ func (bcs *backendConns) roundTrip(out *http.Request, b *balancer.Backend, dr *b
 // errStaleConn marks a failure on a conn before any byte of a response.
 var errStaleConn = errors.New("l7: backend closed the connection before answering")
 
-// exchange writes out on bc and reads the response head.
-func (bcs *backendConns) exchange(ctx context.Context, bc *backendConn, out *http.Request) (*http.Response, error) {
+// exchange writes the request on bc and reads the response head.
+func (bcs *backendConns) exchange(ctx context.Context, bc *backendConn, in *http.Request, send func(*bufio.Writer) error, w http.ResponseWriter) (*http.Response, error) {
 	stop := context.AfterFunc(ctx, func() { _ = bc.c.SetDeadline(aLongTimeAgo) })
 	fail := func(err error) (*http.Response, error) {
 		stop()
@@ -138,22 +130,22 @@ func (bcs *backendConns) exchange(ctx context.Context, bc *backendConn, out *htt
 		}
 		return nil, err
 	}
-	werr := out.Write(bc.bw)
+	werr := send(bc.bw)
 	if werr == nil {
 		werr = bc.bw.Flush()
 	}
 	if werr != nil {
+		bc.bw.Reset(bc.c)
 		// The backend may have answered (and closed) before reading it all.
 		if _, perr := bc.br.Peek(1); perr != nil {
 			return fail(fmt.Errorf("%w: %w", errStaleConn, werr))
 		}
 	}
-	bc.limit = maxProxyResponseHead
-	trace := httptrace.ContextClientTrace(ctx)
 	var resp *http.Response
 	for first := true; ; first = false {
+		bc.limit = maxProxyResponseHead
 		var err error
-		resp, err = http.ReadResponse(bc.br, out)
+		resp, err = http.ReadResponse(bc.br, in)
 		if err != nil {
 			nothingRead := bc.limit == maxProxyResponseHead && bc.br.Buffered() == 0
 			if first && nothingRead && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET)) {
@@ -165,11 +157,14 @@ func (bcs *backendConns) exchange(ctx context.Context, bc *backendConn, out *htt
 		if code < 100 || code > 199 || code == http.StatusSwitchingProtocols {
 			break
 		}
-		if trace != nil && trace.Got1xxResponse != nil {
-			if err := trace.Got1xxResponse(code, textproto.MIMEHeader(resp.Header)); err != nil {
-				return fail(err)
-			}
+		// An interim response goes to the client as it is (ReverseProxy's
+		// Got1xxResponse).
+		h := w.Header()
+		for k, vv := range resp.Header {
+			h[k] = append(h[k], vv...)
 		}
+		w.WriteHeader(code)
+		clear(h)
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		return fail(errUnaskedSwitch)
@@ -330,18 +325,18 @@ func (bcs *backendConns) close() {
 	}
 }
 
-// isReplayable reports whether out may be sent again after a conn failed
+// isReplayable reports whether r may be sent again after a conn failed
 // (net/http's Request.isReplayable): an idempotent method, or an
 // Idempotency-Key, and a body that can be had again.
-func isReplayable(out *http.Request) bool {
-	if out.Body != nil && out.Body != http.NoBody && out.GetBody == nil {
+func isReplayable(r *http.Request) bool {
+	if r.Body != nil && r.Body != http.NoBody && r.GetBody == nil {
 		return false
 	}
-	switch out.Method {
+	switch r.Method {
 	case "GET", "HEAD", "OPTIONS", "TRACE":
 		return true
 	}
-	_, a := out.Header["Idempotency-Key"]
-	_, b := out.Header["X-Idempotency-Key"]
+	_, a := r.Header["Idempotency-Key"]
+	_, b := r.Header["X-Idempotency-Key"]
 	return a || b
 }

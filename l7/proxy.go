@@ -27,6 +27,7 @@ import (
 // is absent or buffered (the common case, backend.go), else in the
 // http.Transport, whose URL host is the backend's address.
 type proxy struct {
+	rt    *Route
 	pool  *balancer.Pool
 	conns *backendConns // keep-alive pools: the requests it takes (backend.go)
 	tr    *http.Transport
@@ -36,7 +37,7 @@ type proxy struct {
 var _ http.RoundTripper = (*proxy)(nil)
 
 func newProxy(rt *Route, pool *balancer.Pool) *proxy {
-	p := &proxy{pool: pool}
+	p := &proxy{rt: rt, pool: pool}
 	if pool.ProxyProtocol() == balancer.ProxyNone {
 		p.conns = &backendConns{pool: pool}
 	}
@@ -85,6 +86,17 @@ func (b *bufferPool) Get() []byte {
 }
 
 func (b *bufferPool) Put(buf []byte) { b.p.Put(&buf) }
+
+// ServeHTTP proxies in, whose body readBody has prepared: in memory
+// (serveFast), or streamed (ReverseProxy over the http.Transport). A pool
+// that sends PROXY headers dials per request: the Transport's path.
+func (p *proxy) ServeHTTP(w http.ResponseWriter, in *http.Request) {
+	if p.conns != nil && fastPath(in) {
+		p.serveFast(w, in)
+		return
+	}
+	p.rp.ServeHTTP(w, in)
+}
 
 // rewrite keeps the client's Host and sets the forwarding headers like the
 // upgrade path: X-Forwarded-For appended to, the others replaced.
@@ -139,12 +151,7 @@ func (p *proxy) RoundTrip(out *http.Request) (*http.Response, error) {
 		if body != nil {
 			r.Body = body
 		}
-		var resp *http.Response
-		if p.conns != nil && fastPath(&r) {
-			resp, err = p.conns.roundTrip(&r, claim.Backend, &req)
-		} else {
-			resp, err = p.tr.RoundTrip(&r)
-		}
+		resp, err := p.tr.RoundTrip(&r)
 		if err == nil {
 			if cs != nil {
 				cs.mu.Lock()

@@ -534,7 +534,7 @@ func (rt *Route) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		tunneled = rt.serveUpgrade(sw, r, cs, loc.proxy.pool)
 	case loc.proxy != nil:
 		if rt.readBody(sw, r, cs) {
-			loc.proxy.rp.ServeHTTP(sw, r)
+			loc.proxy.ServeHTTP(sw, r)
 		}
 	default:
 		loc.handler.ServeHTTP(sw, r)
