@@ -62,6 +62,19 @@ fuzz FuzzProxyHeader ./balancer 80000x
 fuzz FuzzReadProxyHeader ./balancer 100000x
 fuzz FuzzConfig . 40000x
 
+echo "== real game frameworks (socket.io, Colyseus)"
+# socket.io 4.8 and Colyseus 0.16 servers and clients (Node.js >= 18, npm)
+# behind a sluice child process; .ci/run installs nodejs and npm when missing.
+if command -v node >/dev/null && command -v npm >/dev/null; then
+  (cd scripts/frameworks && npm ci --no-audit --no-fund)
+  # pipefail (set above) fails the step when go test fails, whatever grep does.
+  go test -tags frameworks -count=1 -run 'Framework' -v . | grep -E '^(---|ok|FAIL|\s+frameworks_test.go)'
+elif [ -n "${CI:-}" ]; then
+  echo "node or npm is missing (.ci/run installs them)"; exit 1
+else
+  echo "SKIPPED: node or npm is missing (apt-get install nodejs npm)"
+fi
+
 echo "== end to end (real processes)"
 scripts/e2e.sh
 

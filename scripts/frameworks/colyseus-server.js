@@ -16,7 +16,7 @@
 // WebSocket to the process that answered the POST.
 //
 // - room message "ping" {seq}: answered with "pong" { node, processId, roomId, seq };
-// - GET / : 200 { ok, node, processId } (the health check);
+// - GET /healthz (and GET /) : 200 { ok, node, processId } (the health check);
 // - GET /stats : counters (matchmake requests, upgrades, joins).
 
 const http = require("node:http");
@@ -49,7 +49,7 @@ class GameRoom extends Room {
 
 const srv = http.createServer((req, res) => {
   const path = req.url.split("?")[0];
-  if (req.method === "GET" && path === "/") {
+  if (req.method === "GET" && (path === "/" || path === "/healthz")) {
     res.writeHead(200, { "content-type": "application/json" });
     res.end(JSON.stringify({ ok: true, node, processId: matchMaker.processId }));
     return;

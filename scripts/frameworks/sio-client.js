@@ -8,13 +8,14 @@
 //
 // Opens --sessions sessions, started evenly over --ramp ms (a thundering herd
 // on a busy 2-core machine can outlast engine.io's 10 s upgrade timeout),
-// each its own engine.io connection (forceNew) with the client's DEFAULT
-// transports (HTTP long-polling, then an upgrade to WebSocket) unless
-// --websocket-only, withCredentials (so each session keeps its own cookie
-// jar, like a browser tab) and rejectUnauthorized false (sluice's self-signed
-// certificate). Reconnection is off: a session that loses its server is
-// counted as failed, not retried. --timeout bounds the connect (engine.io's
-// handshake and socket.io's CONNECT), --ack-timeout each ack.
+// each a browser-like session (sio-lib.js: its own engine.io connection,
+// keep-alive agent and cookie jar, withCredentials, certificate not
+// verified) with the client's DEFAULT transports (HTTP long-polling, then an
+// upgrade to WebSocket) unless --websocket-only. Reconnection is off: a
+// session that loses its server is counted as failed, not retried (the
+// failover with reconnection is sio-failover.js). --timeout bounds the
+// connect (engine.io's handshake and socket.io's CONNECT), --ack-timeout
+// each ack.
 // Each session sends --events "ack" events, one every --interval ms, each
 // awaiting its acknowledgement (which names the server's node). Every session
 // stays open until all have finished; then one JSON line is printed:
@@ -27,9 +28,7 @@
 // and no disconnect until the end; failed = sessions - completed.
 // The exit code is 0 whatever the numbers: the caller judges them.
 
-const http = require("node:http");
-const https = require("node:https");
-const { io } = require("socket.io-client");
+const { browserSession } = require("./sio-lib.js");
 const { flags, Errors, errText, count, withTimeout, sleep } = require("./lib.js");
 
 const opt = flags({
@@ -63,15 +62,8 @@ const summary = {
   elapsedMs: 0,
 };
 
-function connectOptions(agent) {
-  const o = {
-    agent,
-    forceNew: true, // without it every io(url) shares one Manager: one connection for all
-    reconnection: false,
-    withCredentials: true,
-    rejectUnauthorized: false,
-    timeout: opt.timeout,
-  };
+function connectOptions() {
+  const o = { reconnection: false, timeout: opt.timeout };
   if (opt["websocket-only"]) o.transports = ["websocket"];
   return o;
 }
@@ -88,12 +80,9 @@ function reachBarrier() {
 
 async function session(i) {
   if (opt.ramp > 0) await sleep((i * opt.ramp) / opt.sessions);
-  // Like a browser, each session reuses its TLS connections for its polling
-  // requests (engine.io-client's Node default, agent: false, opens a new
-  // connection per request); --no-keepalive restores that default.
-  const Agent = opt.url.startsWith("https:") ? https.Agent : http.Agent;
-  const agent = opt["no-keepalive"] ? false : new Agent({ keepAlive: true, maxSockets: 6, rejectUnauthorized: false });
-  const socket = io(opt.url, connectOptions(agent));
+  // --no-keepalive: engine.io-client's Node default, a new connection per
+  // polling request.
+  const { socket, agent } = browserSession(opt.url, connectOptions(), !opt["no-keepalive"]);
   const st = { node: null, acks: 0, connected: false, disconnected: null };
   socket.on("disconnect", (reason, desc) => {
     st.disconnected = reason + (desc && desc.description ? ` (${desc.description.message || desc.description})` : "");

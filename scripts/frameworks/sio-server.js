@@ -8,7 +8,7 @@
 // - socket.io at /socket.io/ with its default transports (polling, websocket);
 // - event "ack": the callback gets { node, seq, transport };
 // - on connection the server emits "hello" { node };
-// - GET / : 200 { ok, node } (the health check);
+// - GET /healthz (and GET /) : 200 { ok, node } (the health check);
 // - GET /stats : this process's counters, including engine.io's
 //   connection_error messages (e.g. "Session ID unknown" when a polling
 //   request or an upgrade reached the wrong process).
@@ -28,7 +28,7 @@ const stats = { node, connections: 0, acks: 0, upgrades: 0, transports: {}, conn
 
 const srv = http.createServer((req, res) => {
   const path = req.url.split("?")[0];
-  if (req.method === "GET" && path === "/") {
+  if (req.method === "GET" && (path === "/" || path === "/healthz")) {
     res.writeHead(200, { "content-type": "application/json" });
     res.end(JSON.stringify({ ok: true, node }));
     return;
