@@ -131,6 +131,17 @@ func TestBodyRefusals(t *testing.T) {
 			if !tc.reachesBack && conns.Load() != before {
 				t.Fatal("the backend was dialled for a refused body")
 			}
+			if tc.reachesBack {
+				// The backend counts the connection when its Accept
+				// returns, which may come after the answer: wait, so that
+				// the next case does not see it.
+				for deadline := time.Now().Add(10 * time.Second); conns.Load() == before; {
+					if time.Now().After(deadline) {
+						t.Fatal("the streamed body's backend connection never arrived")
+					}
+					time.Sleep(5 * time.Millisecond)
+				}
+			}
 		})
 	}
 }
