@@ -91,10 +91,9 @@ func fastPath(in *http.Request) bool {
 	return in.Body == nil || in.Body == http.NoBody || in.GetBody != nil
 }
 
-// roundTrip sends in to b (send writes the request) and returns the
-// response; 1xx responses are forwarded to w on the way. The response
+// roundTrip sends in to b (writeRequest) and returns the response; 1xx responses are forwarded to w on the way. The response
 // body's Close puts the conn back in the pool (or closes it).
-func (bcs *backendConns) roundTrip(in *http.Request, b *balancer.Backend, dr *balancer.DialRequest, send func(*bufio.Writer) error, w http.ResponseWriter) (*http.Response, error) {
+func (bcs *backendConns) roundTrip(in *http.Request, cs *connState, b *balancer.Backend, dr *balancer.DialRequest, w http.ResponseWriter) (*http.Response, error) {
 	ctx := in.Context()
 	replayable := isReplayable(in)
 	for retried := false; ; retried = true {
@@ -102,7 +101,7 @@ func (bcs *backendConns) roundTrip(in *http.Request, b *balancer.Backend, dr *ba
 		if err != nil {
 			return nil, err
 		}
-		resp, err := bcs.exchange(ctx, bc, in, send, w)
+		resp, err := bcs.exchange(ctx, bc, in, cs, w)
 		if err == nil {
 			return resp, nil
 		}
@@ -120,7 +119,7 @@ func (bcs *backendConns) roundTrip(in *http.Request, b *balancer.Backend, dr *ba
 var errStaleConn = errors.New("l7: backend closed the connection before answering")
 
 // exchange writes the request on bc and reads the response head.
-func (bcs *backendConns) exchange(ctx context.Context, bc *backendConn, in *http.Request, send func(*bufio.Writer) error, w http.ResponseWriter) (*http.Response, error) {
+func (bcs *backendConns) exchange(ctx context.Context, bc *backendConn, in *http.Request, cs *connState, w http.ResponseWriter) (*http.Response, error) {
 	stop := context.AfterFunc(ctx, func() { _ = bc.c.SetDeadline(aLongTimeAgo) })
 	fail := func(err error) (*http.Response, error) {
 		stop()
@@ -130,7 +129,7 @@ func (bcs *backendConns) exchange(ctx context.Context, bc *backendConn, in *http
 		}
 		return nil, err
 	}
-	werr := send(bc.bw)
+	werr := writeRequest(bc.bw, in, cs)
 	if werr == nil {
 		werr = bc.bw.Flush()
 	}

@@ -27,6 +27,8 @@ const (
 	// Section 9.6; net/http's closeWriteAndWait waits 500ms too).
 	lingerTimeout = 500 * time.Millisecond
 	lingerMax     = 256 << 10
+	// writeDeadlineSlack: see vconn.Write.
+	writeDeadlineSlack = time.Second
 	// initialBuf grows to maxBuf, which must exceed maxHeadBytes so that an
 	// oversized head is seen as one.
 	initialBuf = 4 << 10
@@ -58,6 +60,8 @@ type vconn struct {
 	tc  net.Conn      // *tls.Conn, or raw for cleartext
 	raw *net.TCPConn  // the socket under tc
 	rw  *recordWriter // under a *tls.Conn; nil for cleartext
+
+	wdlAt time.Time // when Write last set the write deadline (net/http's goroutine)
 
 	// reader
 	buf    []byte
@@ -440,10 +444,16 @@ func (v *vconn) SetWriteDeadline(time.Time) error { return nil }
 
 func (v *vconn) SetDeadline(t time.Time) error { return v.SetReadDeadline(t) }
 
-// Write gives every write WriteStallTimeout to make progress; the TLS
-// records of one Write leave in one syscall (recordWriter).
+// Write gives every write WriteStallTimeout to make progress, less up to
+// writeDeadlineSlack: the deadline is moved at most once per slack (a
+// deadline change is a runtime timer update; keep-alive responses come
+// milliseconds apart). The TLS records of one Write leave in one syscall
+// (recordWriter).
 func (v *vconn) Write(p []byte) (int, error) {
-	_ = v.tc.SetWriteDeadline(time.Now().Add(v.rt.writeStall))
+	if now := time.Now(); now.Sub(v.wdlAt) >= writeDeadlineSlack {
+		_ = v.tc.SetWriteDeadline(now.Add(v.rt.writeStall))
+		v.wdlAt = now
+	}
 	if v.rw == nil || !v.rw.collect(len(p)) {
 		return v.tc.Write(p)
 	}
@@ -511,6 +521,7 @@ func (v *vconn) takeBuffered() []byte {
 type connState struct {
 	ctx           context.Context // ServeConn's ctx, also cancelled by Route.Close
 	client, local net.Addr
+	ip            string // client's IP, as forwarding headers carry it
 	sni           string
 	tls           bool
 	v             *vconn
@@ -521,6 +532,8 @@ type connState struct {
 
 	mu  sync.Mutex
 	res Result
+
+	sw statusWriter // the current request's (serveHTTP)
 }
 
 // finish ends the connection (once): net/http closed it, or its tunnel ended.

@@ -38,7 +38,6 @@ func (p *proxy) serveFast(w http.ResponseWriter, in *http.Request) {
 		req.HashKey, req.HasHashKey = hashKey(p.pool, in, cs)
 	}
 	req.Sticky = stickyFrom(p.pool, in)
-	send := func(bw *bufio.Writer) error { return writeRequest(bw, in, cs) }
 	ch := p.pool.NewChooser(&req)
 	var claim *balancer.Claim
 	var resp *http.Response
@@ -48,7 +47,7 @@ func (p *proxy) serveFast(w http.ResponseWriter, in *http.Request) {
 			p.rt.proxyError(w, in, err)
 			return
 		}
-		resp, err = p.conns.roundTrip(in, c.Backend, &req, send, w)
+		resp, err = p.conns.roundTrip(in, cs, c.Backend, &req, w)
 		if err == nil {
 			claim = c
 			break
@@ -71,7 +70,11 @@ func (p *proxy) serveFast(w http.ResponseWriter, in *http.Request) {
 	removeHopByHopHeaders(resp.Header)
 	h := w.Header()
 	for k, vv := range resp.Header {
-		h[k] = append(h[k], vv...)
+		if h[k] == nil {
+			h[k] = vv // resp.Header is not used again
+		} else {
+			h[k] = append(h[k], vv...)
+		}
 	}
 	announced := len(resp.Trailer)
 	if announced > 0 {
@@ -115,8 +118,9 @@ func (p *proxy) copyBody(w http.ResponseWriter, resp *http.Response) error {
 		flush = http.NewResponseController(w).Flush
 		_ = flush()
 	}
-	buf := copyBuffers.Get()
-	defer copyBuffers.Put(buf)
+	bp := copyBuffers.get()
+	defer copyBuffers.put(bp)
+	buf := *bp
 	for {
 		nr, rerr := resp.Body.Read(buf)
 		if rerr != nil && rerr != io.EOF && p.rp.ErrorLog != nil {
@@ -201,7 +205,7 @@ func writeRequest(bw *bufio.Writer, in *http.Request, cs *connState) error {
 	}
 	ip, proto := "", "http"
 	if cs != nil {
-		ip = clientIP(cs.client)
+		ip = cs.ip
 		if cs.tls {
 			proto = "https"
 		}

@@ -49,7 +49,7 @@ func TestWriteRequestMatchesReverseProxy(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				cs := &connState{client: &net.TCPAddr{IP: net.IPv4(192, 0, 2, 9), Port: 5555}, tls: true}
+				cs := &connState{client: &net.TCPAddr{IP: net.IPv4(192, 0, 2, 9), Port: 5555}, ip: "192.0.2.9", tls: true}
 				in = in.WithContext(context.WithValue(context.Background(), connStateKey{}, cs))
 				rt := &Route{requestBuffer: DefaultRequestBufferBytes, maxBody: DefaultMaxBodyBytes}
 				if !rt.readBody(httptest.NewRecorder(), in, cs) {

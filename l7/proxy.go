@@ -69,23 +69,28 @@ func newProxy(rt *Route, pool *balancer.Pool) *proxy {
 	return p
 }
 
-// copyBuffers lends ReverseProxy its copy buffers. Without a pool it
-// allocates 32 KiB per response: issue 10's bench measured 80% of
-// sluice's allocated bytes there, and the GC they drive.
+// copyBuffers lends ReverseProxy and serveFast their copy buffers. Without
+// a pool ReverseProxy allocates 32 KiB per response: issue 10's bench
+// measured 80% of sluice's allocated bytes there, and the GC they drive.
 var copyBuffers bufferPool
 
 type bufferPool struct{ p sync.Pool }
 
 var _ httputil.BufferPool = (*bufferPool)(nil)
 
-func (b *bufferPool) Get() []byte {
-	if buf, ok := b.p.Get().(*[]byte); ok {
-		return *buf
+// get and put lend a buffer without allocating (serveFast).
+func (b *bufferPool) get() *[]byte {
+	if bp, ok := b.p.Get().(*[]byte); ok {
+		return bp
 	}
-	return make([]byte, 32<<10)
+	buf := make([]byte, 32<<10)
+	return &buf
 }
 
-func (b *bufferPool) Put(buf []byte) { b.p.Put(&buf) }
+func (b *bufferPool) put(bp *[]byte) { b.p.Put(bp) }
+
+func (b *bufferPool) Get() []byte    { return *b.get() }
+func (b *bufferPool) Put(buf []byte) { b.put(&buf) }
 
 // ServeHTTP proxies in, whose body readBody has prepared: in memory
 // (serveFast), or streamed (ReverseProxy over the http.Transport). A pool
@@ -106,7 +111,7 @@ func (p *proxy) rewrite(pr *httputil.ProxyRequest) {
 	out.URL.Scheme = "http"
 	out.URL.Host = "backend" // RoundTrip puts the chosen backend here
 	out.Host = in.Host
-	ip := clientIP(cs.client)
+	ip := cs.ip
 	proto := "http"
 	if cs.tls {
 		proto = "https"

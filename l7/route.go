@@ -375,6 +375,7 @@ func (rt *Route) Serve(ctx context.Context, c *net.TCPConn, client net.Addr, pre
 	if a, ok := ctx.Value(clientAddrKey{}).(net.Addr); ok && a != nil {
 		cs.client = a
 	}
+	cs.ip = clientIP(cs.client)
 
 	var tc net.Conn = c
 	var rw *recordWriter
@@ -483,7 +484,8 @@ func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 // serveHTTP is the route's handler: Host check, path check, location.
 func (rt *Route) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	cs := stateFrom(r.Context())
-	sw := &statusWriter{ResponseWriter: w}
+	cs.sw = statusWriter{ResponseWriter: w} // one request at a time per conn
+	sw := &cs.sw
 	tunneled := false
 	defer func() {
 		cs.mu.Lock()
@@ -558,8 +560,10 @@ func (rt *Route) refuse(w http.ResponseWriter, cs *connState, code int, reason l
 // lower-cased) and reports whether the route answers for it.
 func (rt *Route) hostAllowed(hostport string) (string, bool) {
 	h := hostport
-	if host, _, err := net.SplitHostPort(hostport); err == nil {
-		h = host
+	if strings.IndexByte(hostport, ':') >= 0 { // no error to allocate for a Host without port
+		if host, _, err := net.SplitHostPort(hostport); err == nil {
+			h = host
+		}
 	}
 	h = strings.TrimSuffix(h, ".")
 	n, ok := tlsutil.NormalizeSNI(h)
