@@ -54,3 +54,25 @@ func TestRecordWriter(t *testing.T) {
 		t.Fatal("NetConn does not unwrap")
 	}
 }
+
+// A held collection spans Writes until flush; flush without one is a no-op.
+func TestRecordWriterHeld(t *testing.T) {
+	cc := &countConn{}
+	w := &recordWriter{Conn: cc}
+	if err := w.flush(); err != nil || len(cc.writes) != 0 {
+		t.Fatalf("flush without a collection: %v, %d writes", err, len(cc.writes))
+	}
+	w.start()
+	w.Write([]byte("head"))
+	w.start() // already collecting: kept
+	w.Write([]byte("body"))
+	if n := w.collected(); n != 8 || len(cc.writes) != 0 {
+		t.Fatalf("collected %d, %d writes", n, len(cc.writes))
+	}
+	if err := w.flush(); err != nil || len(cc.writes) != 1 || string(cc.writes[0]) != "headbody" {
+		t.Fatalf("flush: %v, writes %q", err, cc.writes)
+	}
+	if w.collected() != 0 {
+		t.Fatal("still collecting after flush")
+	}
+}

@@ -151,6 +151,7 @@ type Route struct {
 type location struct {
 	path    string
 	handler http.Handler // static or redirect; nil for a pool
+	static  bool         // handler serves files
 	proxy   *proxy       // pool
 }
 
@@ -231,6 +232,7 @@ func NewRoute(cfg RouteConfig) (*Route, error) {
 		if l.Root != "" {
 			set++
 			loc.handler = newStatic(l.Path, l.Root)
+			loc.static = true
 		}
 		if l.Redirect != "" {
 			set++
@@ -537,6 +539,12 @@ func (rt *Route) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	case loc.proxy != nil:
 		if rt.readBody(sw, r, cs) {
 			loc.proxy.ServeHTTP(sw, r)
+		}
+	case loc.static:
+		held := cs.v.hold()
+		loc.handler.ServeHTTP(sw, r)
+		if held && cs.v.unhold() != nil {
+			panic(http.ErrAbortHandler) // as a failed write would: the conn closes
 		}
 	default:
 		loc.handler.ServeHTTP(sw, r)

@@ -92,9 +92,19 @@ func TestStaticCache(t *testing.T) {
 	if resp, _ := get("/static/app.js"); resp.StatusCode != 404 {
 		t.Fatalf("after a remove: %d", resp.StatusCode)
 	}
-	for range 2 { // over the size limit: from disk each time
+	for range 2 { // over the size limit: from disk each time (and over maxHeld)
 		if resp, body := get("/static/big.js"); resp.StatusCode != 200 || body != big {
 			t.Fatalf("big: %d, %d bytes", resp.StatusCode, len(body))
+		}
+	}
+	// A response held whole (vconn.hold) arrives whole, twice on one conn.
+	mid := strings.Repeat("0123456789abcdef", 20<<10/16)
+	if err := os.WriteFile(filepath.Join(web, "mid.js"), []byte(mid), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if resp, body := get("/static/mid.js"); resp.StatusCode != 200 || body != mid {
+			t.Fatalf("mid: %d, %d bytes", resp.StatusCode, len(body))
 		}
 	}
 }
