@@ -22,10 +22,18 @@
 // also owns every read deadline (RELIABILITY rule 1): handshake, first
 // request head, keep-alive idle, head, body, then the relay's own.
 //
+// Plain requests whose body is absent or buffered (readBody) go through
+// sluice's own HTTP/1.1 client on the handler's goroutine (fastproxy.go,
+// backend.go); streamed bodies and PROXY-protocol pools through
+// httputil.ReverseProxy and http.Transport. Static files up to 256 KiB are
+// kept in memory and checked against the disk with one stat per request
+// (static.go).
+//
 // What it will not do: HTTP/2 (ALPN is forced to http/1.1, so a client that
 // offers only h2 fails the handshake with no_application_protocol), WebSocket
-// over HTTP/2 (RFC 8441), TLS to backends, caching, compression, request
-// bodies on upgrade requests, or upgrades other than WebSocket. It logs
+// over HTTP/2 (RFC 8441), TLS to backends, caching of proxied responses,
+// compression, request bodies on upgrade requests, or upgrades other than
+// WebSocket. It logs
 // nothing per request at info level: Serve hands a Result to its callback
 // and the caller writes the one access line.
 //
