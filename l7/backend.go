@@ -86,9 +86,10 @@ var (
 
 // fastPath reports whether in can go through backendConns: a body that is
 // absent or in memory (readBody), so that nothing streams from the client
-// while the backend answers.
+// while the backend answers. CONNECT (authority-form target) keeps
+// Request.Write's special case on the ReverseProxy path.
 func fastPath(in *http.Request) bool {
-	return in.Body == nil || in.Body == http.NoBody || in.GetBody != nil
+	return (in.Body == nil || in.Body == http.NoBody || in.GetBody != nil) && in.Method != http.MethodConnect
 }
 
 // roundTrip sends in to b (writeRequest) and returns the response; 1xx responses are forwarded to w on the way. The response
