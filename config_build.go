@@ -73,17 +73,7 @@ func (rt *Runtime) buildRoutes() map[string]*route {
 func (rt *Runtime) buildListeners(routes map[string]*route) {
 	for name, ls := range rt.listenerSpecs {
 		lr := &listenerRuntime{
-			name:             name,
-			address:          ls.address,
-			key:              ls.key,
-			tls:              ls.tls,
-			helloTimeout:     ls.helloTimeout,
-			handshakeTimeout: ls.handshakeTimeout,
-			headerTimeout:    ls.headerTimeout,
-			body:             ls.body,
-			proxyIn:          ls.proxyIn,
-			perIP:            ls.perIP,
-			maxHelloBytes:    ls.maxHelloBytes,
+			listenerSpec: ls,
 			table: routeTable{
 				exact:    make(map[string]*route, len(ls.exact)),
 				wildcard: make(map[string]*route, len(ls.wildcard)),

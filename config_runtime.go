@@ -3,7 +3,6 @@ package main
 import (
 	"crypto/tls"
 	"sync/atomic"
-	"time"
 
 	"sluice/balancer"
 	"sluice/l4"
@@ -84,22 +83,14 @@ func (rt *Runtime) Close() {
 	}
 }
 
+// listenerRuntime is a listener as it serves: its checked spec (read only)
+// and what Build and the server made from it.
 type listenerRuntime struct {
-	name             string
-	address          string
-	key              string // the bound socket's: the address, or address#name for port 0
-	tls              bool   // false: cleartext HTTP, routed by the first request's Host
-	helloTimeout     time.Duration
-	handshakeTimeout time.Duration
-	headerTimeout    time.Duration
-	body             bodyLimits
-	proxyIn          proxyIn
-	perIP            ipLimits
-	limiter          *ipLimiter // set by server.attachLimiters; nil without limits
-	maxHelloBytes    int
-	table            routeTable
-	certs            *tlsutil.CertStore
-	redirect         *l7.Route // tls = false with redirect_https: every request → https
+	*listenerSpec
+	limiter  *ipLimiter // set by server.attachLimiters; nil without limits
+	table    routeTable
+	certs    *tlsutil.CertStore
+	redirect *l7.Route // tls = false with redirect_https: every request → https
 }
 
 // route is one built [routes.NAME] table.
