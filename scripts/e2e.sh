@@ -13,7 +13,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-fail() { echo "FAIL: $*"; echo "--- sluice log:"; cat "$work/sluice.log" 2>/dev/null | tail -30; exit 1; }
+fail() { echo "FAIL: $*"; echo "--- sluice log:"; tail -30 "$work/sluice.log" 2>/dev/null; echo "--- backends log:"; tail -30 "$work/backends.log" 2>/dev/null; exit 1; }
 
 go build -o "$work/sluice" .
 go build -o "$work/backends" ./scripts/demo/backends
@@ -39,7 +39,10 @@ set -e
 grep -q 'routes.r.conect_timeout: unknown key' "$work/bad.out" || fail "unknown key not reported: $(cat "$work/bad.out")"
 grep -q 'panic' "$work/bad.out" && fail "bad config printed a panic"
 
-base=$((20000 + RANDOM % 20000))
+# Below the ephemeral range (32768-60999 by default): a port there can be
+# held by any outgoing connection of an earlier test (seen once in CI as
+# "sluice or backends did not start").
+base=$((10000 + RANDOM % 20000))
 lp=$base; b1=$((base+1)); b2=$((base+2)); b3=$((base+3)); w1=$((base+4)); w2=$((base+5)); adm=$((base+6))
 sed -e "s/127.0.0.1:8443/127.0.0.1:$lp/" -e "s/127.0.0.1:9101/127.0.0.1:$b1/" \
     -e "s/127.0.0.1:9102/127.0.0.1:$b2/" -e "s/127.0.0.1:9201/127.0.0.1:$b3/" \
