@@ -56,15 +56,30 @@ type Chooser struct {
 
 // NewChooser starts a walk for req; req is read by each Next, not copied.
 func (p *Pool) NewChooser(req *DialRequest) *Chooser {
-	ch := &Chooser{p: p, set: p.set.Load(), req: req, budget: time.Now().Add(p.connectBudget)}
-	ch.st.reset()
+	ch := new(Chooser)
+	p.startWalk(ch, req)
 	return ch
+}
+
+// startWalk sets ch up for a walk of p for req (Dial keeps ch on its stack).
+func (p *Pool) startWalk(ch *Chooser, req *DialRequest) {
+	*ch = Chooser{p: p, set: p.set.Load(), req: req, budget: time.Now().Add(p.connectBudget)}
+	ch.st.reset()
 }
 
 // Next picks and reserves the next backend. When there is none, it returns
 // an error wrapping ErrNoBackend (ErrFull or ErrUnhealthy) if nothing was
 // tried yet, else a *DialError listing the failed attempts.
 func (ch *Chooser) Next(ctx context.Context) (*Claim, error) {
+	b, err := ch.next(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &Claim{Backend: b}, nil
+}
+
+// next is Next without the Claim: b's slot is taken.
+func (ch *Chooser) next(ctx context.Context) (*Backend, error) {
 	p := ch.p
 	var stop error
 	for ch.attempts < ch.set.maxAttempts {
@@ -100,7 +115,7 @@ func (ch *Chooser) Next(ctx context.Context) (*Claim, error) {
 			continue // filled up since the pick: the next candidate
 		}
 		ch.attempts++
-		return &Claim{Backend: b}, nil
+		return b, nil
 	}
 	if len(ch.failed) == 0 && stop == nil {
 		return nil, fmt.Errorf("balancer: pool %q: %w", p.name, ErrNoBackend)
@@ -113,7 +128,12 @@ func (ch *Chooser) Next(ctx context.Context) (*Claim, error) {
 // already told by Connect.
 func (ch *Chooser) Failed(c *Claim, err error) {
 	c.Release()
-	ch.failed = append(ch.failed, AttemptError{Backend: c.Backend.addr, Err: err, Local: ClassifyLocal(err)})
+	ch.record(c.Backend, err, ClassifyLocal(err))
+}
+
+// record adds a failed attempt on b to the walk's DialError.
+func (ch *Chooser) record(b *Backend, err error, local LocalReason) {
+	ch.failed = append(ch.failed, AttemptError{Backend: b.addr, Err: err, Local: local})
 }
 
 // Connect dials b, once, within the pool's connect timeout, and writes the

@@ -237,55 +237,19 @@ func (p *Pool) Dial(ctx context.Context, req DialRequest) (*Lease, error) {
 	if err != nil {
 		return nil, fmt.Errorf("balancer: pool %q: %w", p.name, err)
 	}
-	budget := time.Now().Add(p.connectBudget)
-
-	// One set for every attempt: st's indices are into it, and a backend
-	// discovery removes meanwhile is in Drain, so no attempt picks it.
-	s := p.set.Load()
-	var st pickState
-	st.reset()
-	var failed []AttemptError
-	var stop error
-	attempts := 0
-	for attempts < s.maxAttempts {
-		if err := ctx.Err(); err != nil {
-			stop = err
-			break
-		}
-		now := time.Now()
-		if !now.Before(budget) {
-			stop = ErrBudgetExhausted
-			break
-		}
-		v, err := p.view()
+	// The same walk as a plain HTTP request's (Chooser): one backend set
+	// for every attempt, each attempt another backend, max_attempts within
+	// the connect budget.
+	var ch Chooser
+	p.startWalk(&ch, &req)
+	for {
+		b, err := ch.next(ctx)
 		if err != nil {
-			if attempts == 0 {
-				return nil, fmt.Errorf("balancer: pool %q: %w", p.name, err)
-			}
-			break
+			return nil, err
 		}
-		i := p.pick(s, &v, &st, &req)
-		if i < 0 && p.set.Load() != s {
-			// The set was swapped since this Dial loaded it, and what is
-			// left of the old one is drained: go on with the new one.
-			s = st.moveTo(s, p.set.Load())
-			continue
-		}
-		if i < 0 {
-			if attempts == 0 {
-				return nil, fmt.Errorf("balancer: pool %q: %w", p.name, whyNone(s, &v))
-			}
-			break
-		}
-		st.add(i)
-		b := s.list[i]
-		if !b.reserve() {
-			continue // filled up since the pick: the next candidate
-		}
-		attempts++
-		deadline := now.Add(p.connectTimeout)
-		if budget.Before(deadline) {
-			deadline = budget
+		deadline := time.Now().Add(p.connectTimeout)
+		if ch.budget.Before(deadline) {
+			deadline = ch.budget
 		}
 		conn, err := p.attempt(ctx, b, deadline, payload)
 		if err == nil && req.AwaitAnswer {
@@ -294,18 +258,13 @@ func (p *Pool) Dial(ctx context.Context, req DialRequest) (*Lease, error) {
 			}
 		}
 		if err == nil {
-			l := &Lease{Conn: conn, Backend: b, Attempts: attempts, pool: p}
+			l := &Lease{Conn: conn, Backend: b, Attempts: ch.attempts, pool: p}
 			b.track(l)
 			return l, nil
 		}
 		b.live.active.Add(-1)
-		local := p.attemptFailed(ctx, b, err)
-		failed = append(failed, AttemptError{Backend: b.addr, Err: err, Local: local})
+		ch.record(b, err, p.attemptFailed(ctx, b, err))
 	}
-	if len(failed) == 0 && stop == nil {
-		return nil, fmt.Errorf("balancer: pool %q: %w", p.name, ErrNoBackend)
-	}
-	return nil, &DialError{Pool: p.name, Attempts: failed, Stop: stop}
 }
 
 // whyNone explains a first pick that found nothing in tier v: ErrFull when
