@@ -32,12 +32,7 @@ import (
 func (p *proxy) serveFast(w http.ResponseWriter, in *http.Request) {
 	ctx := in.Context()
 	cs := stateFrom(ctx)
-	var req balancer.DialRequest
-	if cs != nil {
-		req = balancer.DialRequest{Client: cs.client, Local: cs.local, SNI: cs.sni}
-		req.HashKey, req.HasHashKey = hashKey(p.pool, in, cs)
-	}
-	req.Sticky = stickyFrom(p.pool, in)
+	req := dialRequest(p.pool, in, cs)
 	ch := p.pool.NewChooser(&req)
 	var claim *balancer.Claim
 	var resp *http.Response

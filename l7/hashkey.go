@@ -39,3 +39,15 @@ func hashKey(pool *balancer.Pool, r *http.Request, cs *connState) (key string, o
 	}
 	return key, key != ""
 }
+
+// dialRequest is what pool needs to choose a backend for request r on the
+// connection cs: the client's addresses and SNI, the pool's hash key and its
+// sticky cookie as r carries them. cs may be nil (no connection state).
+func dialRequest(pool *balancer.Pool, r *http.Request, cs *connState) balancer.DialRequest {
+	req := balancer.DialRequest{Sticky: stickyFrom(pool, r)}
+	if cs != nil {
+		req.Client, req.Local, req.SNI = cs.client, cs.local, cs.sni
+		req.HashKey, req.HasHashKey = hashKey(pool, r, cs)
+	}
+	return req
+}

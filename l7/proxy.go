@@ -130,15 +130,12 @@ func (p *proxy) rewrite(pr *httputil.ProxyRequest) {
 // body is closed.
 func (p *proxy) RoundTrip(out *http.Request) (*http.Response, error) {
 	ctx := out.Context()
-	var req balancer.DialRequest
 	cs := stateFrom(ctx)
-	if cs != nil {
-		req = balancer.DialRequest{Client: cs.client, Local: cs.local, SNI: cs.sni}
-		if in, ok := ctx.Value(requestKey{}).(*http.Request); ok {
-			req.HashKey, req.HasHashKey = hashKey(p.pool, in, cs)
-		}
+	in, ok := ctx.Value(requestKey{}).(*http.Request)
+	if !ok {
+		in = out
 	}
-	req.Sticky = stickyFrom(p.pool, out)
+	req := dialRequest(p.pool, in, cs)
 	var body *replayBody
 	if out.Body != nil && out.Body != http.NoBody {
 		body = &replayBody{rc: out.Body}

@@ -207,9 +207,8 @@ func (rt *Route) serveUpgrade(w *statusWriter, r *http.Request, cs *connState, p
 	}
 	// AwaitAnswer: a backend that accepts and then closes or resets before
 	// answering the upgrade is retried on another one (T12).
-	dreq := balancer.DialRequest{Client: cs.client, Local: cs.local, SNI: cs.sni, Prefix: upgradeRequest(r, cs), AwaitAnswer: true}
-	dreq.HashKey, dreq.HasHashKey = hashKey(pool, r, cs)
-	dreq.Sticky = stickyFrom(pool, r)
+	dreq := dialRequest(pool, r, cs)
+	dreq.Prefix, dreq.AwaitAnswer = upgradeRequest(r, cs), true
 	lease, err := pool.Dial(cs.ctx, dreq)
 	if err != nil {
 		rt.dialFailed(w, cs, err)
