@@ -116,23 +116,6 @@ func (l *ipLimiter) sweepLocked() {
 	}
 }
 
-// live is the number of live connections of key (tests).
-func (l *ipLimiter) live(key netip.Addr) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if e := l.clients[key]; e != nil {
-		return e.active
-	}
-	return 0
-}
-
-// size is the number of clients tracked (tests).
-func (l *ipLimiter) size() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.clients)
-}
-
 // attachLimiters gives each listener of rt the per-client limiter of its
 // socket (kept across reloads, so live connections keep counting), set to
 // rt's limits; a listener without limits gets none. Call it before rt is

@@ -183,3 +183,20 @@ backends = [{ address = "127.0.0.1:9" }]
 		t.Fatalf("defaults %+v", got)
 	}
 }
+
+// live is the number of live connections of key (tests).
+func (l *ipLimiter) live(key netip.Addr) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if e := l.clients[key]; e != nil {
+		return e.active
+	}
+	return 0
+}
+
+// size is the number of clients tracked (tests).
+func (l *ipLimiter) size() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.clients)
+}
