@@ -31,6 +31,15 @@ type Runtime struct {
 	closed atomic.Bool
 }
 
+// listenAddrs lists the sockets rt listens on, in name order.
+func (rt *Runtime) listenAddrs() []listenAddr {
+	var out []listenAddr
+	for _, name := range sortedKeys(rt.Listeners) {
+		out = append(out, listenAddr{name: name, key: rt.Listeners[name].key, address: rt.Listeners[name].address})
+	}
+	return out
+}
+
 // acquire counts a new connection; false once retired.
 func (rt *Runtime) acquire() bool { return rt.gen.acquire() }
 

@@ -5,24 +5,81 @@ import (
 	"crypto/sha256"
 	"errors"
 	"os"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
 )
 
+// reloader is the config side of a running sluice: the current Runtime,
+// the file it came from, its watch, reloads (one at a time) and the drains
+// of the backends they remove. It asks the acceptor for the listeners a new
+// config adds and closes the ones it drops; install readies a new Runtime
+// before it becomes current (the server's limiters, caps and health log).
+type reloader struct {
+	log     *zap.Logger
+	acc     *acceptor
+	install func(*Runtime)
+
+	rt         atomic.Pointer[Runtime] // the current config: new connections take it
+	configPath string                  // what reload reads
+	onReload   func(ok bool)           // counts attempts (metrics)
+
+	mu       sync.Mutex // one reload at a time
+	stopping atomic.Bool
+	stopOnce sync.Once
+	stopped  chan struct{} // closed by stop: the watch ends
+	watchers sync.WaitGroup
+
+	timersMu sync.Mutex
+	timers   map[*time.Timer]struct{} // drains of backends removed by a reload
+}
+
+func newReloader(log *zap.Logger, acc *acceptor, install func(*Runtime)) *reloader {
+	return &reloader{
+		log:     log,
+		acc:     acc,
+		install: install,
+		stopped: make(chan struct{}),
+		timers:  map[*time.Timer]struct{}{},
+	}
+}
+
+// stop ends the watch and refuses reloads from now on; it returns once a
+// reload in progress has finished.
+func (s *reloader) stop() {
+	s.stopping.Store(true)
+	s.stopOnce.Do(func() { close(s.stopped) })
+	s.watchers.Wait()
+	s.mu.Lock()
+	//lint:ignore SA2001 the empty critical section is a barrier
+	s.mu.Unlock()
+}
+
+// stopDrains cancels the pending drains of removed backends.
+func (s *reloader) stopDrains() {
+	s.timersMu.Lock()
+	defer s.timersMu.Unlock()
+	for t := range s.timers {
+		t.Stop()
+		delete(s.timers, t)
+	}
+}
+
 // reload applies the config file again: compile it (parse, strict decode,
 // check every key, load every certificate file: the pure phase, so a
 // rejected file starts nothing), build it, bind every new listener, then one
-// atomic swap. On any error the running config keeps serving and the error is returned
-// (and logged). Connections in flight keep the config they started with;
-// new ones use the new one at once. Listeners whose address is unchanged are
-// kept, removed ones stop accepting, added ones start. Backends keep their
-// health and connection counts across it when their address is unchanged;
-// a removed backend's connections are closed after drain_timeout (0: kept
-// until they end).
-func (s *server) reload() error {
-	s.reloadMu.Lock()
-	defer s.reloadMu.Unlock()
+// atomic swap. On any error the running config keeps serving and the error
+// is returned (and logged). Connections in flight keep the config they
+// started with; new ones use the new one at once. Listeners whose address is
+// unchanged are kept, removed ones stop accepting, added ones start.
+// Backends keep their health and connection counts across it when their
+// address is unchanged; a removed backend's connections are closed after
+// drain_timeout (0: kept until they end).
+func (s *reloader) reload() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.stopping.Load() {
 		return errors.New("shutting down: reload refused")
 	}
@@ -34,7 +91,7 @@ func (s *server) reload() error {
 		return err
 	}
 	old := s.rt.Load()
-	added, err := s.bindNew(rt)
+	added, err := s.acc.bind(rt.listenAddrs())
 	if err != nil {
 		rt.Close()
 		s.log.Error("reload rejected: the running config keeps serving", zap.String("config", s.configPath), zap.Error(err))
@@ -46,26 +103,10 @@ func (s *server) reload() error {
 			p.Adopt(op)
 		}
 	}
-	rt.OnHealthChange(s.logHealth)
-	rt.Start()
-	s.attachLimiters(rt)
+	s.install(rt)
 	s.rt.Store(rt)
-	s.setMaxConns(rt)
-
-	s.mu.Lock()
-	for _, addr := range added {
-		s.accepts.Add(1)
-		go s.acceptLoop(addr, s.listeners[addr])
-	}
-	var removed []string
-	for addr, ln := range s.listeners {
-		if rt.byAddr[addr] == nil {
-			ln.Close()
-			delete(s.listeners, addr)
-			removed = append(removed, addr)
-		}
-	}
-	s.mu.Unlock()
+	s.acc.start(added)
+	removed := s.acc.closeUnless(func(key string) bool { return rt.byAddr[key] != nil })
 	drained := s.drainRemovedBackends(old, rt)
 	old.retire()
 
@@ -90,7 +131,7 @@ func (s *server) reload() error {
 }
 
 // reloaded counts a reload attempt (metrics hook).
-func (s *server) reloaded(ok bool) {
+func (s *reloader) reloaded(ok bool) {
 	if s.onReload != nil {
 		s.onReload(ok)
 	}
@@ -99,7 +140,7 @@ func (s *server) reloaded(ok bool) {
 // drainRemovedBackends schedules, for every backend of old that rt no
 // longer has (in the pool of the same name), the close of its connections
 // after drain_timeout. It returns their "pool/address" names.
-func (s *server) drainRemovedBackends(old, rt *Runtime) []string {
+func (s *reloader) drainRemovedBackends(old, rt *Runtime) []string {
 	var removed []string
 	for _, name := range sortedKeys(old.Pools) {
 		op := old.Pools[name]
@@ -118,18 +159,18 @@ func (s *server) drainRemovedBackends(old, rt *Runtime) []string {
 				continue // kept until they end
 			}
 			addr := b.Addr()
-			s.mu.Lock()
+			s.timersMu.Lock()
 			var t *time.Timer
 			t = time.AfterFunc(rt.DrainTimeout, func() {
-				s.mu.Lock()
+				s.timersMu.Lock()
 				delete(s.timers, t)
-				s.mu.Unlock()
+				s.timersMu.Unlock()
 				if n, _ := op.CloseConnections(addr); n > 0 {
 					s.log.Info("closed the connections of a removed backend", zap.String("pool", name), zap.String("backend", addr), zap.Int("connections", n))
 				}
 			})
 			s.timers[t] = struct{}{}
-			s.mu.Unlock()
+			s.timersMu.Unlock()
 		}
 	}
 	return removed
@@ -140,7 +181,7 @@ func (s *server) drainRemovedBackends(old, rt *Runtime) []string {
 // an edit) and waits until the content has been stable for debounce, so a
 // file written in several steps is applied once, as finally written. A
 // content equal to the last applied one is not reloaded.
-func (s *server) watchConfig(poll, debounce time.Duration) {
+func (s *reloader) watchConfig(poll, debounce time.Duration) {
 	defer s.watchers.Done()
 	sum := func() ([32]byte, bool) {
 		b, err := os.ReadFile(s.configPath)
@@ -156,9 +197,7 @@ func (s *server) watchConfig(poll, debounce time.Duration) {
 	defer t.Stop()
 	for {
 		select {
-		case <-s.ctx.Done():
-			return
-		case <-s.stopWatch:
+		case <-s.stopped:
 			return
 		case now := <-t.C:
 			cur, ok := sum()
@@ -181,7 +220,7 @@ func (s *server) watchConfig(poll, debounce time.Duration) {
 }
 
 // startWatch starts watchConfig (stopped by shutdown).
-func (s *server) startWatch(poll, debounce time.Duration) {
+func (s *reloader) startWatch(poll, debounce time.Duration) {
 	s.watchers.Add(1)
 	go s.watchConfig(poll, debounce)
 }

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"os"
@@ -21,9 +20,6 @@ import (
 )
 
 const (
-	acceptBackoffMin = 5 * time.Millisecond
-	acceptBackoffMax = 100 * time.Millisecond
-
 	// rejectWriteTimeout bounds writing a refusal (TLS alert, HTTP 400) to a
 	// client that does not read; lingerTimeout bounds the read-and-discard
 	// before close, so the refusal is not destroyed by a RST (unread input at
@@ -39,32 +35,28 @@ const misdirected = "HTTP/1.1 421 Misdirected Request\r\nContent-Type: text/plai
 // net/http answer, as RELIABILITY T3 fixes it (HTTP/1.0: the close ends it).
 const httpOnTLSPort = "HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
 
-// server runs the listeners of one Runtime and every connection they accept.
+// server is a running sluice: the accept side (acceptor: sockets and accept
+// loops), the config side (the embedded reloader: the current Runtime, the
+// file, its watch, reloads and the drains they start) and what every
+// connection shares (caps, per-client limiters, metrics, the drain context).
+// Each accepted connection becomes a session (session.go), its one owner.
 type server struct {
+	*reloader
+	acc   *acceptor
+	bound []string // what listen bound, for serve
+
 	log       *zap.Logger // access lines and lifecycle: never sampled
 	rejectLog *zap.Logger // refusals before routing: sampled per reason (RELIABILITY T26)
 
-	rt       atomic.Pointer[Runtime]
 	maxConns atomic.Int64
 	active   atomic.Int64
-	released chan struct{} // wakes an accept loop backing off on EMFILE
 
-	mu        sync.Mutex
-	listeners map[string]*net.TCPListener // by listenerRuntime.key: a reload keeps them
-	timers    map[*time.Timer]struct{}    // drains of backends removed by a reload
-	limiters  map[string]*ipLimiter       // per-client limits by listenerRuntime.key
+	mu       sync.Mutex
+	limiters map[string]*ipLimiter // per-client limits by listenerRuntime.key
 
-	configPath string     // what reload reads
-	reloadMu   sync.Mutex // one reload at a time
-	onReload   func(ok bool)
-	stopWatch  chan struct{}
-	watchers   sync.WaitGroup
-	stopping   atomic.Bool
-
-	ctx     context.Context // cancelled when the drain ends: relays close
-	cancel  context.CancelFunc
-	accepts sync.WaitGroup
-	conns   sync.WaitGroup
+	ctx    context.Context // cancelled when the drain ends: relays close
+	cancel context.CancelFunc
+	conns  sync.WaitGroup
 
 	metrics *metrics
 }
@@ -74,21 +66,33 @@ func newServer(rt *Runtime, log *zap.Logger, rejectLog *zap.Logger) *server {
 	s := &server{
 		log:       log,
 		rejectLog: rejectLog,
-		released:  make(chan struct{}, 1),
-		listeners: map[string]*net.TCPListener{},
-		timers:    map[*time.Timer]struct{}{},
 		limiters:  map[string]*ipLimiter{},
-		stopWatch: make(chan struct{}),
 		ctx:       ctx,
 		cancel:    cancel,
 	}
-	s.attachLimiters(rt)
+	s.acc = newAcceptor(log, s.accepted)
+	s.reloader = newReloader(log, s.acc, s.install)
+	s.prepare(rt)
 	s.rt.Store(rt)
-	s.setMaxConns(rt)
 	s.metrics = newMetrics(s.rt.Load)
 	s.metrics.trackConnections(func() (int64, int64) { return s.active.Load(), s.maxConns.Load() })
 	s.onReload = s.metrics.reloaded
 	return s
+}
+
+// prepare sets what the server derives from rt before rt becomes current:
+// the per-client limiters and the global connection cap.
+func (s *server) prepare(rt *Runtime) {
+	s.attachLimiters(rt)
+	s.setMaxConns(rt)
+}
+
+// install readies rt to become current (the reloader's hook): prepare, then
+// its health checks and discovery start, logged by logHealth.
+func (s *server) install(rt *Runtime) {
+	s.prepare(rt)
+	rt.OnHealthChange(s.logHealth)
+	rt.Start()
 }
 
 func (s *server) setMaxConns(rt *Runtime) {
@@ -111,37 +115,12 @@ func autoMaxConnections() int64 {
 	return max(n, 16)
 }
 
-// listen binds every listener, or none: on error the ones bound are closed.
+// listen binds every listener of the current config, or none; serve starts
+// accepting on them.
 func (s *server) listen() error {
-	_, err := s.bindNew(s.rt.Load())
+	keys, err := s.acc.bind(s.rt.Load().listenAddrs())
+	s.bound = keys
 	return err
-}
-
-// bindNew binds the listener addresses of rt that are not bound yet, all or
-// none, and returns them. Addresses already bound are kept as they are: a
-// reload never closes and reopens a socket (no connection refused).
-func (s *server) bindNew(rt *Runtime) ([]string, error) {
-	lc := listenConfig()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var added []string
-	for _, name := range sortedKeys(rt.Listeners) {
-		key, addr := rt.Listeners[name].key, rt.Listeners[name].address
-		if _, bound := s.listeners[key]; bound {
-			continue
-		}
-		ln, err := lc.Listen(context.Background(), "tcp", addr)
-		if err != nil {
-			for _, a := range added {
-				s.listeners[a].Close()
-				delete(s.listeners, a)
-			}
-			return nil, fmt.Errorf("listeners.%s: %w", name, err)
-		}
-		s.listeners[key] = ln.(*net.TCPListener)
-		added = append(added, key)
-	}
-	return added, nil
 }
 
 // addr returns the bound address of a listener (tests listen on port 0).
@@ -150,12 +129,7 @@ func (s *server) addr(name string) net.Addr {
 	if lr == nil {
 		return nil
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if ln := s.listeners[lr.key]; ln != nil {
-		return ln.Addr()
-	}
-	return nil
+	return s.acc.addr(lr.key)
 }
 
 // serve starts the pools' health checks and one accept loop per bound
@@ -164,40 +138,20 @@ func (s *server) serve() {
 	rt := s.rt.Load()
 	rt.OnHealthChange(s.logHealth)
 	rt.Start()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for addr, ln := range s.listeners {
-		s.accepts.Add(1)
-		go s.acceptLoop(addr, ln)
-	}
+	s.acc.start(s.bound)
 }
 
+// closeListeners stops accepting and the drains reloads scheduled.
 func (s *server) closeListeners() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for addr, ln := range s.listeners {
-		ln.Close()
-		delete(s.listeners, addr)
-	}
-	for t := range s.timers {
-		t.Stop()
-		delete(s.timers, t)
-	}
+	s.acc.close()
+	s.stopDrains()
 }
 
 // shutdown stops accepting at once, lets live connections run for up to
 // drain, then closes them, and returns when every goroutine has ended.
 func (s *server) shutdown(drain time.Duration) {
-	if !s.stopping.Swap(true) {
-		close(s.stopWatch)
-	}
-	s.watchers.Wait()
-	// A reload in progress finishes first; none starts after (stopping).
-	s.reloadMu.Lock()
-	//lint:ignore SA2001 the empty critical section is a barrier
-	s.reloadMu.Unlock()
+	s.stop() // no reload runs or starts from here on
 	s.closeListeners()
-	s.accepts.Wait()
 	done := make(chan struct{})
 	go func() { s.conns.Wait(); close(done) }()
 	if drain > 0 {
@@ -213,73 +167,43 @@ func (s *server) shutdown(drain time.Duration) {
 	s.rt.Load().retire() // closes it: no connection is left
 }
 
-// acceptLoop accepts until the listener closes. It never spins: temporary
-// errors (EMFILE, ENFILE, ENOBUFS...) back off from 5 ms doubling to 100 ms,
-// waking early when a connection is released (RELIABILITY rule 9).
-func (s *server) acceptLoop(addr string, ln *net.TCPListener) {
-	defer s.accepts.Done()
-	var delay time.Duration
-	var lastLog time.Time
-	for {
-		c, err := ln.AcceptTCP()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			delay = min(max(2*delay, acceptBackoffMin), acceptBackoffMax)
-			if now := time.Now(); now.Sub(lastLog) >= time.Second {
-				lastLog = now
-				s.log.Warn("accept failed; backing off", zap.String("address", addr), zap.Duration("backoff", delay), zap.Error(err))
-			}
-			t := time.NewTimer(delay)
-			select {
-			case <-t.C:
-			case <-s.released:
-			case <-s.ctx.Done():
-			}
-			t.Stop()
-			continue
-		}
-		delay = 0
-		accepted := time.Now()
-		// The connection keeps the config it was accepted under: its route,
-		// mode and backend, whatever reloads happen while it lives.
-		rt := s.rt.Load()
-		for !rt.acquire() { // retired by a reload just now: the new one is stored
-			rt = s.rt.Load()
-		}
-		lr := rt.byAddr[addr]
-		if lr == nil { // removed by a reload; its socket is closing
-			rt.release()
-			c.Close()
-			continue
-		}
-		s.metrics.accepted(lr.name)
-		if s.active.Add(1) > s.maxConns.Load() {
-			s.active.Add(-1)
-			rt.release()
-			c.SetLinger(0)
-			c.Close()
-			s.reject(lr.name, c.RemoteAddr(), l4.ReasonMaxConnections, "", zap.Int64("max_connections", s.maxConns.Load()))
-			continue
-		}
-		s.conns.Add(1)
-		ss := &session{srv: s, rt: rt, lr: lr, c: c, client: c.RemoteAddr(), local: c.LocalAddr(), accepted: accepted}
-		if lr.tls {
-			go ss.serve()
-		} else {
-			go ss.serveCleartext()
-		}
+// accepted takes a connection from the acceptor and starts its session. The
+// connection keeps the config it was accepted under: its route, mode and
+// backend, whatever reloads happen while it lives.
+func (s *server) accepted(key string, c *net.TCPConn, at time.Time) {
+	rt := s.rt.Load()
+	for !rt.acquire() { // retired by a reload just now: the new one is stored
+		rt = s.rt.Load()
+	}
+	lr := rt.byAddr[key]
+	if lr == nil { // removed by a reload; its socket is closing
+		rt.release()
+		c.Close()
+		return
+	}
+	s.metrics.accepted(lr.name)
+	if s.active.Add(1) > s.maxConns.Load() {
+		s.active.Add(-1)
+		rt.release()
+		c.SetLinger(0)
+		c.Close()
+		s.reject(lr.name, c.RemoteAddr(), l4.ReasonMaxConnections, "", zap.Int64("max_connections", s.maxConns.Load()))
+		return
+	}
+	s.conns.Add(1)
+	ss := &session{srv: s, rt: rt, lr: lr, c: c, client: c.RemoteAddr(), local: c.LocalAddr(), accepted: at}
+	if lr.tls {
+		go ss.serve()
+	} else {
+		go ss.serveCleartext()
 	}
 }
 
+// release ends a session's hold on its config and on a connection slot.
 func (s *server) release(rt *Runtime) {
 	rt.release()
 	s.active.Add(-1)
-	select {
-	case s.released <- struct{}{}:
-	default:
-	}
+	s.acc.wake()
 }
 
 // maxLogField caps attacker-controlled strings in log fields: RELIABILITY
