@@ -18,7 +18,6 @@ import (
 	"sluice/balancer"
 	"sluice/l4"
 	"sluice/l7"
-	"sluice/tlsutil"
 )
 
 // Defaults. The README's configuration reference lists each one; keep them
@@ -260,23 +259,6 @@ func (c *Config) resolve(p string) string {
 		return p
 	}
 	return filepath.Join(c.dir, p)
-}
-
-// compileSNI validates one configured server name and returns the table key:
-// the normalized name for an exact entry, the parent domain for a wildcard.
-func compileSNI(raw string) (key string, wildcard bool, err error) {
-	name := raw
-	if rest, ok := strings.CutPrefix(raw, "*."); ok {
-		wildcard, name = true, rest
-	}
-	if strings.Contains(name, "*") {
-		return "", false, fmt.Errorf("%q: a wildcard may only be a single leading label (\"*.example.com\")", raw)
-	}
-	norm, ok := tlsutil.NormalizeSNI(name)
-	if !ok {
-		return "", false, fmt.Errorf("%q is not a valid host name (use ASCII/A-labels, e.g. xn--..., no IP addresses, no trailing dot)", raw)
-	}
-	return norm, wildcard, nil
 }
 
 // checkHostPort validates "host:port". Listeners may use port 0 (tests).

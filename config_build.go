@@ -75,18 +75,13 @@ func (rt *Runtime) buildListeners(routes map[string]*route) {
 		lr := &listenerRuntime{
 			listenerSpec: ls,
 			table: routeTable{
-				exact:    make(map[string]*route, len(ls.exact)),
-				wildcard: make(map[string]*route, len(ls.wildcard)),
-				def:      routes[ls.defaultRoute],
-				plain:    routes[ls.plainRoute],
+				def:   routes[ls.defaultRoute],
+				plain: routes[ls.plainRoute],
 			},
 			certs: tlsutil.NewCertStore(tlsutil.NewCerts()),
 		}
-		for key, r := range ls.exact {
-			lr.table.exact[key] = routes[r]
-		}
-		for key, r := range ls.wildcard {
-			lr.table.wildcard[key] = routes[r]
+		for p, r := range ls.names.All() {
+			lr.table.names.Add(p, routes[r])
 		}
 		rt.Listeners[name] = lr
 		rt.byAddr[lr.key] = lr

@@ -155,8 +155,6 @@ func (cp *compiler) listener(name string, lc *ListenerConfig, addrs map[string]s
 		headerTimeout: cp.duration(path+".header_timeout", lc.HeaderTimeout, defaultHeaderTimeout, false),
 		maxHelloBytes: lc.MaxHelloBytes,
 		redirectHTTPS: lc.RedirectHTTPS,
-		exact:         map[string]string{},
-		wildcard:      map[string]string{},
 	}
 	ls.handshakeTimeout = cp.duration(path+".tls_handshake_timeout", lc.TLSHandshakeTimeout, defaultHandshakeTimeout, false)
 	ls.body = cp.bodyLimits(path, lc)
@@ -261,28 +259,18 @@ func (cp *compiler) serverNames(name string, rc *RouteConfig, ls *listenerSpec) 
 	var names []string
 	for i, raw := range rc.SNI {
 		spath := fmt.Sprintf("routes.%s.sni[%d]", name, i)
-		key, wildcard, err := compileSNI(raw)
+		p, err := tlsutil.ParseHostPattern(raw)
 		if err != nil {
 			cp.errorf(spath, "%v", err)
 			continue
 		}
-		if wildcard {
-			names = append(names, "*."+key)
-		} else {
-			names = append(names, key)
-		}
+		names = append(names, p.String())
 		if ls == nil {
 			continue
 		}
-		table := ls.exact
-		if wildcard {
-			table = ls.wildcard
-		}
-		if other, dup := table[key]; dup {
+		if other, added := ls.names.Add(p, name); !added {
 			cp.errorf(spath, "%q is already routed by routes.%s on listener %q", raw, other, rc.Listener)
-			continue
 		}
-		table[key] = name
 	}
 	return names
 }

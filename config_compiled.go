@@ -7,6 +7,7 @@ import (
 
 	"sluice/balancer"
 	"sluice/l4"
+	"sluice/tlsutil"
 )
 
 // Compiled is a checked config: the output of the pure phase
@@ -47,10 +48,9 @@ type listenerSpec struct {
 	redirectHTTPS    bool
 
 	// The routing table by route name: Build turns it into a routeTable.
-	exact        map[string]string // normalized server name → route
-	wildcard     map[string]string // "example.com" for "*.example.com" → route
-	defaultRoute string            // "" if none
-	plainRoute   string            // "" if none
+	names        tlsutil.HostSet[string] // server name → route
+	defaultRoute string                  // "" if none
+	plainRoute   string                  // "" if none
 
 	cert *tls.Certificate // the listener's own cert/key, served without SNI; nil if unset
 }

@@ -1,14 +1,13 @@
 package main
 
-import "strings"
+import "sluice/tlsutil"
 
-// routeTable is one listener's compiled routing: built once by Validate,
-// read by every connection without locks or allocation.
+// routeTable is one listener's compiled routing: built once by Build, read
+// by every connection without locks or allocation.
 type routeTable struct {
-	exact    map[string]*route // normalized server name → route
-	wildcard map[string]*route // "example.com" for "*.example.com": exactly one more label
-	def      *route            // default_route: no usable SNI, or an SNI no route names
-	plain    *route            // plain_route: first bytes are not TLS
+	names tlsutil.HostSet[*route] // the routes' sni entries
+	def   *route                  // default_route: no usable SNI, or an SNI no route names
+	plain *route                  // plain_route: first bytes are not TLS
 }
 
 // lookup returns the route for a normalized SNI ("" when the client sent
@@ -23,14 +22,6 @@ func (t *routeTable) lookup(sni string) *route {
 
 // named returns the route whose sni names name (exact, then wildcard), or nil.
 func (t *routeTable) named(name string) *route {
-	if name == "" {
-		return nil
-	}
-	if r := t.exact[name]; r != nil {
-		return r
-	}
-	if i := strings.IndexByte(name, '.'); i > 0 {
-		return t.wildcard[name[i+1:]]
-	}
-	return nil
+	r, _ := t.names.Lookup(name)
+	return r
 }

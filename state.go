@@ -113,10 +113,7 @@ func listenerRoutes(lr *listenerRuntime) []*route {
 			rs = append(rs, r)
 		}
 	}
-	for _, r := range lr.table.exact {
-		add(r)
-	}
-	for _, r := range lr.table.wildcard {
+	for _, r := range lr.table.names.All() {
 		add(r)
 	}
 	add(lr.table.def)
@@ -135,14 +132,9 @@ func (a *admin) routeState(lr *listenerRuntime, r *route) routeJSON {
 		Plain:    lr.table.plain == r,
 		Active:   a.m.activeOn(lr.name, r.name),
 	}
-	for name, x := range lr.table.exact {
+	for p, x := range lr.table.names.All() {
 		if x == r {
-			rj.SNI = append(rj.SNI, name)
-		}
-	}
-	for parent, x := range lr.table.wildcard {
-		if x == r {
-			rj.SNI = append(rj.SNI, "*."+parent)
+			rj.SNI = append(rj.SNI, p.String())
 		}
 	}
 	slices.Sort(rj.SNI)

@@ -477,7 +477,7 @@ func (v *vconn) Write(p []byte) (int, error) {
 // maxHeld allows (a whole static response: 1 instead of 2, net/http's
 // 4 KiB buffer and then the rest). It reports whether it holds (TLS only).
 func (v *vconn) hold() bool {
-	if v.rw == nil {
+	if v == nil || v.rw == nil { // nil: HTTP/2
 		return false
 	}
 	v.held = true
@@ -553,7 +553,8 @@ type connState struct {
 	ip            string // client's IP, as forwarding headers carry it
 	sni           string
 	tls           bool
-	v             *vconn
+	h2            bool   // HTTP/2 (h2.go): streams run at once, v is nil
+	v             *vconn // HTTP/1.1
 
 	end      func() // cleans up and calls Serve's done with the Result
 	doneOnce sync.Once

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/net/http2"
 
 	"sluice/balancer"
 	"sluice/l4"
@@ -60,9 +61,13 @@ type RouteConfig struct {
 	Pool      *balancer.Pool
 	Locations []Location
 	// TLS is the server config (GetCertificate set by the caller); a clone
-	// is used with MinVersion at least TLS 1.2 and NextProtos ["http/1.1"].
-	// If nil, the route speaks cleartext HTTP (ws://, for development).
+	// is used with MinVersion at least TLS 1.2 and NextProtos ["http/1.1"],
+	// or ["h2", "http/1.1"] with HTTP2. If nil, the route speaks cleartext
+	// HTTP (ws://, for development).
 	TLS *tls.Config
+	// HTTP2 offers h2 in the TLS handshake (h2.go); WebSocket upgrades
+	// stay on HTTP/1.1. Ignored for cleartext routes (no h2c).
+	HTTP2 bool
 	// RedirectHTTPS (cleartext only) answers every request with 308 to
 	// https://host/path?query (the port is dropped).
 	RedirectHTTPS bool
@@ -138,6 +143,7 @@ type Route struct {
 	relay            l4.Options
 
 	srv    *http.Server
+	h2base *http.Server // x/net/http2's HTTP/1 settings, when h2 is offered
 	ln     *handoff
 	served chan struct{} // srv.Serve returned
 
@@ -186,9 +192,13 @@ func NewRoute(cfg RouteConfig) (*Route, error) {
 		}
 		rt.tls = cfg.TLS.Clone()
 		rt.tls.MinVersion = max(rt.tls.MinVersion, tls.VersionTLS12)
-		// Only HTTP/1.1: a client offering only h2 fails the handshake with
-		// no_application_protocol (crypto/tls, RFC 7301 Section 3.2).
+		// Without HTTP2, only HTTP/1.1: a client offering only h2 fails the
+		// handshake with no_application_protocol (crypto/tls, RFC 7301
+		// Section 3.2).
 		rt.tls.NextProtos = []string{"http/1.1"}
+		if cfg.HTTP2 {
+			rt.tls.NextProtos = []string{http2.NextProtoTLS, "http/1.1"}
+		}
 	}
 	rt.anyHost = len(cfg.Hosts) == 0
 	rt.otherRoute = cfg.OtherRoute
@@ -271,6 +281,9 @@ func NewRoute(cfg RouteConfig) (*Route, error) {
 	}
 	if l, err := zap.NewStdLogAt(rt.log.Named("http"), zap.DebugLevel); err == nil {
 		rt.srv.ErrorLog = l // net/http's own complaints: debug only
+	}
+	if cfg.HTTP2 && rt.tls != nil {
+		rt.h2base = rt.h2Base()
 	}
 	rt.served = make(chan struct{})
 	go rt.serve()
@@ -406,8 +419,15 @@ func (rt *Route) Serve(ctx context.Context, c *net.TCPConn, client net.Addr, pre
 		}
 		start = time.Now()
 		cs.res.Handshake = start.Sub(hs)
-		cs.sni = t.ConnectionState().ServerName
+		state := t.ConnectionState()
+		cs.sni = state.ServerName
 		cs.res.SNI = cs.sni
+		if state.NegotiatedProtocol == http2.NextProtoTLS && rt.h2base != nil {
+			cs.h2 = true
+			cs.end = func() { end(cs.result()) }
+			go rt.serveH2(cs, t, c, rw, start)
+			return
+		}
 		tc, prefix = t, nil
 	}
 	v := newVconn(rt, cs, tc, c, prefix, start)
@@ -486,8 +506,11 @@ func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 // serveHTTP is the route's handler: Host check, path check, location.
 func (rt *Route) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	cs := stateFrom(r.Context())
-	cs.sw = statusWriter{ResponseWriter: w} // one request at a time per conn
-	sw := &cs.sw
+	sw := &cs.sw // one request at a time per HTTP/1.1 conn
+	if cs.h2 {
+		sw = &statusWriter{} // streams run at once
+	}
+	*sw = statusWriter{ResponseWriter: w}
 	tunneled := false
 	defer func() {
 		cs.mu.Lock()
@@ -555,13 +578,17 @@ func (rt *Route) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// refuse answers an error and closes the connection.
+// refuse answers an error and closes the connection; on HTTP/2 it ends
+// only the stream (x/net would take Connection: close for a GOAWAY), and
+// the connection's reason stays why the connection ends.
 func (rt *Route) refuse(w http.ResponseWriter, cs *connState, code int, reason l4.Reason, msg string) {
-	cs.mu.Lock()
-	cs.res.Reason, cs.res.Err = reason, errors.New("l7: "+msg)
-	cs.mu.Unlock()
 	h := w.Header()
-	h.Set("Connection", "close")
+	if !cs.h2 {
+		cs.mu.Lock()
+		cs.res.Reason, cs.res.Err = reason, errors.New("l7: "+msg)
+		cs.mu.Unlock()
+		h.Set("Connection", "close")
+	}
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	h.Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(code)

@@ -14,6 +14,7 @@ import (
 
 	"sluice/balancer"
 	"sluice/l4"
+	"sluice/tlsutil"
 )
 
 // B6 (T8): a Host the route does not serve gets 421 and a close, even on a
@@ -36,7 +37,14 @@ func TestMisdirected(t *testing.T) {
 
 // Wildcard hosts match one label; the port and case do not matter.
 func TestHostMatching(t *testing.T) {
-	rt := &Route{exact: map[string]bool{"game.example.com": true}, wildcards: []string{".rooms.example.com"}}
+	rt := &Route{}
+	for _, h := range []string{"game.example.com", "*.rooms.example.com"} {
+		p, err := tlsutil.ParseHostPattern(h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rt.hosts.Add(p, struct{}{})
+	}
 	for host, want := range map[string]bool{
 		"game.example.com": true, "GAME.Example.com:8443": true, "game.example.com.": true,
 		"a.rooms.example.com": true, "rooms.example.com": false, "a.b.rooms.example.com": false,

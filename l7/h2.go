@@ -1,0 +1,303 @@
+package l7
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/net/http2"
+
+	"sluice/l4"
+)
+
+// HTTP/2 (issue 10 part 4). A TLS route with HTTP2 set offers ALPN "h2"
+// before "http/1.1". A connection that negotiates h2 is served by
+// x/net/http2's server, not by the route's http.Server: net/http switches to
+// h2 only for a *tls.Conn it handshakes itself, and it sees a vconn. Every
+// stream runs the route's handler (serveHTTP), so the Host (:authority)
+// check and its 421, locations, body buffering and limits, and backends are
+// those of HTTP/1.1; backends still speak HTTP/1.1.
+//
+// WebSocket stays on HTTP/1.1: the server does not send
+// SETTINGS_ENABLE_CONNECT_PROTOCOL (RFC 8441, Section 3; x/net/http2 sends
+// it only under GODEBUG=http2xconnect=1, golang/go#71128), so a browser
+// opens a separate connection for wss:// and offers only http/1.1 in its
+// ALPN. Cleartext routes have no h2c.
+//
+// Timeouts, as for HTTP/1.1:
+//   - first request: the connection's read deadline is the end of the
+//     handshake + HeaderTimeout until the first stream's headers are in
+//     (x/net's own preface timeout is 10s);
+//   - between requests: x/net's IdleTimeout = KeepAliveTimeout, with no
+//     stream open (GOAWAY, then close);
+//   - body: BodyTimeout per read, per stream (h2Body): 408 for that stream;
+//   - one request: Relay.IdleTimeout from its headers (the http.Server's
+//     WriteTimeout for x/net: the stream is reset and its ctx cancelled);
+//   - writes: WriteStallTimeout per write on the connection (h2conn.Write).
+
+// h2MaxStreams is SETTINGS_MAX_CONCURRENT_STREAMS. HAProxy's default is 100
+// (Go's 250, nginx's 128); each stream may buffer a request body of up to
+// request_buffer_bytes, so this also bounds a connection's body memory.
+const h2MaxStreams = 100
+
+// h2PrefaceTimeout is x/net/http2's (not configurable): a conn whose client
+// preface has not arrived by then is closed.
+const h2PrefaceTimeout = 10 * time.Second
+
+// h2Base is the http.Server x/net/http2 takes its HTTP/1 settings from.
+func (rt *Route) h2Base() *http.Server {
+	return &http.Server{
+		// Per stream, from its headers: the cap on one plain request.
+		WriteTimeout:   rt.requestCap,
+		MaxHeaderBytes: maxHeadBytes, // SETTINGS_MAX_HEADER_LIST_SIZE; 431 over it
+		ErrorLog:       rt.srv.ErrorLog,
+	}
+}
+
+// h2conn is an HTTP/2 connection: the net.Conn x/net/http2 serves (the
+// *tls.Conn with the route's write deadlines and record coalescing) and its
+// streams' handler.
+type h2conn struct {
+	rt  *Route
+	cs  *connState
+	tc  *tls.Conn
+	raw *net.TCPConn
+	rw  *recordWriter
+
+	start time.Time // end of the handshake
+	wdlAt time.Time // when Write last set the write deadline (one writer at a time)
+
+	mu        sync.Mutex
+	started   bool      // a stream reached the handler
+	ended     bool      // ServeConn returned: no more handlers
+	active    int       // handlers running
+	idleSince time.Time // when active last dropped to 0 (or the handshake ended)
+	protoErr  string    // the last protocol error x/net counted
+	handlers  sync.WaitGroup
+
+	closeOnce sync.Once
+	hard      atomic.Bool // drain or route close: no graceful close
+}
+
+var (
+	_ net.Conn     = (*h2conn)(nil)
+	_ http.Handler = (*h2conn)(nil)
+)
+
+// serveH2 serves a connection that negotiated h2 until it ends, then ends
+// it (cs.finish) once every stream's handler has returned.
+func (rt *Route) serveH2(cs *connState, t *tls.Conn, c *net.TCPConn, rw *recordWriter, start time.Time) {
+	h := &h2conn{rt: rt, cs: cs, tc: t, raw: c, rw: rw, start: start, idleSince: start}
+	_ = c.SetReadDeadline(start.Add(rt.headerTimeout))
+	_ = c.SetWriteDeadline(time.Time{}) // Write sets its own
+	stop := context.AfterFunc(cs.ctx, h.closeHard)
+	srv := &http2.Server{
+		MaxConcurrentStreams: h2MaxStreams,
+		IdleTimeout:          rt.keepAliveTimeout,
+		CountError:           h.countError,
+	}
+	srv.ServeConn(h, &http2.ServeConnOpts{
+		Context:    context.WithValue(cs.ctx, connStateKey{}, cs),
+		BaseConfig: rt.h2base,
+		Handler:    h,
+	})
+	_ = h.Close() // x/net closes it, except when it rejects the conn early
+	h.mu.Lock()
+	h.ended = true
+	h.mu.Unlock()
+	// x/net cancelled the streams' contexts when the conn closed, but
+	// does not wait for their handlers.
+	h.handlers.Wait()
+	stop()
+	cs.finish()
+}
+
+// ServeHTTP runs one stream: the route's handler, with a progress timeout
+// on the body.
+func (h *h2conn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h.mu.Lock()
+	if h.ended {
+		h.mu.Unlock()
+		return // the conn is gone; x/net resets the stream
+	}
+	first := !h.started
+	h.started = true
+	h.active++
+	h.handlers.Add(1)
+	h.mu.Unlock()
+	if first {
+		// The first request is in: from now on x/net's idle timeout and
+		// the per-stream ones apply (headerTimeout no longer does).
+		_ = h.raw.SetReadDeadline(time.Time{})
+	}
+	defer h.streamDone()
+	if r.Body != nil && r.Body != http.NoBody {
+		if d, ok := w.(readDeadliner); ok {
+			r.Body = &h2Body{ReadCloser: r.Body, w: d, timeout: h.rt.bodyTimeout}
+		}
+	}
+	h.rt.serveHTTP(w, r)
+}
+
+func (h *h2conn) streamDone() {
+	h.mu.Lock()
+	if h.active--; h.active == 0 {
+		h.idleSince = time.Now()
+	}
+	h.mu.Unlock()
+	h.handlers.Done()
+}
+
+// idledOut reports whether the conn has had no stream for KeepAliveTimeout:
+// x/net's idle timer (reset when its last stream closes, after our handler
+// returned) has fired.
+func (h *h2conn) idledOut() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.started && h.active == 0 && time.Since(h.idleSince) >= h.rt.keepAliveTimeout
+}
+
+func (h *h2conn) countError(name string) {
+	h.mu.Lock()
+	h.protoErr = name
+	h.mu.Unlock()
+}
+
+type readDeadliner interface{ SetReadDeadline(time.Time) error }
+
+// h2Body gives each read of a stream's body BodyTimeout to make progress
+// (less up to writeDeadlineSlack, as vconn.Write does for writes: moving
+// the deadline is a message to x/net's serve loop and a timer). x/net then
+// fails the read with os.ErrDeadlineExceeded: bodyFailed answers 408.
+type h2Body struct {
+	io.ReadCloser
+	w       readDeadliner
+	timeout time.Duration
+	at      time.Time
+}
+
+func (b *h2Body) Read(p []byte) (int, error) {
+	if now := time.Now(); now.Sub(b.at) >= writeDeadlineSlack {
+		_ = b.w.SetReadDeadline(now.Add(b.timeout))
+		b.at = now
+	}
+	return b.ReadCloser.Read(p)
+}
+
+func (h *h2conn) Read(p []byte) (int, error) {
+	n, err := h.tc.Read(p)
+	if err != nil && n == 0 {
+		h.readFailed(err)
+	}
+	return n, err
+}
+
+// readFailed records why reading the conn ended.
+func (h *h2conn) readFailed(err error) {
+	h.mu.Lock()
+	started, active := h.started, h.active
+	h.mu.Unlock()
+	cs := h.cs
+	switch {
+	case h.hard.Load():
+		cs.setReason(l4.ReasonDrain, nil)
+	case errors.Is(err, net.ErrClosed):
+		// x/net closed it: Close says why.
+	case isTimeout(err) && !started:
+		cs.setReason(l4.ReasonHeaderTimeout, nil)
+	case h.idledOut():
+		cs.setReason(l4.ReasonIdleTimeout, nil) // the client closed after our GOAWAY
+	case err == io.EOF || errors.Is(err, io.ErrUnexpectedEOF):
+		if active > 0 {
+			cs.setReason(l4.ReasonClientClosed, nil)
+		} else {
+			cs.setReason(l4.ReasonEOF, nil)
+		}
+	case errors.Is(err, syscall.ECONNRESET):
+		cs.setReason(l4.ReasonClientReset, err)
+	default:
+		cs.setReason(l4.ReasonBadRequest, err) // a TLS alert or record error
+	}
+}
+
+// Write gives every write WriteStallTimeout to make progress (vconn.Write);
+// x/net has one write in flight at a time. The records of one Write leave
+// in one syscall.
+func (h *h2conn) Write(p []byte) (int, error) {
+	if now := time.Now(); now.Sub(h.wdlAt) >= writeDeadlineSlack {
+		_ = h.raw.SetWriteDeadline(now.Add(h.rt.writeStall))
+		h.wdlAt = now
+	}
+	var n int
+	var err error
+	if h.rw == nil || !h.rw.collect(len(p)) {
+		n, err = h.tc.Write(p)
+	} else {
+		n, err = h.tc.Write(p)
+		if ferr := h.rw.flush(); err == nil && ferr != nil {
+			n, err = 0, ferr
+		}
+	}
+	if err != nil && isTimeout(err) {
+		h.cs.setReason(l4.ReasonWriteStall, err)
+	}
+	return n, err
+}
+
+// Close is x/net's: after its GOAWAY (idle, protocol error) or when reading
+// failed. It records why, if reading did not, and closes with close_notify
+// and a FIN unless the conn is closed hard.
+func (h *h2conn) Close() error {
+	h.closeOnce.Do(h.closeConn)
+	return nil
+}
+
+func (h *h2conn) closeConn() {
+	h.mu.Lock()
+	started, protoErr := h.started, h.protoErr
+	h.mu.Unlock()
+	cs := h.cs
+	switch {
+	case h.hard.Load():
+		cs.setReason(l4.ReasonDrain, nil)
+	case h.idledOut():
+		cs.setReason(l4.ReasonIdleTimeout, nil)
+	case protoErr != "":
+		cs.setReason(l4.ReasonBadRequest, errors.New("l7: h2 protocol error: "+protoErr))
+	case !started && time.Since(h.start) >= min(h.rt.headerTimeout, h2PrefaceTimeout):
+		cs.setReason(l4.ReasonHeaderTimeout, nil)
+	case !started:
+		cs.setReason(l4.ReasonBadRequest, errors.New("l7: h2: no valid client preface"))
+	}
+	if !h.hard.Load() {
+		_ = h.raw.SetWriteDeadline(time.Now().Add(lingerTimeout))
+		_ = h.tc.CloseWrite() // close_notify
+		_ = h.raw.CloseWrite()
+	}
+	_ = h.raw.Close()
+}
+
+// closeHard closes the socket at once (drain, route close): x/net's read
+// fails and it ends the conn and cancels its streams.
+func (h *h2conn) closeHard() {
+	h.hard.Store(true)
+	h.cs.setReason(l4.ReasonDrain, nil)
+	_ = h.raw.Close()
+}
+
+func (h *h2conn) ConnectionState() tls.ConnectionState { return h.tc.ConnectionState() }
+func (h *h2conn) LocalAddr() net.Addr                  { return h.cs.local }
+func (h *h2conn) RemoteAddr() net.Addr                 { return h.cs.client }
+
+// The deadlines are h2conn's own: x/net clears them (with ReadTimeout or
+// WriteTimeout set) and would set none otherwise.
+func (h *h2conn) SetDeadline(time.Time) error      { return nil }
+func (h *h2conn) SetReadDeadline(time.Time) error  { return nil }
+func (h *h2conn) SetWriteDeadline(time.Time) error { return nil }

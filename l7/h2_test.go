@@ -1,0 +1,503 @@
+package l7
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+
+	"sluice/balancer"
+	"sluice/l4"
+)
+
+// h2LB is an HTTP2 route for testHost: /ws and / go to be, /static/ serves
+// a directory with app.js.
+func h2LB(t *testing.T, cfg RouteConfig, be string) *lb {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "app.js"), []byte("console.log('h2')\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := poolOf(t, balancer.PoolConfig{}, 0, be)
+	cfg.Name, cfg.Hosts, cfg.TLS, cfg.HTTP2 = "h5", []string{testHost}, serverTLS(), true
+	cfg.Locations = []Location{{Path: "/ws", Pool: p}, {Path: "/static/", Root: dir}, {Path: "/", Pool: p}}
+	return startLB(t, cfg)
+}
+
+// h2Conn opens one HTTP/2 client connection to l (x/net/http2's client).
+func (l *lb) h2Conn(t *testing.T) *http2.ClientConn {
+	t.Helper()
+	cfg := clientTLS(testHost)
+	cfg.NextProtos = []string{"h2", "http/1.1"}
+	tc, err := tls.Dial("tcp", l.addr, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := tc.ConnectionState().NegotiatedProtocol; p != "h2" {
+		tc.Close()
+		t.Fatalf("negotiated %q, want h2", p)
+	}
+	cc, err := (&http2.Transport{}).NewClientConn(tc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return cc
+}
+
+// do sends one request on cc and returns the response with its body.
+func do(t *testing.T, cc *http2.ClientConn, method, url, host string, body io.Reader) (*http.Response, string) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if host != "" {
+		req.Host = host
+	}
+	resp, err := cc.RoundTrip(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatalf("%s %s: body: %v", method, url, err)
+	}
+	return resp, string(b)
+}
+
+// A request over h2 reaches the backend as HTTP/1.1 with the client's
+// :authority as Host and the forwarding headers, bodies included; static
+// files are served over h2; the Result counts every stream of the conn.
+// Both Go clients (x/net's and net/http's own with ForceAttemptHTTP2).
+func TestH2ProxyAndStatic(t *testing.T) {
+	checkLeaks(t)
+	be := startWSBackend(t, nil)
+	l := h2LB(t, RouteConfig{}, be.addr)
+
+	cc := l.h2Conn(t)
+	resp, body := do(t, cc, "GET", l.url("/api/state?x=1"), "", nil)
+	if resp.ProtoMajor != 2 || resp.StatusCode != 200 || body != "plain /api/state from "+be.addr {
+		t.Fatalf("proto %s status %d body %q", resp.Proto, resp.StatusCode, body)
+	}
+	resp, body = do(t, cc, "POST", l.url("/api/post"), "", strings.NewReader(strings.Repeat("b", 5000)))
+	if resp.StatusCode != 200 || !strings.HasPrefix(body, "plain /api/post") {
+		t.Fatalf("POST: %d %q", resp.StatusCode, body)
+	}
+	resp, body = do(t, cc, "GET", l.url("/static/app.js"), "", nil)
+	if resp.StatusCode != 200 || body != "console.log('h2')\n" {
+		t.Fatalf("static: %d %q", resp.StatusCode, body)
+	}
+	reqs := be.requests()
+	if len(reqs) != 2 {
+		t.Fatalf("backend got %d requests", len(reqs))
+	}
+	r := reqs[0]
+	if r.ProtoMajor != 1 || r.Host != l.url("")[len("https://"):] || r.URL.RequestURI() != "/api/state?x=1" ||
+		r.Header.Get("X-Forwarded-Proto") != "https" || r.Header.Get("X-Real-Ip") != "127.0.0.1" {
+		t.Fatalf("backend request %s %s host %q %v", r.Proto, r.URL, r.Host, r.Header)
+	}
+	if reqs[1].ContentLength != 5000 {
+		t.Fatalf("POST reached the backend with Content-Length %d", reqs[1].ContentLength)
+	}
+	cc.Close()
+	res := l.nextResult(t)
+	if res.Requests != 3 || res.Status != 200 || res.Reason != l4.ReasonEOF || res.Backend == "" {
+		t.Fatalf("result %+v", res)
+	}
+
+	// net/http's client negotiates h2 too.
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", l.addr)
+		},
+		TLSClientConfig:   clientTLS(testHost),
+		ForceAttemptHTTP2: true,
+	}
+	hresp, err := (&http.Client{Transport: tr}).Get(l.url("/api/x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(hresp.Body)
+	hresp.Body.Close()
+	tr.CloseIdleConnections()
+	if hresp.ProtoMajor != 2 || string(b) != "plain /api/x from "+be.addr {
+		t.Fatalf("net/http client: %s %q", hresp.Proto, b)
+	}
+	if res := l.nextResult(t); res.Requests != 1 || res.Reason != l4.ReasonEOF {
+		t.Fatalf("result %+v", res)
+	}
+}
+
+// curl --http2 (nghttp2), if installed.
+func TestH2Curl(t *testing.T) {
+	checkLeaks(t)
+	curl, err := exec.LookPath("curl")
+	if err != nil {
+		t.Skip("no curl")
+	}
+	be := startWSBackend(t, nil)
+	l := h2LB(t, RouteConfig{}, be.addr)
+	_, port, _ := net.SplitHostPort(l.addr)
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, curl, "-sS", "--http2", "-k", "--resolve", testHost+":"+port+":127.0.0.1",
+		"-w", "\n%{http_version} %{http_code}", l.url("/api/curl"), l.url("/static/app.js")).CombinedOutput()
+	if err != nil {
+		t.Fatalf("curl: %v: %s", err, out)
+	}
+	want := "plain /api/curl from " + be.addr + "\n2 200console.log('h2')\n\n2 200"
+	if string(out) != want {
+		t.Fatalf("curl printed %q, want %q", out, want)
+	}
+	if res := l.nextResult(t); res.Requests != 2 || res.Status != 200 {
+		t.Fatalf("result %+v", res) // one connection for both
+	}
+}
+
+// The Host/SNI rule holds per stream: a stream whose :authority is not one
+// of the route's hosts gets 421, and only that stream: the connection
+// keeps serving the others (a 421 asks the client to retry elsewhere, RFC
+// 9110 Section 15.5.20; closing would cut the streams beside it).
+func TestH2Misdirected(t *testing.T) {
+	checkLeaks(t)
+	be := startWSBackend(t, nil)
+	l := h2LB(t, RouteConfig{}, be.addr)
+	cc := l.h2Conn(t)
+	resp, _ := do(t, cc, "GET", l.url("/api/a"), "other.example.org", nil)
+	if resp.StatusCode != http.StatusMisdirectedRequest {
+		t.Fatalf("other :authority: %d", resp.StatusCode)
+	}
+	resp, body := do(t, cc, "GET", l.url("/api/b"), "", nil)
+	if resp.StatusCode != 200 || !strings.HasPrefix(body, "plain /api/b") {
+		t.Fatalf("after the 421: %d %q", resp.StatusCode, body)
+	}
+	if st := cc.State(); st.Closed || st.Closing {
+		t.Fatalf("conn state after a 421: %+v", st)
+	}
+	if n := len(be.requests()); n != 1 {
+		t.Fatalf("backend got %d requests, want only the allowed one", n)
+	}
+	cc.Close()
+	if res := l.nextResult(t); res.Requests != 2 || res.Reason != l4.ReasonEOF {
+		t.Fatalf("result %+v", res)
+	}
+}
+
+// A stream whose body stalls gets 408 after BodyTimeout while other
+// streams of the same connection are answered, before and after it; a
+// body over MaxBodyBytes gets 413; neither reaches the backend.
+func TestH2SlowBody(t *testing.T) {
+	checkLeaks(t)
+	be := startWSBackend(t, nil)
+	l := h2LB(t, RouteConfig{BodyTimeout: 300 * time.Millisecond, MaxBodyBytes: 64 << 10}, be.addr)
+	cc := l.h2Conn(t)
+
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	slow := make(chan *http.Response, 1)
+	go func() {
+		req, _ := http.NewRequest("POST", l.url("/api/upload"), pr)
+		req.ContentLength = 10000
+		resp, err := cc.RoundTrip(req)
+		if err != nil {
+			slow <- nil
+			return
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		slow <- resp
+	}()
+	if _, err := pw.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if resp, _ := do(t, cc, "GET", l.url("/api/"+strconv.Itoa(i)), "", nil); resp.StatusCode != 200 {
+			t.Fatalf("GET %d beside a slow body: %d", i, resp.StatusCode)
+		}
+	}
+	var resp *http.Response
+	select {
+	case resp = <-slow:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no answer to the slow body")
+	}
+	if resp == nil || resp.StatusCode != http.StatusRequestTimeout {
+		t.Fatalf("slow body: %v", resp)
+	}
+	if resp, _ := do(t, cc, "GET", l.url("/api/after"), "", nil); resp.StatusCode != 200 {
+		t.Fatalf("GET after the 408: %d", resp.StatusCode)
+	}
+	resp, _ = do(t, cc, "POST", l.url("/api/big"), "", bytes.NewReader(make([]byte, 100<<10)))
+	if resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Fatalf("big body: %d", resp.StatusCode)
+	}
+	for _, r := range be.requests() {
+		if r.Method == "POST" {
+			t.Fatalf("a refused body reached the backend: %s", r.URL)
+		}
+	}
+	cc.Close()
+	if res := l.nextResult(t); res.Requests != 6 || res.Reason != l4.ReasonEOF {
+		t.Fatalf("result %+v", res)
+	}
+}
+
+// rawH2 is a client connection speaking frames: for what x/net's client
+// will not do (open more streams than allowed) or hides (the settings).
+type rawH2 struct {
+	c  *tls.Conn
+	fr *http2.Framer
+}
+
+func (l *lb) rawH2(t *testing.T) (*rawH2, map[http2.SettingID]uint32) {
+	t.Helper()
+	cfg := clientTLS(testHost)
+	cfg.NextProtos = []string{"h2"}
+	c, err := tls.Dial("tcp", l.addr, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	if _, err := io.WriteString(c, http2.ClientPreface); err != nil {
+		t.Fatal(err)
+	}
+	r := &rawH2{c: c, fr: http2.NewFramer(c, c)}
+	r.fr.ReadMetaHeaders = nil
+	if err := r.fr.WriteSettings(); err != nil {
+		t.Fatal(err)
+	}
+	settings := map[http2.SettingID]uint32{}
+	for {
+		f, err := r.fr.ReadFrame()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sf, ok := f.(*http2.SettingsFrame); ok && !sf.IsAck() {
+			_ = sf.ForeachSetting(func(s http2.Setting) error { settings[s.ID] = s.Val; return nil })
+			if err := r.fr.WriteSettingsAck(); err != nil {
+				t.Fatal(err)
+			}
+			return r, settings
+		}
+	}
+}
+
+// headers opens stream id with a GET of path (HPACK without indexing).
+func (r *rawH2) headers(t *testing.T, id uint32, path string) {
+	t.Helper()
+	var buf bytes.Buffer
+	for _, f := range [][2]string{{":method", "GET"}, {":scheme", "https"}, {":authority", testHost}, {":path", path}} {
+		buf.WriteByte(0)
+		buf.WriteByte(byte(len(f[0])))
+		buf.WriteString(f[0])
+		buf.WriteByte(byte(len(f[1])))
+		buf.WriteString(f[1])
+	}
+	if err := r.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: buf.Bytes(), EndStream: true, EndHeaders: true}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The server advertises at most h2MaxStreams streams and no extended
+// CONNECT (so browsers keep WebSocket on HTTP/1.1, RFC 8441 Section 3); a
+// stream past the limit is refused while the others are served.
+func TestH2StreamLimit(t *testing.T) {
+	checkLeaks(t)
+	release := make(chan struct{})
+	var mu sync.Mutex
+	inFlight, most := 0, 0
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		inFlight++
+		most = max(most, inFlight)
+		mu.Unlock()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+		mu.Lock()
+		inFlight--
+		mu.Unlock()
+		_, _ = io.WriteString(w, "ok")
+	})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	defer srv.Close()
+	l := h2LB(t, RouteConfig{}, ln.Addr().String())
+
+	r, settings := l.rawH2(t)
+	if v, ok := settings[http2.SettingMaxConcurrentStreams]; !ok || v != h2MaxStreams {
+		t.Fatalf("SETTINGS_MAX_CONCURRENT_STREAMS %d (%v)", v, ok)
+	}
+	if _, ok := settings[http2.SettingEnableConnectProtocol]; ok {
+		t.Fatal("SETTINGS_ENABLE_CONNECT_PROTOCOL sent: browsers would try WebSocket over h2")
+	}
+	for i := range h2MaxStreams + 1 {
+		r.headers(t, uint32(2*i+1), "/api/"+strconv.Itoa(i))
+	}
+	over := uint32(2*h2MaxStreams + 1)
+	for {
+		f, err := r.fr.ReadFrame()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rs, ok := f.(*http2.RSTStreamFrame); ok {
+			if rs.StreamID != over {
+				t.Fatalf("stream %d reset (%v)", rs.StreamID, rs.ErrCode)
+			}
+			break
+		}
+	}
+	close(release)
+	answered := map[uint32]bool{}
+	for len(answered) < h2MaxStreams {
+		f, err := r.fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("after %d answers: %v", len(answered), err)
+		}
+		if d, ok := f.(*http2.DataFrame); ok && d.StreamEnded() {
+			answered[d.StreamID] = true
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if most > h2MaxStreams {
+		t.Fatalf("%d requests at the backend at once", most)
+	}
+}
+
+// A page loaded over h2 can still open a WebSocket to the same host: the
+// upgrade arrives on its own HTTP/1.1 connection, while the h2 one stays up.
+func TestH2WebSocketOnHTTP1(t *testing.T) {
+	checkLeaks(t)
+	be := startWSBackend(t, nil)
+	l := h2LB(t, RouteConfig{}, be.addr)
+	cc := l.h2Conn(t)
+	if resp, _ := do(t, cc, "GET", l.url("/static/app.js"), "", nil); resp.StatusCode != 200 {
+		t.Fatalf("static: %d", resp.StatusCode)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	ws := l.wsDial(t, ctx, "/ws")
+	if err := ws.Write(ctx, 1, []byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	if _, msg, err := ws.Read(ctx); err != nil || string(msg) != "hello" {
+		t.Fatalf("echo %q %v", msg, err)
+	}
+	ws.CloseNow()
+	if res := l.nextResult(t); !res.Upgraded {
+		t.Fatalf("result %+v", res)
+	}
+	if resp, _ := do(t, cc, "GET", l.url("/api/again"), "", nil); resp.StatusCode != 200 {
+		t.Fatalf("h2 after the WebSocket: %d", resp.StatusCode)
+	}
+}
+
+// Without HTTP2 the route offers only http/1.1 (http2 = false).
+func TestH2Disabled(t *testing.T) {
+	checkLeaks(t)
+	be := startWSBackend(t, nil)
+	p := poolOf(t, balancer.PoolConfig{}, 0, be.addr)
+	l := startLB(t, RouteConfig{Name: "h5", Hosts: []string{testHost}, TLS: serverTLS(), Pool: p})
+	cfg := clientTLS(testHost)
+	cfg.NextProtos = []string{"h2", "http/1.1"}
+	c, err := tls.Dial("tcp", l.addr, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if p := c.ConnectionState().NegotiatedProtocol; p != "http/1.1" {
+		t.Fatalf("negotiated %q", p)
+	}
+}
+
+// Connection timeouts: no request within HeaderTimeout of the handshake
+// closes with header_timeout; no stream for KeepAliveTimeout after the last
+// one closes with idle_timeout (GOAWAY first).
+func TestH2Timeouts(t *testing.T) {
+	checkLeaks(t)
+	be := startWSBackend(t, nil)
+	l := h2LB(t, RouteConfig{HeaderTimeout: 300 * time.Millisecond, KeepAliveTimeout: 300 * time.Millisecond}, be.addr)
+
+	cfg := clientTLS(testHost)
+	cfg.NextProtos = []string{"h2"}
+	c, err := tls.Dial("tcp", l.addr, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if res := l.nextResult(t); res.Reason != l4.ReasonHeaderTimeout || res.Requests != 0 {
+		t.Fatalf("silent h2 conn: %+v", res)
+	}
+
+	cc := l.h2Conn(t)
+	if resp, _ := do(t, cc, "GET", l.url("/api/once"), "", nil); resp.StatusCode != 200 {
+		t.Fatalf("GET: %d", resp.StatusCode)
+	}
+	if res := l.nextResult(t); res.Reason != l4.ReasonIdleTimeout || res.Requests != 1 {
+		t.Fatalf("idle h2 conn: %+v", res)
+	}
+}
+
+// Route.Close ends an h2 connection with a stream in flight and returns
+// only once its handler has returned (checkLeaks).
+func TestH2RouteClose(t *testing.T) {
+	checkLeaks(t)
+	started := make(chan struct{}, 1)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		started <- struct{}{}
+		<-r.Context().Done()
+	})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	defer srv.Close()
+	l := h2LB(t, RouteConfig{}, ln.Addr().String())
+	cc := l.h2Conn(t)
+	errc := make(chan error, 1)
+	go func() {
+		req, _ := http.NewRequest("GET", l.url("/api/hang"), nil)
+		resp, err := cc.RoundTrip(req)
+		if err == nil {
+			_, err = io.ReadAll(resp.Body)
+			resp.Body.Close()
+		}
+		errc <- err
+	}()
+	select {
+	case <-started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("request did not reach the backend")
+	}
+	if err := l.route.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if res := l.nextResult(t); res.Reason != l4.ReasonDrain {
+		t.Fatalf("result %+v", res)
+	}
+	if err := <-errc; err == nil {
+		t.Fatal("the stream completed across Route.Close")
+	}
+}
