@@ -72,10 +72,11 @@ func (w wrapped) NetConn() net.Conn { return w.Conn }
 // mode is how the relay's client end looks: the L4 shape (raw TCP, splice),
 // a wrapper (buffer path) or the L7 shape (a terminated *tls.Conn).
 type mode struct {
-	name  string
-	path  Path
-	tls   bool
-	start bool // run the relay with Start (how the l4 path runs it) instead of Relay
+	name   string
+	path   Path
+	tls    bool
+	start  bool   // run the relay with Start (how the l4 path runs it) instead of Relay
+	engine Engine // the engine asked for (EngineEpoll runs only TCP↔TCP)
 }
 
 var modes = []mode{
@@ -83,7 +84,12 @@ var modes = []mode{
 	{name: "buffer", path: PathBuffer},
 	{name: "tls", path: PathBuffer, tls: true},
 	{name: "splice-start", path: PathSplice, start: true},
+	{name: "epoll", path: PathSplice, engine: EngineEpoll},
+	{name: "epoll-start", path: PathSplice, start: true, engine: EngineEpoll},
 }
+
+// tcpModes are the TCP↔TCP modes, one per engine.
+var tcpModes = []mode{modes[0], modes[4]}
 
 var testCert = sync.OnceValues(func() (tls.Certificate, *x509.CertPool) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -166,6 +172,7 @@ func startRelay(tb testing.TB, m mode, opts Options) *harness {
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
 	h.start = time.Now()
+	opts.Engine = m.engine
 	if m.start {
 		var calls atomic.Int32
 		Start(ctx, relayClient, rb, opts, func(st Stats) {

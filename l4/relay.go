@@ -34,6 +34,40 @@ type Options struct {
 	// makes no progress for this long: a peer that stops reading. If zero,
 	// 30s is used.
 	WriteStallTimeout time.Duration
+	// Engine runs the relay. If zero, EngineGoroutine.
+	Engine Engine
+}
+
+// Engine is how a relay runs.
+type Engine uint8
+
+const (
+	// EngineGoroutine: two goroutines per relay, one per direction, parked
+	// in Go's netpoller while idle (2 stacks of at least 2 KiB each).
+	EngineGoroutine Engine = iota
+	// EngineEpoll: a relay between two *net.TCPConn on Linux parks both
+	// sockets in an epoll set of its own and holds no goroutine while idle
+	// (epoll_linux.go). Anything else (a *tls.Conn, a wrapper, another OS)
+	// falls back to EngineGoroutine.
+	EngineEpoll
+)
+
+func (e Engine) String() string {
+	if e == EngineEpoll {
+		return "epoll"
+	}
+	return "goroutine"
+}
+
+// ParseEngine maps a config name ("goroutine", "epoll") to an Engine.
+func ParseEngine(s string) (Engine, bool) {
+	switch s {
+	case "goroutine":
+		return EngineGoroutine, true
+	case "epoll":
+		return EngineEpoll, true
+	}
+	return EngineGoroutine, false
 }
 
 func (o Options) withDefaults() Options {
@@ -110,8 +144,16 @@ type Stats struct {
 //
 // Relay runs client→backend on the caller's goroutine. Start is the same
 // relay on two fresh goroutines, for callers that have nothing left to do
-// on theirs.
+// on theirs. With opts.Engine = EngineEpoll, a relay between two
+// *net.TCPConn on Linux runs on no goroutine of its own instead (Relay
+// waits for it).
 func Relay(ctx context.Context, client, backend net.Conn, opts Options) Stats {
+	if opts.Engine == EngineEpoll {
+		ch := make(chan Stats, 1)
+		if startEpoll(ctx, client, backend, opts, func(st Stats) { ch <- st }) {
+			return <-ch
+		}
+	}
 	var st Stats
 	over := make(chan struct{})
 	r := newRelay(ctx, client, backend, opts, func(s Stats) { st = s; close(over) })
@@ -126,11 +168,17 @@ func Relay(ctx context.Context, client, backend net.Conn, opts Options) Stats {
 // last closes both conns and calls done with the relay's Stats (on its
 // goroutine; done may block it, never the relay).
 //
+// With opts.Engine = EngineEpoll (two *net.TCPConn, Linux) done runs on a
+// goroutine of its own after both conns are closed.
+//
 // This is what keeps an idle connection cheap: the goroutine that accepted
 // it grew its stack peeking the ClientHello and dialling the backend, and a
 // goroutine parked deep in that stack keeps all of it; two fresh goroutines
 // parked in a read keep the minimum (2 KiB each).
 func Start(ctx context.Context, client, backend net.Conn, opts Options, done func(Stats)) {
+	if opts.Engine == EngineEpoll && startEpoll(ctx, client, backend, opts, done) {
+		return
+	}
 	r := newRelay(ctx, client, backend, opts, done)
 	go r.run(&r.toClient)
 	go r.run(&r.toBackend)

@@ -155,28 +155,32 @@ func TestHalfCloseTimeout(t *testing.T) {
 // half_close_timeout: the limit counts from its last progress.
 func TestHalfCloseProgressExtends(t *testing.T) {
 	checkLeaks(t)
-	const hc = 300 * time.Millisecond
-	h := startRelay(t, modes[0], Options{HalfCloseTimeout: hc})
-	closeWrite(h.client)
-	if got := within(t, goRecv(h.backend), 10*time.Second, "backend read"); !isEOF(got.err) {
-		t.Fatalf("backend: %v", got.err)
-	}
-	reply := goRecv(h.client)
-	for range 8 { // 8 × 100 ms > hc
-		if _, err := h.backend.Write([]byte("tick")); err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(100 * time.Millisecond)
-		if !h.running() {
-			t.Fatal("relay ended while the open direction was moving data")
-		}
-	}
-	r := within(t, reply, 10*time.Second, "client read")
-	if r.n != 32 || !isEOF(r.err) {
-		t.Errorf("client got %d bytes, %v", r.n, r.err)
-	}
-	if st := h.wait(t); st.Reason != ReasonHalfCloseTimeout {
-		t.Errorf("reason %q", st.Reason)
+	for _, m := range tcpModes {
+		t.Run(m.name, func(t *testing.T) {
+			const hc = 300 * time.Millisecond
+			h := startRelay(t, m, Options{HalfCloseTimeout: hc})
+			closeWrite(h.client)
+			if got := within(t, goRecv(h.backend), 10*time.Second, "backend read"); !isEOF(got.err) {
+				t.Fatalf("backend: %v", got.err)
+			}
+			reply := goRecv(h.client)
+			for range 8 { // 8 × 100 ms > hc
+				if _, err := h.backend.Write([]byte("tick")); err != nil {
+					t.Fatal(err)
+				}
+				time.Sleep(100 * time.Millisecond)
+				if !h.running() {
+					t.Fatal("relay ended while the open direction was moving data")
+				}
+			}
+			r := within(t, reply, 10*time.Second, "client read")
+			if r.n != 32 || !isEOF(r.err) {
+				t.Errorf("client got %d bytes, %v", r.n, r.err)
+			}
+			if st := h.wait(t); st.Reason != ReasonHalfCloseTimeout {
+				t.Errorf("reason %q", st.Reason)
+			}
+		})
 	}
 }
 
@@ -273,36 +277,40 @@ func TestResetAfterFINDoesNotTruncate(t *testing.T) {
 // client: the client still drains what it was sent, then sees EOF.
 func TestWriteToResetBackendAfterFIN(t *testing.T) {
 	checkLeaks(t)
-	const n = 1 * mib
-	h := startRelay(t, modes[0], Options{})
-	got := goRecv(h.client)
-	sent := goSend(h.backend, n, 8, func(c net.Conn) {
-		closeWrite(c)
-		// The RST must come after the relay has all the data and the FIN
-		// (it discards what the backend's kernel has not sent yet): on a
-		// loaded box 50 ms alone was not enough, and the client lost the
-		// tail of the data to a reset the test itself caused.
-		waitSendQueueEmpty(c.(*net.TCPConn), 10*time.Second)
-		time.Sleep(50 * time.Millisecond)
-		c.(*net.TCPConn).SetLinger(0)
-		c.Close()
-	})
-	if err := within(t, sent, 10*time.Second, "send"); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(50 * time.Millisecond)
-	// The relay writes this to the reset backend and fails (EPIPE/ECONNRESET).
-	for range 3 {
-		h.client.Write(make([]byte, 64*kib))
-		time.Sleep(20 * time.Millisecond)
-	}
-	st := h.wait(t)
-	if st.Reason != ReasonBackendReset {
-		t.Errorf("reason %q (%v), want backend_reset", st.Reason, st.Err)
-	}
-	r := within(t, got, 10*time.Second, "client read")
-	if r.n != n || r.sum != sumOf(n, 8) || !isEOF(r.err) {
-		t.Errorf("client got %d bytes (sum ok %v), end %v", r.n, r.sum == sumOf(n, 8), r.err)
+	for _, m := range tcpModes {
+		t.Run(m.name, func(t *testing.T) {
+			const n = 1 * mib
+			h := startRelay(t, m, Options{})
+			got := goRecv(h.client)
+			sent := goSend(h.backend, n, 8, func(c net.Conn) {
+				closeWrite(c)
+				// The RST must come after the relay has all the data and the FIN
+				// (it discards what the backend's kernel has not sent yet): on a
+				// loaded box 50 ms alone was not enough, and the client lost the
+				// tail of the data to a reset the test itself caused.
+				waitSendQueueEmpty(c.(*net.TCPConn), 10*time.Second)
+				time.Sleep(50 * time.Millisecond)
+				c.(*net.TCPConn).SetLinger(0)
+				c.Close()
+			})
+			if err := within(t, sent, 10*time.Second, "send"); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(50 * time.Millisecond)
+			// The relay writes this to the reset backend and fails (EPIPE/ECONNRESET).
+			for range 3 {
+				h.client.Write(make([]byte, 64*kib))
+				time.Sleep(20 * time.Millisecond)
+			}
+			st := h.wait(t)
+			if st.Reason != ReasonBackendReset {
+				t.Errorf("reason %q (%v), want backend_reset", st.Reason, st.Err)
+			}
+			r := within(t, got, 10*time.Second, "client read")
+			if r.n != n || r.sum != sumOf(n, 8) || !isEOF(r.err) {
+				t.Errorf("client got %d bytes (sum ok %v), end %v", r.n, r.sum == sumOf(n, 8), r.err)
+			}
+		})
 	}
 }
 
@@ -464,10 +472,14 @@ func TestDrain(t *testing.T) {
 // An already-cancelled ctx ends the relay at once.
 func TestDrainBeforeStart(t *testing.T) {
 	checkLeaks(t)
-	h := startRelay(t, modes[0], Options{})
-	h.cancel()
-	if st := h.wait(t); st.Reason != ReasonDrain {
-		t.Errorf("reason %q", st.Reason)
+	for _, m := range tcpModes {
+		t.Run(m.name, func(t *testing.T) {
+			h := startRelay(t, m, Options{})
+			h.cancel()
+			if st := h.wait(t); st.Reason != ReasonDrain {
+				t.Errorf("reason %q", st.Reason)
+			}
+		})
 	}
 }
 

@@ -1,0 +1,773 @@
+//go:build linux
+
+package l4
+
+import (
+	"context"
+	"net"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// The epoll engine (Options.Engine = EngineEpoll) runs a raw TCP↔TCP relay
+// without goroutines of its own: both sockets sit in an epoll set of
+// sluice's own, edge-triggered for input and output, and a shard goroutine
+// moves whatever is ready with recv/send (splice while a direction moves
+// bulk) until the socket is drained or the peer's buffer is full. An idle
+// relay holds its two sockets and a small struct: no goroutine, no buffer,
+// no pipe.
+//
+// Each shard is one epoll fd plus one goroutine. The goroutine parks in Go's
+// own netpoller on the epoll fd (an epoll fd is pollable), so no OS thread
+// blocks in epoll_wait and the scheduler sees it like any network wait. It
+// exits when its shard has no relay (goleak), and starts again with the
+// next one. Timeouts are checked by a scan of the shard's relays every
+// scanGap (at most 1 s, less for routes with short timeouts): they fire up
+// to one gap late, never early.
+//
+// The sockets stay owned by their *net.TCPConn: every syscall on them runs
+// inside RawConn.Control, so a Close from elsewhere (balancer's
+// CloseConnections) cannot hand the fd number to another socket under us;
+// the next scan sees the closed conn and ends the relay, as the goroutine
+// engine does. Go's netpoller keeps its own registration of the sockets; no
+// goroutine waits on it, so its events cost a no-op.
+
+const (
+	epollEvents = 128 // events taken per epoll_wait
+	maxScanGap  = time.Second
+	minScanGap  = 5 * time.Millisecond
+)
+
+// epoch is the monotonic base of the engine's times (nanoseconds since).
+var epoch = time.Now()
+
+func monoNow() int64 { return int64(time.Since(epoch)) }
+
+type shard struct {
+	mu      sync.Mutex
+	epfd    int
+	file    *os.File // epfd, registered with Go's netpoller
+	raw     syscall.RawConn
+	pollFn  func(fd uintptr) bool
+	running bool // the shard goroutine is running (or about to)
+
+	slots []*erelay // indexed by the epoll data; nil when free
+	gens  []int32   // generation of each slot, bumped when freed
+	free  []int32
+	live  int
+
+	now      int64 // time of the batch being handled
+	gap      int64 // scan period
+	nextScan int64
+	events   [epollEvents]unix.EpollEvent
+}
+
+var (
+	shardsOnce sync.Once
+	shards     []*shard
+	shardsErr  error
+	nextShard  atomic.Uint32
+)
+
+// getShards makes the shards once: GOMAXPROCS of them.
+func getShards() ([]*shard, error) {
+	shardsOnce.Do(func() {
+		n := max(1, runtime.GOMAXPROCS(0))
+		for range n {
+			s, err := newShard()
+			if err != nil {
+				shardsErr = err
+				return
+			}
+			shards = append(shards, s)
+		}
+	})
+	return shards, shardsErr
+}
+
+func newShard() (*shard, error) {
+	fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, os.NewSyscallError("epoll_create1", err)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, os.NewSyscallError("fcntl", err)
+	}
+	// A nonblocking fd: os.NewFile registers it with the netpoller.
+	f := os.NewFile(uintptr(fd), "sluice-epoll")
+	raw, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	s := &shard{epfd: fd, file: f, raw: raw, gap: int64(maxScanGap)}
+	s.pollFn = s.poll
+	return s, nil
+}
+
+// kick wakes the shard goroutine out of its wait (mu held).
+func (s *shard) kick() { _ = s.file.SetReadDeadline(time.Unix(1, 0)) }
+
+// loop is the shard goroutine.
+func (s *shard) loop() {
+	for {
+		s.mu.Lock()
+		if s.live == 0 {
+			s.running = false
+			s.mu.Unlock()
+			return
+		}
+		_ = s.file.SetReadDeadline(epoch.Add(time.Duration(s.nextScan)))
+		s.mu.Unlock()
+		// Returns on the scan deadline, a kick, or when the shard emptied.
+		_ = s.raw.Read(s.pollFn)
+		s.mu.Lock()
+		s.now = monoNow()
+		if s.now >= s.nextScan {
+			s.scan()
+		}
+		s.mu.Unlock()
+	}
+}
+
+// epollWait0 is a non-blocking epoll_wait (no P handoff for a syscall that
+// cannot block).
+func epollWait0(epfd int, ev []unix.EpollEvent) (int, unix.Errno) {
+	n, _, errno := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&ev[0])),
+		uintptr(len(ev)), 0, 0, 0)
+	return int(n), errno
+}
+
+// poll is the RawConn.Read callback on the epoll fd: it handles every ready
+// event, and returns false (park) once epoll_wait returned less than a full
+// batch: the set was empty then, and any later event wakes the netpoller.
+func (s *shard) poll(fd uintptr) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for {
+		n, errno := epollWait0(int(fd), s.events[:])
+		if errno == unix.EINTR {
+			continue
+		}
+		if errno != 0 {
+			return true // cannot happen; the loop scans and comes back
+		}
+		s.now = monoNow()
+		for i := range n {
+			s.handle(&s.events[i])
+		}
+		if s.now >= s.nextScan {
+			s.scan()
+		}
+		if s.live == 0 {
+			return true
+		}
+		if n < len(s.events) {
+			return false
+		}
+	}
+}
+
+// handle runs one event (mu held).
+func (s *shard) handle(ev *unix.EpollEvent) {
+	i := int(ev.Fd)
+	if i < 0 || i >= len(s.slots) {
+		return
+	}
+	r := s.slots[i]
+	if r == nil || s.gens[i] != ev.Pad>>1 || r.ended {
+		return // an event of a relay that ended in this batch
+	}
+	r.op, r.evSide, r.evMask = opEvent, side(ev.Pad&1), ev.Events
+	r.withFds()
+	if r.ended {
+		r.cleanup()
+	}
+}
+
+// scan checks every relay's timeouts (mu held).
+func (s *shard) scan() {
+	for _, r := range s.slots {
+		if r == nil || r.ended {
+			continue
+		}
+		r.op = opScan
+		r.withFds()
+		if r.ended {
+			r.cleanup()
+		}
+	}
+	s.nextScan = s.now + s.gap
+}
+
+type erelayOp uint8
+
+const (
+	opRegister erelayOp = iota
+	opEvent
+	opScan
+)
+
+// edir is one direction of an epoll relay: src → dst.
+type edir struct {
+	srcSide, dstSide side
+	src, dst         int // fds, valid inside withFds
+
+	path      Path
+	bulk      bool
+	over      bool // src ended (FIN relayed) or the relay ended
+	hup       bool // src reported RDHUP/HUP/ERR: read it to the end
+	blocked   bool // dst is full: buf[off:n] or the pipe is waiting for EPOLLOUT
+	stallFrom int64
+
+	buf    *[]byte // held only while data is in flight
+	off, n int
+	p      *pipe // held only while data is in flight
+	inPipe int
+	chunk  int // size of the chunk in flight
+	viaBuf bool
+
+	bytes, spliced int64
+	fallbacks      int
+	lastProgress   int64
+}
+
+// erelay is one relay of the epoll engine. Every field is guarded by its
+// shard's mu.
+type erelay struct {
+	s          *shard
+	slot       int32
+	conns      [2]*net.TCPConn // by side
+	raws       [2]syscall.RawConn
+	ctlFns     [2]func(fd uintptr)
+	ctlErr     error
+	opts       Options
+	dirs       [2]edir // by src side: [sideClient] is client→backend
+	stopDrain  func() bool
+	done       func(Stats)
+	registered bool
+	regErr     error
+	drainReq   bool
+
+	op     erelayOp
+	evSide side
+	evMask uint32
+
+	lastActivity int64
+	finAt        int64
+	eofs         int
+	finSent      [2]bool // FIN sent to the side
+	ended        bool
+	reason       Reason
+	err          error
+}
+
+// startEpoll starts a relay on the epoll engine and reports whether it did;
+// false (nothing changed) for anything but two *net.TCPConn, or when epoll
+// is not available: the caller runs the goroutine engine.
+func startEpoll(ctx context.Context, client, backend net.Conn, opts Options, done func(Stats)) bool {
+	c, ok := client.(*net.TCPConn)
+	b, ok2 := backend.(*net.TCPConn)
+	if !ok || !ok2 {
+		return false
+	}
+	ss, err := getShards()
+	if err != nil {
+		return false
+	}
+	r := &erelay{conns: [2]*net.TCPConn{c, b}, opts: opts.withDefaults(), done: done}
+	for i, tc := range r.conns {
+		raw, err := tc.SyscallConn()
+		if err != nil {
+			return false
+		}
+		r.raws[i] = raw
+	}
+	r.ctlFns[0], r.ctlFns[1] = r.ctlClient, r.ctlBackend
+	r.dirs[sideClient] = edir{srcSide: sideClient, dstSide: sideBackend, path: PathBuffer}
+	r.dirs[sideBackend] = edir{srcSide: sideBackend, dstSide: sideClient, path: PathBuffer}
+	s := ss[nextShard.Add(1)%uint32(len(ss))]
+	r.s = s
+	var stop func() bool
+	if ctx.Done() != nil {
+		stop = context.AfterFunc(ctx, r.drain)
+	}
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r.stopDrain = stop
+	s.now = monoNow()
+	r.lastActivity = s.now
+	r.dirs[0].lastProgress, r.dirs[1].lastProgress = s.now, s.now
+	if len(s.free) > 0 {
+		r.slot = s.free[len(s.free)-1]
+		s.free = s.free[:len(s.free)-1]
+		s.slots[r.slot] = r
+	} else {
+		r.slot = int32(len(s.slots))
+		s.slots = append(s.slots, r)
+		s.gens = append(s.gens, 0)
+	}
+	r.op = opRegister
+	if err := r.withFds(); err != nil || r.regErr != nil {
+		s.freeSlot(r.slot)
+		if stop != nil {
+			stop() // if the drain already ran, the goroutine engine sees ctx done
+		}
+		return false
+	}
+	r.registered = true
+	s.live++
+	limit := min(r.opts.IdleTimeout, r.opts.HalfCloseTimeout, r.opts.WriteStallTimeout) / 8
+	s.gap = min(s.gap, int64(max(limit, minScanGap)))
+	if !s.running {
+		s.running = true
+		s.nextScan = s.now + s.gap
+		go s.loop()
+	} else if s.nextScan > s.now+s.gap {
+		s.nextScan = s.now + s.gap
+		_ = s.file.SetReadDeadline(epoch.Add(time.Duration(s.nextScan)))
+	}
+	if r.drainReq {
+		r.finish(ReasonDrain, nil, -1)
+		r.cleanup()
+	}
+	return true
+}
+
+func (s *shard) freeSlot(i int32) {
+	s.slots[i] = nil
+	s.gens[i] = (s.gens[i] + 1) & (1<<30 - 1)
+	s.free = append(s.free, i)
+}
+
+// drain is the ctx.AfterFunc: shutdown or a removed backend's drain.
+func (r *erelay) drain() {
+	s := r.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r.drainReq = true
+	if r.registered && !r.ended {
+		r.finish(ReasonDrain, nil, -1)
+		r.cleanup()
+	}
+}
+
+// withFds runs r.op with both fds held (RawConn.Control on each): a Close
+// elsewhere waits for it, and a closed conn ends the relay as an error.
+func (r *erelay) withFds() error {
+	r.ctlErr = nil
+	err := r.raws[sideClient].Control(r.ctlFns[sideClient])
+	if err == nil {
+		err = r.ctlErr
+	}
+	if err != nil && r.op != opRegister {
+		r.finish(ReasonError, err, -1)
+	}
+	return err
+}
+
+func (r *erelay) ctlClient(fd uintptr) {
+	r.dirs[sideClient].src, r.dirs[sideBackend].dst = int(fd), int(fd)
+	r.ctlErr = r.raws[sideBackend].Control(r.ctlFns[sideBackend])
+}
+
+func (r *erelay) ctlBackend(fd uintptr) {
+	r.dirs[sideBackend].src, r.dirs[sideClient].dst = int(fd), int(fd)
+	switch r.op {
+	case opRegister:
+		r.register()
+	case opEvent:
+		r.event()
+	case opScan:
+		r.checkTimeouts()
+	}
+}
+
+// register adds both sockets to the shard's epoll set, edge-triggered, for
+// input and output at once: no epoll_ctl per message. Whatever is already
+// queued raises the first event.
+func (r *erelay) register() {
+	s := r.s
+	var fds [2]int
+	fds[sideClient], fds[sideBackend] = r.dirs[sideClient].src, r.dirs[sideBackend].src
+	for i, fd := range fds {
+		ev := unix.EpollEvent{
+			Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET,
+			Fd:     r.slot,
+			Pad:    s.gens[r.slot]<<1 | int32(i),
+		}
+		if err := unix.EpollCtl(s.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+			r.regErr = os.NewSyscallError("epoll_ctl", err)
+			if i == 1 {
+				_ = unix.EpollCtl(s.epfd, unix.EPOLL_CTL_DEL, fds[0], nil)
+			}
+			return
+		}
+	}
+}
+
+// event handles readiness of side evSide.
+func (r *erelay) event() {
+	m := r.evMask
+	in := &r.dirs[r.evSide]    // reads this side
+	out := &r.dirs[1-r.evSide] // writes this side
+	if m&(unix.EPOLLOUT|unix.EPOLLERR|unix.EPOLLHUP) != 0 && out.blocked {
+		if r.flush(out) && r.afterChunk(out) {
+			r.pump(out)
+		}
+	}
+	if r.ended {
+		return
+	}
+	if m&(unix.EPOLLRDHUP|unix.EPOLLERR|unix.EPOLLHUP) != 0 {
+		in.hup = true
+	}
+	if m&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLERR|unix.EPOLLHUP) != 0 && !in.blocked {
+		r.pump(in)
+	}
+}
+
+func (r *erelay) progress(d *edir) {
+	d.lastProgress = r.s.now
+	r.lastActivity = r.s.now
+}
+
+// pump moves src→dst until src is drained (a short recv, or EAGAIN), dst is
+// full, or the direction ends.
+func (r *erelay) pump(d *edir) {
+	for !r.ended && !d.over && !d.blocked {
+		var ok bool
+		if d.bulk {
+			ok = r.spliceIn(d)
+		} else {
+			ok = r.recvIn(d)
+		}
+		if !ok || !r.flush(d) || !r.afterChunk(d) {
+			return
+		}
+	}
+}
+
+// afterChunk runs when a chunk is all sent; it switches between recv/send
+// and splice (HAProxy splice-auto style, as the goroutine engine) and
+// reports whether src may hold more.
+func (r *erelay) afterChunk(d *edir) bool {
+	if d.bulk {
+		if d.viaBuf {
+			d.putBuf()
+		} else if d.chunk < recvBufSize {
+			d.bulk = false
+			d.releasePipe()
+		}
+		return true // a short splice does not prove src drained: read to EAGAIN
+	}
+	if d.chunk == recvBufSize {
+		d.bulk, d.path = true, PathSplice
+		d.putBuf()
+		return true
+	}
+	if d.hup {
+		return true // keep the buffer: read on to the EOF or the error
+	}
+	// A short recv drained src: with edge triggering, anything arriving
+	// later raises a new event.
+	d.putBuf()
+	return false
+}
+
+func (d *edir) putBuf() {
+	if d.buf != nil {
+		recvPool.Put(d.buf)
+		d.buf = nil
+		recvBufsOut.Add(-1)
+	}
+}
+
+func (d *edir) releasePipe() {
+	if d.p == nil {
+		return
+	}
+	if d.inPipe > 0 {
+		d.p.close()
+	} else {
+		pipes.put(d.p)
+	}
+	d.p, d.inPipe = nil, 0
+}
+
+// recvIn reads one chunk from src into a buffer taken only now; it reports
+// whether it got data.
+func (r *erelay) recvIn(d *edir) bool {
+	if d.buf == nil {
+		d.buf = recvPool.Get().(*[]byte)
+		recvBufsOut.Add(1)
+	}
+	b := *d.buf
+	for {
+		n, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(d.src), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)),
+			unix.MSG_DONTWAIT, 0, 0)
+		switch {
+		case errno == unix.EINTR:
+			continue
+		case errno == unix.EAGAIN:
+			d.putBuf()
+			return false
+		case errno != 0:
+			d.putBuf()
+			r.readErr(d, os.NewSyscallError("recvfrom", errno))
+			return false
+		case n == 0:
+			d.putBuf()
+			r.gotEOF(d)
+			return false
+		}
+		d.off, d.n, d.chunk, d.viaBuf = 0, int(n), int(n), true
+		r.progress(d)
+		return true
+	}
+}
+
+// spliceIn splices one chunk from src into a pipe taken only now; without a
+// pipe (EMFILE/ENFILE) it reads the chunk into a buffer instead.
+func (r *erelay) spliceIn(d *edir) bool {
+	if d.p == nil {
+		p, err := pipes.get()
+		if err != nil {
+			d.fallbacks++
+			return r.recvIn(d)
+		}
+		d.p = p
+	}
+	for {
+		n, err := unix.Splice(d.src, nil, d.p.w, nil, d.p.size, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			d.releasePipe() // empty
+			return false
+		case err != nil:
+			d.releasePipe()
+			r.readErr(d, os.NewSyscallError("splice", err))
+			return false
+		case n == 0:
+			d.releasePipe()
+			r.gotEOF(d)
+			return false
+		}
+		d.inPipe, d.chunk, d.viaBuf = int(n), int(n), false
+		r.progress(d)
+		return true
+	}
+}
+
+// flush sends what the direction holds to dst. It reports true when all of
+// it went; false when dst is full (the direction waits for EPOLLOUT,
+// holding the rest) or the relay ended.
+func (r *erelay) flush(d *edir) bool {
+	advanced := false
+	for d.off < d.n || d.inPipe > 0 {
+		var n int
+		var errno error
+		op := "sendto"
+		if d.off < d.n {
+			b := *d.buf
+			k, _, e := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(d.dst), uintptr(unsafe.Pointer(&b[d.off])), uintptr(d.n-d.off),
+				unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL, 0, 0)
+			n = int(k)
+			if e != 0 {
+				n, errno = 0, e
+			}
+			if n > 0 {
+				d.off += n
+			}
+		} else {
+			op = "splice"
+			k, e := unix.Splice(d.p.r, nil, d.dst, nil, d.inPipe, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+			n = int(k)
+			if e != nil {
+				n, errno = 0, e
+			}
+			if n > 0 {
+				d.inPipe -= n
+				d.spliced += int64(n)
+			}
+		}
+		if n > 0 {
+			d.bytes += int64(n)
+			advanced = true
+			continue
+		}
+		switch errno {
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			if !d.blocked || advanced {
+				d.stallFrom = r.s.now
+			}
+			d.blocked = true
+			return false
+		case nil:
+			errno = syscall.EIO // a zero-byte send: cannot happen on a stream socket
+		}
+		d.putBuf()
+		d.releasePipe()
+		r.writeErr(d, os.NewSyscallError(op, errno))
+		return false
+	}
+	d.blocked = false
+	d.off, d.n = 0, 0
+	if advanced {
+		r.progress(d)
+	}
+	return true
+}
+
+// gotEOF relays a FIN from src as a shutdown(SHUT_WR) of dst; the other
+// direction goes on under the half-close limit.
+func (r *erelay) gotEOF(d *edir) {
+	d.over = true
+	r.finSent[d.dstSide] = true
+	_ = unix.Shutdown(d.dst, unix.SHUT_WR)
+	r.eofs++
+	if r.eofs == 2 {
+		r.finish(ReasonEOF, nil, -1)
+		return
+	}
+	if r.finAt == 0 {
+		r.finAt = max(r.s.now, 1)
+	}
+}
+
+// readErr ends the relay after an error reading src: a reset from src's
+// side, passed on to dst unless dst already got our FIN.
+func (r *erelay) readErr(d *edir, err error) {
+	reason := resetReason(d.srcSide, err)
+	rst := -1
+	if reason != ReasonError && !r.finSent[d.dstSide] {
+		rst = int(d.dstSide)
+	}
+	r.finish(reason, err, rst)
+}
+
+// writeErr ends the relay after an error writing dst (EPIPE, ECONNRESET):
+// a reset from dst's side, passed on to src unless src already got our FIN
+// (Envoy #45190).
+func (r *erelay) writeErr(d *edir, err error) {
+	reason := resetReason(d.dstSide, err)
+	rst := -1
+	if reason != ReasonError && !r.finSent[d.srcSide] {
+		rst = int(d.srcSide)
+	}
+	r.finish(reason, err, rst)
+}
+
+// finish records the first cause and resets side rst (SO_LINGER 0) if it is
+// not -1. cleanup closes, outside any Control.
+func (r *erelay) finish(reason Reason, err error, rst int) {
+	if r.ended {
+		return
+	}
+	r.ended = true
+	r.reason, r.err = reason, err
+	if rst >= 0 {
+		_ = r.conns[rst].SetLinger(0)
+	}
+}
+
+// srcPending reports whether fd has bytes waiting.
+func srcPending(fd int) bool {
+	var b [1]byte
+	n, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), 1,
+		unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+	return errno == 0 && n > 0
+}
+
+// checkTimeouts ends the relay on write stall, half-close or idle timeout,
+// with the goroutine engine's rules.
+func (r *erelay) checkTimeouts() {
+	now := r.s.now
+	o := r.opts
+	for i := range r.dirs {
+		d := &r.dirs[i]
+		if d.blocked && now-d.stallFrom >= int64(o.WriteStallTimeout) {
+			r.finish(ReasonWriteStall, nil, -1)
+			return
+		}
+	}
+	var buf [2]*edir
+	open := buf[:0]
+	for i := range r.dirs {
+		if d := &r.dirs[i]; !d.over {
+			open = append(open, d)
+		}
+	}
+	for _, d := range open {
+		if d.blocked {
+			return // inside a write: not quiet; a stuck write is the stall's business
+		}
+	}
+	reason, deadline := ReasonIdleTimeout, r.lastActivity+int64(o.IdleTimeout)
+	if r.finAt != 0 && len(open) == 1 {
+		reason = ReasonHalfCloseTimeout
+		deadline = max(r.finAt, open[0].lastProgress) + int64(min(o.IdleTimeout, o.HalfCloseTimeout))
+	}
+	if now < deadline {
+		return
+	}
+	for _, d := range open {
+		if srcPending(d.src) {
+			// Data raced the deadline (or an edge was missed): move it,
+			// it is not quiet.
+			r.pump(d)
+			return
+		}
+	}
+	r.finish(reason, nil, -1)
+}
+
+// cleanup ends a finished relay (mu held, no Control): releases what it
+// holds, closes both conns (which also takes them out of the epoll set) and
+// hands the Stats to done on a goroutine of its own, so that a slow done
+// never holds up the shard.
+func (r *erelay) cleanup() {
+	s := r.s
+	for i := range r.dirs {
+		d := &r.dirs[i]
+		d.over = true
+		d.putBuf()
+		d.releasePipe()
+	}
+	s.freeSlot(r.slot)
+	s.live--
+	if r.stopDrain != nil {
+		r.stopDrain()
+	}
+	closeNow(r.conns[sideClient])
+	closeNow(r.conns[sideBackend])
+	in, out := &r.dirs[sideClient], &r.dirs[sideBackend]
+	st := Stats{
+		BytesIn:         in.bytes,
+		BytesOut:        out.bytes,
+		PathIn:          in.path,
+		PathOut:         out.path,
+		SplicedIn:       in.spliced,
+		SplicedOut:      out.spliced,
+		SpliceFallbacks: in.fallbacks + out.fallbacks,
+		Reason:          r.reason,
+		Err:             r.err,
+	}
+	go r.done(st)
+	if s.live == 0 {
+		s.kick()
+	}
+}
