@@ -1,3 +1,7 @@
+// x/net/http2's server is deprecated for net/http's, which serves h2 only
+// on a *tls.Conn its own listener accepted: h2conn is not one.
+//lint:file-ignore SA1019 see above
+
 package l7
 
 import (

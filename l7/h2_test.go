@@ -36,20 +36,21 @@ func h2LB(t *testing.T, cfg RouteConfig, be string) *lb {
 	return startLB(t, cfg)
 }
 
-// h2Conn opens one HTTP/2 client connection to l (x/net/http2's client).
-func (l *lb) h2Conn(t *testing.T) *http2.ClientConn {
+// h2Conn opens one HTTP/2 client connection to l (net/http's client).
+func (l *lb) h2Conn(t *testing.T) *http.ClientConn {
 	t.Helper()
-	cfg := clientTLS(testHost)
-	cfg.NextProtos = []string{"h2", "http/1.1"}
-	tc, err := tls.Dial("tcp", l.addr, cfg)
-	if err != nil {
-		t.Fatal(err)
+	protos := new(http.Protocols)
+	protos.SetHTTP2(true)
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", l.addr)
+		},
+		TLSClientConfig: clientTLS(testHost),
+		Protocols:       protos,
 	}
-	if p := tc.ConnectionState().NegotiatedProtocol; p != "h2" {
-		tc.Close()
-		t.Fatalf("negotiated %q, want h2", p)
-	}
-	cc, err := (&http2.Transport{}).NewClientConn(tc)
+	_, port, _ := net.SplitHostPort(l.addr)
+	cc, err := tr.NewClientConn(t.Context(), "https", net.JoinHostPort(testHost, port))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +59,7 @@ func (l *lb) h2Conn(t *testing.T) *http2.ClientConn {
 }
 
 // do sends one request on cc and returns the response with its body.
-func do(t *testing.T, cc *http2.ClientConn, method, url, host string, body io.Reader) (*http.Response, string) {
+func do(t *testing.T, cc *http.ClientConn, method, url, host string, body io.Reader) (*http.Response, string) {
 	t.Helper()
 	req, err := http.NewRequest(method, url, body)
 	if err != nil {
@@ -186,8 +187,8 @@ func TestH2Misdirected(t *testing.T) {
 	if resp.StatusCode != 200 || !strings.HasPrefix(body, "plain /api/b") {
 		t.Fatalf("after the 421: %d %q", resp.StatusCode, body)
 	}
-	if st := cc.State(); st.Closed || st.Closing {
-		t.Fatalf("conn state after a 421: %+v", st)
+	if err := cc.Err(); err != nil || cc.Available() == 0 {
+		t.Fatalf("conn after a 421: %v, %d streams available", err, cc.Available())
 	}
 	if n := len(be.requests()); n != 1 {
 		t.Fatalf("backend got %d requests, want only the allowed one", n)
