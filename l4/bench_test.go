@@ -1,8 +1,11 @@
 package l4
 
 import (
+	"context"
 	"io"
 	"net"
+	"runtime"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -124,4 +127,71 @@ func BenchmarkPingPongDirect(b *testing.B) {
 		}
 	}
 	reportCPU(b, cpu0)
+}
+
+// BenchmarkIdleRelayMemory starts 2,000 TCP↔TCP relays per engine, moves a
+// message each way on each, lets them idle and reports what they hold: Go
+// heap and goroutine stacks per relay, over the sockets and conns that exist
+// either way (created before the baseline). Run it with -benchtime=1x.
+func BenchmarkIdleRelayMemory(b *testing.B) {
+	for _, m := range tcpModes {
+		b.Run(m.name, func(b *testing.B) {
+			heap, stack, gs := idleRelayCost(b, m, 2000)
+			b.ReportMetric(heap, "heap-B/relay")
+			b.ReportMetric(stack, "stack-B/relay")
+			b.ReportMetric(heap+stack, "B/relay")
+			b.ReportMetric(gs, "goroutines/relay")
+		})
+	}
+}
+
+// idleRelayCost runs n idle relays of mode m and reports the growth of heap
+// in use, stacks in use and goroutines per relay once they are idle.
+func idleRelayCost(tb testing.TB, m mode, n int) (heap, stack, goroutines float64) {
+	tb.Helper()
+	type ends struct{ client, relayClient, relayBackend, backend *net.TCPConn }
+	es := make([]ends, n)
+	for i := range es {
+		cc, rc := tcpPair(tb)
+		rb, bc := tcpPair(tb)
+		es[i] = ends{cc, rc, rb, bc}
+	}
+	var wg sync.WaitGroup
+	defer func() {
+		for _, e := range es {
+			e.client.Close()
+			e.backend.Close()
+		}
+		wg.Wait()
+	}()
+	snap := func() (uint64, uint64, int) {
+		runtime.GC()
+		runtime.GC() // and the pools' victim caches
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapInuse, ms.StackInuse, runtime.NumGoroutine()
+	}
+	heap0, stack0, g0 := snap()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	wg.Add(n)
+	for _, e := range es {
+		Start(ctx, e.relayClient, e.relayBackend, Options{Engine: m.engine}, func(Stats) { wg.Done() })
+	}
+	msg := make([]byte, 64)
+	for _, e := range es {
+		for _, pair := range [][2]*net.TCPConn{{e.client, e.backend}, {e.backend, e.client}} {
+			if _, err := pair[0].Write(msg); err != nil {
+				tb.Fatal(err)
+			}
+			pair[1].SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := io.ReadFull(pair[1], msg); err != nil {
+				tb.Fatal(err)
+			}
+		}
+	}
+	time.Sleep(100 * time.Millisecond) // let every direction park
+	heap1, stack1, g1 := snap()
+	per := func(a, b uint64) float64 { return (float64(a) - float64(b)) / float64(n) }
+	return per(heap1, heap0), per(stack1, stack0), float64(g1-g0) / float64(n)
 }

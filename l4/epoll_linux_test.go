@@ -1,0 +1,129 @@
+//go:build linux
+
+package l4
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"testing"
+	"time"
+)
+
+var epollMode = modes[4]
+
+// Rule 8 on the epoll engine: an idle TCP↔TCP relay holds no goroutine,
+// and far less memory than the goroutine engine's two stacks. Both are
+// measured the same way; the bounds are generous ratios, not exact figures
+// (measured on amd64: ≈0.9 KiB per epoll relay against ≈6.5 KiB).
+func TestEpollIdleRelayCost(t *testing.T) {
+	checkLeaks(t)
+	const relays = 300
+	gh, gs, gg := idleRelayCost(t, tcpModes[0], relays)
+	eh, es, eg := idleRelayCost(t, epollMode, relays)
+	t.Logf("per idle relay: goroutine engine %.0f B heap + %.0f B stacks, %.2f goroutines; epoll engine %.0f B heap + %.0f B stacks, %.2f goroutines",
+		gh, gs, gg, eh, es, eg)
+	if eg > 0.1 {
+		t.Errorf("%.2f goroutines per idle epoll relay, want none", eg)
+	}
+	if gg < 1.9 {
+		t.Errorf("%.2f goroutines per idle goroutine-engine relay, want 2: the comparison is off", gg)
+	}
+	if eh+es > (gh+gs)/3 {
+		t.Errorf("epoll relay holds %.0f B idle, goroutine relay %.0f B: want under a third", eh+es, gh+gs)
+	}
+}
+
+// A Close from elsewhere (balancer's CloseConnections) ends an epoll relay
+// as it ends a goroutine relay: an error with net.ErrClosed, and the other
+// side closed.
+func TestEpollForeignClose(t *testing.T) {
+	checkLeaks(t)
+	cc, rc := tcpPair(t)
+	rb, bc := tcpPair(t)
+	defer cc.Close()
+	defer bc.Close()
+	done := make(chan Stats, 1)
+	Start(t.Context(), rc, rb, Options{Engine: EngineEpoll}, func(st Stats) { done <- st })
+	// The relay runs: a message crosses.
+	if _, err := cc.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4)
+	bc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(bc, buf); err != nil {
+		t.Fatal(err)
+	}
+	rb.Close()
+	st := within(t, done, 10*time.Second, "relay end")
+	if st.Reason != ReasonError || !errors.Is(st.Err, net.ErrClosed) {
+		t.Errorf("reason %q err %v, want error/net.ErrClosed", st.Reason, st.Err)
+	}
+	cc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := cc.Read(buf); n != 0 || !isEOF(err) {
+		t.Errorf("client read %d, %v; want EOF", n, err)
+	}
+}
+
+// EngineEpoll on conns it cannot run (a wrapper, as for a *tls.Conn) falls
+// back to the goroutine engine: the relay works, on the buffer path.
+func TestEpollFallsBack(t *testing.T) {
+	checkLeaks(t)
+	cc, rc := tcpPair(t)
+	rb, bc := tcpPair(t)
+	defer cc.Close()
+	defer bc.Close()
+	done := make(chan Stats, 1)
+	go func() { done <- Relay(context.Background(), wrapped{rc}, rb, Options{Engine: EngineEpoll}) }()
+	if err := within(t, goSend(cc, 100*kib, 13, closeWrite), 10*time.Second, "send"); err != nil {
+		t.Fatal(err)
+	}
+	r := within(t, goRecv(bc), 10*time.Second, "backend read")
+	if r.n != 100*kib || r.sum != sumOf(100*kib, 13) || !isEOF(r.err) {
+		t.Fatalf("backend got %d bytes (sum ok %v), %v", r.n, r.sum == sumOf(100*kib, 13), r.err)
+	}
+	bc.Close()
+	st := within(t, done, 10*time.Second, "relay")
+	if st.Reason != ReasonEOF || st.PathIn != PathBuffer || st.BytesIn != 100*kib {
+		t.Errorf("stats %+v: want eof on the buffer path", st)
+	}
+}
+
+// Many relays share a shard: concurrent ping-pongs on 50 epoll relays each
+// get their own bytes back, in order.
+func TestEpollManyRelays(t *testing.T) {
+	checkLeaks(t)
+	const relays, rounds = 50, 100
+	errc := make(chan error, relays)
+	for i := range relays {
+		h := startRelay(t, epollMode, Options{})
+		go echo(h.backend, 8)
+		go func() {
+			msg := make([]byte, 8)
+			got := make([]byte, 8)
+			for j := range rounds {
+				msg[0], msg[7] = byte(i), byte(j)
+				if _, err := h.client.Write(msg); err != nil {
+					errc <- err
+					return
+				}
+				h.client.SetReadDeadline(time.Now().Add(10 * time.Second))
+				if _, err := io.ReadFull(h.client, got); err != nil {
+					errc <- err
+					return
+				}
+				if got[0] != byte(i) || got[7] != byte(j) {
+					errc <- errors.New("crossed messages")
+					return
+				}
+			}
+			errc <- nil
+		}()
+	}
+	for range relays {
+		if err := within(t, errc, 30*time.Second, "ping-pong"); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
