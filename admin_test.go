@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"sluice/balancer"
-	"sluice/l4"
 )
 
 // adminLB is an in-process sluice with its admin server on a port of its own.
@@ -406,7 +405,7 @@ func TestAdminMetricsEndpoint(t *testing.T) {
 	nc := dial(t, a.addr("public"))
 	nc.Write([]byte{0x16, 0x03, 0x01, 0x00, 0x04, 0x02, 0x00, 0x00, 0x00})
 	readAllTimeout(nc, 5*time.Second)
-	a.waitRejected(t, l4.ReasonHelloMalformed, 1)
+	a.waitRejected(t, reasonHelloMalformed, 1)
 	// The access lines are written after the metrics are counted.
 	a.waitAccess(t, 2)
 

@@ -5,8 +5,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"sluice/l4"
 )
 
 // On a listener with a plain_route, a client that sends nothing is refused
@@ -29,7 +27,7 @@ backends = [{ address = %q }]
 	if b, _ := readAllTimeout(c, 10*time.Second); len(b) != 0 {
 		t.Fatalf("silent client got %q", b)
 	}
-	l.waitRejected(t, l4.ReasonNoFirstBytes, 1)
+	l.waitRejected(t, reasonNoFirstBytes, 1)
 	for _, e := range l.logs.All() {
 		if strings.HasPrefix(e.Message, "rejected") {
 			if e.Message != "rejected: no_first_bytes" || strings.Contains(strings.ToLower(fieldString(e.ContextMap())), "hello") {

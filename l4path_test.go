@@ -18,7 +18,6 @@ import (
 	proxyproto "github.com/pires/go-proxyproto"
 
 	"sluice/balancer/balancertest"
-	"sluice/l4"
 	"sluice/tlsutil"
 	"sluice/tlsutil/tlstest"
 )
@@ -178,7 +177,7 @@ backends = [{ address = %q }]
 		if b, _ := readAllTimeout(c, 5*time.Second); len(b) != 0 {
 			t.Fatalf("got %d bytes back, want a close", len(b))
 		}
-		l.waitRejected(t, l4.ReasonHelloTooLarge, 1)
+		l.waitRejected(t, reasonHelloTooLarge, 1)
 		if be.accepts() != 0 {
 			t.Fatal("backend dialled for an oversized hello")
 		}
@@ -292,7 +291,7 @@ backends = [{ address = %q }]
 	if b, _ := readAllTimeout(c, 5*time.Second); len(b) != 0 {
 		t.Fatalf("got %q, want a bare close", b)
 	}
-	l.waitRejected(t, l4.ReasonNotTLS, 1)
+	l.waitRejected(t, reasonNotTLS, 1)
 	if be.accepts() != 0 {
 		t.Fatal("the backend was dialled for a non-TLS client on a TLS-only listener")
 	}
@@ -356,7 +355,7 @@ backends = [{ address = %q }]
 	}
 	drip.Close()
 	<-done
-	l.waitRejected(t, l4.ReasonHelloTimeout, 2)
+	l.waitRejected(t, reasonHelloTimeout, 2)
 	if be.accepts() != 0 {
 		t.Fatal("backend dialled for a client that never finished its hello")
 	}
@@ -411,8 +410,8 @@ backends = [{ address = %q }]
 	if want := []byte{0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 112}; !bytes.Equal(b, want) {
 		t.Fatalf("got % x, want the alert % x", b, want)
 	}
-	l.waitRejected(t, l4.ReasonNoSNI, 1)
-	l.waitRejected(t, l4.ReasonNoRoute, 2)
+	l.waitRejected(t, reasonNoSNI, 1)
+	l.waitRejected(t, reasonNoRoute, 2)
 }
 
 // Bytes that are not TLS go to the plain route when there is one; otherwise
@@ -462,7 +461,7 @@ backends = [{ address = %q }]
 			t.Fatalf("junk % x got %q, want a bare close", junk, b)
 		}
 	}
-	l.waitRejected(t, l4.ReasonNotTLS, 4)
+	l.waitRejected(t, reasonNotTLS, 4)
 	if be.accepts() != 1 {
 		t.Fatalf("backend accepts = %d, want only the plain-route client", be.accepts())
 	}
@@ -639,7 +638,7 @@ backends = [{ address = %q }]
 		}
 		third.Close()
 	}
-	l.waitRejected(t, l4.ReasonMaxConnections, 1)
+	l.waitRejected(t, reasonMaxConnections, 1)
 	held[0].Close()
 	// A slot frees when a connection ends.
 	deadline := time.Now().Add(5 * time.Second)
@@ -671,7 +670,7 @@ backends = [{ address = "127.0.0.1:1" }]
 	c := dial(t, l.addr("public"))
 	c.Write(tlstest.CaptureClientHello(t, &tls.Config{ServerName: name}))
 	readAllTimeout(c, 5*time.Second)
-	l.waitRejected(t, l4.ReasonNoRoute, 1)
+	l.waitRejected(t, reasonNoRoute, 1)
 	lines := l.logs.FilterMessage("rejected: no_route").AllUntimed()
 	if len(lines) != 1 {
 		t.Fatalf("%d log lines for one rejection", len(lines))
@@ -709,7 +708,7 @@ backends = [{ address = "127.0.0.1:1" }]
 	c := dial(t, l.addr("public"))
 	c.Write(hello)
 	readAllTimeout(c, 5*time.Second)
-	l.waitRejected(t, l4.ReasonSNIInvalid, 1)
+	l.waitRejected(t, reasonSNIInvalid, 1)
 	lines := l.logs.FilterMessage("rejected: sni_invalid").AllUntimed()
 	if len(lines) != 1 {
 		t.Fatalf("%d log lines for one rejection", len(lines))

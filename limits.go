@@ -84,13 +84,13 @@ func (l *ipLimiter) admit(key netip.Addr, now time.Time) (ok bool, reason l4.Rea
 		l.clients[key] = e
 	}
 	if lim.maxConns > 0 && e.active >= lim.maxConns {
-		return false, l4.ReasonPerIPConnections
+		return false, reasonPerIPConnections
 	}
 	if lim.rate > 0 {
 		e.tokens = min(lim.burst, e.tokens+now.Sub(e.last).Seconds()*lim.rate)
 		e.last = now
 		if e.tokens < 1 {
-			return false, l4.ReasonPerIPRate
+			return false, reasonPerIPRate
 		}
 		e.tokens--
 	}

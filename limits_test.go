@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"sluice/l4"
 	"sluice/tlsutil/tlstest"
 )
 
@@ -23,7 +22,7 @@ func TestIPLimiter(t *testing.T) {
 			t.Fatalf("connection %d refused: %s", i, r)
 		}
 	}
-	if ok, r := l.admit(a, now); ok || r != l4.ReasonPerIPConnections {
+	if ok, r := l.admit(a, now); ok || r != reasonPerIPConnections {
 		t.Fatalf("third live connection: %v %s", ok, r)
 	}
 	l.done(a)
@@ -31,7 +30,7 @@ func TestIPLimiter(t *testing.T) {
 		t.Fatal("a slot freed but refused")
 	}
 	l.done(a)
-	if ok, r := l.admit(a, now); ok || r != l4.ReasonPerIPRate {
+	if ok, r := l.admit(a, now); ok || r != reasonPerIPRate {
 		t.Fatalf("bucket empty: %v %s", ok, r)
 	}
 	if ok, _ := l.admit(a, now.Add(1500*time.Millisecond)); !ok {
@@ -127,7 +126,7 @@ backends = [{ address = %q }]
 	if b, _ := readAllTimeout(over, 5*time.Second); len(b) != 0 {
 		t.Fatalf("the fourth connection got %q", b)
 	}
-	l.waitRejected(t, l4.ReasonPerIPConnections, 1)
+	l.waitRejected(t, reasonPerIPConnections, 1)
 	served(from(2)) // another client is not limited by the first
 
 	// Freed slots are usable again; the bucket (burst 6, refilling once in
@@ -151,7 +150,7 @@ backends = [{ address = %q }]
 	if b, _ := readAllTimeout(last, 5*time.Second); len(b) != 0 {
 		t.Fatalf("past the burst: got %q", b)
 	}
-	l.waitRejected(t, l4.ReasonPerIPRate, 1)
+	l.waitRejected(t, reasonPerIPRate, 1)
 }
 
 // deadConn stands for a connection reset before the dial returned.

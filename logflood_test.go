@@ -7,8 +7,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"sluice/l4"
 )
 
 // lockedBuffer is an io.Writer for a logger written from many goroutines.
@@ -67,11 +65,11 @@ backends = [{ address = "127.0.0.1:1" }]
 		c.Close()
 	}
 	deadline := time.Now().Add(20 * time.Second)
-	for s.rejectedCount(l4.ReasonNotTLS) < n && time.Now().Before(deadline) {
+	for s.rejectedCount(reasonNotTLS) < n && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	secs := time.Since(start).Seconds()
-	if got := s.rejectedCount(l4.ReasonNotTLS); got != n {
+	if got := s.rejectedCount(reasonNotTLS); got != n {
 		t.Fatalf("%d of %d rejections counted", got, n)
 	}
 	lines := strings.Count(out.String(), "rejected: not_tls")

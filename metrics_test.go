@@ -119,9 +119,9 @@ func TestMetricsConnectionCounters(t *testing.T) {
 
 	m.accepted("public")
 	m.accepted("public")
-	m.rejected("public", l4.ReasonNoSNI)
-	m.rejected("public", l4.ReasonHelloTimeout)
-	m.rejected("public", l4.ReasonHelloTimeout)
+	m.rejected("public", reasonNoSNI)
+	m.rejected("public", reasonHelloTimeout)
+	m.rejected("public", reasonHelloTimeout)
 	m.helloDone("public", 3*time.Millisecond)
 	m.handshakeDone("game", 20*time.Millisecond)
 	m.connOpened("public", "game", "l7")
@@ -171,7 +171,7 @@ func TestMetricsHotPathDoesNotAllocate(t *testing.T) {
 	res := l7.Result{Reason: l4.ReasonEOF, Handshake: time.Millisecond}
 	hot := func() {
 		m.accepted("public")
-		m.rejected("public", l4.ReasonNotTLS)
+		m.rejected("public", reasonNotTLS)
 		m.helloDone("public", time.Millisecond)
 		m.handshakeDone("game", res.Handshake)
 		m.connOpened("public", "game", "l7")
@@ -290,7 +290,7 @@ func TestMetricsNamesAndHelp(t *testing.T) {
 	rt := testRuntime(t, metricsConfig)
 	m := newMetrics(func() *Runtime { return rt })
 	m.accepted("public")
-	m.rejected("public", l4.ReasonNoRoute)
+	m.rejected("public", reasonNoRoute)
 	m.helloDone("public", time.Millisecond)
 	m.handshakeDone("game", time.Millisecond)
 	m.connOpened("public", "game", "l7")

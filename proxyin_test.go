@@ -13,7 +13,6 @@ import (
 
 	proxyproto "github.com/pires/go-proxyproto"
 
-	"sluice/l4"
 	"sluice/tlsutil/tlstest"
 )
 
@@ -99,7 +98,7 @@ func TestProxyInRefusals(t *testing.T) {
 	if b, _ := readAllTimeout(c, 5*time.Second); len(b) != 0 {
 		t.Fatalf("untrusted peer got %q", b)
 	}
-	untrusted.waitRejected(t, l4.ReasonProxyUntrusted, 1)
+	untrusted.waitRejected(t, reasonProxyUntrusted, 1)
 
 	l := startLB(t, proxyInConfig(be.addr, "127.0.0.1/32", ""))
 	for _, first := range [][]byte{hello, []byte("GET / HTTP/1.1\r\n\r\n"), []byte("PROXY TCP4 nonsense\r\n")} {
@@ -109,7 +108,7 @@ func TestProxyInRefusals(t *testing.T) {
 			t.Fatalf("no header: got %q", b)
 		}
 	}
-	l.waitRejected(t, l4.ReasonProxyInvalid, 3)
+	l.waitRejected(t, reasonProxyInvalid, 3)
 
 	local := []byte("\r\n\r\n\x00\r\nQUIT\n\x20\x00\x00\x00")
 	c = dial(t, l.addr("public"))

@@ -187,7 +187,7 @@ func (s *server) accepted(key string, c *net.TCPConn, at time.Time) {
 		rt.release()
 		c.SetLinger(0)
 		c.Close()
-		s.reject(lr.name, c.RemoteAddr(), l4.ReasonMaxConnections, "", zap.Int64("max_connections", s.maxConns.Load()))
+		s.reject(lr.name, c.RemoteAddr(), reasonMaxConnections, "", zap.Int64("max_connections", s.maxConns.Load()))
 		return
 	}
 	s.conns.Add(1)
@@ -260,11 +260,11 @@ func (s *server) rejectedCount(reason l4.Reason) uint64 {
 func peekFailure(err error) l4.Reason {
 	switch {
 	case errors.Is(err, os.ErrDeadlineExceeded):
-		return l4.ReasonHelloTimeout
+		return reasonHelloTimeout
 	case errors.Is(err, tlsutil.ErrHelloTooLarge):
-		return l4.ReasonHelloTooLarge
+		return reasonHelloTooLarge
 	case errors.Is(err, tlsutil.ErrMalformed):
-		return l4.ReasonHelloMalformed
+		return reasonHelloMalformed
 	case errors.Is(err, syscall.ECONNRESET):
 		return l4.ReasonClientReset
 	default:

@@ -87,11 +87,11 @@ func (ss *session) serve() {
 	case err == nil:
 		r = lr.table.lookup(h.ServerName)
 		if r == nil {
-			reason := l4.ReasonNoRoute
+			reason := reasonNoRoute
 			if h.SNIInvalid {
-				reason = l4.ReasonSNIInvalid
+				reason = reasonSNIInvalid
 			} else if h.ServerName == "" {
-				reason = l4.ReasonNoSNI
+				reason = reasonNoSNI
 			}
 			c.SetWriteDeadline(time.Now().Add(rejectWriteTimeout))
 			tlsutil.WriteAlert(c, tlsutil.AlertUnrecognizedName)
@@ -103,16 +103,16 @@ func (ss *session) serve() {
 			if tlsutil.LooksLikeHTTP(h.Raw) {
 				c.SetWriteDeadline(time.Now().Add(rejectWriteTimeout))
 				io.WriteString(c, httpOnTLSPort)
-				ss.refuse(true, l4.ReasonNotTLS, "")
+				ss.refuse(true, reasonNotTLS, "")
 			} else {
-				ss.refuse(false, l4.ReasonNotTLS, "")
+				ss.refuse(false, reasonNotTLS, "")
 			}
 			return
 		}
 	case len(h.Raw) == 0 && lr.table.plain != nil && errors.Is(err, os.ErrDeadlineExceeded):
 		// A raw TCP client may be waiting for the server to speak: say
 		// so, not that a ClientHello was late.
-		ss.refuse(false, l4.ReasonNoFirstBytes, "")
+		ss.refuse(false, reasonNoFirstBytes, "")
 		return
 	default:
 		ss.refuse(false, peekFailure(err), h.RawServerName, zap.Error(err))
@@ -151,7 +151,7 @@ func (ss *session) serveCleartext() {
 	if r == nil {
 		c.SetWriteDeadline(time.Now().Add(rejectWriteTimeout))
 		io.WriteString(c, misdirected)
-		ss.refuse(true, l4.ReasonNoRoute, host)
+		ss.refuse(true, reasonNoRoute, host)
 		return
 	}
 	ss.toL7(r, head, host)
@@ -313,12 +313,12 @@ func (ss *session) reader() io.Reader {
 func (ss *session) readProxyHeader() bool {
 	peer, ok := ss.c.RemoteAddr().(*net.TCPAddr)
 	if !ok || !ss.lr.proxyIn.trusts(peer.AddrPort().Addr()) {
-		ss.refuse(false, l4.ReasonProxyUntrusted, "")
+		ss.refuse(false, reasonProxyUntrusted, "")
 		return false
 	}
 	h, rest, err := balancer.ReadProxyHeader(ss.c)
 	if err != nil {
-		reason := l4.ReasonProxyInvalid
+		reason := reasonProxyInvalid
 		if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) {
 			reason = peekFailure(err)
 		}

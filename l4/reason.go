@@ -6,9 +6,11 @@ import (
 	"sluice/balancer"
 )
 
-// Reason says why a connection ended or was refused. It is the one set of
-// close reasons shared by the access log, metrics and tests
-// (shared/RELIABILITY.md §4): every value is a stable, greppable string.
+// Reason says why a connection ended or was refused: the type of every
+// close reason of the access log, metrics and tests (shared/RELIABILITY.md
+// §4). Each value is a stable, greppable string. This package defines the
+// relay's reasons and those every path shares; the accept side (package
+// main) defines its own.
 type Reason string
 
 const (
@@ -22,21 +24,9 @@ const (
 	ReasonDrain            Reason = "drain"              // closed by shutdown or by a removed backend's drain
 	ReasonError            Reason = "error"              // a local fault; logged at error level
 
-	// Before the relay: the ClientHello peek and routing.
-	ReasonClientClosed     Reason = "client_closed"      // the client closed before sending a complete ClientHello (l7: or a request body)
-	ReasonHelloTimeout     Reason = "hello_timeout"      // no complete ClientHello within hello_timeout
-	ReasonNoFirstBytes     Reason = "no_first_bytes"     // a listener with a plain_route: the client sent nothing within hello_timeout (sluice never speaks first)
-	ReasonHelloTooLarge    Reason = "hello_too_large"    // ClientHello over max_hello_bytes
-	ReasonHelloMalformed   Reason = "hello_malformed"    // ClientHello crypto/tls rejects
-	ReasonNotTLS           Reason = "not_tls"            // first bytes are not TLS and the listener has no plain_route
-	ReasonNoSNI            Reason = "no_sni"             // no SNI and no default_route
-	ReasonSNIInvalid       Reason = "sni_invalid"        // an SNI that is not a valid host name, and no default_route
-	ReasonNoRoute          Reason = "no_route"           // an SNI that matches no route, and no default_route
-	ReasonMaxConnections   Reason = "max_connections"    // over the global max_connections
-	ReasonPerIPConnections Reason = "per_ip_connections" // over max_connections_per_ip from one client (IPv6: one /64)
-	ReasonPerIPRate        Reason = "per_ip_rate"        // over new_connections_per_ip from one client (IPv6: one /64)
-	ReasonProxyUntrusted   Reason = "proxy_untrusted"    // accept_proxy: the peer is not in trusted_cidrs
-	ReasonProxyInvalid     Reason = "proxy_invalid"      // accept_proxy: the first bytes are not a valid PROXY header (or one over 4 KiB)
+	// Before the relay. The accept side's own reasons (hello_timeout,
+	// no_route, per_ip_rate, ...) live in package main, the producer.
+	ReasonClientClosed Reason = "client_closed" // the client closed before sending a complete ClientHello (l7: or a request body)
 
 	// Backends.
 	ReasonNoBackend     Reason = "no_backend"     // the pool has no usable backend

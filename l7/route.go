@@ -125,8 +125,7 @@ type Route struct {
 	name       string
 	log        *zap.Logger
 	tls        *tls.Config
-	exact      map[string]bool
-	wildcards  []string // ".example.com" for "*.example.com"
+	hosts      tlsutil.HostSet[struct{}]
 	anyHost    bool
 	otherRoute func(string) bool
 	locations  []*location // longest Path first
@@ -166,7 +165,6 @@ func NewRoute(cfg RouteConfig) (*Route, error) {
 	rt := &Route{
 		name:             cfg.Name,
 		log:              cfg.Log,
-		exact:            map[string]bool{},
 		redirect:         cfg.RedirectHTTPS,
 		handshakeTimeout: orDefault(cfg.HandshakeTimeout, DefaultHandshakeTimeout),
 		headerTimeout:    orDefault(cfg.HeaderTimeout, DefaultHeaderTimeout),
@@ -203,17 +201,12 @@ func NewRoute(cfg RouteConfig) (*Route, error) {
 	rt.anyHost = len(cfg.Hosts) == 0
 	rt.otherRoute = cfg.OtherRoute
 	for i, h := range cfg.Hosts {
-		name, wild := strings.CutPrefix(h, "*.")
-		n, ok := tlsutil.NormalizeSNI(name)
-		if !ok || n != name {
+		p, err := tlsutil.ParseHostPattern(h)
+		if err != nil || p.String() != h {
 			bad("hosts[%d]: %q is not a normalized host name", i, h)
 			continue
 		}
-		if wild {
-			rt.wildcards = append(rt.wildcards, "."+n)
-		} else {
-			rt.exact[n] = true
-		}
+		rt.hosts.Add(p, struct{}{})
 	}
 	locs := cfg.Locations
 	if len(locs) == 0 && !cfg.RedirectHTTPS {
@@ -616,13 +609,8 @@ func (rt *Route) hostAllowed(hostport string) (string, bool) {
 		return h, true
 	}
 	if ok {
-		if rt.exact[n] {
+		if _, found := rt.hosts.Lookup(n); found {
 			return n, true
-		}
-		for _, suffix := range rt.wildcards {
-			if label, found := strings.CutSuffix(n, suffix); found && label != "" && !strings.Contains(label, ".") {
-				return n, true
-			}
 		}
 	}
 	if rt.otherRoute == nil || (ok && rt.otherRoute(n)) {
