@@ -56,6 +56,7 @@ type Config struct {
 	Log       LogConfig                  `toml:"log"`
 	Admin     AdminConfig                `toml:"admin"`
 	Resolver  ResolverConfig             `toml:"resolver"`
+	Tuning    TuningConfig               `toml:"tuning"`
 	Listeners map[string]*ListenerConfig `toml:"listeners"`
 	Routes    map[string]*RouteConfig    `toml:"routes"`
 	Pools     map[string]*PoolConfig     `toml:"pools"`
@@ -74,6 +75,12 @@ type AdminConfig struct {
 // ResolverConfig is [resolver]: the DNS servers pools with discover ask.
 type ResolverConfig struct {
 	Servers []string `toml:"servers"` // "ip:port"; none: the system's (/etc/resolv.conf)
+}
+
+// TuningConfig picks implementations for A/B measurement; the defaults are
+// the tested ones.
+type TuningConfig struct {
+	Relay string `toml:"relay"` // "goroutine" (default) or "epoll": l4.Engine
 }
 
 type ListenerConfig struct {

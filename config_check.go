@@ -54,6 +54,7 @@ type compiler struct {
 	out   *Compiled
 	certs map[[2]string]*tls.Certificate // by resolved (cert, key): routes may share one
 	dns   *discover.Resolver             // [resolver], for the pools' discover; nil if invalid
+	relay l4.Engine                      // [tuning] relay, for every route
 }
 
 // Compile checks the whole config and compiles it: the pure phase. It
@@ -75,6 +76,7 @@ func (c *Config) Compile() (*Compiled, error) {
 	cp.log()
 	cp.admin()
 	cp.resolver()
+	cp.tuning()
 	cp.pools()
 	cp.listeners()
 	cp.routes()
@@ -108,6 +110,16 @@ func (cp *compiler) log() {
 	if out.LogFormat != "json" && out.LogFormat != "console" {
 		cp.errorf("log.format", "must be json or console; got %q", lc.Format)
 	}
+}
+
+// tuning checks [tuning].
+func (cp *compiler) tuning() {
+	tc := cp.cfg.Tuning
+	e, ok := l4.ParseEngine(cmp.Or(tc.Relay, "goroutine"))
+	if !ok {
+		cp.errorf("tuning.relay", "must be goroutine or epoll; got %q", tc.Relay)
+	}
+	cp.relay = e
 }
 
 // admin checks [admin].
@@ -204,6 +216,7 @@ func (cp *compiler) route(name string, rc *RouteConfig) *routeSpec {
 			IdleTimeout:       cp.duration(path+".idle_timeout", rc.IdleTimeout, defaultIdleTimeout, false),
 			HalfCloseTimeout:  cp.duration(path+".half_close_timeout", rc.HalfCloseTimeout, defaultHalfCloseTimeout, false),
 			WriteStallTimeout: cp.duration(path+".write_stall_timeout", rc.WriteStallTimeout, defaultWriteStallTimeout, false),
+			Engine:            cp.relay,
 		},
 	}
 	cp.routeMode(path, rc, rs)

@@ -129,6 +129,8 @@ sticky_cookie = "bad cookie;"
 backends = [{ address = "nohost" }, { address = "127.0.0.1:0" }, { id = "bad id/x", address = "127.0.0.1:1" }, { id = "127.0.0.1:1", address = "127.0.0.1:2" }]
 [resolver]
 servers = ["127.0.0.1:53", "dns.example:53"]
+[tuning]
+relay = "threads"
 [pools.dns]
 discover = "mx:rooms.test"
 resolve_interval = "500ms"
@@ -174,6 +176,7 @@ backends = [{ address = "127.0.0.1:9001" }]
 		`pools.bad.backends[2].id: "bad id/x": use 1 to 64 letters`,
 		`pools.bad.backends[3].id: id "127.0.0.1:1" is also backends[2]'s id or address`,
 		`resolver.servers[1]: want an IP address and port`,
+		`tuning.relay: must be goroutine or epoll; got "threads"`,
 		`pools.dns.resolve_interval: must be at least 1s, got "500ms"`,
 		`pools.dns.discover: "mx:rooms.test": want srv:NAME or a:NAME:PORT`,
 		`pools.dnsport.discover: "a:gs.test": want a:NAME:PORT`,
@@ -270,6 +273,9 @@ token = "secret"
 
 [resolver]
 servers = ["127.0.0.1:53", "[::1]:53"]
+
+[tuning]
+relay = "epoll"
 
 [listeners.public]
 address = "127.0.0.1:0"

@@ -198,12 +198,17 @@ const (
 	tierPrimary = iota // healthy ready primaries
 	tierBackup         // healthy ready backups: no primary is healthy
 	tierAll            // OnAllUnhealthy TryAll: every ready backend
+	tierNone           // no backend: only keyed picks have one (keyTier)
 )
 
 // view is the pool state one pick works from, computed once per attempt.
 type view struct {
 	tier int
-	now  int64 // unix ns while some backend is in slow start; 0 otherwise
+	// keyTier is the tier of keyed Hash picks, for which Drain counts as
+	// Ready (see keyUsable): a pool whose primaries all drain keeps their
+	// keys on them, while unkeyed players go to the backups.
+	keyTier int
+	now     int64 // unix ns while some backend is in slow start; 0 otherwise
 }
 
 // usable reports whether b may take a new connection in v: admitted and
@@ -212,16 +217,30 @@ func usable(b *Backend, v *view) bool { return admitted(b, v) && !b.full() }
 
 // admitted reports whether b is ready and in v's tier.
 func admitted(b *Backend, v *view) bool {
-	if b.admin.Load() != uint32(Ready) {
-		return false
-	}
-	switch v.tier {
+	return b.admin.Load() == uint32(Ready) && inTier(b, v.tier)
+}
+
+// keyUsable reports whether b may take a keyed Hash connection in v: ready
+// or draining, in v's keyTier, below MaxConnections. Drain never moves a
+// key (issue 12, part 7): a room running on a draining server stays
+// reachable from every instance, while unkeyed players (usable) avoid it;
+// Maint, DOWN and full move the key to its next backend in rendezvous order,
+// which every instance seeing the same states computes alike.
+func keyUsable(b *Backend, v *view) bool {
+	return b.admin.Load() != uint32(Maint) && inTier(b, v.keyTier) && !b.full()
+}
+
+// inTier reports whether b belongs to tier, health included.
+func inTier(b *Backend, tier int) bool {
+	switch tier {
 	case tierPrimary:
 		return !b.backup && b.healthy.Load()
 	case tierBackup:
 		return b.backup && b.healthy.Load()
+	case tierAll:
+		return true
 	}
-	return true
+	return false
 }
 
 // weightScale makes slow start's fractional weights integers.
@@ -400,7 +419,7 @@ func (h *rendezvous) pick(p *Pool, s *backendSet, v *view, st *pickState, req *D
 	best, bestUnder := -1, -1
 	var bestS, bestUnderS float64
 	for i, b := range s.list {
-		if st.has(i) || !usable(b, v) {
+		if st.has(i) || !keyUsable(b, v) {
 			continue
 		}
 		u := mix64(key ^ b.hash)

@@ -211,6 +211,8 @@ type Pool struct {
 	// Read by every pick; written under mu.
 	upPrimary  atomic.Int32 // healthy ready primaries
 	upBackup   atomic.Int32 // healthy ready backups
+	keyPrimary atomic.Int32 // healthy ready or draining primaries (keyed Hash picks)
+	keyBackup  atomic.Int32 // healthy ready or draining backups (keyed Hash picks)
 	nextRevive atomic.Int64 // earliest Backend.downUntil; 0 if none
 	slowUntil  atomic.Int64 // end of the latest slow start; 0 if none
 
@@ -426,18 +428,31 @@ func (p *Pool) Close() {
 
 // recountLocked refreshes the counts of usable backends per tier.
 func (p *Pool) recountLocked() {
-	var prim, back int32
+	var prim, back, kprim, kback int32
 	for _, b := range p.backends() {
-		if b.healthy.Load() && b.AdminState() == Ready {
+		if !b.healthy.Load() {
+			continue
+		}
+		switch b.AdminState() {
+		case Ready:
 			if b.backup {
 				back++
 			} else {
 				prim++
 			}
+			fallthrough
+		case Drain:
+			if b.backup {
+				kback++
+			} else {
+				kprim++
+			}
 		}
 	}
 	p.upPrimary.Store(prim)
 	p.upBackup.Store(back)
+	p.keyPrimary.Store(kprim)
+	p.keyBackup.Store(kback)
 }
 
 // view decides the tier of the next pick (primaries, backups when no
@@ -456,17 +471,31 @@ func (p *Pool) view() (view, error) {
 			p.slowUntil.CompareAndSwap(su, 0)
 		}
 	}
-	switch {
-	case p.upPrimary.Load() > 0:
-		v.tier = tierPrimary
-	case p.upBackup.Load() > 0:
-		v.tier = tierBackup
-	case p.tryAll:
-		v.tier = tierAll
-	default:
+	v.tier = p.tier(p.upPrimary.Load(), p.upBackup.Load())
+	v.keyTier = tierNone
+	if p.algo == Hash {
+		// A draining backend keeps its keys (keyUsable): keyed picks
+		// count it as up.
+		v.keyTier = p.tier(p.keyPrimary.Load(), p.keyBackup.Load())
+	}
+	if v.tier == tierNone && v.keyTier == tierNone {
 		return v, ErrUnhealthy
 	}
 	return v, nil
+}
+
+// tier is the tier a pick uses with prim healthy primaries and back healthy
+// backups.
+func (p *Pool) tier(prim, back int32) int {
+	switch {
+	case prim > 0:
+		return tierPrimary
+	case back > 0:
+		return tierBackup
+	case p.tryAll:
+		return tierAll
+	}
+	return tierNone
 }
 
 // transitionLocked flips b's health and returns the event to emit after
@@ -656,27 +685,80 @@ func (p *Pool) Status() []BackendStatus {
 	list := p.backends()
 	out := make([]BackendStatus, len(list))
 	for i, b := range list {
-		var local [numLocalReasons]uint64
-		for _, r := range LocalReasons {
-			local[r] = b.local[r].Load()
-		}
-		out[i] = BackendStatus{
-			ID:                b.id,
-			LocalFailures:     local,
-			Address:           b.addr,
-			Weight:            b.weight,
-			Backup:            b.backup,
-			AdminState:        b.AdminState(),
-			Healthy:           b.healthy.Load(),
-			Active:            b.live.active.Load(),
-			MaxConnections:    int(b.maxConns),
-			Dials:             b.dials.Load(),
-			Failures:          b.failures.Load(),
-			LastCheckError:    b.lastCheckErr,
-			LastCheckDuration: b.lastCheckDur,
-		}
+		out[i] = statusLocked(b)
 	}
 	return out
+}
+
+// RemovedStatus returns a snapshot of the backends discovery removed whose
+// connections still drain (state Drain; see PoolConfig.DrainTimeout), in
+// the order they were removed. Their ids may repeat ids of Status (an id
+// that now names another address), so metrics leave them out; the admin
+// API lists them, and Find finds them, so that an orchestrator can wait
+// until a removed server has no player left.
+func (p *Pool) RemovedStatus() []BackendStatus {
+	if p.disc == nil && !p.hadGone.Load() {
+		return nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []BackendStatus
+	for _, g := range p.gone {
+		out = append(out, statusLocked(g.b))
+	}
+	return out
+}
+
+// statusLocked snapshots b; its pool's mu is held.
+func statusLocked(b *Backend) BackendStatus {
+	var local [numLocalReasons]uint64
+	for _, r := range LocalReasons {
+		local[r] = b.local[r].Load()
+	}
+	return BackendStatus{
+		ID:                b.id,
+		LocalFailures:     local,
+		Address:           b.addr,
+		Weight:            b.weight,
+		Backup:            b.backup,
+		AdminState:        b.AdminState(),
+		Healthy:           b.healthy.Load(),
+		Active:            b.live.active.Load(),
+		MaxConnections:    int(b.maxConns),
+		Dials:             b.dials.Load(),
+		Failures:          b.failures.Load(),
+		LastCheckError:    b.lastCheckErr,
+		LastCheckDuration: b.lastCheckDur,
+	}
+}
+
+// Find returns the backend whose id (or, failing that, address) is key:
+// one of the current set (removed false), else one that discovery removed
+// and whose connections still drain (removed true); nil if none.
+func (p *Pool) Find(key string) (b *Backend, removed bool) {
+	list := p.backends()
+	for _, b := range list {
+		if b.id == key {
+			return b, false
+		}
+	}
+	for _, b := range list {
+		if b.addr == key {
+			return b, false
+		}
+	}
+	gone := p.draining()
+	for _, b := range gone {
+		if b.id == key {
+			return b, true
+		}
+	}
+	for _, b := range gone {
+		if b.addr == key {
+			return b, true
+		}
+	}
+	return nil, false
 }
 
 // Adopt copies, for each backend of p whose address is also in old, the

@@ -13,7 +13,12 @@
 # conn conn-pp2 tls-pass ping-1 ping-64 wss-hs wss-resume wss-echo http-small
 # http-static storm storm-pp2 idle-l4 idle-wss), OUT (the Markdown table,
 # /tmp/sluice-bench.md), PROFILE (comma-separated scenarios: afterwards, run
-# each against sluice alone under `perf record` and print the hot spots).
+# each against sluice alone under `perf record` and print the hot spots),
+# RELAY (sluice's [tuning] relay engine: goroutine or epoll; default
+# goroutine, sluice's own default).
+#
+#   RELAY=epoll SCENARIOS=ping-1,ping-64,idle-l4 scripts/bench.sh
+#              the epoll relay engine on the rows it is meant for
 #
 #   storm      new connections as fast as 64 client loops can open them, for
 #              STORM_DURATION, all to one backend; each client writes its
@@ -58,6 +63,8 @@ fi
 REPS=${REPS:-3}
 DURATION=${DURATION:-2s}
 STORM_DURATION=${STORM_DURATION:-10s}
+RELAY=${RELAY:-goroutine}
+[[ $RELAY == goroutine || $RELAY == epoll ]] || { echo "bench: RELAY must be goroutine or epoll, got $RELAY" >&2; exit 2; }
 WARMUP=${WARMUP:-300ms}
 IDLE_CONNS=${IDLE_CONNS:-8000}
 WORKERS=${WORKERS:-1}
@@ -150,7 +157,8 @@ for i in "${!names[@]}"; do port[${names[$i]}]=$((base + i)); done
 render() { # render TEMPLATE OUTPUT
   local args=(-e "s|@TMP@|$tmp|g" -e "s|@CERT@|$tmp/cert.pem|g" -e "s|@KEY@|$tmp/key.pem|g"
     -e "s|@COMBINED@|$tmp/combined.pem|g" -e "s|@WORKERS@|$WORKERS|g"
-    -e "s|@NOFILE@|$NOFILE|g" -e "s|@NGCONN@|$((NOFILE - 500))|g" -e "s|@HA_MAXCONN@|$HA_MAXCONN|g")
+    -e "s|@NOFILE@|$NOFILE|g" -e "s|@NGCONN@|$((NOFILE - 500))|g" -e "s|@HA_MAXCONN@|$HA_MAXCONN|g"
+    -e "s|@RELAY@|$RELAY|g")
   for n in "${names[@]}"; do args+=(-e "s|@$n@|${port[$n]}|g"); done
   sed "${args[@]}" "$1" >"$2"
   ! grep -n '@[A-Z_]*@' "$2" || die "$2: unfilled template names"
