@@ -121,6 +121,7 @@ type RouteConfig struct {
 	IdleTimeout       string   `toml:"idle_timeout"`
 	HalfCloseTimeout  string   `toml:"half_close_timeout"`
 	WriteStallTimeout string   `toml:"write_stall_timeout"`
+	HTTP2             *bool    `toml:"http2"`
 
 	Locations []LocationConfig `toml:"locations"`
 }

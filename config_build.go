@@ -173,6 +173,7 @@ func (rt *Runtime) startL7(lr *listenerRuntime, rs *routeSpec, r *route, ck *che
 		Pool:               r.pool,
 		Locations:          r.locations,
 		TLS:                tcfg,
+		HTTP2:              rs.http2,
 		HandshakeTimeout:   lr.handshakeTimeout,
 		HeaderTimeout:      lr.headerTimeout,
 		BodyTimeout:        lr.body.timeout,

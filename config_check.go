@@ -230,6 +230,16 @@ func (cp *compiler) route(name string, rc *RouteConfig) *routeSpec {
 		cp.errorf(path+".mode", "listener %q is cleartext HTTP (tls = false): its routes must be mode = \"l7\"", rc.Listener)
 	}
 	rs.names = cp.serverNames(name, rc, ls)
+	rs.http2 = rs.mode == "l7"
+	if rc.HTTP2 != nil {
+		switch {
+		case rs.mode != "l7":
+			cp.errorf(path+".http2", "only for mode = \"l7\" (an l4 route passes ALPN through to the backend)")
+		case *rc.HTTP2 && ls != nil && !ls.tls:
+			cp.errorf(path+".http2", "listener %q is cleartext HTTP (tls = false): no h2c, its routes speak HTTP/1.1", rc.Listener)
+		}
+		rs.http2 = rs.http2 && *rc.HTTP2
+	}
 	if rs.mode == "l7" {
 		rs.cert = cp.loadCert(path, rc.Cert, rc.Key)
 		rs.locations = cp.locations(path, rc.Locations)

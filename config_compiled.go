@@ -93,6 +93,7 @@ type routeSpec struct {
 	cert       *tls.Certificate // from cert/key; nil: Build generates a self-signed one (TLS only)
 	selfSigned []string         // the names of that self-signed certificate
 	locations  []locationSpec
+	http2      bool // offer h2 (TLS only); default true
 }
 
 // locationSpec is one checked [[routes.NAME.locations]] entry: exactly one

@@ -316,6 +316,7 @@ key = "game.test-key.pem"
 idle_timeout = "1m"
 half_close_timeout = "2s"
 write_stall_timeout = "3s"
+http2 = true
 locations = [
   { path = "/ws", pool = "ws" },
   { path = "/static/", root = "web" },
@@ -533,5 +534,79 @@ backends = [{ address = "127.0.0.1:9001" }]
 				}
 			}
 		})
+	}
+}
+
+// http2 (issue 10 part 4): on by default for l7 routes (a cleartext one
+// ignores it: no h2c), off with http2 = false; an l4 route or a cleartext
+// listener's route cannot ask for it.
+func TestRouteHTTP2Key(t *testing.T) {
+	const head = `
+[listeners.tls]
+address = "127.0.0.1:0"
+[listeners.clear]
+address = "127.0.0.1:0"
+tls = false
+[pools.p]
+backends = [{ address = "127.0.0.1:9001" }]
+`
+	compile := func(body string) (*Compiled, error) {
+		c, err := DecodeConfig([]byte(head + body))
+		if err != nil {
+			return nil, err
+		}
+		return c.Compile()
+	}
+	cc, err := compile(`
+[routes.on]
+listener = "tls"
+sni = ["on.example.com"]
+mode = "l7"
+pool = "p"
+[routes.off]
+listener = "tls"
+sni = ["off.example.com"]
+mode = "l7"
+pool = "p"
+http2 = false
+[routes.passthrough]
+listener = "tls"
+sni = ["l4.example.com"]
+pool = "p"
+[routes.plain]
+listener = "clear"
+sni = ["plain.example.com"]
+mode = "l7"
+pool = "p"
+`)
+	must(t, err)
+	for name, want := range map[string]bool{"on": true, "off": false, "passthrough": false, "plain": true} {
+		if got := cc.routeSpecs[name].http2; got != want {
+			t.Errorf("routes.%s: http2 %v, want %v", name, got, want)
+		}
+	}
+	_, err = compile(`
+[routes.l4]
+listener = "tls"
+sni = ["l4.example.com"]
+pool = "p"
+http2 = true
+[routes.h2c]
+listener = "clear"
+sni = ["plain.example.com"]
+mode = "l7"
+pool = "p"
+http2 = true
+`)
+	if err == nil {
+		t.Fatal("invalid config accepted")
+	}
+	for _, want := range []string{
+		`routes.l4.http2: only for mode = "l7"`,
+		`routes.h2c.http2: listener "clear" is cleartext HTTP (tls = false): no h2c`,
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("missing problem %q in:\n%s", want, err)
+		}
 	}
 }
