@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Real-browser test of the l7 path: headless Chromium loads the demo game page
-# (scripts/demo/web) from sluice over https:// and plays 10 WebSocket round
-# trips over wss:// through sluice to the demo's WebSocket backends; once with
-# SNI localhost, once with the IP literal 127.0.0.1 (no SNI: the listener's
-# default_route). Then it opens sluice's status page (the admin server's /),
+# (scripts/demo/web) from sluice over https:// (HTTP/2: the page must say
+# proto=h2) and plays 10 WebSocket round trips over wss:// through sluice to
+# the demo's WebSocket backends (on HTTP/1.1 connections of their own: sluice
+# does not offer WebSocket over h2); once with SNI localhost, once with the
+# IP literal 127.0.0.1 (no SNI: the listener's default_route). Then it opens sluice's status page (the admin server's /),
 # checks that it lists the game-ws backends, clicks Drain on one and waits for
 # its state cell to say "drain" (and /api/v1/state to agree), then Ready. The
 # browser is driven over the DevTools protocol by scripts/browser (Go, no Node).
@@ -130,8 +131,8 @@ check_page() { # name url
   wait "$bpid" || rc=$?
   bpid=""
   cat "$work/$1.out"
-  if [ "$rc" = 0 ] && grep -q 'result="ok rtt_ms=' "$work/$1.out"; then
-    results+=("$1: $(grep -o 'result="[^"]*"' "$work/$1.out")")
+  if [ "$rc" = 0 ] && grep -q 'result="ok rtt_ms=' "$work/$1.out" && grep -q ' proto=h2 ' "$work/$1.out"; then
+    results+=("$1: h2 page, $(grep -o 'result="[^"]*"' "$work/$1.out")")
   else
     failed+=("$2")
   fi

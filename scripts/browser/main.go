@@ -66,7 +66,8 @@ func main() {
 type status struct {
 	Href    string `json:"href"`
 	Ready   string `json:"ready"`
-	HTTP    int    `json:"http"` // the document's HTTP status
+	HTTP    int    `json:"http"`  // the document's HTTP status
+	Proto   string `json:"proto"` // the document's ALPN protocol: "h2", "http/1.1"
 	IsDemo  bool   `json:"isDemo"`
 	Title   string `json:"title"`
 	State   string `json:"state"`
@@ -81,6 +82,7 @@ const statusJS = `(() => {
   const t = (id) => { const e = document.getElementById(id); return e ? e.textContent : ""; };
   const nav = performance.getEntriesByType("navigation")[0];
   return JSON.stringify({href: location.href, ready: document.readyState, http: nav ? nav.responseStatus || 0 : 0,
+    proto: nav ? nav.nextHopProtocol : "",
     isDemo: !!document.getElementById("state"), title: document.title, state: t("state"), count: t("count"),
     backend: t("backend"), rtt: t("rtt"), result: t("result"), error: t("error")});
 })()`
@@ -171,8 +173,8 @@ func run(ctx context.Context, dir, endpoint, pageURL, want string, timeout time.
 			fmt.Fprintf(os.Stderr, "browser: screenshot %s\n", shot)
 		}
 	}
-	line := fmt.Sprintf("%s: title=%q state=%s count=%s backend=%s rtt_ms=%s result=%q (%.1fs)",
-		pageURL, st.Title, st.State, st.Count, st.Backend, st.RTT, st.Result, elapsed.Seconds())
+	line := fmt.Sprintf("%s: title=%q proto=%s state=%s count=%s backend=%s rtt_ms=%s result=%q (%.1fs)",
+		pageURL, st.Title, st.Proto, st.State, st.Count, st.Backend, st.RTT, st.Result, elapsed.Seconds())
 	if ok {
 		fmt.Println(line)
 		return nil
