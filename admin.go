@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -28,6 +29,18 @@ const (
 	adminIdleTimeout       = 60 * time.Second
 	adminShutdownTimeout   = 2 * time.Second
 	adminMaxHeaderBytes    = 16 << 10
+)
+
+// GET /api/v1/backends/{pool}/{id}/wait: the default and longest wait, how
+// often a waiter looks at the backend (a few atomic loads: a preStop hook
+// learns within a quarter second, no tight loop), and how many may wait at
+// once (each holds a connection and a goroutine; the endpoint needs no
+// token).
+const (
+	adminWaitDefault = 10 * time.Minute
+	adminWaitMax     = time.Hour
+	adminWaitPoll    = 250 * time.Millisecond
+	adminMaxWaiters  = 256
 )
 
 // The status page: plain files, no build step, no external resources.
@@ -50,16 +63,24 @@ type admin struct {
 	m      *metrics
 	reload func() error // nil: POST /api/v1/reload answers 501
 	log    *zap.Logger
+	// writeTimeout is the server's WriteTimeout: adminWriteTimeout (tests
+	// shorten it before start).
+	writeTimeout time.Duration
 
 	mu   sync.Mutex
 	srv  *http.Server
 	done chan struct{} // Serve returned
+
+	waiters   atomic.Int32  // GET .../wait in progress
+	closing   chan struct{} // closed by stop: waiters answer at once
+	closeOnce sync.Once
 }
 
 // newAdmin returns the admin endpoint of s; start serves it.
 func newAdmin(s *server, m *metrics, reload func() error) *admin {
 	m.trackConnections(func() (int64, int64) { return s.active.Load(), s.maxConns.Load() })
-	return &admin{s: s, m: m, reload: reload, log: s.log.Named("admin")}
+	return &admin{s: s, m: m, reload: reload, log: s.log.Named("admin"),
+		writeTimeout: adminWriteTimeout, closing: make(chan struct{})}
 }
 
 // handler routes the admin endpoints.
@@ -70,6 +91,7 @@ func (a *admin) handler() http.Handler {
 	mux.HandleFunc("GET /readyz", a.readyz)
 	mux.HandleFunc("GET /api/v1/state", a.getState)
 	mux.HandleFunc("POST /api/v1/backends/{pool}/{address}/{state}", a.authorized(a.setBackendState))
+	mux.HandleFunc("GET /api/v1/backends/{pool}/{id}/wait", a.waitBackend)
 	mux.HandleFunc("POST /api/v1/reload", a.authorized(a.doReload))
 	mux.HandleFunc("GET /{$}", static("text/html; charset=utf-8", statusHTML))
 	mux.HandleFunc("GET /status.js", static("text/javascript; charset=utf-8", statusJS))
@@ -96,7 +118,7 @@ func (a *admin) start(addr string) (net.Addr, error) {
 		Handler:           a.handler(),
 		ReadHeaderTimeout: adminReadHeaderTimeout,
 		ReadTimeout:       adminReadTimeout,
-		WriteTimeout:      adminWriteTimeout,
+		WriteTimeout:      a.writeTimeout,
 		IdleTimeout:       adminIdleTimeout,
 		MaxHeaderBytes:    adminMaxHeaderBytes,
 		ErrorLog:          zap.NewStdLog(a.log.WithOptions(zap.IncreaseLevel(zapcore.WarnLevel))),
@@ -116,6 +138,7 @@ func (a *admin) serve(srv *http.Server, ln net.Listener, done chan struct{}) {
 // stop closes the admin server: requests in flight get a short grace, then
 // their connections close. It returns once the server's goroutines ended.
 func (a *admin) stop() {
+	a.closeOnce.Do(func() { close(a.closing) })
 	a.mu.Lock()
 	srv, done := a.srv, a.done
 	a.srv = nil
@@ -202,6 +225,110 @@ func (a *admin) setBackendState(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	writeError(w, http.StatusNotFound, fmt.Sprintf("pool %q has no backend %q", pname, addr))
+}
+
+// waitJSON answers GET /api/v1/backends/{pool}/{id}/wait.
+type waitJSON struct {
+	Pool    string `json:"pool"`
+	Backend string `json:"backend"` // its id
+	Address string `json:"address"`
+	State   string `json:"state"` // ready | drain | maint
+	// Removed: discovery or a reload took it out of the pool; its
+	// connections drain.
+	Removed bool  `json:"removed"`
+	Active  int64 `json:"active"`
+	// Drained: it takes no new unkeyed player (drain, maint or removed)
+	// and has no live connection.
+	Drained bool   `json:"drained"`
+	Error   string `json:"error,omitempty"`
+}
+
+// waitBackend is GET /api/v1/backends/{pool}/{id}/wait?until=drained&
+// timeout=10m (id or address): it answers 200 once the backend is drained
+// (see waitJSON.Drained; at once if it is already), 504 when timeout
+// passes first, 503 when sluice shuts down, all with the backend's
+// current state. A Kubernetes preStop hook or an Agones sidecar calls it
+// after POST .../drain (or after the server reported drain through its
+// agent, or left DNS). It follows the backend through reloads and
+// discovery changes: its connections are counted wherever they were
+// made. Read-only, so open like the other GETs.
+func (a *admin) waitBackend(w http.ResponseWriter, r *http.Request) {
+	pname, id := r.PathValue("pool"), r.PathValue("id")
+	q := r.URL.Query()
+	if u := q.Get("until"); u != "drained" {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("until=%q: want until=drained", u))
+		return
+	}
+	timeout := adminWaitDefault
+	if v := q.Get("timeout"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("timeout=%q: want a positive Go duration such as 10m", v))
+			return
+		}
+		timeout = min(d, adminWaitMax)
+	}
+	p := a.s.rt.Load().Pools[pname]
+	if p == nil {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("unknown pool %q", pname))
+		return
+	}
+	b, removed := p.Find(id)
+	if b == nil {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("pool %q has no backend %q (a removed one is forgotten once its connections ended)", pname, id))
+		return
+	}
+	if a.waiters.Add(1) > adminMaxWaiters {
+		a.waiters.Add(-1)
+		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("more than %d waits in progress", adminMaxWaiters))
+		return
+	}
+	defer a.waiters.Add(-1)
+	// The server's write timeout, counted from the request, would lose an
+	// answer that comes later.
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(timeout + a.writeTimeout))
+
+	ctx, cancel := context.WithTimeout(r.Context(), timeout)
+	defer cancel()
+	tick := time.NewTicker(adminWaitPoll)
+	defer tick.Stop()
+	for {
+		st := waitJSON{Pool: pname, Backend: b.ID(), Address: b.Addr(), State: b.AdminState().String(),
+			Removed: removed, Active: b.Active()}
+		st.Drained = (removed || b.AdminState() != balancer.Ready) && st.Active == 0
+		if st.Drained {
+			writeJSON(w, http.StatusOK, st)
+			return
+		}
+		select {
+		case <-tick.C:
+			b, removed = a.follow(pname, b)
+		case <-ctx.Done():
+			if r.Context().Err() != nil {
+				return // the client left
+			}
+			st.Error = fmt.Sprintf("not drained within %v", timeout)
+			writeJSON(w, http.StatusGatewayTimeout, st)
+			return
+		case <-a.closing:
+			st.Error = "sluice is shutting down"
+			writeJSON(w, http.StatusServiceUnavailable, st)
+			return
+		}
+	}
+}
+
+// follow finds b again in the Runtime serving now, after a reload or a
+// discovery change: the backend of the same id and address, current or
+// draining. When there is none, b itself (its connections still count
+// there) is reported removed.
+func (a *admin) follow(pname string, b *balancer.Backend) (*balancer.Backend, bool) {
+	if p := a.s.rt.Load().Pools[pname]; p != nil {
+		if nb, removed := p.Find(b.ID()); nb != nil && nb.Addr() == b.Addr() {
+			return nb, removed
+		}
+	}
+	return b, true
 }
 
 // doReload is POST /api/v1/reload: the same reload as SIGHUP. A config

@@ -1,10 +1,12 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -490,4 +492,180 @@ func TestAdminStartStop(t *testing.T) {
 		t.Fatalf("the port is not free after stop: %v", err)
 	}
 	b.stop()
+}
+
+// waitClient has no overall timeout: a wait's own timeout bounds it.
+var waitClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+
+// waitResult is one GET .../wait answer, or the error of the request.
+type waitResult struct {
+	code int
+	body waitJSON
+	err  error
+}
+
+// startWait sends GET base+path in the background; cancel ends it from the
+// client's side.
+func startWait(ctx context.Context, base, path string) <-chan waitResult {
+	ch := make(chan waitResult, 1)
+	go func() {
+		var res waitResult
+		defer func() { ch <- res }()
+		req, err := http.NewRequestWithContext(ctx, "GET", base+path, nil)
+		if err != nil {
+			res.err = err
+			return
+		}
+		resp, err := waitClient.Do(req)
+		if err != nil {
+			res.err = err
+			return
+		}
+		defer resp.Body.Close()
+		res.code = resp.StatusCode
+		res.err = json.NewDecoder(resp.Body).Decode(&res.body)
+	}()
+	return ch
+}
+
+// awaitWait returns the wait's answer, failing the test after 30 s.
+func awaitWait(t *testing.T, ch <-chan waitResult) waitResult {
+	t.Helper()
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			t.Fatalf("wait: %v", r.err)
+		}
+		return r
+	case <-time.After(30 * time.Second):
+		t.Fatal("wait: no answer within 30s")
+	}
+	return waitResult{}
+}
+
+// holdEcho holds one client connection through the plain route (pool tcp)
+// and checks that it reaches an echo backend.
+func holdEcho(t *testing.T, a *adminLB) *net.TCPConn {
+	t.Helper()
+	c := dial(t, a.addr("public"))
+	c.Write([]byte("x"))
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// GET /api/v1/backends/{pool}/{id}/wait?until=drained answers once the
+// backend takes no new player and its last connection ended: a preStop
+// hook's wait. Not before (a ready backend, or a live connection, make a
+// short wait time out with 504 and the count), at once when it already is.
+func TestAdminWaitDrained(t *testing.T) {
+	cfg, echo1, _ := adminConfig(t, "[admin]\ntoken = \"s3cret\"\n")
+	a := startAdmin(t, cfg, nil)
+	path := "/api/v1/backends/tcp/" + echo1 + "/wait?until=drained"
+
+	// Ready with no connection: not drained (a player may come any time).
+	ans := a.do(t, "GET", path+"&timeout=300ms")
+	var wj waitJSON
+	if err := json.Unmarshal([]byte(ans.body), &wj); err != nil || ans.code != http.StatusGatewayTimeout ||
+		wj.Drained || wj.State != "ready" || wj.Active != 0 || wj.Error == "" {
+		t.Fatalf("wait on a ready backend: %d %s", ans.code, ans.body)
+	}
+
+	c := holdEcho(t, a)
+	if ans := a.do(t, "POST", "/api/v1/backends/tcp/"+echo1+"/drain", "Authorization", "Bearer s3cret"); ans.code != 200 {
+		t.Fatalf("drain: %d %s", ans.code, ans.body)
+	}
+	// Draining with a live player: a short wait times out with the count.
+	ans = a.do(t, "GET", path+"&timeout=300ms")
+	if err := json.Unmarshal([]byte(ans.body), &wj); err != nil || ans.code != http.StatusGatewayTimeout ||
+		wj.Drained || wj.State != "drain" || wj.Active != 1 || wj.Backend != echo1 {
+		t.Fatalf("wait with a live connection: %d %s", ans.code, ans.body)
+	}
+	// A long wait (no token needed: read-only) answers when the player leaves.
+	ch := startWait(context.Background(), a.base, path+"&timeout=1m")
+	waitFor(t, "the wait to start", func() bool { return a.adm.waiters.Load() == 1 })
+	c.Close()
+	r := awaitWait(t, ch)
+	if r.code != http.StatusOK || !r.body.Drained || r.body.Active != 0 || r.body.State != "drain" || r.body.Pool != "tcp" {
+		t.Fatalf("wait: %d %+v", r.code, r.body)
+	}
+	// Already drained: at once.
+	if ans := a.do(t, "GET", path); ans.code != http.StatusOK || !strings.Contains(ans.body, `"drained": true`) {
+		t.Fatalf("wait on a drained backend: %d %s", ans.code, ans.body)
+	}
+
+	for _, tc := range []struct {
+		name, path string
+		want       int
+	}{
+		{"no until", "/api/v1/backends/tcp/" + echo1 + "/wait", 400},
+		{"other until", "/api/v1/backends/tcp/" + echo1 + "/wait?until=ready", 400},
+		{"bad timeout", path + "&timeout=soon", 400},
+		{"negative timeout", path + "&timeout=-1s", 400},
+		{"unknown pool", "/api/v1/backends/nope/" + echo1 + "/wait?until=drained", 404},
+		{"unknown backend", "/api/v1/backends/tcp/127.0.0.1:1/wait?until=drained", 404},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if ans := a.do(t, "GET", tc.path); ans.code != tc.want {
+				t.Fatalf("GET %s: %d %s, want %d", tc.path, ans.code, ans.body, tc.want)
+			}
+		})
+	}
+}
+
+// A wait ends with its client (no goroutine waits on for nobody) and with
+// the admin server (503 at once, not after the shutdown grace).
+func TestAdminWaitEnds(t *testing.T) {
+	cfg, echo1, _ := adminConfig(t, "")
+	a := startAdmin(t, cfg, nil)
+	c := holdEcho(t, a)
+	defer c.Close()
+	path := "/api/v1/backends/tcp/" + echo1 + "/wait?until=drained&timeout=1m"
+
+	ctx, cancel := context.WithCancel(context.Background())
+	ch := startWait(ctx, a.base, path)
+	waitFor(t, "the wait to start", func() bool { return a.adm.waiters.Load() == 1 })
+	cancel()
+	if r := <-ch; r.err == nil {
+		t.Fatalf("cancelled wait answered %d", r.code)
+	}
+	waitFor(t, "the handler to end with its client", func() bool { return a.adm.waiters.Load() == 0 })
+
+	ch = startWait(context.Background(), a.base, path)
+	waitFor(t, "the wait to start", func() bool { return a.adm.waiters.Load() == 1 })
+	a.adm.stop()
+	r := awaitWait(t, ch)
+	if r.code != http.StatusServiceUnavailable || r.body.Drained || r.body.Active != 1 || r.body.Error == "" {
+		t.Fatalf("wait at shutdown: %d %+v", r.code, r.body)
+	}
+}
+
+// A wait outlives the admin server's write timeout (30 s for other
+// requests; shortened here): a preStop hook waits minutes, and an answer
+// written after that timeout would be lost.
+func TestAdminWaitOutlivesWriteTimeout(t *testing.T) {
+	cfg, echo1, _ := adminConfig(t, "")
+	l := startLB(t, cfg)
+	adm := newAdmin(l.server, l.metrics, nil)
+	adm.writeTimeout = 200 * time.Millisecond
+	addr, err := adm.start("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(adm.stop)
+	a := &adminLB{lb: l, m: l.metrics, adm: adm, base: "http://" + addr.String()}
+	c := holdEcho(t, a)
+	defer c.Close()
+	if ans := a.do(t, "POST", "/api/v1/backends/tcp/"+echo1+"/drain"); ans.code != 200 {
+		t.Fatalf("drain: %d %s", ans.code, ans.body)
+	}
+	ch := startWait(context.Background(), a.base, "/api/v1/backends/tcp/"+echo1+"/wait?until=drained")
+	waitFor(t, "the wait to start", func() bool { return adm.waiters.Load() == 1 })
+	time.Sleep(2 * adm.writeTimeout)
+	c.Close()
+	if r := awaitWait(t, ch); r.code != http.StatusOK || !r.body.Drained {
+		t.Fatalf("wait: %d %+v", r.code, r.body)
+	}
 }

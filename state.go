@@ -66,6 +66,9 @@ type backendJSON struct {
 	Failures       uint64  `json:"failures"`
 	LastCheckError string  `json:"last_check_error"`
 	LastCheckMS    float64 `json:"last_check_ms"`
+	// Removed: discovery took it out of the pool; listed (state drain)
+	// while its connections drain, after the pool's current backends.
+	Removed bool `json:"removed,omitempty"`
 }
 
 // state builds the state document from the Runtime serving now.
@@ -99,6 +102,11 @@ func (a *admin) state() stateJSON {
 		}
 		for _, b := range p.Status() {
 			pj.Backends = append(pj.Backends, backendState(b))
+		}
+		for _, b := range p.RemovedStatus() {
+			bj := backendState(b)
+			bj.Removed = true
+			pj.Backends = append(pj.Backends, bj)
 		}
 		st.Pools = append(st.Pools, pj)
 	}
