@@ -67,6 +67,26 @@ type shard struct {
 	gap      int64 // scan period
 	nextScan int64
 	events   [epollEvents]unix.EpollEvent
+
+	// The relay being worked on and what to do with it: the Control
+	// callbacks are the shard's, made once, not two closures per relay.
+	cur        *erelay
+	op         erelayOp
+	evSide     side
+	evMask     uint32
+	ctlErr     error
+	ctlFns     [2]func(fd uintptr)
+	endReason  Reason // set by finish, read by the cleanup that follows it
+	endErr     error
+	drainWatch map[<-chan struct{}]*drainWatch
+}
+
+// drainWatch is one context.AfterFunc per shard and drain context (the
+// server's, shared by every relay), instead of one per relay: ≈170 B and
+// a registration on the parent context less per connection.
+type drainWatch struct {
+	stop func() bool
+	n    int // live relays of the shard under this context
 }
 
 var (
@@ -108,8 +128,9 @@ func newShard() (*shard, error) {
 		f.Close()
 		return nil, err
 	}
-	s := &shard{epfd: fd, file: f, raw: raw, gap: int64(maxScanGap)}
+	s := &shard{epfd: fd, file: f, raw: raw, gap: int64(maxScanGap), drainWatch: map[<-chan struct{}]*drainWatch{}}
 	s.pollFn = s.poll
+	s.ctlFns[sideClient], s.ctlFns[sideBackend] = s.ctlClient, s.ctlBackend
 	return s, nil
 }
 
@@ -186,7 +207,7 @@ func (s *shard) handle(ev *unix.EpollEvent) {
 	if r == nil || s.gens[i] != ev.Pad>>1 || r.ended {
 		return // an event of a relay that ended in this batch
 	}
-	r.op, r.evSide, r.evMask = opEvent, side(ev.Pad&1), ev.Events
+	s.op, s.evSide, s.evMask = opEvent, side(ev.Pad&1), ev.Events
 	r.withFds()
 	if r.ended {
 		r.cleanup()
@@ -199,7 +220,7 @@ func (s *shard) scan() {
 		if r == nil || r.ended {
 			continue
 		}
-		r.op = opScan
+		s.op = opScan
 		r.withFds()
 		if r.ended {
 			r.cleanup()
@@ -216,58 +237,48 @@ const (
 	opScan
 )
 
-// edir is one direction of an epoll relay: src → dst.
+// edir is one direction of an epoll relay: src → dst. Fields are sized
+// and ordered for a small idle relay.
 type edir struct {
+	buf          *[]byte // held only while data is in flight
+	p            *pipe   // held only while data is in flight
+	bytes        int64
+	spliced      int64
+	stallFrom    int64 // since when a blocked write made no progress
+	lastProgress int64
+	src, dst     int32 // fds, valid inside withFds
+	off, n       int32 // buf[off:n] is still to be sent
+	inPipe       int32
+	chunk        int32 // size of the chunk in flight
+	fallbacks    int32
+
 	srcSide, dstSide side
-	src, dst         int // fds, valid inside withFds
-
-	path      Path
-	bulk      bool
-	over      bool // src ended (FIN relayed) or the relay ended
-	hup       bool // src reported RDHUP/HUP/ERR: read it to the end
-	blocked   bool // dst is full: buf[off:n] or the pipe is waiting for EPOLLOUT
-	stallFrom int64
-
-	buf    *[]byte // held only while data is in flight
-	off, n int
-	p      *pipe // held only while data is in flight
-	inPipe int
-	chunk  int // size of the chunk in flight
-	viaBuf bool
-
-	bytes, spliced int64
-	fallbacks      int
-	lastProgress   int64
+	path             Path
+	bulk             bool
+	over             bool // src ended (FIN relayed) or the relay ended
+	hup              bool // src reported RDHUP/HUP/ERR: read it to the end
+	blocked          bool // dst is full: the rest waits for EPOLLOUT
+	viaBuf           bool // the chunk in flight is in buf, not in the pipe
 }
 
 // erelay is one relay of the epoll engine. Every field is guarded by its
 // shard's mu.
 type erelay struct {
-	s          *shard
-	slot       int32
-	conns      [2]*net.TCPConn // by side
-	raws       [2]syscall.RawConn
-	ctlFns     [2]func(fd uintptr)
-	ctlErr     error
-	opts       Options
-	dirs       [2]edir // by src side: [sideClient] is client→backend
-	stopDrain  func() bool
-	done       func(Stats)
-	registered bool
-	regErr     error
-	drainReq   bool
+	s     *shard
+	conns [2]*net.TCPConn // by side
+	raws  [2]syscall.RawConn
+	drain <-chan struct{} // the drain context's Done; nil if none
+	done  func(Stats)
 
-	op     erelayOp
-	evSide side
-	evMask uint32
+	idle, halfClose, stall int64 // the timeouts; halfClose is min(idle, half-close)
+	lastActivity           int64
+	finAt                  int64 // when the first direction ended with a FIN; 0 if none
 
-	lastActivity int64
-	finAt        int64
-	eofs         int
-	finSent      [2]bool // FIN sent to the side
-	ended        bool
-	reason       Reason
-	err          error
+	dirs    [2]edir // by src side: [sideClient] is client→backend
+	slot    int32
+	eofs    uint8
+	finSent [2]bool // FIN sent to the side
+	ended   bool
 }
 
 // startEpoll starts a relay on the epoll engine and reports whether it did;
@@ -283,7 +294,9 @@ func startEpoll(ctx context.Context, client, backend net.Conn, opts Options, don
 	if err != nil {
 		return false
 	}
-	r := &erelay{conns: [2]*net.TCPConn{c, b}, opts: opts.withDefaults(), done: done}
+	o := opts.withDefaults()
+	r := &erelay{conns: [2]*net.TCPConn{c, b}, drain: ctx.Done(), done: done,
+		idle: int64(o.IdleTimeout), halfClose: int64(min(o.IdleTimeout, o.HalfCloseTimeout)), stall: int64(o.WriteStallTimeout)}
 	for i, tc := range r.conns {
 		raw, err := tc.SyscallConn()
 		if err != nil {
@@ -291,19 +304,13 @@ func startEpoll(ctx context.Context, client, backend net.Conn, opts Options, don
 		}
 		r.raws[i] = raw
 	}
-	r.ctlFns[0], r.ctlFns[1] = r.ctlClient, r.ctlBackend
 	r.dirs[sideClient] = edir{srcSide: sideClient, dstSide: sideBackend, path: PathBuffer}
 	r.dirs[sideBackend] = edir{srcSide: sideBackend, dstSide: sideClient, path: PathBuffer}
 	s := ss[nextShard.Add(1)%uint32(len(ss))]
 	r.s = s
-	var stop func() bool
-	if ctx.Done() != nil {
-		stop = context.AfterFunc(ctx, r.drain)
-	}
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	r.stopDrain = stop
 	s.now = monoNow()
 	r.lastActivity = s.now
 	r.dirs[0].lastProgress, r.dirs[1].lastProgress = s.now, s.now
@@ -316,18 +323,25 @@ func startEpoll(ctx context.Context, client, backend net.Conn, opts Options, don
 		s.slots = append(s.slots, r)
 		s.gens = append(s.gens, 0)
 	}
-	r.op = opRegister
-	if err := r.withFds(); err != nil || r.regErr != nil {
+	s.op = opRegister
+	if err := r.withFds(); err != nil {
 		s.freeSlot(r.slot)
-		if stop != nil {
-			stop() // if the drain already ran, the goroutine engine sees ctx done
-		}
 		return false
 	}
-	r.registered = true
 	s.live++
-	limit := min(r.opts.IdleTimeout, r.opts.HalfCloseTimeout, r.opts.WriteStallTimeout) / 8
-	s.gap = min(s.gap, int64(max(limit, minScanGap)))
+	if r.drain != nil {
+		// If ctx is done already, the AfterFunc runs at once, on a
+		// goroutine that waits for mu and finds this relay.
+		w := s.drainWatch[r.drain]
+		if w == nil {
+			w = &drainWatch{}
+			ch := r.drain
+			w.stop = context.AfterFunc(ctx, func() { s.drainAll(ch) })
+			s.drainWatch[ch] = w
+		}
+		w.n++
+	}
+	s.gap = min(s.gap, max(min(r.idle, r.halfClose, r.stall)/8, int64(minScanGap)))
 	if !s.running {
 		s.running = true
 		s.nextScan = s.now + s.gap
@@ -335,10 +349,6 @@ func startEpoll(ctx context.Context, client, backend net.Conn, opts Options, don
 	} else if s.nextScan > s.now+s.gap {
 		s.nextScan = s.now + s.gap
 		_ = s.file.SetReadDeadline(epoch.Add(time.Duration(s.nextScan)))
-	}
-	if r.drainReq {
-		r.finish(ReasonDrain, nil, -1)
-		r.cleanup()
 	}
 	return true
 }
@@ -349,42 +359,48 @@ func (s *shard) freeSlot(i int32) {
 	s.free = append(s.free, i)
 }
 
-// drain is the ctx.AfterFunc: shutdown or a removed backend's drain.
-func (r *erelay) drain() {
-	s := r.s
+// drainAll is the AfterFunc of a drain context (shutdown, a removed
+// backend's drain): it ends the shard's relays under it.
+func (s *shard) drainAll(ch <-chan struct{}) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	r.drainReq = true
-	if r.registered && !r.ended {
-		r.finish(ReasonDrain, nil, -1)
-		r.cleanup()
+	for _, r := range s.slots {
+		if r != nil && !r.ended && r.drain == ch {
+			r.finish(ReasonDrain, nil, -1)
+			r.cleanup()
+		}
 	}
 }
 
-// withFds runs r.op with both fds held (RawConn.Control on each): a Close
-// elsewhere waits for it, and a closed conn ends the relay as an error.
+// withFds runs s.op on r with both fds held (RawConn.Control on each): a
+// Close elsewhere waits for it, and a closed conn ends the relay as an
+// error (except while registering: the caller falls back).
 func (r *erelay) withFds() error {
-	r.ctlErr = nil
-	err := r.raws[sideClient].Control(r.ctlFns[sideClient])
+	s := r.s
+	s.cur, s.ctlErr = r, nil
+	err := r.raws[sideClient].Control(s.ctlFns[sideClient])
 	if err == nil {
-		err = r.ctlErr
+		err = s.ctlErr
 	}
-	if err != nil && r.op != opRegister {
+	s.cur = nil
+	if err != nil && s.op != opRegister {
 		r.finish(ReasonError, err, -1)
 	}
 	return err
 }
 
-func (r *erelay) ctlClient(fd uintptr) {
-	r.dirs[sideClient].src, r.dirs[sideBackend].dst = int(fd), int(fd)
-	r.ctlErr = r.raws[sideBackend].Control(r.ctlFns[sideBackend])
+func (s *shard) ctlClient(fd uintptr) {
+	r := s.cur
+	r.dirs[sideClient].src, r.dirs[sideBackend].dst = int32(fd), int32(fd)
+	s.ctlErr = r.raws[sideBackend].Control(s.ctlFns[sideBackend])
 }
 
-func (r *erelay) ctlBackend(fd uintptr) {
-	r.dirs[sideBackend].src, r.dirs[sideClient].dst = int(fd), int(fd)
-	switch r.op {
+func (s *shard) ctlBackend(fd uintptr) {
+	r := s.cur
+	r.dirs[sideBackend].src, r.dirs[sideClient].dst = int32(fd), int32(fd)
+	switch s.op {
 	case opRegister:
-		r.register()
+		s.ctlErr = r.register()
 	case opEvent:
 		r.event()
 	case opScan:
@@ -395,10 +411,10 @@ func (r *erelay) ctlBackend(fd uintptr) {
 // register adds both sockets to the shard's epoll set, edge-triggered, for
 // input and output at once: no epoll_ctl per message. Whatever is already
 // queued raises the first event.
-func (r *erelay) register() {
+func (r *erelay) register() error {
 	s := r.s
 	var fds [2]int
-	fds[sideClient], fds[sideBackend] = r.dirs[sideClient].src, r.dirs[sideBackend].src
+	fds[sideClient], fds[sideBackend] = int(r.dirs[sideClient].src), int(r.dirs[sideBackend].src)
 	for i, fd := range fds {
 		ev := unix.EpollEvent{
 			Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET,
@@ -406,20 +422,20 @@ func (r *erelay) register() {
 			Pad:    s.gens[r.slot]<<1 | int32(i),
 		}
 		if err := unix.EpollCtl(s.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
-			r.regErr = os.NewSyscallError("epoll_ctl", err)
 			if i == 1 {
 				_ = unix.EpollCtl(s.epfd, unix.EPOLL_CTL_DEL, fds[0], nil)
 			}
-			return
+			return os.NewSyscallError("epoll_ctl", err)
 		}
 	}
+	return nil
 }
 
 // event handles readiness of side evSide.
 func (r *erelay) event() {
-	m := r.evMask
-	in := &r.dirs[r.evSide]    // reads this side
-	out := &r.dirs[1-r.evSide] // writes this side
+	m, x := r.s.evMask, r.s.evSide
+	in := &r.dirs[x]    // reads this side
+	out := &r.dirs[1-x] // writes this side
 	if m&(unix.EPOLLOUT|unix.EPOLLERR|unix.EPOLLHUP) != 0 && out.blocked {
 		if r.flush(out) && r.afterChunk(out) {
 			r.pump(out)
@@ -530,7 +546,7 @@ func (r *erelay) recvIn(d *edir) bool {
 			r.gotEOF(d)
 			return false
 		}
-		d.off, d.n, d.chunk, d.viaBuf = 0, int(n), int(n), true
+		d.off, d.n, d.chunk, d.viaBuf = 0, int32(n), int32(n), true
 		r.progress(d)
 		return true
 	}
@@ -548,7 +564,7 @@ func (r *erelay) spliceIn(d *edir) bool {
 		d.p = p
 	}
 	for {
-		n, err := unix.Splice(d.src, nil, d.p.w, nil, d.p.size, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		n, err := unix.Splice(int(d.src), nil, d.p.w, nil, d.p.size, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -564,7 +580,7 @@ func (r *erelay) spliceIn(d *edir) bool {
 			r.gotEOF(d)
 			return false
 		}
-		d.inPipe, d.chunk, d.viaBuf = int(n), int(n), false
+		d.inPipe, d.chunk, d.viaBuf = int32(n), int32(n), false
 		r.progress(d)
 		return true
 	}
@@ -588,17 +604,17 @@ func (r *erelay) flush(d *edir) bool {
 				n, errno = 0, e
 			}
 			if n > 0 {
-				d.off += n
+				d.off += int32(n)
 			}
 		} else {
 			op = "splice"
-			k, e := unix.Splice(d.p.r, nil, d.dst, nil, d.inPipe, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+			k, e := unix.Splice(d.p.r, nil, int(d.dst), nil, int(d.inPipe), unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 			n = int(k)
 			if e != nil {
 				n, errno = 0, e
 			}
 			if n > 0 {
-				d.inPipe -= n
+				d.inPipe -= int32(n)
 				d.spliced += int64(n)
 			}
 		}
@@ -637,7 +653,7 @@ func (r *erelay) flush(d *edir) bool {
 func (r *erelay) gotEOF(d *edir) {
 	d.over = true
 	r.finSent[d.dstSide] = true
-	_ = unix.Shutdown(d.dst, unix.SHUT_WR)
+	_ = unix.Shutdown(int(d.dst), unix.SHUT_WR)
 	r.eofs++
 	if r.eofs == 2 {
 		r.finish(ReasonEOF, nil, -1)
@@ -678,14 +694,14 @@ func (r *erelay) finish(reason Reason, err error, rst int) {
 		return
 	}
 	r.ended = true
-	r.reason, r.err = reason, err
+	r.s.endReason, r.s.endErr = reason, err
 	if rst >= 0 {
 		_ = r.conns[rst].SetLinger(0)
 	}
 }
 
 // srcPending reports whether fd has bytes waiting.
-func srcPending(fd int) bool {
+func srcPending(fd int32) bool {
 	var b [1]byte
 	n, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), 1,
 		unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
@@ -696,10 +712,9 @@ func srcPending(fd int) bool {
 // with the goroutine engine's rules.
 func (r *erelay) checkTimeouts() {
 	now := r.s.now
-	o := r.opts
 	for i := range r.dirs {
 		d := &r.dirs[i]
-		if d.blocked && now-d.stallFrom >= int64(o.WriteStallTimeout) {
+		if d.blocked && now-d.stallFrom >= r.stall {
 			r.finish(ReasonWriteStall, nil, -1)
 			return
 		}
@@ -716,10 +731,10 @@ func (r *erelay) checkTimeouts() {
 			return // inside a write: not quiet; a stuck write is the stall's business
 		}
 	}
-	reason, deadline := ReasonIdleTimeout, r.lastActivity+int64(o.IdleTimeout)
+	reason, deadline := ReasonIdleTimeout, r.lastActivity+r.idle
 	if r.finAt != 0 && len(open) == 1 {
 		reason = ReasonHalfCloseTimeout
-		deadline = max(r.finAt, open[0].lastProgress) + int64(min(o.IdleTimeout, o.HalfCloseTimeout))
+		deadline = max(r.finAt, open[0].lastProgress) + r.halfClose
 	}
 	if now < deadline {
 		return
@@ -749,8 +764,13 @@ func (r *erelay) cleanup() {
 	}
 	s.freeSlot(r.slot)
 	s.live--
-	if r.stopDrain != nil {
-		r.stopDrain()
+	if r.drain != nil {
+		if w := s.drainWatch[r.drain]; w != nil {
+			if w.n--; w.n == 0 {
+				w.stop()
+				delete(s.drainWatch, r.drain)
+			}
+		}
 	}
 	closeNow(r.conns[sideClient])
 	closeNow(r.conns[sideBackend])
@@ -762,10 +782,11 @@ func (r *erelay) cleanup() {
 		PathOut:         out.path,
 		SplicedIn:       in.spliced,
 		SplicedOut:      out.spliced,
-		SpliceFallbacks: in.fallbacks + out.fallbacks,
-		Reason:          r.reason,
-		Err:             r.err,
+		SpliceFallbacks: int(in.fallbacks + out.fallbacks),
+		Reason:          s.endReason,
+		Err:             s.endErr,
 	}
+	s.endReason, s.endErr = "", nil
 	go r.done(st)
 	if s.live == 0 {
 		s.kick()
