@@ -195,3 +195,55 @@ func idleRelayCost(tb testing.TB, m mode, n int) (heap, stack, goroutines float6
 	per := func(a, b uint64) float64 { return (float64(a) - float64(b)) / float64(n) }
 	return per(heap1, heap0), per(stack1, stack0), float64(g1-g0) / float64(n)
 }
+
+// BenchmarkRelayPingPongMany is BenchmarkRelayPingPong on 50 relays at once
+// (b.N round trips in all): the game server's shape, many players with
+// small messages, where one wakeup of the epoll engine can serve several
+// relays.
+func BenchmarkRelayPingPongMany(b *testing.B) {
+	const relays = 50
+	for _, m := range tcpModes {
+		b.Run(m.name, func(b *testing.B) {
+			hs := make([]*harness, relays)
+			for i := range hs {
+				hs[i] = startRelay(b, m, Options{})
+				go echo(hs[i].backend, 64)
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			cpu0 := cpuTime()
+			var wg sync.WaitGroup
+			errc := make(chan error, relays)
+			for i, h := range hs {
+				n := b.N / relays
+				if i < b.N%relays {
+					n++
+				}
+				wg.Go(func() {
+					msg := make([]byte, 64)
+					for range n {
+						if _, err := h.client.Write(msg); err != nil {
+							errc <- err
+							return
+						}
+						if _, err := io.ReadFull(h.client, msg); err != nil {
+							errc <- err
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			reportCPU(b, cpu0)
+			b.StopTimer()
+			close(errc)
+			for err := range errc {
+				b.Fatal(err)
+			}
+			for _, h := range hs {
+				h.client.Close()
+				h.wait(b)
+			}
+		})
+	}
+}
