@@ -506,12 +506,12 @@ func TestH2RouteClose(t *testing.T) {
 	}
 }
 
-// BenchmarkH2Proxied proxies a small GET (a 19-byte answer) over TLS, by
-// HTTP/1.1 keep-alive connections (one per client goroutine) and by one
-// HTTP/2 connection carrying every client's streams. cpu-ns/op is the
-// process's CPU time per request: client, sluice and backend together, all
-// in this process.
-func BenchmarkH2Proxied(b *testing.B) {
+// BenchmarkH2 serves a small proxied GET (a 19-byte answer) and a 20 KiB
+// static file over TLS, by HTTP/1.1 keep-alive connections (one per client
+// goroutine) and by one HTTP/2 connection carrying every client's streams.
+// cpu-ns/op is the process's CPU time per request: client, sluice and
+// backend together, all in this process.
+func BenchmarkH2(b *testing.B) {
 	body := []byte("hello from backend\n")
 	bln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -527,7 +527,12 @@ func BenchmarkH2Proxied(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	rt, err := NewRoute(RouteConfig{Name: "h5", Hosts: []string{testHost}, TLS: serverTLS(), HTTP2: true, Pool: p})
+	dir := b.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "app.js"), bytes.Repeat([]byte("x"), 20<<10), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	rt, err := NewRoute(RouteConfig{Name: "h5", Hosts: []string{testHost}, TLS: serverTLS(), HTTP2: true,
+		Locations: []Location{{Path: "/static/", Root: dir}, {Path: "/", Pool: p}}})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -555,56 +560,60 @@ func BenchmarkH2Proxied(b *testing.B) {
 		}
 	}()
 	_, port, _ := net.SplitHostPort(ln.Addr().String())
-	url := "https://" + testHost + ":" + port + "/api/state"
-	for _, proto := range []string{"h1", "h2"} {
-		b.Run(proto, func(b *testing.B) {
-			protos := new(http.Protocols)
-			if proto == "h2" {
-				protos.SetHTTP2(true)
-			} else {
-				protos.SetHTTP1(true)
-			}
-			tr := &http.Transport{
-				DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-					var d net.Dialer
-					return d.DialContext(ctx, "tcp", ln.Addr().String())
-				},
-				TLSClientConfig:     clientTLS(testHost),
-				Protocols:           protos,
-				MaxIdleConnsPerHost: 64,
-			}
-			defer tr.CloseIdleConnections()
-			hc := &http.Client{Transport: tr}
-			get := func() error {
-				resp, err := hc.Get(url)
-				if err != nil {
-					return err
-				}
-				_, err = io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if err == nil && resp.ProtoMajor != int(proto[1]-'0') {
-					err = fmt.Errorf("got %s", resp.Proto)
-				}
-				return err
-			}
-			if err := get(); err != nil { // connect outside the timing
-				b.Fatal(err)
-			}
-			b.SetParallelism(4)
-			b.ReportAllocs()
-			b.ResetTimer()
-			start := cpuTime()
-			b.RunParallel(func(pb *testing.PB) {
-				for pb.Next() {
-					if err := get(); err != nil {
-						b.Error(err)
-						return
-					}
-				}
-			})
-			b.ReportMetric(float64(cpuTime()-start)/float64(b.N), "cpu-ns/op")
-		})
+	for _, bench := range []struct{ name, path string }{{"proxied", "/api/state"}, {"static", "/static/app.js"}} {
+		url := "https://" + testHost + ":" + port + bench.path
+		for _, proto := range []string{"h1", "h2"} {
+			b.Run(bench.name+"/"+proto, func(b *testing.B) { benchGet(b, proto, ln.Addr().String(), url) })
+		}
 	}
+}
+
+func benchGet(b *testing.B, proto, addr, url string) {
+	protos := new(http.Protocols)
+	if proto == "h2" {
+		protos.SetHTTP2(true)
+	} else {
+		protos.SetHTTP1(true)
+	}
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", addr)
+		},
+		TLSClientConfig:     clientTLS(testHost),
+		Protocols:           protos,
+		MaxIdleConnsPerHost: 64,
+	}
+	defer tr.CloseIdleConnections()
+	hc := &http.Client{Transport: tr}
+	get := func() error {
+		resp, err := hc.Get(url)
+		if err != nil {
+			return err
+		}
+		_, err = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if err == nil && resp.ProtoMajor != int(proto[1]-'0') {
+			err = fmt.Errorf("got %s", resp.Proto)
+		}
+		return err
+	}
+	if err := get(); err != nil { // connect outside the timing
+		b.Fatal(err)
+	}
+	b.SetParallelism(4)
+	b.ReportAllocs()
+	b.ResetTimer()
+	start := cpuTime()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if err := get(); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(cpuTime()-start)/float64(b.N), "cpu-ns/op")
 }
 
 // cpuTime is this process's user+system CPU time so far.
