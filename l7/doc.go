@@ -1,7 +1,8 @@
-// Package l7 terminates TLS for a route and serves HTTP/1.1 on the decrypted
-// stream: WebSocket upgrades are validated, forwarded to a balancer pool and
-// then handed to the l4 relay; other requests are reverse-proxied, served
-// from a directory, or redirected, by longest path prefix.
+// Package l7 terminates TLS for a route and serves HTTP/1.1 and HTTP/2 on
+// the decrypted stream: WebSocket upgrades (HTTP/1.1) are validated,
+// forwarded to a balancer pool and then handed to the l4 relay; other
+// requests are reverse-proxied, served from a directory, or redirected, by
+// longest path prefix.
 //
 //	route, err := l7.NewRoute(l7.RouteConfig{Name: "h5", Hosts: []string{"game.example.com"},
 //		TLS: tlsConfig, Locations: []l7.Location{{Path: "/ws", Pool: rooms}, {Path: "/", Root: "web"}}})
@@ -22,6 +23,10 @@
 // also owns every read deadline (RELIABILITY rule 1): handshake, first
 // request head, keep-alive idle, head, body, then the relay's own.
 //
+// A connection that negotiates h2 (RouteConfig.HTTP2) is served by
+// x/net/http2's server instead (h2.go): each stream runs the same handler
+// (Host check, locations, body limits), and backends still get HTTP/1.1.
+//
 // Plain requests whose body is absent or buffered (readBody) go through
 // sluice's own HTTP/1.1 client on the handler's goroutine (fastproxy.go,
 // backend.go); streamed bodies and PROXY-protocol pools through
@@ -29,9 +34,9 @@
 // kept in memory and checked against the disk with one stat per request
 // (static.go).
 //
-// What it will not do: HTTP/2 (ALPN is forced to http/1.1, so a client that
-// offers only h2 fails the handshake with no_application_protocol), WebSocket
-// over HTTP/2 (RFC 8441), TLS to backends, caching of proxied responses,
+// What it will not do: h2c (HTTP/2 without TLS), WebSocket over HTTP/2 (RFC
+// 8441: not announced, so browsers open an HTTP/1.1 connection for it), TLS
+// to backends, caching of proxied responses,
 // compression, request bodies on upgrade requests, or upgrades other than
 // WebSocket. It logs
 // nothing per request at info level: Serve hands a Result to its callback
