@@ -102,6 +102,7 @@ type ListenerConfig struct {
 	RequestBufferBytes  int64       `toml:"request_buffer_bytes"`
 	MaxBodyBytes        int64       `toml:"max_body_bytes"`
 	RedirectHTTPS       bool        `toml:"redirect_https"`
+	RedirectHTTPSPort   int         `toml:"redirect_https_port"`
 }
 
 // RateConfig is a token bucket: rate new connections a second, up to burst
@@ -127,10 +128,13 @@ type RouteConfig struct {
 }
 
 type LocationConfig struct {
-	Path     string `toml:"path"`
-	Pool     string `toml:"pool"`
-	Root     string `toml:"root"`
-	Redirect string `toml:"redirect"`
+	Path     string            `toml:"path"`
+	Pool     string            `toml:"pool"`
+	Root     string            `toml:"root"`
+	Redirect string            `toml:"redirect"`
+	Headers  map[string]string `toml:"headers"`
+	Gzip     *bool             `toml:"gzip"`
+	Fallback string            `toml:"fallback"`
 }
 
 type PoolConfig struct {

@@ -61,7 +61,8 @@ func (rt *Runtime) buildRoutes() map[string]*route {
 		if rs.mode == "l7" {
 			r.listener, r.names, r.cert = rs.listener, rs.names, rs.cert
 			for _, ls := range rs.locations {
-				r.locations = append(r.locations, l7.Location{Path: ls.path, Pool: rt.Pools[ls.pool], Root: ls.root, Redirect: ls.redirect})
+				r.locations = append(r.locations, l7.Location{Path: ls.path, Pool: rt.Pools[ls.pool], Root: ls.root, Redirect: ls.redirect,
+					Headers: ls.headers, Gzip: ls.gzip, Fallback: ls.fallback})
 			}
 		}
 		routes[name] = r
@@ -192,7 +193,7 @@ func (rt *Runtime) startL7(lr *listenerRuntime, rs *routeSpec, r *route, ck *che
 // startRedirect creates the route of a cleartext listener with
 // redirect_https, which starts its HTTP server.
 func (rt *Runtime) startRedirect(lr *listenerRuntime, ck *checker) {
-	red, err := l7.NewRoute(l7.RouteConfig{Name: "redirect_https", RedirectHTTPS: true, HeaderTimeout: lr.headerTimeout})
+	red, err := l7.NewRoute(l7.RouteConfig{Name: "redirect_https", RedirectHTTPS: true, RedirectHTTPSPort: lr.redirectPort, HeaderTimeout: lr.headerTimeout})
 	if err != nil {
 		ck.errorf("listeners."+lr.name+".redirect_https", "%v", err)
 		return

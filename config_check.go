@@ -169,6 +169,13 @@ func (cp *compiler) listener(name string, lc *ListenerConfig, addrs map[string]s
 		redirectHTTPS: lc.RedirectHTTPS,
 	}
 	ls.handshakeTimeout = cp.duration(path+".tls_handshake_timeout", lc.TLSHandshakeTimeout, defaultHandshakeTimeout, false)
+	ls.redirectPort = lc.RedirectHTTPSPort
+	switch p := lc.RedirectHTTPSPort; {
+	case p != 0 && !lc.RedirectHTTPS:
+		cp.errorf(path+".redirect_https_port", "only used with redirect_https = true")
+	case p < 0 || p > 65535:
+		cp.errorf(path+".redirect_https_port", "must be between 1 and 65535, got %d", p)
+	}
 	ls.body = cp.bodyLimits(path, lc)
 	ls.proxyIn = cp.proxyIn(path, lc)
 	ls.perIP = cp.perIP(path, lc)

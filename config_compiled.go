@@ -38,6 +38,7 @@ type listenerSpec struct {
 	address          string
 	key              string // the bound socket's: the address, or address#name for port 0
 	tls              bool   // false: cleartext HTTP, routed by the first request's Host
+	redirectPort     int    // redirect_https_port; 0: none (443)
 	helloTimeout     time.Duration
 	handshakeTimeout time.Duration
 	headerTimeout    time.Duration
@@ -103,4 +104,7 @@ type locationSpec struct {
 	pool     string
 	root     string
 	redirect string
+	headers  map[string]string // response headers, checked; nil if none
+	gzip     bool              // gzip, defaulted: on for root, off for pool
+	fallback string            // under root; "" if none
 }

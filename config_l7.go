@@ -5,8 +5,11 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
+
+	"sluice/l7"
 )
 
 // locations checks a route's [[routes.NAME.locations]] (path "routes.NAME").
@@ -66,7 +69,59 @@ func (cp *compiler) location(lpath string, lc LocationConfig) (locationSpec, boo
 		}
 		loc.redirect = lc.Redirect
 	}
-	return loc, true
+	return loc, cp.locationHTTP(lpath, lc, &loc)
+}
+
+// locationHTTP checks a location's response keys: headers, gzip (default:
+// on for root, off for pool: a proxied response may reflect a secret and
+// what the client sent, BREACH) and fallback (root only; a file under it).
+func (cp *compiler) locationHTTP(lpath string, lc LocationConfig, loc *locationSpec) bool {
+	ok := true
+	seen := map[string]string{}
+	for _, k := range sortedKeys(lc.Headers) {
+		if err := l7.CheckHeader(k, lc.Headers[k]); err != nil {
+			cp.errorf(lpath+".headers", "%v", err)
+			ok = false
+			continue
+		}
+		if other, dup := seen[strings.ToLower(k)]; dup {
+			cp.errorf(lpath+".headers", "%q and %q are the same header", other, k)
+			ok = false
+		}
+		seen[strings.ToLower(k)] = k
+	}
+	if len(lc.Headers) > 0 {
+		loc.headers = lc.Headers
+	}
+	loc.gzip = lc.Root != ""
+	if lc.Gzip != nil {
+		if lc.Redirect != "" {
+			cp.errorf(lpath+".gzip", "a redirect has no body to compress")
+			ok = false
+		}
+		loc.gzip = *lc.Gzip
+	}
+	if lc.Fallback == "" {
+		return ok
+	}
+	if lc.Root == "" {
+		cp.errorf(lpath+".fallback", "only for a root location")
+		return false
+	}
+	rel := strings.TrimPrefix(lc.Fallback, "/")
+	for seg := range strings.SplitSeq(rel, "/") {
+		if seg == "" || strings.HasPrefix(seg, ".") {
+			cp.errorf(lpath+".fallback", "%q must be a file path under root, without empty, . or .. segments or dot files", lc.Fallback)
+			return false
+		}
+	}
+	full := filepath.Join(loc.root, filepath.FromSlash(rel))
+	if st, err := os.Stat(full); err != nil || !st.Mode().IsRegular() {
+		cp.errorf(lpath+".fallback", "%q is not a file", full)
+		return false
+	}
+	loc.fallback = rel
+	return ok
 }
 
 // routeTLS decides, listener by listener, which l7 routes terminate TLS and

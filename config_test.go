@@ -301,6 +301,7 @@ address = "127.0.0.1:0"
 tls = false
 default_route = "dev"
 redirect_https = true
+redirect_https_port = 8443
 
 [listeners.ip]
 address = "127.0.0.2:0"
@@ -318,8 +319,8 @@ half_close_timeout = "2s"
 write_stall_timeout = "3s"
 http2 = true
 locations = [
-  { path = "/ws", pool = "ws" },
-  { path = "/static/", root = "web" },
+  { path = "/ws", pool = "ws", gzip = true },
+  { path = "/static/", root = "web", headers = { "Cache-Control" = "max-age=3600" }, fallback = "index.html" },
   { path = "/old", redirect = "https://game.test/new" },
 ]
 
@@ -466,6 +467,7 @@ func TestCompileStartsNothing(t *testing.T) {
 	dir := t.TempDir()
 	writeCert(t, dir, "game.test")
 	must(t, os.Mkdir(filepath.Join(dir, "web"), 0o755))
+	must(t, os.WriteFile(filepath.Join(dir, "web", "index.html"), []byte("<h1>game</h1>"), 0o644))
 	path := filepath.Join(dir, "everything.toml")
 	must(t, os.WriteFile(path, []byte(everythingConfig), 0o644))
 	bad, err := DecodeConfig([]byte(strings.ReplaceAll(everythingConfig, `"127.0.0.1:9302"`, `"127.0.0.1:0"`)))
@@ -534,6 +536,95 @@ backends = [{ address = "127.0.0.1:9001" }]
 				}
 			}
 		})
+	}
+}
+
+// The location keys of issue 10 part 4 (headers, gzip, fallback) and
+// redirect_https_port: defaults, and every problem with its key path.
+func TestLocationHTTPKeys(t *testing.T) {
+	dir := t.TempDir()
+	must(t, os.MkdirAll(filepath.Join(dir, "web", "sub"), 0o755))
+	must(t, os.WriteFile(filepath.Join(dir, "web", "index.html"), []byte("<h1>game</h1>"), 0o644))
+	const head = `
+[listeners.a]
+address = "127.0.0.1:0"
+tls = false
+default_route = "r"
+[pools.p]
+backends = [{ address = "127.0.0.1:9001" }]
+[routes.r]
+listener = "a"
+mode = "l7"
+`
+	compile := func(body string) (*Compiled, error) {
+		path := filepath.Join(dir, "c.toml")
+		must(t, os.WriteFile(path, []byte(head+body), 0o644))
+		_, cc, err := CompileFile(path)
+		return cc, err
+	}
+	cc, err := compile(`locations = [
+  { path = "/static/", root = "web", fallback = "index.html", headers = { "cache-control" = "max-age=3600", X-Frame-Options = "DENY" } },
+  { path = "/api/", pool = "p" },
+  { path = "/raw/", root = "web", gzip = false },
+  { path = "/zip/", pool = "p", gzip = true },
+]`)
+	must(t, err)
+	got := map[string]locationSpec{}
+	for _, l := range cc.routeSpecs["r"].locations {
+		got[l.path] = l
+	}
+	if l := got["/static/"]; !l.gzip || l.fallback != "index.html" || l.headers["cache-control"] != "max-age=3600" || l.headers["X-Frame-Options"] != "DENY" {
+		t.Errorf("/static/: %+v", l)
+	}
+	if got["/api/"].gzip || got["/raw/"].gzip || !got["/zip/"].gzip || got["/api/"].headers != nil {
+		t.Errorf("gzip defaults: %+v", got)
+	}
+	if cc.listenerSpecs["a"].redirectPort != 0 {
+		t.Errorf("redirect port %d", cc.listenerSpecs["a"].redirectPort)
+	}
+
+	_, err = compile(`locations = [
+  { path = "/a/", root = "web", headers = { "Bad Name" = "x", Connection = "close", X-Evil = "a\r\nSet-Cookie: x=1", X-Empty = " ", Content-Length = "5" } },
+  { path = "/b/", root = "web", headers = { "x-dup" = "1", "X-Dup" = "2" }, fallback = "missing.html" },
+  { path = "/c/", pool = "p", fallback = "index.html" },
+  { path = "/d/", redirect = "https://example.com/", gzip = true },
+  { path = "/e/", root = "web", fallback = "../c.toml" },
+  { path = "/f/", root = "web", fallback = "sub" },
+  { path = "/g/", root = "web", fallback = ".env" },
+]
+[listeners.b]
+address = "127.0.0.1:0"
+tls = false
+redirect_https_port = 8443
+[listeners.c]
+address = "127.0.0.1:0"
+tls = false
+redirect_https = true
+redirect_https_port = 70000
+`)
+	if err == nil {
+		t.Fatal("invalid config accepted")
+	}
+	msg := err.Error()
+	for _, want := range []string{
+		`routes.r.locations[0].headers: header name "Bad Name" is not a token`,
+		`routes.r.locations[0].headers: header "Connection" is hop-by-hop`,
+		`routes.r.locations[0].headers: header "Content-Length" is hop-by-hop or frames the body`,
+		`routes.r.locations[0].headers: header "X-Evil": value has a control character`,
+		`routes.r.locations[0].headers: header "X-Empty": empty value`,
+		`routes.r.locations[1].headers: "X-Dup" and "x-dup" are the same header`,
+		`routes.r.locations[1].fallback: "` + filepath.Join(dir, "web", "missing.html") + `" is not a file`,
+		`routes.r.locations[2].fallback: only for a root location`,
+		`routes.r.locations[3].gzip: a redirect has no body to compress`,
+		`routes.r.locations[4].fallback: "../c.toml" must be a file path under root`,
+		`routes.r.locations[5].fallback: "` + filepath.Join(dir, "web", "sub") + `" is not a file`,
+		`routes.r.locations[6].fallback: ".env" must be a file path under root`,
+		`listeners.b.redirect_https_port: only used with redirect_https = true`,
+		`listeners.c.redirect_https_port: must be between 1 and 65535, got 70000`,
+	} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("missing problem %q in:\n%s", want, msg)
+		}
 	}
 }
 

@@ -8,7 +8,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"path"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -42,6 +44,17 @@ type Location struct {
 	Root string
 	// Redirect answers 302 with Location: Redirect.
 	Redirect string
+	// Headers are set on the location's 2xx and 3xx responses (see
+	// headerWriter), each valid for CheckHeader; names are
+	// case-insensitive. If nil, none.
+	Headers map[string]string
+	// Gzip compresses responses (compress.go): the static files of Root
+	// (and serves their .br/.gz forms), or Pool's proxied responses.
+	Gzip bool
+	// Fallback (Root only) is served, with 200, for a GET or HEAD with no
+	// file: a path under Root ("index.html"). If empty, such a request
+	// gets 404.
+	Fallback string
 }
 
 // RouteConfig describes one L7 route. NewRoute copies what it needs.
@@ -69,8 +82,12 @@ type RouteConfig struct {
 	// stay on HTTP/1.1. Ignored for cleartext routes (no h2c).
 	HTTP2 bool
 	// RedirectHTTPS (cleartext only) answers every request with 308 to
-	// https://host/path?query (the port is dropped).
+	// https://host/path?query, or https://host:port/path?query with
+	// RedirectHTTPSPort (the request's own port is dropped).
 	RedirectHTTPS bool
+	// RedirectHTTPSPort is the port of RedirectHTTPS's URLs. If zero, or
+	// 443, the URL names none.
+	RedirectHTTPSPort int
 	// HandshakeTimeout is absolute from accept. If zero, 10s is used.
 	HandshakeTimeout time.Duration
 	// HeaderTimeout bounds a request head: the first one absolutely from the
@@ -128,8 +145,10 @@ type Route struct {
 	hosts      tlsutil.HostSet[struct{}]
 	anyHost    bool
 	otherRoute func(string) bool
-	locations  []*location // longest Path first
+	locations  []*location     // longest Path first
+	slashless  map[string]bool // "/static" for a location "/static/" (and none "/static")
 	redirect   bool
+	redirectTo string // ":port" of RedirectHTTPS's URLs, or ""
 
 	handshakeTimeout time.Duration
 	headerTimeout    time.Duration
@@ -158,6 +177,8 @@ type location struct {
 	handler http.Handler // static or redirect; nil for a pool
 	static  bool         // handler serves files
 	proxy   *proxy       // pool
+	headers http.Header  // Location.Headers, values clipped; nil if none
+	gzip    bool         // compress proxied responses (static: its handler)
 }
 
 // NewRoute validates cfg and starts the route's http.Server.
@@ -166,6 +187,7 @@ func NewRoute(cfg RouteConfig) (*Route, error) {
 		name:             cfg.Name,
 		log:              cfg.Log,
 		redirect:         cfg.RedirectHTTPS,
+		slashless:        map[string]bool{},
 		handshakeTimeout: orDefault(cfg.HandshakeTimeout, DefaultHandshakeTimeout),
 		headerTimeout:    orDefault(cfg.HeaderTimeout, DefaultHeaderTimeout),
 		keepAliveTimeout: orDefault(cfg.KeepAliveTimeout, DefaultKeepAliveTimeout),
@@ -227,14 +249,34 @@ func NewRoute(cfg RouteConfig) (*Route, error) {
 		}
 		seen[l.Path] = true
 		set := 0
-		loc := &location{path: l.Path}
+		loc := &location{path: l.Path, gzip: l.Gzip && l.Pool != nil}
+		for k, v := range l.Headers {
+			if err := CheckHeader(k, v); err != nil {
+				bad("locations[%d] (%s): %v", i, l.Path, err)
+			}
+			if loc.headers == nil {
+				loc.headers = http.Header{}
+			}
+			ck := http.CanonicalHeaderKey(k)
+			if loc.headers[ck] != nil {
+				bad("locations[%d] (%s): header %q set twice", i, l.Path, ck)
+			}
+			loc.headers[ck] = []string{v} // cap 1: an append copies
+		}
+		if l.Fallback != "" && (l.Root == "" || hasDotSegment(l.Fallback)) {
+			bad("locations[%d] (%s): fallback %q needs root and a path under it", i, l.Path, l.Fallback)
+		}
 		if l.Pool != nil {
 			set++
 			loc.proxy = newProxy(rt, l.Pool)
 		}
 		if l.Root != "" {
 			set++
-			loc.handler = newStatic(l.Path, l.Root)
+			fallback := ""
+			if l.Fallback != "" {
+				fallback = path.Clean("/" + l.Fallback)
+			}
+			loc.handler = newStatic(l.Path, l.Root, fallback, l.Gzip)
 			loc.static = true
 		}
 		if l.Redirect != "" {
@@ -251,6 +293,14 @@ func NewRoute(cfg RouteConfig) (*Route, error) {
 		return nil, err
 	}
 	slices.SortFunc(rt.locations, func(a, b *location) int { return len(b.path) - len(a.path) })
+	for _, l := range rt.locations {
+		if p, ok := strings.CutSuffix(l.path, "/"); ok && p != "" && !seen[p] {
+			rt.slashless[p] = true
+		}
+	}
+	if p := cfg.RedirectHTTPSPort; p != 0 && p != 443 {
+		rt.redirectTo = ":" + strconv.Itoa(p)
+	}
 
 	rt.ctx, rt.cancel = context.WithCancel(context.Background())
 	rt.ln = newHandoff()
@@ -548,8 +598,12 @@ func (rt *Route) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		if !strings.HasPrefix(target, "/") {
 			target = "/"
 		}
-		w.Header().Set("Location", "https://"+host+target)
+		w.Header().Set("Location", "https://"+host+rt.redirectTo+target)
 		sw.WriteHeader(http.StatusPermanentRedirect)
+		return
+	}
+	if !upgrade && rt.slashless[r.URL.Path] {
+		localRedirect(sw, r) // nginx's answer for a location "/static/"
 		return
 	}
 	loc := rt.match(r.URL.Path)
@@ -562,16 +616,39 @@ func (rt *Route) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		tunneled = rt.serveUpgrade(sw, r, cs, loc.proxy.pool)
 	case loc.proxy != nil:
 		if rt.readBody(sw, r, cs) {
-			loc.proxy.ServeHTTP(sw, r)
+			loc.serve(sw, r)
 		}
 	case loc.static:
 		held := cs.v.hold()
-		loc.handler.ServeHTTP(sw, r)
+		loc.serve(sw, r)
 		if held && cs.v.unhold() != nil {
 			panic(http.ErrAbortHandler) // as a failed write would: the conn closes
 		}
 	default:
-		loc.handler.ServeHTTP(sw, r)
+		loc.serve(sw, r)
+	}
+}
+
+// serve answers a request that is not an upgrade with the location's
+// pool, files or redirect, adding its headers and compressing proxied
+// responses (gzipWriter) if so configured.
+func (l *location) serve(w http.ResponseWriter, r *http.Request) {
+	var gw *gzipWriter
+	if l.gzip && r.Method != http.MethodHead && len(r.Header["Range"]) == 0 {
+		gz, _ := acceptEncoding(r.Header["Accept-Encoding"])
+		gw = newGzipWriter(w, gz > 0)
+		w = gw
+	}
+	if l.headers != nil {
+		w = &headerWriter{ResponseWriter: w, add: l.headers}
+	}
+	if l.proxy != nil {
+		l.proxy.ServeHTTP(w, r)
+	} else {
+		l.handler.ServeHTTP(w, r)
+	}
+	if gw != nil && gw.finish() != nil {
+		panic(http.ErrAbortHandler) // as a failed write would: the conn closes
 	}
 }
 

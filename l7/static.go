@@ -7,11 +7,17 @@ import (
 	"io/fs"
 	"mime"
 	"net/http"
+	"net/url"
 	"os"
 	"path"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/klauspost/compress/gzip"
 )
 
 // Content types the H5 client needs, set whatever /etc/mime.types says (or
@@ -43,12 +49,229 @@ func init() {
 	}
 }
 
-// newStatic serves root under prefix. http.FileServer answers 400 to a path
-// with "..", serves index.html for a directory and sets Content-Type by
-// extension; staticFS adds: no directory listings and no dot files, and
-// keeps small files in memory (fileCache).
-func newStatic(prefix, root string) http.Handler {
-	return http.StripPrefix(prefix, http.FileServer(staticFS{dir: http.Dir(root), cache: &fileCache{}}))
+// static serves root under prefix (a location's Path, stripped): index.html
+// for a directory (a directory named without its trailing slash is
+// redirected to it, 301), no directory listings and no dot files (404), a
+// Content-Type by extension (else sniffed), and what http.ServeContent does
+// with the ETag set here: Last-Modified, conditional requests (304, 412)
+// and ranges. Small files are kept in memory (fileCache).
+//
+// With compress, a compressible type (compress.go) is answered to a GET
+// without Range by, in this order: name.br if the client takes br at least
+// as gladly as gzip, name.gz, then (gzip accepted) the cached file's
+// gzipped copy (made once, level 9), or for a file not in the cache a gzip
+// stream; always with the original's Content-Type and Vary:
+// Accept-Encoding. A .br or .gz file has its own ETag, a compressed copy
+// the original's as a weak one (nginx's gzip_static and gzip do the same).
+//
+// With fallback (a clean path under root, "/index.html"), a GET or HEAD
+// with no file to serve (missing, hidden, or a directory without
+// index.html) gets that file with 200: nginx's try_files $uri $uri/
+// /index.html, for a single-page app's client-side routes.
+type static struct {
+	prefix   string
+	fs       staticFS
+	fallback string
+	compress bool
+}
+
+func newStatic(prefix, root, fallback string, compress bool) *static {
+	return &static{prefix: prefix, fs: staticFS{dir: http.Dir(root), cache: &fileCache{}}, fallback: fallback, compress: compress}
+}
+
+func (s *static) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		http.Error(w, "405 method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	rel := strings.TrimPrefix(r.URL.Path, s.prefix)
+	name := path.Clean("/" + rel)
+	f, st, err := s.open(name)
+	if err == nil && st.IsDir() {
+		f.Close()
+		if !strings.HasSuffix(r.URL.Path, "/") {
+			localRedirect(w, r)
+			return
+		}
+		name = path.Join(name, "index.html")
+		if f, st, err = s.open(name); err == nil && st.IsDir() {
+			f.Close()
+			err = fs.ErrNotExist
+		}
+	}
+	if errors.Is(err, fs.ErrNotExist) && s.fallback != "" {
+		name = s.fallback
+		if f, st, err = s.open(name); err == nil && st.IsDir() {
+			f.Close()
+			err = fs.ErrNotExist
+		}
+	}
+	if err != nil {
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			http.Error(w, "404 page not found", http.StatusNotFound)
+		case errors.Is(err, fs.ErrPermission):
+			http.Error(w, "403 Forbidden", http.StatusForbidden)
+		default:
+			http.Error(w, "500 Internal Server Error", http.StatusInternalServerError)
+		}
+		return
+	}
+	defer f.Close()
+	s.serveFile(w, r, name, f, st)
+}
+
+// open opens name and stats it.
+func (s *static) open(name string) (http.File, fs.FileInfo, error) {
+	f, err := s.fs.Open(name)
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	return f, st, nil
+}
+
+// localRedirect sends a directory named without its trailing slash to it,
+// as a relative reference ("./dir/?query", like http.FileServer's): never
+// "//host/", whatever the path.
+func localRedirect(w http.ResponseWriter, r *http.Request) {
+	u := url.URL{Path: "./" + path.Base(r.URL.Path) + "/", RawQuery: r.URL.RawQuery}
+	w.Header().Set("Location", u.String())
+	w.WriteHeader(http.StatusMovedPermanently)
+}
+
+// serveFile answers r with the file f (name, st), or a compressed form.
+func (s *static) serveFile(w http.ResponseWriter, r *http.Request, name string, f http.File, st fs.FileInfo) {
+	h := w.Header()
+	ctype := mime.TypeByExtension(path.Ext(name))
+	mf, _ := f.(*memFile)
+	if s.compress && ctype != "" && compressible(ctype) {
+		addVary(h)
+		if r.Method == http.MethodGet && len(r.Header["Range"]) == 0 && s.serveCompressed(w, r, name, ctype, mf, f, st) {
+			return
+		}
+	}
+	if ctype != "" {
+		h.Set("Content-Type", ctype)
+	}
+	if mf != nil {
+		h["Etag"] = mf.entry.etag
+	} else {
+		h["Etag"] = []string{etag(st)}
+	}
+	http.ServeContent(w, r, name, st.ModTime(), f)
+}
+
+// serveCompressed serves a compressed form of the file if the client
+// takes one; false if it served nothing.
+func (s *static) serveCompressed(w http.ResponseWriter, r *http.Request, name, ctype string, mf *memFile, f http.File, st fs.FileInfo) bool {
+	gz, br := acceptEncoding(r.Header["Accept-Encoding"])
+	if gz == 0 && br == 0 {
+		return false
+	}
+	h := w.Header()
+	haveBr, haveGz := true, true // unknown: try
+	if mf != nil {
+		haveBr, haveGz = s.precompressed(mf.entry, name)
+	}
+	for _, pre := range [...]struct {
+		ext, coding string
+		q           int
+		have        bool
+	}{{".br", "br", br, haveBr}, {".gz", "gzip", gz, haveGz}} {
+		if pre.q == 0 || !pre.have || pre.coding == "br" && br < gz {
+			continue
+		}
+		pf, pst, err := s.open(name + pre.ext)
+		if err != nil {
+			continue
+		}
+		if !pst.Mode().IsRegular() {
+			pf.Close()
+			continue
+		}
+		h.Set("Content-Type", ctype)
+		h.Set("Content-Encoding", pre.coding)
+		if pm, ok := pf.(*memFile); ok {
+			h["Etag"] = pm.entry.etag
+		} else {
+			h["Etag"] = []string{etag(pst)}
+		}
+		http.ServeContent(w, r, name, pst.ModTime(), pf)
+		pf.Close()
+		return true
+	}
+	if gz == 0 || st.Size() < minCompressSize {
+		return false
+	}
+	if mf != nil {
+		z := s.fs.cache.compressed(mf.entry)
+		if z == nil {
+			return false // does not shrink
+		}
+		h.Set("Content-Type", ctype)
+		h.Set("Content-Encoding", "gzip")
+		h["Etag"] = mf.entry.weakETag
+		http.ServeContent(w, r, name, st.ModTime(), bytes.NewReader(z))
+		return true
+	}
+	h.Set("Content-Type", ctype)
+	h["Etag"] = []string{etag(st)} // made weak if compressed
+	g := newGzipWriter(w, true)
+	http.ServeContent(g, r, name, st.ModTime(), f)
+	if err := g.finish(); err != nil {
+		panic(http.ErrAbortHandler) // as a failed write would: the conn closes
+	}
+	return true
+}
+
+// variantTTL is how long a cached file's answer to "is there a .br or .gz
+// next to it" is trusted: a precompressed file added next to an unchanged
+// file is served within this time, and a request does not pay two failed
+// open(2)s (13 of the 27 allocations of BenchmarkStaticHandler's gzip
+// case). A changed file is a new cache entry, asked again at once.
+const variantTTL = 2 * time.Second
+
+type variants struct {
+	at     time.Time
+	br, gz bool
+}
+
+// precompressed reports whether name (cached as e) has a .br and a .gz
+// file next to it, as seen within variantTTL.
+func (s *static) precompressed(e *cachedFile, name string) (br, gz bool) {
+	if v := e.variants.Load(); v != nil && time.Since(v.at) < variantTTL {
+		return v.br, v.gz
+	}
+	v := &variants{at: time.Now(), br: s.exists(name + ".br"), gz: s.exists(name + ".gz")}
+	e.variants.Store(v)
+	return v.br, v.gz
+}
+
+func (s *static) exists(name string) bool {
+	f, err := s.fs.Open(name)
+	if err != nil {
+		return false
+	}
+	f.Close()
+	return true
+}
+
+// etag is a file's entity tag: its modification time (ns) and size in hex,
+// nginx's form with nanoseconds ("%x-%x").
+func etag(st fs.FileInfo) string {
+	b := make([]byte, 0, 32)
+	b = append(b, '"')
+	b = strconv.AppendInt(b, st.ModTime().UnixNano(), 16)
+	b = append(b, '-')
+	b = strconv.AppendInt(b, st.Size(), 16)
+	b = append(b, '"')
+	return string(b)
 }
 
 type staticFS struct {
@@ -113,9 +336,43 @@ type fileCache struct {
 }
 
 type cachedFile struct {
-	full string // the path on disk, as http.Dir joined it
-	info fs.FileInfo
-	data []byte
+	name     string // the key: the name FileServer opened
+	full     string // the path on disk, as http.Dir joined it
+	info     fs.FileInfo
+	data     []byte
+	etag     []string // etag(info), a header value; clipped (cap = len)
+	weakETag []string // of the gzipped copy: W/ and etag
+
+	variants atomic.Pointer[variants] // static.precompressed's answer
+
+	gzOnce sync.Once
+	gz     []byte // the gzipped copy, made once; nil if it does not shrink
+	cost   int64  // bytes counted in fileCache.bytes (c.mu)
+}
+
+// compressed returns e's gzipped copy, made at the first call (level 9:
+// once per file version), or nil if gzip does not make it at least 5%
+// smaller. The copy counts towards maxCacheBytes while e is in the cache.
+func (c *fileCache) compressed(e *cachedFile) []byte {
+	e.gzOnce.Do(func() {
+		var buf bytes.Buffer
+		buf.Grow(len(e.data) / 2)
+		zw, _ := gzip.NewWriterLevel(&buf, gzip.BestCompression) // a valid level: no error
+		_, _ = zw.Write(e.data)                                  // into memory: no error
+		_ = zw.Close()
+		if buf.Len() > len(e.data)-len(e.data)/20 {
+			return
+		}
+		z := bytes.Clone(buf.Bytes())
+		c.mu.Lock()
+		e.gz = z
+		if c.files[e.name] == e {
+			e.cost += int64(len(z))
+			c.bytes += int64(len(z))
+		}
+		c.mu.Unlock()
+	})
+	return e.gz
 }
 
 // open returns the cached file for name if it is still the file on disk.
@@ -131,12 +388,12 @@ func (c *fileCache) open(name string) http.File {
 		c.mu.Lock()
 		if c.files[name] == e {
 			delete(c.files, name)
-			c.bytes -= int64(len(e.data))
+			c.bytes -= e.cost
 		}
 		c.mu.Unlock()
 		return nil
 	}
-	return &memFile{Reader: bytes.NewReader(e.data), info: e.info}
+	return &memFile{Reader: bytes.NewReader(e.data), entry: e}
 }
 
 // fill reads f (opened by dir for name, st its FileInfo) into the cache
@@ -174,20 +431,22 @@ func (c *fileCache) fill(dir http.Dir, name string, f http.File, st fs.FileInfo)
 		_, _ = f.Seek(0, io.SeekStart) // served from disk, as before
 		return nil
 	}
-	e := &cachedFile{full: p, info: st, data: data}
+	et := etag(st)
+	e := &cachedFile{name: name, full: p, info: st, data: data, etag: []string{et}, weakETag: []string{"W/" + et}, cost: int64(len(data))}
 	c.mu.Lock()
 	if c.files == nil {
 		c.files = map[string]*cachedFile{}
 	}
 	if old := c.files[name]; old != nil {
-		c.bytes -= int64(len(old.data))
+		delete(c.files, name)
+		c.bytes -= old.cost
 	}
 	if c.bytes+int64(len(data)) <= maxCacheBytes && len(c.files) < maxCachedFiles {
 		c.files[name] = e
-		c.bytes += int64(len(data))
+		c.bytes += e.cost
 	}
 	c.mu.Unlock()
-	return &memFile{Reader: bytes.NewReader(data), info: st}
+	return &memFile{Reader: bytes.NewReader(data), entry: e}
 }
 
 func sameFile(a, b fs.FileInfo) bool {
@@ -197,7 +456,7 @@ func sameFile(a, b fs.FileInfo) bool {
 // memFile is a cached regular file as http.FileServer reads it.
 type memFile struct {
 	*bytes.Reader
-	info fs.FileInfo
+	entry *cachedFile
 }
 
 var _ http.File = (*memFile)(nil)
@@ -205,5 +464,5 @@ var _ http.File = (*memFile)(nil)
 var errNotDir = errors.New("l7: not a directory")
 
 func (f *memFile) Close() error                       { return nil }
-func (f *memFile) Stat() (fs.FileInfo, error)         { return f.info, nil }
+func (f *memFile) Stat() (fs.FileInfo, error)         { return f.entry.info, nil }
 func (f *memFile) Readdir(int) ([]fs.FileInfo, error) { return nil, errNotDir }
