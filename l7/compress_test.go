@@ -3,6 +3,7 @@ package l7
 import (
 	"bytes"
 	"compress/gzip"
+	"context"
 	"io"
 	"net"
 	"net/http"
@@ -291,12 +292,36 @@ func TestProxyGzip(t *testing.T) {
 	})}
 	go srv.Serve(ln)
 	defer srv.Close()
-	l := startLB(t, RouteConfig{Name: "h5", Hosts: []string{testHost}, TLS: serverTLS(), Locations: []Location{
+	l := startLB(t, RouteConfig{Name: "h5", Hosts: []string{testHost}, TLS: serverTLS(), HTTP2: true, RequestBufferBytes: 16, Locations: []Location{
 		{Path: "/", Pool: pool(t, balancer.ProxyNone, ln.Addr().String()), Gzip: true},
 		{Path: "/off/", Pool: pool(t, balancer.ProxyNone, ln.Addr().String())},
 	}})
 	hc := rawClient(l)
 	defer hc.CloseIdleConnections()
+
+	// A streamed request body takes ReverseProxy's path; HTTP/2 its own
+	// ResponseWriter.
+	req, _ := http.NewRequest("POST", l.url("/json"), strings.NewReader(strings.Repeat("x", 100)))
+	req.Header.Set("Accept-Encoding", "gzip")
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.Header.Get("Content-Encoding") != "gzip" || gunzip(t, b) != doc {
+		t.Fatalf("streamed body: %d %v", resp.StatusCode, resp.Header)
+	}
+	h2 := rawClient(l)
+	h2.Transport.(*http.Transport).Protocols = new(http.Protocols)
+	h2.Transport.(*http.Transport).Protocols.SetHTTP2(true)
+	defer h2.CloseIdleConnections()
+	for _, path := range []string{"/json", "/stream"} {
+		resp, b := rawGet(t, h2, "GET", l.url(path), "Accept-Encoding", "gzip")
+		if resp.ProtoMajor != 2 || resp.Header.Get("Content-Encoding") != "gzip" || !strings.HasPrefix(gunzip(t, b), doc[:100]) {
+			t.Fatalf("h2 %s: %s %v", path, resp.Proto, resp.Header)
+		}
+	}
 
 	resp, body := rawGet(t, hc, "GET", l.url("/json"), "Accept-Encoding", "gzip")
 	h := resp.Header
@@ -327,8 +352,8 @@ func TestProxyGzip(t *testing.T) {
 	}
 }
 
-// curl --compressed, if installed, gets the same bytes from a gzipped
-// static file and a proxied response.
+// curl --compressed, if installed, decodes what sluice sends: a gzipped
+// cached file, a .gz made by gzip(1), over HTTP/1.1 and over HTTP/2.
 func TestGzipCurl(t *testing.T) {
 	curl, err := exec.LookPath("curl")
 	if err != nil {
@@ -337,18 +362,83 @@ func TestGzipCurl(t *testing.T) {
 	checkLeaks(t)
 	web := t.TempDir()
 	js := strings.Repeat("export const x = 1;\n", 200)
-	if err := os.WriteFile(filepath.Join(web, "app.js"), []byte(js), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	l := startLB(t, RouteConfig{Name: "h5", Locations: []Location{{Path: "/", Root: web, Gzip: true}}})
-	for range 2 {
-		out, err := exec.Command(curl, "-sS", "--compressed", "-D", "-", "--max-time", "10", "http://"+l.addr+"/app.js").Output()
-		if err != nil {
+	for _, name := range []string{"app.js", "pre.js"} {
+		if err := os.WriteFile(filepath.Join(web, name), []byte(js), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		head, body, _ := strings.Cut(string(out), "\r\n\r\n")
-		if !strings.Contains(strings.ToLower(head), "content-encoding: gzip") || body != js {
-			t.Fatalf("curl: %q, %d bytes", head, len(body))
+	}
+	if gz, err := exec.LookPath("gzip"); err == nil {
+		if out, err := exec.Command(gz, "-k", "-9", filepath.Join(web, "pre.js")).CombinedOutput(); err != nil {
+			t.Fatalf("gzip: %v %s", err, out)
 		}
+	}
+	plain := startLB(t, RouteConfig{Name: "h5", Locations: []Location{{Path: "/", Root: web, Gzip: true}}})
+	tlsLB := startLB(t, RouteConfig{Name: "h5", Hosts: []string{testHost}, TLS: serverTLS(), HTTP2: true, Locations: []Location{{Path: "/", Root: web, Gzip: true}}})
+	_, port, _ := net.SplitHostPort(tlsLB.addr)
+	for _, tc := range []struct {
+		args  []string
+		proto string
+	}{
+		{[]string{"http://" + plain.addr + "/app.js"}, "HTTP/1.1 200"},
+		{[]string{"http://" + plain.addr + "/pre.js"}, "HTTP/1.1 200"},
+		{[]string{"--http2", "-k", "--resolve", testHost + ":" + port + ":127.0.0.1", "https://" + testHost + ":" + port + "/app.js"}, "HTTP/2 200"},
+		{[]string{"--http2", "-k", "--resolve", testHost + ":" + port + ":127.0.0.1", "https://" + testHost + ":" + port + "/pre.js"}, "HTTP/2 200"},
+	} {
+		args := append([]string{"-sS", "--compressed", "-D", "-", "--max-time", "10"}, tc.args...)
+		out, err := exec.Command(curl, args...).Output()
+		if err != nil {
+			t.Fatalf("curl %v: %v", tc.args, err)
+		}
+		head, body, _ := strings.Cut(string(out), "\r\n\r\n")
+		if !strings.HasPrefix(head, tc.proto) || !strings.Contains(strings.ToLower(head), "content-encoding: gzip") || body != js {
+			t.Fatalf("curl %v: %q, %d bytes", tc.args, head, len(body))
+		}
+	}
+}
+
+// Chromium, if installed, loads a single-page app through the fallback,
+// with its module script from a .gz file (whose content differs from the
+// file's, so the page shows which one it ran) and a gzipped stylesheet.
+func TestGzipChromium(t *testing.T) {
+	var chromium string
+	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
+		if p, err := exec.LookPath(name); err == nil {
+			chromium = p
+			break
+		}
+	}
+	if chromium == "" {
+		t.Skip("no chromium")
+	}
+	checkLeaks(t)
+	web := t.TempDir()
+	pad := "\n/* " + strings.Repeat("padding ", 200) + "*/\n"
+	files := map[string]string{
+		"index.html": `<!doctype html><html><head><link rel="stylesheet" href="/app.css"></head><body><div id="o">wait</div><script type="module" src="/app.js"></script></body></html>`,
+		"app.js":     `document.getElementById("o").textContent = "identity";` + pad,
+		"app.css":    `#o { color: rgb(1, 2, 3); }` + pad,
+	}
+	for name, body := range files {
+		if err := os.WriteFile(filepath.Join(web, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var zb bytes.Buffer
+	zw := gzip.NewWriter(&zb)
+	io.WriteString(zw, `const o = document.getElementById("o"); o.textContent = "from-gz " + location.pathname + " " + getComputedStyle(o).color;`+pad)
+	zw.Close()
+	if err := os.WriteFile(filepath.Join(web, "app.js.gz"), zb.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	l := startLB(t, RouteConfig{Name: "h5", Locations: []Location{{Path: "/", Root: web, Gzip: true, Fallback: "index.html"}}})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+		"--user-data-dir="+t.TempDir(), "--virtual-time-budget=5000", "--dump-dom", "http://"+l.addr+"/rooms/7?x=1").Output()
+	if err != nil {
+		t.Fatalf("chromium: %v", err)
+	}
+	if !strings.Contains(string(out), "from-gz /rooms/7 rgb(1, 2, 3)") {
+		t.Fatalf("page: %s", out)
 	}
 }

@@ -326,17 +326,17 @@ const (
 // of the path, which must still name the same file (device and inode) with
 // the same size, mode and modification time, instead of open, fstat, reads
 // and close (issue 10's http-static bench: 15 syscalls per request down to
-// 5). What http.FileServer derives from the file (Last-Modified, ranges,
+// 5). What static derives from the file (ETag, Last-Modified, ranges,
 // conditional requests, Content-Type) is unchanged: it gets the cached
 // FileInfo and a seekable reader over the same bytes.
 type fileCache struct {
 	mu    sync.RWMutex
-	files map[string]*cachedFile // by the name FileServer opened
+	files map[string]*cachedFile // by the name static opened
 	bytes int64
 }
 
 type cachedFile struct {
-	name     string // the key: the name FileServer opened
+	name     string // the key: the name static opened
 	full     string // the path on disk, as http.Dir joined it
 	info     fs.FileInfo
 	data     []byte
@@ -453,7 +453,7 @@ func sameFile(a, b fs.FileInfo) bool {
 	return os.SameFile(a, b) && a.Size() == b.Size() && a.Mode() == b.Mode() && a.ModTime().Equal(b.ModTime())
 }
 
-// memFile is a cached regular file as http.FileServer reads it.
+// memFile is a cached regular file as http.ServeContent reads it.
 type memFile struct {
 	*bytes.Reader
 	entry *cachedFile
