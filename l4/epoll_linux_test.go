@@ -7,8 +7,12 @@ import (
 	"errors"
 	"io"
 	"net"
+	"runtime"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 var epollMode = modes[4]
@@ -125,5 +129,133 @@ func TestEpollManyRelays(t *testing.T) {
 		if err := within(t, errc, 30*time.Second, "ping-pong"); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// Small round trips on every shard complete while a bulk transfer streams
+// (whether the bulk paused by itself or used up its turns).
+func TestBulkDoesNotStarveOthers(t *testing.T) {
+	checkLeaks(t)
+	for _, m := range tcpModes {
+		t.Run(m.name, func(t *testing.T) {
+			bulk := startRelay(t, m, Options{})
+			stop := make(chan struct{})
+			var moved atomic.Int64
+			go func() {
+				_, _ = io.Copy(io.Discard, bulk.backend)
+			}()
+			writer := make(chan error, 1)
+			go func() {
+				buf := make([]byte, 64*kib)
+				for {
+					select {
+					case <-stop:
+						writer <- closeWriteErr(bulk.client)
+						return
+					default:
+					}
+					n, err := bulk.client.Write(buf)
+					moved.Add(int64(n))
+					if err != nil {
+						writer <- err
+						return
+					}
+				}
+			}()
+			for moved.Load() < 4*mib { // streaming before the pings start
+				time.Sleep(time.Millisecond)
+			}
+			// One relay per shard at least: the next Starts go round the
+			// shards.
+			shardsN := max(1, runtime.GOMAXPROCS(0))
+			errc := make(chan error, shardsN+1)
+			before := moved.Load()
+			for range shardsN + 1 {
+				h := startRelay(t, m, Options{})
+				go echo(h.backend, 8)
+				go func() {
+					msg := make([]byte, 8)
+					for range 200 {
+						if _, err := h.client.Write(msg); err != nil {
+							errc <- err
+							return
+						}
+						h.client.SetReadDeadline(time.Now().Add(20 * time.Second))
+						if _, err := io.ReadFull(h.client, msg); err != nil {
+							errc <- err
+							return
+						}
+					}
+					errc <- nil
+				}()
+			}
+			for range shardsN + 1 {
+				if err := within(t, errc, 30*time.Second, "ping-pong beside the bulk"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			during := moved.Load() - before
+			close(stop)
+			if err := within(t, writer, 10*time.Second, "bulk writer"); err != nil {
+				t.Fatal(err)
+			}
+			if during == 0 {
+				t.Error("the bulk transfer stood still while the pings ran: the test proves nothing")
+			}
+			t.Logf("%d MiB of bulk moved during the pings", during/mib)
+		})
+	}
+}
+
+func closeWriteErr(c net.Conn) error {
+	closeWrite(c)
+	return nil
+}
+
+// A direction with more queued than turnBytes, and room for it on the other
+// side, moves one turn and queues itself behind the shard's other relays
+// (it would not see another edge for what is already queued), and every
+// byte still arrives.
+func TestEpollTurns(t *testing.T) {
+	checkLeaks(t)
+	cc, rc := tcpPair(t)
+	rb, bc := tcpPair(t)
+	defer cc.Close()
+	defer bc.Close()
+	const n = 2 * mib
+	for _, err := range []error{rb.SetWriteBuffer(4 * mib), rc.SetReadBuffer(4 * mib), cc.SetWriteBuffer(4 * mib)} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	sent := goSend(cc, n, 14, closeWrite)
+	// Wait until the relay's client socket holds more than a turn.
+	raw, _ := rc.SyscallConn()
+	q := 0
+	for range 5000 {
+		raw.Control(func(fd uintptr) { q, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ) })
+		if q > 2*turnBytes {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	t.Logf("%d KiB queued before the relay starts", q/kib)
+	turns0 := turnsQueued.Load()
+	got := goRecv(bc)
+	done := make(chan Stats, 1)
+	Start(t.Context(), rc, rb, Options{Engine: EngineEpoll}, func(st Stats) { done <- st })
+	if err := within(t, sent, 20*time.Second, "send"); err != nil {
+		t.Fatal(err)
+	}
+	r := within(t, got, 20*time.Second, "backend read")
+	if r.n != n || r.sum != sumOf(n, 14) || !isEOF(r.err) {
+		t.Fatalf("backend got %d bytes (sum ok %v), %v", r.n, r.sum == sumOf(n, 14), r.err)
+	}
+	bc.Close()
+	if st := within(t, done, 10*time.Second, "relay"); st.Reason != ReasonEOF || st.BytesIn != n {
+		t.Errorf("stats %+v", st)
+	}
+	if turnsQueued.Load() == turns0 {
+		t.Error("no turn queued: a direction with more than turnBytes ready ran to EAGAIN alone")
 	}
 }
