@@ -7,4 +7,9 @@
 // Between two raw *net.TCPConn the relay moves bytes with splice(2) and takes
 // a pipe only while data is in flight; otherwise it copies through a pooled
 // buffer. It never parses the stream.
+//
+// Two engines run it (Options.Engine): EngineGoroutine, two goroutines per
+// relay, and EngineEpoll (Linux, TCP↔TCP), where idle relays sit in an
+// epoll set of the package's own and hold no goroutine (epoll_linux.go).
+// Both keep the same rules: half-close, reset pass-through, timeouts, Stats.
 package l4
