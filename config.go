@@ -153,6 +153,12 @@ type PoolConfig struct {
 	ResolveInterval   string          `toml:"resolve_interval"`
 	Health            HealthConfig    `toml:"health"`
 	Backends          []BackendConfig `toml:"backends"`
+
+	// SecondChanceStatus: a joined backend's "unknown room" answer to an
+	// upgrade sends it to the key's previous owner (README "Drain, keys
+	// and joins"); 0: off.
+	SecondChanceStatus int    `toml:"second_chance_status"`
+	SecondChanceWindow string `toml:"second_chance_window"` // default "30m"
 }
 
 type HealthConfig struct {

@@ -82,6 +82,17 @@ func (cp *compiler) balancing(path string, pc *PoolConfig, spec *balancer.PoolCo
 	if spec.OnAllUnhealthy, err = balancer.ParseAllUnhealthy(pc.OnAllUnhealthy); err != nil {
 		cp.errorf(path+".on_all_unhealthy", "must be reject or try_all; got %q", pc.OnAllUnhealthy)
 	}
+	if st := pc.SecondChanceStatus; st != 0 {
+		switch {
+		case st < 400 || st > 599:
+			cp.errorf(path+".second_chance_status", "must be 0 (off) or a status from 400 to 599, got %d", st)
+		case spec.Balance != balancer.Hash:
+			cp.errorf(path+".second_chance_status", "only used with balance = \"hash\"")
+		default:
+			spec.SecondChanceStatus = st
+		}
+	}
+	spec.SecondChanceWindow = cp.duration(path+".second_chance_window", pc.SecondChanceWindow, balancer.DefaultSecondChanceWindow, false)
 	if pc.StickyCookie != "" {
 		if (&http.Cookie{Name: pc.StickyCookie, Value: "0"}).Valid() != nil {
 			cp.errorf(path+".sticky_cookie", "%q is not a valid cookie name (RFC 6265 token)", pc.StickyCookie)

@@ -369,6 +369,8 @@ slow_start = "10s"
 on_all_unhealthy = "try_all"
 close_on_down = true
 sticky_cookie = "SLUICE"
+second_chance_status = 404
+second_chance_window = "1h"
 health = { check = "http", interval = "2s", timeout = "1s", rise = 2, fall = 3, path = "/healthz", host = "h.test", sni = "s.test", tls = true, status = "200-299" }
 backends = [
   { id = "gs-1", address = "127.0.0.1:9301", weight = 2, max_connections = 100 },

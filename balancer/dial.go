@@ -242,6 +242,11 @@ func (p *Pool) Dial(ctx context.Context, req DialRequest) (*Lease, error) {
 	// the connect budget.
 	var ch Chooser
 	p.startWalk(&ch, &req)
+	return p.dialWalk(ctx, &ch, &req, payload)
+}
+
+// dialWalk makes Dial's attempts along ch (Dial, DialPrevious).
+func (p *Pool) dialWalk(ctx context.Context, ch *Chooser, req *DialRequest, payload []byte) (*Lease, error) {
 	for {
 		b, err := ch.next(ctx)
 		if err != nil {

@@ -356,6 +356,9 @@ func (p *Pool) applyLocked(found []BackendConfig, now time.Time) []Event {
 		} else {
 			p.startCheckLocked(b, -1)
 		}
+		if d.seeded {
+			p.noteJoinedLocked(b, now) // its keys get a second chance on their previous owner
+		}
 		evs = append(evs, Event{Pool: p.name, Backend: b.id, Kind: EventAdded, Healthy: b.Healthy(), Reason: reason, Time: now})
 		list = append(list, b)
 	}

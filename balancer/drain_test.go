@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"testing"
+	"time"
 )
 
 // Drain that games can use (issue 12, part 7): a draining backend keeps
@@ -286,4 +287,86 @@ func TestHashJoinSplitsRooms(t *testing.T) {
 		t.Errorf("%d of %d live rooms split by the join, want about %d", split, rooms, rooms/5)
 	}
 	t.Logf("a 5th backend joining split %d of %d live rooms (%.1f %%; 1/5 is %d)", split, rooms, 100*float64(split)/rooms, rooms/5)
+}
+
+// TestSecondChance: a backend that joins by discovery, or by a reload,
+// is JoinedRecently for the window; DialPrevious then reaches each key's
+// owner from before the join (for the keys the joined backend took, the
+// backend their live rooms run on), never the joined one. Backends of the
+// first answer or of the first config never count as joined.
+func TestSecondChance(t *testing.T) {
+	ss := sinks(t, 4)
+	cfgs := sinkConfigs(ss)
+	for i := range cfgs {
+		cfgs[i].ID = "gs-" + strconv.Itoa(i)
+	}
+	src := &fakeSource{}
+	p := mustPool(t, PoolConfig{Name: "sc", Discover: src, Balance: Hash, SecondChanceStatus: 404, SecondChanceWindow: time.Hour})
+	ctx := context.Background()
+	src.set(nil, cfgs[:3]...)
+	p.Rediscover(ctx)
+	before := map[int]string{}
+	for k := range 200 {
+		before[k] = p.backends()[p.pickOnce(keyReq(k))].id
+	}
+	src.set(nil, cfgs...)
+	p.Rediscover(ctx)
+	for _, b := range p.Backends() {
+		if p.JoinedRecently(b) != (b.ID() == "gs-3") {
+			t.Fatalf("%s joined recently: %v", b.ID(), p.JoinedRecently(b))
+		}
+	}
+	moved := 0
+	for k := range 200 {
+		now := p.backends()[p.pickOnce(keyReq(k))].id
+		l, err := p.DialPrevious(ctx, *keyReq(k))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l.Backend.ID() != before[k] {
+			t.Fatalf("key %d: previous owner %s, want %s (owner before the join)", k, l.Backend.ID(), before[k])
+		}
+		if now != before[k] {
+			moved++
+		}
+		l.Conn.Close()
+		l.Release()
+	}
+	if moved == 0 {
+		t.Fatal("no key moved to the joined backend: the test proves nothing")
+	}
+	t.Logf("%d of 200 keys moved to the joined backend; each reached its previous owner", moved)
+
+	// A reload that adds a backend: joined; the others and the carried-over
+	// join keep their standing.
+	old := mustPool(t, PoolConfig{Name: "sc", Backends: cfgs[:2], Balance: Hash, SecondChanceStatus: 404})
+	nu := mustPool(t, PoolConfig{Name: "sc", Backends: cfgs[:3], Balance: Hash, SecondChanceStatus: 404})
+	nu.Adopt(old)
+	if nu.JoinedRecently(nu.backends()[0]) || !nu.JoinedRecently(nu.backends()[2]) {
+		t.Fatal("reload: gs-2 should count as joined, gs-0 not")
+	}
+	newer := mustPool(t, PoolConfig{Name: "sc", Backends: cfgs[:3], Balance: Hash, SecondChanceStatus: 404})
+	newer.Adopt(nu)
+	if !newer.JoinedRecently(newer.backends()[2]) {
+		t.Fatal("a second reload forgot gs-2's join")
+	}
+
+	// Off, or the window passed: no previous owner.
+	off := mustPool(t, PoolConfig{Name: "off", Backends: cfgs[:3], Balance: Hash})
+	off.Adopt(old)
+	if off.JoinedRecently(off.backends()[2]) {
+		t.Fatal("second chance off: a join was recorded")
+	}
+	if _, err := off.DialPrevious(ctx, *keyReq(1)); !errors.Is(err, ErrNoPreviousOwner) || !errors.Is(err, ErrNoBackend) {
+		t.Fatalf("DialPrevious with second chance off: %v", err)
+	}
+	short := mustPool(t, PoolConfig{Name: "short", Backends: cfgs[:3], Balance: Hash, SecondChanceStatus: 404, SecondChanceWindow: time.Millisecond})
+	short.Adopt(old)
+	waitFor(t, 5*time.Second, "the window to pass", func() bool { return !short.JoinedRecently(short.backends()[2]) })
+	if _, err := short.DialPrevious(ctx, *keyReq(1)); !errors.Is(err, ErrNoPreviousOwner) {
+		t.Fatalf("DialPrevious after the window: %v", err)
+	}
+	if _, err := NewPool(PoolConfig{Name: "rr", Backends: cfgs[:1], SecondChanceStatus: 404}); err == nil {
+		t.Error("second chance without hash accepted")
+	}
 }

@@ -147,6 +147,15 @@ type PoolConfig struct {
 	// see DialRequest.Sticky and Backend.Cookie. If empty, none.
 	StickyCookie string
 
+	// SecondChanceStatus is the status with which a backend that joined
+	// recently answers a request for a key it does not know ("unknown
+	// room"): the caller then tries the key's previous owner (see
+	// DialPrevious). If zero, off; otherwise 400 to 599, Hash only.
+	SecondChanceStatus int
+	// SecondChanceWindow is how long after a backend joined its keys get
+	// a second chance. If zero, DefaultSecondChanceWindow.
+	SecondChanceWindow time.Duration
+
 	// Health configures active checks, run between Start and Close.
 	Health HealthConfig
 	// MaxFails consecutive failed connects (or resets before the first
@@ -193,6 +202,12 @@ type Pool struct {
 	hashKey HashKey
 	algo    Algorithm
 	sticky  string // StickyCookie
+
+	scStatus int           // SecondChanceStatus; 0: off
+	scWindow time.Duration // SecondChanceWindow, default applied
+	// joined is when each backend (by id) joined the running pool, kept
+	// for scWindow while second chance is on; under mu.
+	joined map[string]time.Time
 
 	connectTimeout time.Duration
 	maxAttempts    int // as configured; each set caps it at its size
@@ -265,6 +280,9 @@ func NewPool(cfg PoolConfig) (*Pool, error) {
 	default:
 		return nil, fmt.Errorf("balancer: pool %q: %w: %d", cfg.Name, ErrProxyProtocol, uint8(cfg.ProxyProtocol))
 	}
+	if cfg.SecondChanceStatus != 0 && (cfg.Balance != Hash || cfg.SecondChanceStatus < 400 || cfg.SecondChanceStatus > 599) {
+		return nil, fmt.Errorf("balancer: pool %q: second chance status %d: want 0 (off), or 400 to 599 with Hash", cfg.Name, cfg.SecondChanceStatus)
+	}
 	if cfg.HashBalanceFactor != 0 && !(cfg.HashBalanceFactor >= 1) {
 		return nil, fmt.Errorf("balancer: pool %q: hash balance factor %v: want 0 (off) or >= 1", cfg.Name, cfg.HashBalanceFactor)
 	}
@@ -279,6 +297,8 @@ func NewPool(cfg PoolConfig) (*Pool, error) {
 		hashKey:        cfg.HashKey,
 		algo:           cfg.Balance,
 		sticky:         cfg.StickyCookie,
+		scStatus:       cfg.SecondChanceStatus,
+		scWindow:       orDefault(cfg.SecondChanceWindow, DefaultSecondChanceWindow),
 		connectTimeout: orDefault(cfg.ConnectTimeout, DefaultConnectTimeout),
 		maxAttempts:    orDefault(cfg.MaxAttempts, DefaultMaxAttempts),
 		connectBudget:  orDefault(cfg.ConnectBudget, DefaultConnectBudget),
@@ -808,6 +828,7 @@ func (p *Pool) Adopt(old *Pool) {
 	for _, addr := range maint {
 		_ = p.SetState(addr, Maint) // arms MaintCloseAfter
 	}
+	p.adoptJoins(old)
 }
 
 // draining returns the backends discovery removed whose connections may

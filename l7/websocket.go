@@ -208,6 +208,7 @@ func (rt *Route) serveUpgrade(w *statusWriter, r *http.Request, cs *connState, p
 	// AwaitAnswer: a backend that accepts and then closes or resets before
 	// answering the upgrade is retried on another one (T12).
 	dreq := dialRequest(pool, r, cs)
+	second := secondChance(r, pool, &dreq)
 	dreq.Prefix, dreq.AwaitAnswer = upgradeRequest(r, cs), true
 	lease, err := pool.Dial(cs.ctx, dreq)
 	if err != nil {
@@ -236,6 +237,16 @@ func (rt *Route) serveUpgrade(w *statusWriter, r *http.Request, cs *connState, p
 		}
 		rt.refuse(w, cs, http.StatusBadGateway, l4.ReasonBadUpgradeResponse, "bad answer from backend")
 		return
+	}
+	if second && resp.StatusCode == pool.SecondChanceStatus() {
+		if l2, resp2, br2, lr2 := rt.unknownRoom(cs, r, pool, dreq, lease.Backend); l2 != nil {
+			_ = bc.Close()
+			lease.Release()
+			lease, bc, resp, br, lr = l2, l2.Conn, resp2, br2, lr2
+			cs.mu.Lock()
+			cs.res.Backend = lease.Backend.ID()
+			cs.mu.Unlock()
+		}
 	}
 	setSticky(resp.Header, pool, dreq.Sticky, lease.Backend, cs.tls)
 	if resp.StatusCode != http.StatusSwitchingProtocols {
@@ -286,6 +297,62 @@ func (rt *Route) serveUpgrade(w *statusWriter, r *http.Request, cs *connState, p
 		cs.tunnelDone()
 	})
 	return true
+}
+
+// SecondChanceHeader marks an upgrade sent while a backend of the pool
+// joined recently (pool key second_chance_status; issue 12, part 7): a game
+// server that does not host the room named by the request answers the
+// pool's status ("unknown room") instead of creating it. Sluice then asks
+// the key's previous owner (the owner before the join) with the same
+// header, and when that one does not switch protocols either, the first
+// backend again without the header: the room is new, it creates it. A
+// client's own header of that name is dropped.
+const SecondChanceHeader = "Sluice-Second-Chance"
+
+// secondChance drops a client's SecondChanceHeader and, when the pool
+// gives keyed upgrades a second chance and a backend joined within its
+// window, sets it and reports true.
+func secondChance(r *http.Request, pool *balancer.Pool, dreq *balancer.DialRequest) bool {
+	r.Header.Del(SecondChanceHeader)
+	if pool.SecondChanceStatus() == 0 || !dreq.HasHashKey || !pool.RecentJoins() {
+		return false
+	}
+	r.Header.Set(SecondChanceHeader, "1")
+	return true
+}
+
+// unknownRoom follows up an "unknown room" answer of first to the upgrade
+// r (see SecondChanceHeader): the key's previous owner when first joined
+// recently, and if that one does not switch protocols, first again (by the
+// pool's pick) without the header. It returns the lease and the answer of
+// the attempt that answered last; nil when none did, and the first answer
+// stands.
+func (rt *Route) unknownRoom(cs *connState, r *http.Request, pool *balancer.Pool, dreq balancer.DialRequest, first *balancer.Backend) (*balancer.Lease, *http.Response, *bufio.Reader, *io.LimitedReader) {
+	if pool.JoinedRecently(first) {
+		if lease, err := pool.DialPrevious(cs.ctx, dreq); err == nil {
+			_ = lease.Conn.SetReadDeadline(time.Now().Add(rt.headerTimeout))
+			resp, br, lr, err := readAnswer(lease.Conn, r)
+			if err == nil && resp.StatusCode == http.StatusSwitchingProtocols {
+				return lease, resp, br, lr
+			}
+			_ = lease.Conn.Close()
+			lease.Release()
+		}
+	}
+	r.Header.Del(SecondChanceHeader)
+	dreq.Prefix = upgradeRequest(r, cs)
+	lease, err := pool.Dial(cs.ctx, dreq)
+	if err != nil {
+		return nil, nil, nil, nil
+	}
+	_ = lease.Conn.SetReadDeadline(time.Now().Add(rt.headerTimeout))
+	resp, br, lr, err := readAnswer(lease.Conn, r)
+	if err != nil {
+		_ = lease.Conn.Close()
+		lease.Release()
+		return nil, nil, nil, nil
+	}
+	return lease, resp, br, lr
 }
 
 // tunnel writes the 101 and the backend's coalesced bytes to the client, the
