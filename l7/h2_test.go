@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 
 	"sluice/balancer"
 	"sluice/l4"
@@ -305,8 +306,13 @@ func (l *lb) rawH2(t *testing.T) (*rawH2, map[http2.SettingID]uint32) {
 // headers opens stream id with a GET of path (HPACK without indexing).
 func (r *rawH2) headers(t *testing.T, id uint32, path string) {
 	t.Helper()
+	r.headersFor(t, id, testHost, path)
+}
+
+func (r *rawH2) headersFor(t *testing.T, id uint32, authority, path string) {
+	t.Helper()
 	var buf bytes.Buffer
-	for _, f := range [][2]string{{":method", "GET"}, {":scheme", "https"}, {":authority", testHost}, {":path", path}} {
+	for _, f := range [][2]string{{":method", "GET"}, {":scheme", "https"}, {":authority", authority}, {":path", path}} {
 		buf.WriteByte(0)
 		buf.WriteByte(byte(len(f[0])))
 		buf.WriteString(f[0])
@@ -318,9 +324,10 @@ func (r *rawH2) headers(t *testing.T, id uint32, path string) {
 	}
 }
 
-// The server advertises at most h2MaxStreams streams and no extended
-// CONNECT (so browsers keep WebSocket on HTTP/1.1, RFC 8441 Section 3); a
-// stream past the limit is refused while the others are served.
+// The server advertises at most h2MaxStreams streams, the HTTP/1.1 head
+// limit as its header list limit, and no extended CONNECT (so browsers keep
+// WebSocket on HTTP/1.1, RFC 8441 Section 3); a stream past the limit is
+// refused while the others are served.
 func TestH2StreamLimit(t *testing.T) {
 	checkLeaks(t)
 	release := make(chan struct{})
@@ -351,6 +358,9 @@ func TestH2StreamLimit(t *testing.T) {
 	r, settings := l.rawH2(t)
 	if v, ok := settings[http2.SettingMaxConcurrentStreams]; !ok || v != h2MaxStreams {
 		t.Fatalf("SETTINGS_MAX_CONCURRENT_STREAMS %d (%v)", v, ok)
+	}
+	if v := settings[http2.SettingMaxHeaderListSize]; v < maxHeadBytes || v > maxHeadBytes+2<<10 {
+		t.Fatalf("SETTINGS_MAX_HEADER_LIST_SIZE %d, want about %d", v, maxHeadBytes)
 	}
 	if _, ok := settings[http2.SettingEnableConnectProtocol]; ok {
 		t.Fatal("SETTINGS_ENABLE_CONNECT_PROTOCOL sent: browsers would try WebSocket over h2")
@@ -386,6 +396,44 @@ func TestH2StreamLimit(t *testing.T) {
 	defer mu.Unlock()
 	if most > h2MaxStreams {
 		t.Fatalf("%d requests at the backend at once", most)
+	}
+}
+
+// An :authority net/http would refuse as a Host is refused (x/net resets
+// the stream) and never reaches the backend, whose Host line it would be;
+// the connection's other streams go on.
+func TestH2InvalidAuthority(t *testing.T) {
+	checkLeaks(t)
+	be := startWSBackend(t, nil)
+	l := startLB(t, RouteConfig{Name: "any", TLS: serverTLS(), HTTP2: true, Pool: poolOf(t, balancer.PoolConfig{}, 0, be.addr)})
+	r, _ := l.rawH2(t)
+	r.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	r.headersFor(t, 1, "game.example.com x", "/api")
+	r.headersFor(t, 3, "game.example.com", "/api")
+	reset, status := false, ""
+	for !reset || status == "" {
+		f, err := r.fr.ReadFrame()
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch f := f.(type) {
+		case *http2.RSTStreamFrame:
+			if f.StreamID != 1 {
+				t.Fatalf("stream %d reset", f.StreamID)
+			}
+			reset = true
+		case *http2.MetaHeadersFrame:
+			if f.StreamID != 3 {
+				t.Fatalf("stream %d answered %s", f.StreamID, f.PseudoValue("status"))
+			}
+			status = f.PseudoValue("status")
+		}
+	}
+	if status != "200" {
+		t.Fatalf("valid stream: %s", status)
+	}
+	if reqs := be.requests(); len(reqs) != 1 || reqs[0].Host != "game.example.com" {
+		t.Fatalf("backend got %d requests", len(reqs))
 	}
 }
 
