@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"sluice/balancer"
+	"sluice/balancer/discover/dnstest"
 )
 
 // adminLB is an in-process sluice with its admin server on a port of its own.
@@ -666,6 +667,54 @@ func TestAdminWaitOutlivesWriteTimeout(t *testing.T) {
 	time.Sleep(2 * adm.writeTimeout)
 	c.Close()
 	if r := awaitWait(t, ch); r.code != http.StatusOK || !r.body.Drained {
+		t.Fatalf("wait: %d %+v", r.code, r.body)
+	}
+}
+
+// A backend that discovery removed is waited on by its id: listed in the
+// state with "removed": true while its player plays on, followed through
+// a reload, drained when the player leaves.
+func TestAdminWaitRemovedBackend(t *testing.T) {
+	dns := dnstest.Start(t)
+	b1, b2 := echoBackend(t), echoBackend(t)
+	publishSRV(dns, b1)
+	f := startFileLB(t, fmt.Sprintf(discoverConfig, dns.Addr))
+	adm := newAdmin(f.server, f.metrics, nil)
+	addr, err := adm.start("127.0.0.1:0")
+	must(t, err)
+	t.Cleanup(adm.stop)
+	a := &adminLB{lb: f.lb, m: f.metrics, adm: adm, base: "http://" + addr.String()}
+	_, port, _ := net.SplitHostPort(b1.addr)
+	id := "gs" + port + ".rooms.test:" + port
+	waitFor(t, "the first answer", func() bool { b, _ := f.rt.Load().Pools["p"].Find(id); return b != nil })
+	live := dial(t, f.addr("public"))
+	echoOnce(t, live)
+
+	ch := startWait(context.Background(), a.base, "/api/v1/backends/p/"+id+"/wait?until=drained&timeout=1m")
+	waitFor(t, "the wait to start", func() bool { return adm.waiters.Load() == 1 })
+	publishSRV(dns, b2)
+	waitFor(t, "the removal", func() bool { _, removed := f.rt.Load().Pools["p"].Find(id); return removed })
+	var listed *backendJSON
+	for _, p := range a.state(t).Pools {
+		for i, b := range p.Backends {
+			if b.ID == id {
+				listed = &p.Backends[i]
+			}
+		}
+	}
+	if listed == nil || !listed.Removed || listed.State != "drain" || listed.Active != 1 {
+		t.Fatalf("removed backend in the state: %+v", listed)
+	}
+	must(t, f.reload())
+	echoOnce(t, live) // plays on
+	select {
+	case r := <-ch:
+		t.Fatalf("the wait answered with a player left: %d %+v", r.code, r.body)
+	default:
+	}
+	live.Close()
+	r := awaitWait(t, ch)
+	if r.code != http.StatusOK || !r.body.Drained || !r.body.Removed || r.body.Backend != id || r.body.Active != 0 {
 		t.Fatalf("wait: %d %+v", r.code, r.body)
 	}
 }
