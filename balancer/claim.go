@@ -105,7 +105,7 @@ func (ch *Chooser) next(ctx context.Context) (*Backend, error) {
 		}
 		if i < 0 {
 			if ch.attempts == 0 {
-				return nil, fmt.Errorf("balancer: pool %q: %w", p.name, whyNone(ch.set, &v))
+				return nil, fmt.Errorf("balancer: pool %q: %w", p.name, whyNone(ch.set, &v, ch.req))
 			}
 			break
 		}

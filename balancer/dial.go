@@ -272,12 +272,13 @@ func (p *Pool) dialWalk(ctx context.Context, ch *Chooser, req *DialRequest, payl
 	}
 }
 
-// whyNone explains a first pick that found nothing in tier v: ErrFull when
-// some backend of the tier is only full, else ErrUnhealthy (the tier counts
-// were stale, or every backend is draining).
-func whyNone(s *backendSet, v *view) error {
+// whyNone explains a first pick for req that found nothing in tier v:
+// ErrFull when some backend it could have had is only full (for a keyed
+// Hash request, a draining one included), else ErrUnhealthy (the tier
+// counts were stale, or every backend is draining).
+func whyNone(s *backendSet, v *view, req *DialRequest) error {
 	for _, b := range s.list {
-		if b.full() && admitted(b, v) {
+		if b.full() && (admitted(b, v) || req.HasHashKey && b.AdminState() == Drain && inTier(b, v.keyTier)) {
 			return ErrFull
 		}
 	}

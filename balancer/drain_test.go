@@ -126,6 +126,14 @@ func TestHashDrainFullMovesKey(t *testing.T) {
 	if second == first {
 		t.Fatal("a full draining backend took another connection")
 	}
+	// A pool whose only backend drains and is full: ErrFull, not ErrUnhealthy.
+	one := mustPool(t, PoolConfig{Name: "one", Backends: cfgs[:1], Balance: Hash})
+	_ = one.SetState(cfgs[0].Address, Drain)
+	dialHold(t, one, req)
+	dialHold(t, one, req)
+	if _, err := one.Dial(context.Background(), req); !errors.Is(err, ErrFull) {
+		t.Errorf("keyed dial to a full draining pool: %v, want ErrFull", err)
+	}
 	// The next choice is the one the pool without the first backend picks.
 	var rest []string
 	for _, s := range ss {
