@@ -283,9 +283,11 @@ repro="scripts/bench.sh"
 [[ $QUICK == 1 ]] && repro="QUICK=1 $repro"
 [[ $WORKERS != 1 ]] && repro="WORKERS=$WORKERS $repro"
 [[ $SCENARIOS != all ]] && repro="SCENARIOS=$SCENARIOS $repro"
+[[ $RELAY != goroutine ]] && repro="RELAY=$RELAY $repro"
 ha_version=$(haproxy -v 2>/dev/null | sed -n '1s/^HAProxy version \([^ ]*\).*/\1/p')
 ng_version=$(nginx -v 2>&1 | sed -n 's|.*nginx/||p')
 sl_version=$(git -C "$root" describe --always --dirty 2>/dev/null || echo unknown)
+sl_version+=" (relay $RELAY)"
 header="sluice bench: WORKERS=$WORKERS REPS=$REPS DURATION=$DURATION STORM_DURATION=$STORM_DURATION IDLE_CONNS=$IDLE_CONNS; $(nproc) cores,"
 header+=" Linux $(uname -r), HAProxy $ha_version, nginx $ng_version, $(go env GOVERSION), sluice $sl_version,"
 header+=" $(date -u +%Y-%m-%dT%H:%MZ)"$'\n'"reproduce: $repro"
