@@ -152,6 +152,7 @@ type PoolConfig struct {
 	Discover          string          `toml:"discover"`
 	ResolveInterval   string          `toml:"resolve_interval"`
 	Health            HealthConfig    `toml:"health"`
+	Agent             *AgentConfig    `toml:"agent"`
 	Backends          []BackendConfig `toml:"backends"`
 
 	// SecondChanceStatus: a joined backend's "unknown room" answer to an
@@ -172,6 +173,14 @@ type HealthConfig struct {
 	SNI      string `toml:"sni"`
 	TLS      bool   `toml:"tls"`
 	Status   string `toml:"status"`
+}
+
+// AgentConfig is a pool's agent key: HAProxy's agent-check, on each
+// backend's host (README "Agent checks").
+type AgentConfig struct {
+	Port     int    `toml:"port"`     // required
+	Interval string `toml:"interval"` // default "2s"
+	Timeout  string `toml:"timeout"`  // default "1s", or the interval when shorter
 }
 
 type BackendConfig struct {

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"time"
 
 	"sluice/balancer"
 	"sluice/balancer/discover"
@@ -42,6 +43,7 @@ func (cp *compiler) pool(name string, pc *PoolConfig) {
 	}
 	cp.balancing(path, pc, &spec)
 	spec.Health = cp.health(path+".health", pc.Health)
+	spec.Agent = cp.agent(path+".agent", pc.Agent)
 	cp.discovery(path, pc, &spec)
 	spec.Backends = cp.backends(path, pc.Backends, pc.Discover != "")
 	if len(spec.Backends) != len(pc.Backends) || (len(pc.Backends) == 0 && spec.Discover == nil) {
@@ -139,6 +141,32 @@ func (cp *compiler) health(path string, h HealthConfig) balancer.HealthConfig {
 	}
 	return hc
 }
+
+// agent checks a pool's agent table (path "pools.NAME.agent"); the zero
+// AgentConfig (no agent) without one.
+func (cp *compiler) agent(path string, a *AgentConfig) balancer.AgentConfig {
+	if a == nil {
+		return balancer.AgentConfig{}
+	}
+	if a.Port < 1 || a.Port > 65535 {
+		cp.errorf(path+".port", "want the agent's TCP port on each backend's host, 1-65535; got %d", a.Port)
+	}
+	ac := balancer.AgentConfig{
+		Port:     a.Port,
+		Interval: cp.duration(path+".interval", a.Interval, balancer.DefaultAgentInterval, false),
+	}
+	ac.Timeout = cp.duration(path+".timeout", a.Timeout, min(balancer.DefaultAgentTimeout, ac.Interval), false)
+	if ac.Interval > 0 && ac.Interval < minAgentInterval {
+		cp.errorf(path+".interval", "must be at least %v, got %q", minAgentInterval, a.Interval)
+	}
+	if ac.Timeout > ac.Interval {
+		cp.errorf(path+".timeout", "%v is longer than the interval %v", ac.Timeout, ac.Interval)
+	}
+	return ac
+}
+
+// minAgentInterval keeps a fleet's agents from being asked in a busy loop.
+const minAgentInterval = 100 * time.Millisecond
 
 // backends checks a pool's backends and returns the valid ones. With
 // discover, the list may be empty.

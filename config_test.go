@@ -386,6 +386,7 @@ backends = [{ address = "127.0.0.1:9101" }]
 balance = "random_two"
 proxy_protocol = "v2"
 health = { check = "websocket", path = "/ws" }
+agent = { port = 7001, interval = "3s", timeout = "500ms" }
 discover = "srv:_game._tcp.rooms.test"
 resolve_interval = "10s"
 backends = [{ address = "localhost:9201" }]

@@ -278,6 +278,25 @@ var (
 		"The backend's admin state: 1 for the current one of ready, drain and maint, 0 for the others.",
 		[]string{"pool", "backend", "state"}, nil)
 
+	descAgentWeight = prometheus.NewDesc("sluice_backend_agent_weight",
+		"The backend's weight in force under its agent: the configured weight scaled by the agent's percentage, or its absolute weight (pools with an agent).",
+		backendLabels, nil)
+	descAgentMaxconn = prometheus.NewDesc("sluice_backend_agent_maxconn",
+		"The maxconn the backend's agent reported; 0 for no limit or none reported (the lower of it and max_connections is in force).",
+		backendLabels, nil)
+	descAgentLoad = prometheus.NewDesc("sluice_backend_agent_load",
+		"The load (players from every instance) the backend's agent reported; absent if it reported none.", backendLabels, nil)
+	descAgentState = prometheus.NewDesc("sluice_backend_agent_state",
+		"The admin state the backend's agent set: 1 for the current one of ready, drain and maint, 0 for the others.",
+		[]string{"pool", "backend", "state"}, nil)
+	descAgentDown = prometheus.NewDesc("sluice_backend_agent_down",
+		"1 while the backend's agent says down (the backend is DOWN whatever its checks say), else 0.", backendLabels, nil)
+	descAgentReports = prometheus.NewDesc("sluice_agent_reports_total",
+		"Agent answers applied, by pool and backend.", backendLabels, nil)
+	descAgentErrors = prometheus.NewDesc("sluice_agent_errors_total",
+		"Agent checks whose answer was ignored (nothing applied), by reason: connect (unreachable), timeout (no whole line in time), too_long, incomplete (closed before the line end), invalid (unknown word or bad number).",
+		[]string{"pool", "backend", "reason"}, nil)
+
 	descDiscoveryLookups = prometheus.NewDesc("sluice_discovery_lookups_total",
 		"DNS lookups made by the pool's discover.", []string{"pool"}, nil)
 	descDiscoveryFailures = prometheus.NewDesc("sluice_discovery_failures_total",
@@ -303,6 +322,8 @@ func (c *metricsCollector) Describe(ch chan<- *prometheus.Desc) {
 		descCertExpiry, descCertNotAfter,
 		descUp, descBackendActive, descBackendMax, descBackendWeight, descDials, descFailures,
 		descLocalFailures, descCheckDuration, descCheckOK, descAdminState,
+		descAgentWeight, descAgentMaxconn, descAgentLoad, descAgentState, descAgentDown,
+		descAgentReports, descAgentErrors,
 		descDiscoveryLookups, descDiscoveryFailures, descDiscoveryFailing,
 		descDiscoveryBackends, descDiscoveryDraining, descDiscoveryLastSuccess,
 	} {
@@ -380,6 +401,21 @@ func (c *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 			gauge(descCheckOK, b2f(b.LastCheckError == ""), pname, b.ID)
 			for _, s := range adminStates {
 				gauge(descAdminState, b2f(b.AdminState == s), pname, b.ID, s.String())
+			}
+			if a := b.Agent; a != nil {
+				gauge(descAgentWeight, a.Weight, pname, b.ID)
+				gauge(descAgentMaxconn, float64(max(a.MaxConnections, 0)), pname, b.ID)
+				if a.Load >= 0 {
+					gauge(descAgentLoad, float64(a.Load), pname, b.ID)
+				}
+				for _, s := range adminStates {
+					gauge(descAgentState, b2f(a.State == s), pname, b.ID, s.String())
+				}
+				gauge(descAgentDown, b2f(a.Down), pname, b.ID)
+				counter(descAgentReports, float64(a.Reports), pname, b.ID)
+				for _, r := range balancer.AgentErrorReasons {
+					counter(descAgentErrors, float64(a.Errors[r]), pname, b.ID, r.String())
+				}
 			}
 		}
 		if d, ok := rt.Pools[pname].Discovery(); ok {

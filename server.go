@@ -235,6 +235,10 @@ func (s *server) logHealth(e balancer.Event) {
 		s.log.Warn("discovery failing, keeping the last backends", f...)
 	case balancer.EventDiscoveryOK:
 		s.log.Info("discovery recovered", f...)
+	case balancer.EventAgent:
+		s.log.Info("agent changed backend state", append(f, zap.Bool("healthy", e.Healthy))...)
+	case balancer.EventAgentError:
+		s.log.Warn("agent answer ignored", f...)
 	default:
 		if e.Healthy {
 			s.log.Info("backend up", f...)

@@ -3,6 +3,7 @@ package main
 import (
 	"cmp"
 	"slices"
+	"time"
 
 	"sluice/balancer"
 )
@@ -58,7 +59,7 @@ type backendJSON struct {
 	Address        string  `json:"address"`
 	Weight         int     `json:"weight"`
 	Backup         bool    `json:"backup"`
-	State          string  `json:"state"` // ready | drain | maint
+	State          string  `json:"state"` // ready | drain | maint: in force (the stricter of the operator's and the agent's)
 	Healthy        bool    `json:"healthy"`
 	Active         int64   `json:"active"`
 	MaxConnections int     `json:"max_connections"` // 0: unlimited
@@ -66,9 +67,34 @@ type backendJSON struct {
 	Failures       uint64  `json:"failures"`
 	LastCheckError string  `json:"last_check_error"`
 	LastCheckMS    float64 `json:"last_check_ms"`
+	// OperatorState is the state set through the API (drain while
+	// discovery removed it), without the agent's.
+	OperatorState string `json:"operator_state"`
+	// EffectiveMaxConnections is the cap in force: the lower of
+	// max_connections and the agent's maxconn; 0: unlimited.
+	EffectiveMaxConnections int `json:"effective_max_connections"`
+	// Agent is what the backend's agent set; absent without an agent key.
+	Agent *agentJSON `json:"agent,omitempty"`
 	// Removed: discovery took it out of the pool; listed (state drain)
 	// while its connections drain, after the pool's current backends.
 	Removed bool `json:"removed,omitempty"`
+}
+
+// agentJSON is a backend's agent state (pool key agent).
+type agentJSON struct {
+	State          string  `json:"state"`            // ready | drain | maint: the agent's own flag (0% counts as drain)
+	Down           bool    `json:"down"`             // it said down and has not said up since
+	Weight         float64 `json:"weight"`           // the weight in force under it
+	WeightPercent  *int    `json:"weight_percent"`   // null: none (or an absolute weight)
+	MaxConnections *int64  `json:"max_connections"`  // its maxconn; 0: no limit; null: none reported
+	Load           *int64  `json:"load"`             // its load:N; null: none reported
+	Full           bool    `json:"full"`             // load >= maxconn > 0: full for every instance
+	Description    string  `json:"description"`      // after '#' in its last answer
+	LastReport     string  `json:"last_report"`      // the last answer applied, canonical
+	LastReportTime string  `json:"last_report_time"` // RFC 3339; "" if none
+	LastError      string  `json:"last_error"`       // why the last answer was ignored; "" if applied
+	Reports        uint64  `json:"reports"`          // answers applied
+	Errors         uint64  `json:"errors"`           // answers ignored (sluice_agent_errors_total by reason)
 }
 
 // state builds the state document from the Runtime serving now.
@@ -173,5 +199,41 @@ func backendState(b balancer.BackendStatus) backendJSON {
 		Failures:       b.Failures,
 		LastCheckError: b.LastCheckError,
 		LastCheckMS:    float64(b.LastCheckDuration.Microseconds()) / 1000,
+
+		OperatorState:           b.OperatorState.String(),
+		EffectiveMaxConnections: b.EffectiveMaxConnections,
+		Agent:                   agentState(b.Agent),
 	}
+}
+
+func agentState(a *balancer.AgentStatus) *agentJSON {
+	if a == nil {
+		return nil
+	}
+	aj := &agentJSON{
+		State:       a.State.String(),
+		Down:        a.Down,
+		Weight:      a.Weight,
+		Full:        a.Full,
+		Description: a.Description,
+		LastReport:  a.LastReport,
+		LastError:   a.LastError,
+		Reports:     a.Reports,
+	}
+	if a.WeightPercent >= 0 {
+		aj.WeightPercent = &a.WeightPercent
+	}
+	if a.MaxConnections >= 0 {
+		aj.MaxConnections = &a.MaxConnections
+	}
+	if a.Load >= 0 {
+		aj.Load = &a.Load
+	}
+	if !a.LastReportTime.IsZero() {
+		aj.LastReportTime = a.LastReportTime.UTC().Format(time.RFC3339Nano)
+	}
+	for _, n := range a.Errors {
+		aj.Errors += n
+	}
+	return aj
 }

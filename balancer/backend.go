@@ -10,8 +10,9 @@ import (
 	"time"
 )
 
-// AdminState is the operator's say over a backend, independent of its health
-// (HAProxy's ready/drain/maint).
+// AdminState is the say of the operator (admin API), of discovery (a
+// removed backend drains) or of the backend's agent over a backend,
+// independent of its health (HAProxy's ready/drain/maint).
 type AdminState uint8
 
 const (
@@ -59,8 +60,12 @@ type Backend struct {
 	weight   int   // >= 1
 	maxConns int64 // 0: unlimited
 	backup   bool
-	hash     uint64 // rendezvous identity, from addr
-	cookie   string // sticky cookie value: opaque, from the pool name and addr
+	// hash is the rendezvous identity, from id (the address unless an id
+	// is configured or discovered): every sluice instance running the same
+	// config ranks a key's backends alike, and a server keeps its keys when
+	// only its address changes (issue 12, part 6).
+	hash   uint64
+	cookie string // sticky cookie value: opaque, from the pool name and id
 
 	// live is what a config reload carries over to the Backend with the
 	// same address (Pool.Adopt): connections in flight and their leases, so
@@ -74,14 +79,29 @@ type Backend struct {
 	// LocalReason; shared with the same backend after a reload (Adopt).
 	local *[numLocalReasons]atomic.Uint64
 
-	healthy atomic.Bool   // health state: UP (true) or DOWN
-	admin   atomic.Uint32 // AdminState
-	upSince atomic.Int64  // unix ns of the last DOWN→UP transition (slow start); 0 if none
+	// healthy is the health state the picks read: UP (true) when the
+	// checks (active and passive) say UP and the agent does not say down.
+	healthy atomic.Bool
+	// admin is the AdminState the picks read: the stricter of opAdmin and
+	// the agent's (maint > drain > ready; see setOperatorLocked).
+	admin   atomic.Uint32
+	upSince atomic.Int64 // unix ns of the last DOWN→UP transition (slow start); 0 if none
 	// consecFails is the passive streak: failed connects and resets before
 	// the first byte since the last success (see Lease.Observe).
 	consecFails atomic.Int32
 
+	// Agent-set values the picks read without locks (issue 12, part 5);
+	// written under the pool's mu by refreshAgentLocked.
+	effWeight atomic.Int64 // weight × weightScale, scaled by the agent's percentage
+	capConns  atomic.Int64 // the lower of maxConns and the agent's maxconn; 0: unlimited
+	agentLoad atomic.Int64 // the agent's load:N; -1 when none was reported
+	agentFull atomic.Bool  // the agent reports load >= maxconn > 0
+
 	// Guarded by the pool's mu.
+	opAdmin              AdminState    // set by SetState and discovery; admin folds in the agent's
+	checkUp              bool          // the checks' verdict (healthy folds in the agent's down)
+	agent                *agentState   // nil unless the pool has an agent
+	stopAgent            func()        // ends its agent goroutine; nil if none
 	okStreak, failStreak int           // active checks, HAProxy counter semantics
 	downUntil            int64         // passive DOWN without active checks: unix ns of revival; 0 if none
 	lastCheckErr         string        // "" after a passing check
@@ -115,11 +135,15 @@ func newBackend(cfg BackendConfig) *Backend {
 		weight:   max(cfg.Weight, 1),
 		maxConns: int64(max(cfg.MaxConnections, 0)),
 		backup:   cfg.Backup,
-		hash:     mix64(hashString(cfg.Address)),
+		hash:     mix64(hashString(cmp.Or(cfg.ID, cfg.Address))),
 		live:     new(liveState),
 		local:    new([numLocalReasons]atomic.Uint64),
+		checkUp:  true,
 	}
 	b.healthy.Store(true)
+	b.effWeight.Store(int64(b.weight) * weightScale)
+	b.capConns.Store(b.maxConns)
+	b.agentLoad.Store(-1)
 	return b
 }
 
@@ -143,17 +167,26 @@ func (b *Backend) Cookie() string { return b.cookie }
 // Weight returns the configured weight (at least 1).
 func (b *Backend) Weight() int { return b.weight }
 
-// MaxConnections returns the connection cap; 0 means unlimited.
+// MaxConnections returns the configured connection cap; 0 means unlimited.
+// The cap in force may be lower: see EffectiveMaxConnections.
 func (b *Backend) MaxConnections() int { return int(b.maxConns) }
+
+// EffectiveMaxConnections returns the connection cap in force: the lower of
+// the configured one and the agent's maxconn (0 counting as no cap on
+// either side); 0 means unlimited.
+func (b *Backend) EffectiveMaxConnections() int { return int(b.capConns.Load()) }
 
 // Backup reports whether b is used only when no primary backend is healthy.
 func (b *Backend) Backup() bool { return b.backup }
 
 // Healthy reports b's health state (UP): true from the start, changed by
-// active checks and passive failures. Admin state is separate.
+// active checks, passive failures and the agent's down/up. Admin state is
+// separate.
 func (b *Backend) Healthy() bool { return b.healthy.Load() }
 
-// AdminState returns the operator state set with Pool.SetState.
+// AdminState returns the admin state the pool acts on: the stricter of the
+// operator's (Pool.SetState; Drain also while discovery removed b) and its
+// agent's (maint > drain > ready; an agent weight of 0% counts as drain).
 func (b *Backend) AdminState() AdminState { return AdminState(b.admin.Load()) }
 
 // Active returns the number of connections in flight: dialed by Pool.Dial
@@ -198,19 +231,27 @@ func (b *Backend) Probe(ctx context.Context, timeout time.Duration) error {
 	return c.Close()
 }
 
-// full reports whether b is at MaxConnections.
-func (b *Backend) full() bool { return b.maxConns > 0 && b.live.active.Load() >= b.maxConns }
+// full reports whether b is at its connection cap (EffectiveMaxConnections),
+// or its agent reports as many players as its maxconn allows.
+func (b *Backend) full() bool {
+	c := b.capConns.Load()
+	return (c > 0 && b.live.active.Load() >= c) || b.agentFull.Load()
+}
 
-// reserve takes one connection slot, failing when b is at MaxConnections.
-// Dial reserves before connecting so concurrent Dials cannot overshoot.
+// reserve takes one connection slot, failing when b is full. Dial reserves
+// before connecting so concurrent Dials cannot overshoot.
 func (b *Backend) reserve() bool {
-	if b.maxConns <= 0 {
+	if b.agentFull.Load() {
+		return false
+	}
+	c := b.capConns.Load()
+	if c <= 0 {
 		b.live.active.Add(1)
 		return true
 	}
 	for {
 		a := b.live.active.Load()
-		if a >= b.maxConns {
+		if a >= c {
 			return false
 		}
 		if b.live.active.CompareAndSwap(a, a+1) {

@@ -53,6 +53,16 @@ const (
 	// EventDiscoveryOK: a lookup succeeded again after EventDiscoveryFailed.
 	// Backend is the source; Healthy is true.
 	EventDiscoveryOK
+	// EventAgent: Backend's (its id) agent changed its admin state or
+	// answers again after EventAgentError; Reason has the answer. Healthy
+	// is the backend's health state. An agent's down or up that changes the
+	// health state is an EventHealth.
+	EventAgent
+	// EventAgentError: Backend's agent could not be reached or gave an
+	// answer that was ignored (see AgentErrorReason); nothing changed.
+	// Reported once per streak of the same error. Healthy is the backend's
+	// health state.
+	EventAgentError
 )
 
 // String names the kind for logs.
@@ -68,6 +78,10 @@ func (k EventKind) String() string {
 		return "discovery_failed"
 	case EventDiscoveryOK:
 		return "discovery_ok"
+	case EventAgent:
+		return "agent"
+	case EventAgentError:
+		return "agent_error"
 	}
 	return fmt.Sprintf("EventKind(%d)", uint8(k))
 }
@@ -335,7 +349,7 @@ func (p *Pool) applyLocked(found []BackendConfig, now time.Time) []Event {
 			p.restoreLocked(b, p.captureLocked(old))
 			p.stopCheckLocked(old)
 			p.stopMaintLocked(old)
-			if b.AdminState() == Maint && p.maintClose > 0 && !p.closed {
+			if b.opAdmin == Maint && p.maintClose > 0 && !p.closed {
 				p.wg.Add(1)
 				b.maintTimer = time.AfterFunc(p.maintClose, func() { p.maintExpired(b) })
 			}
@@ -350,6 +364,7 @@ func (p *Pool) applyLocked(found []BackendConfig, now time.Time) []Event {
 		if d.seeded && p.checking {
 			// A server that has just registered may not listen yet: it
 			// takes players once its checks pass, not before.
+			b.checkUp = false
 			b.healthy.Store(false)
 			reason += fmt.Sprintf("; DOWN until %d passing %s checks", p.health.Rise, p.health.Check)
 			p.startCheckLocked(b, 0)
@@ -389,8 +404,8 @@ func (p *Pool) applyLocked(found []BackendConfig, now time.Time) []Event {
 // (a Dial still holding the previous set skips it), no more checks, its
 // connections closed at DrainTimeout. p.mu is held.
 func (p *Pool) retireLocked(b *Backend, now time.Time) Event {
-	g := &goneBackend{b: b, admin: b.AdminState()}
-	b.admin.Store(uint32(Drain))
+	g := &goneBackend{b: b, admin: b.opAdmin}
+	p.setOperatorLocked(b, Drain)
 	p.stopCheckLocked(b)
 	p.stopMaintLocked(b)
 	active := b.Active()
@@ -451,7 +466,7 @@ func (p *Pool) reclaimLocked(bc BackendConfig) *Backend {
 		}
 		p.stopGoneLocked(g)
 		p.gone = slices.Delete(p.gone, i, i+1)
-		g.b.admin.Store(uint32(g.admin))
+		p.setOperatorLocked(g.b, g.admin)
 		p.startCheckLocked(g.b, 0)
 		return g.b
 	}

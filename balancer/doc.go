@@ -50,7 +50,15 @@
 // take players; removed ones drain (DrainTimeout); a failed or empty lookup
 // keeps the last set. Changes are reported through OnChange (Event.Kind).
 //
+// Agent checks (agent.go): with PoolConfig.Agent, one more goroutine per
+// backend asks the backend's agent (HAProxy's agent-check protocol) for its
+// admin state, health, weight and slots; the agent's drain and maint are
+// flags of their own next to the operator's (the stricter is in force), a
+// bad or missing answer changes nothing. With Hash, the agents' reported
+// loads replace this instance's connection counts in the load bound, so
+// that every sluice instance places a key alike (issue 12, part 6).
+//
 // It does not log, does not relay bytes, does not read from backends except
-// in health checks, and imports neither l4, l7, tlsutil nor net/http (which
+// in health and agent checks, and imports neither l4, l7, tlsutil nor net/http (which
 // imports log).
 package balancer

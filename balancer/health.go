@@ -196,7 +196,7 @@ func (p *Pool) recordCheck(b *Backend, err error, dur time.Duration) {
 	}
 	var ev Event
 	var ok bool
-	if b.healthy.Load() {
+	if b.checkUp { // the checks' own verdict, whatever the agent says
 		if err == nil {
 			b.failStreak = 0
 		} else if b.failStreak++; b.failStreak >= p.health.Fall {

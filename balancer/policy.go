@@ -248,8 +248,9 @@ const weightScale = 1000
 
 // effWeight returns b's weight × weightScale, reduced during slow start:
 // linear from 1/10 to full over p.slowStart after b came UP.
+// The weight is the agent's when it reported one (Backend.effWeight).
 func (p *Pool) effWeight(b *Backend, now int64) int64 {
-	w := int64(b.weight) * weightScale
+	w := b.effWeight.Load()
 	if now == 0 {
 		return w
 	}
@@ -258,7 +259,7 @@ func (p *Pool) effWeight(b *Backend, now int64) int64 {
 		return w
 	}
 	frac := max((now-up)*weightScale/int64(p.slowStart), weightScale/10)
-	return int64(b.weight) * frac
+	return w * frac / weightScale
 }
 
 // smoothRR is nginx's smooth weighted round robin
@@ -386,7 +387,8 @@ func nextUsable(s *backendSet, v *view, st *pickState, start, skip int) int {
 // With factor > 0 (consistent hashing with bounded loads, Mirrokni et al.
 // 2016; HAProxy hash-balance-factor) a backend holding at least
 // ceil(factor × (active+1) × weight/sum(weights)) connections of the usable
-// set is passed over.
+// set is passed over; with an agent, the loads and weights are the agents'
+// (see bound: placement that N instances agree on).
 //
 // A set swap (discovery) moves only the keys of the backends it removes or
 // adds: a score depends on the key and the backend alone (backendSet.weighted
@@ -402,18 +404,9 @@ func (h *rendezvous) pick(p *Pool, s *backendSet, v *view, st *pickState, req *D
 	}
 	key := mix64(hashString(req.HashKey))
 
-	var load float64 // factor × (active+1) / sum(weights), when bounded
+	var load float64 // factor × (load+1) / sum(weights), when bounded
 	if h.factor > 0 {
-		var sumA, sumW int64
-		for _, b := range s.list {
-			if usable(b, v) {
-				sumA += b.live.active.Load()
-				sumW += int64(b.weight)
-			}
-		}
-		if sumW > 0 {
-			load = h.factor * float64(sumA+1) / float64(sumW)
-		}
+		load = h.bound(p, s, v)
 	}
 
 	best, bestUnder := -1, -1
@@ -437,7 +430,7 @@ func (h *rendezvous) pick(p *Pool, s *backendSet, v *view, st *pickState, req *D
 		if best < 0 || sc > bestS {
 			best, bestS = i, sc
 		}
-		if load > 0 && float64(b.live.active.Load()) >= math.Ceil(load*float64(b.weight)) {
+		if load > 0 && h.loadOf(p, b) >= math.Ceil(load*h.share(p, b)) {
 			continue
 		}
 		if bestUnder < 0 || sc > bestUnderS {
@@ -450,6 +443,67 @@ func (h *rendezvous) pick(p *Pool, s *backendSet, v *view, st *pickState, req *D
 	// Every remaining candidate is over the bound (only possible once some
 	// were excluded): availability beats balance.
 	return best
+}
+
+// Bounded loads that N instances agree on (issue 12, part 6). A key's
+// backend must depend only on what every sluice instance sees alike: the
+// backend set (config and discovery), health, admin states and agent
+// reports. Connections counted by one instance are not such a thing: with
+// live counts, instance A may find a backend over the bound while B does
+// not, and a room's players split. So:
+//
+//   - Without an agent, the bound compares this instance's live
+//     connections (the classic algorithm; instances may disagree while some
+//     backend is over the bound).
+//   - With an agent (PoolConfig.Agent), it compares the loads the agents
+//     report (load:N), which all instances read from the same servers, and
+//     the shares use the agents' weights: placement then depends only on
+//     shared state (instances may disagree for one agent interval after a
+//     report changes). A backend whose agent reported no load is never
+//     over the bound and does not count in the average; when no agent
+//     reports a load, nothing is bounded.
+//
+// The agent's weight never changes a key's ranking (scores use the
+// configured weight, as during slow start): a weight that follows the
+// players would otherwise move rooms with every report. Weight 0% is
+// drain.
+
+// bound returns factor × (sum of loads + 1) / sum of shares over the usable
+// backends; 0 (unbounded) when no backend has a load.
+func (h *rendezvous) bound(p *Pool, s *backendSet, v *view) float64 {
+	var sumL, sumW float64
+	for _, b := range s.list {
+		if !usable(b, v) {
+			continue
+		}
+		if l := h.loadOf(p, b); l >= 0 {
+			sumL += l
+			sumW += h.share(p, b)
+		}
+	}
+	if sumW <= 0 {
+		return 0
+	}
+	return h.factor * (sumL + 1) / sumW
+}
+
+// loadOf is b's load for the bound: its live connections from this
+// instance, or with an agent the load its agent reported (-1: none).
+func (h *rendezvous) loadOf(p *Pool, b *Backend) float64 {
+	if p.agent != nil {
+		return float64(b.agentLoad.Load())
+	}
+	return float64(b.live.active.Load())
+}
+
+// share is b's weight for the bound: the configured one, or with an agent
+// the agent's (effWeight). An agent's 0 is drain, which keeps b's keys
+// (keyUsable): it bounds them by the configured weight, as it ranks them.
+func (h *rendezvous) share(p *Pool, b *Backend) float64 {
+	if w := b.effWeight.Load(); p.agent != nil && w > 0 {
+		return float64(w) / weightScale
+	}
+	return float64(b.weight)
 }
 
 // hashString is 64-bit FNV-1a: stable across processes and releases, so two

@@ -140,7 +140,10 @@ type PoolConfig struct {
 	// choice. If zero, unbounded (every key stays home: room affinity holds
 	// even for a hot room); otherwise it must be at least 1 (1.25 is
 	// typical). Note that a bound splits a hot room across servers, use
-	// MaxConnections instead where a room must stay on one server.
+	// MaxConnections instead where a room must stay on one server. With
+	// Agent, the loads are the ones the agents report (load:N) rather than
+	// this instance's connections, so that every instance places keys
+	// alike (see rendezvous.bound).
 	HashBalanceFactor float64
 
 	// StickyCookie names the cookie that pins a player to a backend (l7):
@@ -158,6 +161,9 @@ type PoolConfig struct {
 
 	// Health configures active checks, run between Start and Close.
 	Health HealthConfig
+	// Agent configures agent checks (HAProxy's agent-check; see agent.go),
+	// run between Start and Close. If Port is zero, none.
+	Agent AgentConfig
 	// MaxFails consecutive failed connects (or resets before the first
 	// byte, see Lease.Observe) mark a backend DOWN (passive health). If
 	// zero, 5 is used; negative disables passive health.
@@ -221,6 +227,7 @@ type Pool struct {
 	closeOnDown    bool
 	onChange       func(Event)
 	health         HealthConfig // defaults applied
+	agent          *AgentConfig // defaults applied; nil: no agent checks
 	checkHeader    []byte       // PROXY header sent before each check
 
 	// Read by every pick; written under mu.
@@ -236,6 +243,7 @@ type Pool struct {
 	hadGone  atomic.Bool    // gone was ever non-empty
 	started  bool
 	checking bool // active-check goroutines run
+	agenting bool // agent-check goroutines run
 	closed   bool
 	ctx      context.Context // between Start and Close: the checks' and discovery's
 	cancel   context.CancelFunc
@@ -314,6 +322,13 @@ func NewPool(cfg PoolConfig) (*Pool, error) {
 	}
 	if cfg.MaxFails < 0 {
 		p.maxFails = 0
+	}
+	if cfg.Agent.Port != 0 {
+		a, err := cfg.Agent.withDefaults()
+		if err != nil {
+			return nil, fmt.Errorf("balancer: pool %q: %w", cfg.Name, err)
+		}
+		p.agent = &a
 	}
 	if p.proxy != ProxyNone {
 		p.checkHeader, err = AppendProxyHeader(nil, p.proxy, nil, nil, "")
@@ -404,15 +419,14 @@ func (p *Pool) Start() {
 		return
 	}
 	p.started = true
-	if !p.health.active() && p.disc == nil {
+	if !p.health.active() && p.disc == nil && p.agent == nil {
 		return
 	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
-	if p.health.active() {
-		p.checking = true
-		for _, b := range p.backends() {
-			p.startCheckLocked(b, -1)
-		}
+	p.checking = p.health.active()
+	p.agenting = p.agent != nil
+	for _, b := range p.backends() {
+		p.startCheckLocked(b, -1) // and its agent's
 	}
 	if p.disc != nil {
 		p.wg.Add(1)
@@ -432,11 +446,12 @@ func (p *Pool) Close() {
 	}
 	p.closed = true
 	p.checking = false
+	p.agenting = false
 	if p.cancel != nil {
 		p.cancel()
 	}
 	for _, b := range p.backends() {
-		b.stopCheck = nil // ended by p.cancel
+		b.stopCheck, b.stopAgent = nil, nil // ended by p.cancel
 		p.stopMaintLocked(b)
 	}
 	for _, g := range p.gone {
@@ -520,25 +535,44 @@ func (p *Pool) tier(prim, back int32) int {
 
 // transitionLocked flips b's health and returns the event to emit after
 // unlocking, or ok false when b is already in that state.
+//
+// It flips the checks' verdict (active and passive); the health state in
+// force also needs the agent's consent (refreshHealthLocked): while the
+// agent says down, passing checks change nothing visible, and the event is
+// the agent's "up" (HAProxy: "up" brings a server back only if the checks
+// also report it accessible).
 func (p *Pool) transitionLocked(b *Backend, up bool, reason string, passive bool) (ev Event, ok bool) {
+	if b.checkUp == up {
+		return Event{}, false
+	}
+	b.checkUp = up
+	b.okStreak, b.failStreak = 0, 0
+	b.downUntil = 0
+	if up {
+		b.consecFails.Store(0)
+	} else if passive && !p.checking {
+		b.downUntil = time.Now().Add(p.failTimeout).UnixNano()
+	}
+	ev, ok = p.refreshHealthLocked(b, reason)
+	p.refreshReviveLocked()
+	return ev, ok
+}
+
+// refreshHealthLocked sets the health state the picks read: UP when the
+// checks say UP and the agent does not say down. It returns the event to
+// emit after unlocking, or ok false when the state did not change.
+func (p *Pool) refreshHealthLocked(b *Backend, reason string) (ev Event, ok bool) {
+	up := b.checkUp && !b.agentDown()
 	if b.healthy.Load() == up {
 		return Event{}, false
 	}
 	now := time.Now()
 	b.healthy.Store(up)
-	b.okStreak, b.failStreak = 0, 0
-	b.downUntil = 0
-	if up {
-		b.consecFails.Store(0)
-		if p.slowStart > 0 {
-			b.upSince.Store(now.UnixNano())
-			p.slowUntil.Store(max(p.slowUntil.Load(), now.Add(p.slowStart).UnixNano()))
-		}
-	} else if passive && !p.checking {
-		b.downUntil = now.Add(p.failTimeout).UnixNano()
+	if up && p.slowStart > 0 {
+		b.upSince.Store(now.UnixNano())
+		p.slowUntil.Store(max(p.slowUntil.Load(), now.Add(p.slowStart).UnixNano()))
 	}
 	p.recountLocked()
-	p.refreshReviveLocked()
 	return Event{Pool: p.name, Backend: b.addr, Healthy: up, Reason: reason, Time: now}, true
 }
 
@@ -620,7 +654,7 @@ func (p *Pool) SetState(addr string, s AdminState) error {
 			continue
 		}
 		found = true
-		b.admin.Store(uint32(s))
+		p.setOperatorLocked(b, s) // the agent's drain or maint stay in force
 		if s != Maint {
 			p.stopMaintLocked(b)
 		}
@@ -679,7 +713,7 @@ type BackendStatus struct {
 	Address        string
 	Weight         int
 	Backup         bool
-	AdminState     AdminState
+	AdminState     AdminState // in force: the stricter of OperatorState and Agent.State
 	Healthy        bool
 	Active         int64
 	MaxConnections int
@@ -692,6 +726,14 @@ type BackendStatus struct {
 	// none ran.
 	LastCheckError    string
 	LastCheckDuration time.Duration
+	// OperatorState is the state set with SetState (Drain while discovery
+	// removed the backend), without the agent's.
+	OperatorState AdminState
+	// EffectiveMaxConnections is the cap in force: the lower of
+	// MaxConnections and the agent's maxconn; 0: unlimited.
+	EffectiveMaxConnections int
+	// Agent is what the backend's agent set; nil when the pool has none.
+	Agent *AgentStatus
 }
 
 // Status returns a snapshot of every backend of the current set, in the
@@ -749,6 +791,10 @@ func statusLocked(b *Backend) BackendStatus {
 		Failures:          b.failures.Load(),
 		LastCheckError:    b.lastCheckErr,
 		LastCheckDuration: b.lastCheckDur,
+
+		OperatorState:           b.opAdmin,
+		EffectiveMaxConnections: int(b.capConns.Load()),
+		Agent:                   agentStatusLocked(b),
 	}
 }
 

@@ -42,7 +42,7 @@ func (p *Pool) backends() []*Backend { return p.set.Load().list }
 // the next set when its weight, backup flag or slots changed (discovery).
 // The connections in flight are shared, not copied.
 type backendState struct {
-	healthy              bool
+	healthy              bool // the checks' verdict (checkUp); the agent's is in agent
 	admin                AdminState
 	upSince              int64
 	consecFails          int32
@@ -54,16 +54,17 @@ type backendState struct {
 	rrWeight             int64
 	live                 *liveState
 	local                *[numLocalReasons]atomic.Uint64
+	agent                *agentState // nil: no agent state
 }
 
 // captureLocked reads b's state; p is b's pool and p.mu is held.
 func (p *Pool) captureLocked(b *Backend) backendState {
 	s := backendState{
-		healthy: b.healthy.Load(), admin: b.AdminState(), upSince: b.upSince.Load(),
+		healthy: b.checkUp, admin: b.opAdmin, upSince: b.upSince.Load(),
 		consecFails: b.consecFails.Load(), okStreak: b.okStreak, failStreak: b.failStreak,
 		downUntil: b.downUntil, lastErr: b.lastCheckErr, lastDur: b.lastCheckDur,
 		dials: b.dials.Load(), failures: b.failures.Load(),
-		live: b.live, local: b.local,
+		live: b.live, local: b.local, agent: snapshotAgentLocked(b),
 	}
 	if p.rr != nil { // picks write it under rr.mu, not mu
 		p.rr.mu.Lock()
@@ -76,8 +77,9 @@ func (p *Pool) captureLocked(b *Backend) backendState {
 // restoreLocked gives b the state s; p.mu is held and b is in no set yet
 // (so no pick reads rrWeight concurrently: storing the set publishes it).
 func (p *Pool) restoreLocked(b *Backend, s backendState) {
-	b.healthy.Store(s.healthy)
-	b.admin.Store(uint32(s.admin))
+	b.checkUp = s.healthy
+	b.opAdmin = s.admin
+	p.restoreAgentLocked(b, s.agent) // health and admin state in force, with the agent's
 	b.upSince.Store(s.upSince)
 	b.consecFails.Store(s.consecFails)
 	b.okStreak, b.failStreak = s.okStreak, s.failStreak
@@ -93,10 +95,12 @@ func (p *Pool) restoreLocked(b *Backend, s backendState) {
 	}
 }
 
-// startCheckLocked starts b's active-check goroutine when checks run; the
-// first check comes after first, or at a random point of the first interval
+// startCheckLocked starts b's active-check goroutine when checks run, and
+// its agent's when the pool has an agent (startAgentLocked); the first
+// check comes after first, or at a random point of the first interval
 // (HAProxy spread-checks) when first is negative. p.mu is held.
 func (p *Pool) startCheckLocked(b *Backend, first time.Duration) {
+	p.startAgentLocked(b, first)
 	if !p.checking || b.stopCheck != nil {
 		return
 	}
@@ -109,9 +113,10 @@ func (p *Pool) startCheckLocked(b *Backend, first time.Duration) {
 	go p.checkLoop(ctx, b, first)
 }
 
-// stopCheckLocked ends b's active checks (the goroutine exits at its next
-// wake-up; Close waits for it). p.mu is held.
+// stopCheckLocked ends b's active checks and agent checks (the goroutines
+// exit at their next wake-up; Close waits for them). p.mu is held.
 func (p *Pool) stopCheckLocked(b *Backend) {
+	p.stopAgentLocked(b)
 	if b.stopCheck != nil {
 		b.stopCheck()
 		b.stopCheck = nil

@@ -41,6 +41,9 @@ echo "== reload under full load (500 WebSocket sessions; without the race detect
 echo "== stress tier and a ${SOAK:-30s} soak (a sluice child process; without the race detector; longer soak: SOAK=10m scripts/test.sh)"
 SOAK=${SOAK:-30s} go test -tags stress -count=1 -timeout 30m -run '^(TestStress|TestSoak)' -v . | grep -E '^(---|ok|FAIL)|_test\.go:'
 
+echo "== placement that 3 sluice instances agree on (child processes, 300 rooms, SIGKILL and a join through discovery)"
+go test -tags stress -count=1 -timeout 5m -run '^TestPlacementAgreement$' -v . | grep -E '^(---|ok|FAIL)|_test\.go:'
+
 echo "== fuzz (short runs; longer by hand: FUZZTIME=10m scripts/test.sh)"
 # The short runs are bounded by execution count, not wall-clock time: with a
 # duration, Go 1.26's fuzz coordinator can report a bare "context deadline
@@ -64,6 +67,7 @@ fuzz FuzzPeekHost ./l7 40000x
 fuzz FuzzUpgradeResponse ./l7 80000x
 fuzz FuzzProxyHeader ./balancer 80000x
 fuzz FuzzReadProxyHeader ./balancer 100000x
+fuzz FuzzAgentLine ./balancer 80000x
 fuzz FuzzConfig . 40000x
 
 echo "== real game frameworks (socket.io, Colyseus)"
