@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -47,9 +48,18 @@ import (
 //   - writes: WriteStallTimeout per write on the connection (h2conn.Write).
 
 // h2MaxStreams is SETTINGS_MAX_CONCURRENT_STREAMS. HAProxy's default is 100
-// (Go's 250, nginx's 128); each stream may buffer a request body of up to
-// request_buffer_bytes, so this also bounds a connection's body memory.
+// (Go's 250, nginx's 128).
 const h2MaxStreams = 100
+
+// h2BodySlots is how many streams of a connection may read a request body
+// at once; the others wait (their first bytes in x/net's flow-control
+// window, 1 MiB per connection) until one's handler returns. Each may
+// buffer request_buffer_bytes (readBody): without the bound one connection
+// could hold h2MaxStreams of them, where an HTTP/1.1 connection holds one.
+const h2BodySlots = 8
+
+// testHookBodySlot, if set, runs when a stream has taken a body slot.
+var testHookBodySlot func()
 
 // h2PrefaceTimeout is x/net/http2's (not configurable): a conn whose client
 // preface has not arrived by then is closed.
@@ -85,6 +95,7 @@ type h2conn struct {
 	idleSince time.Time // when active last dropped to 0 (or the handshake ended)
 	protoErr  string    // the last protocol error x/net counted
 	handlers  sync.WaitGroup
+	bodies    chan struct{} // a slot per stream reading a body (h2BodySlots)
 
 	closeOnce sync.Once
 	hard      atomic.Bool // drain or route close: no graceful close
@@ -98,7 +109,8 @@ var (
 // serveH2 serves a connection that negotiated h2 until it ends, then ends
 // it (cs.finish) once every stream's handler has returned.
 func (rt *Route) serveH2(cs *connState, t *tls.Conn, c *net.TCPConn, rw *recordWriter, start time.Time) {
-	h := &h2conn{rt: rt, cs: cs, tc: t, raw: c, rw: rw, start: start, idleSince: start}
+	h := &h2conn{rt: rt, cs: cs, tc: t, raw: c, rw: rw, start: start, idleSince: start,
+		bodies: make(chan struct{}, h2BodySlots)}
 	_ = c.SetReadDeadline(start.Add(rt.headerTimeout))
 	_ = c.SetWriteDeadline(time.Time{}) // Write sets its own
 	stop := context.AfterFunc(cs.ctx, h.closeHard)
@@ -108,7 +120,9 @@ func (rt *Route) serveH2(cs *connState, t *tls.Conn, c *net.TCPConn, rw *recordW
 		CountError:           h.countError,
 	}
 	srv.ServeConn(h, &http2.ServeConnOpts{
-		Context:    context.WithValue(cs.ctx, connStateKey{}, cs),
+		// Not cancelled with cs.ctx: closeHard records drain first, then
+		// closes the conn, and x/net cancels the streams' contexts.
+		Context:    context.WithValue(context.WithoutCancel(cs.ctx), connStateKey{}, cs),
 		BaseConfig: rt.h2base,
 		Handler:    h,
 	})
@@ -150,6 +164,15 @@ func (h *h2conn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// per proxied GET in BenchmarkH2Proxied instead of 167.
 		r.Body = http.NoBody
 	case r.Body != nil:
+		select {
+		case h.bodies <- struct{}{}:
+			defer func() { <-h.bodies }()
+		case <-r.Context().Done():
+			return // the stream or the conn is gone
+		}
+		if testHookBodySlot != nil {
+			testHookBodySlot()
+		}
 		if d, ok := w.(readDeadliner); ok {
 			r.Body = &h2Body{ReadCloser: r.Body, w: d, timeout: h.rt.bodyTimeout}
 		}
@@ -175,7 +198,14 @@ func (h *h2conn) idledOut() bool {
 	return h.started && h.active == 0 && time.Since(h.idleSince) >= h.rt.keepAliveTimeout
 }
 
+// countError records a connection error x/net found ("conn_PROTOCOL_...",
+// or a malformed frame, "frame_..."): the likely reason when it closes the
+// conn. A stream's error ("stream_...": a stream reset, the others go on)
+// is not the connection's.
 func (h *h2conn) countError(name string) {
+	if !strings.HasPrefix(name, "conn_") && !strings.HasPrefix(name, "frame_") {
+		return
+	}
 	h.mu.Lock()
 	h.protoErr = name
 	h.mu.Unlock()

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -311,15 +312,21 @@ func (r *rawH2) headers(t *testing.T, id uint32, path string) {
 
 func (r *rawH2) headersFor(t *testing.T, id uint32, authority, path string) {
 	t.Helper()
+	r.open(t, id, [][2]string{{":method", "GET"}, {":scheme", "https"}, {":authority", authority}, {":path", path}}, true)
+}
+
+// open sends stream id's header fields, ending the stream or not.
+func (r *rawH2) open(t *testing.T, id uint32, fields [][2]string, end bool) {
+	t.Helper()
 	var buf bytes.Buffer
-	for _, f := range [][2]string{{":method", "GET"}, {":scheme", "https"}, {":authority", authority}, {":path", path}} {
+	for _, f := range fields {
 		buf.WriteByte(0)
 		buf.WriteByte(byte(len(f[0])))
 		buf.WriteString(f[0])
 		buf.WriteByte(byte(len(f[1])))
 		buf.WriteString(f[1])
 	}
-	if err := r.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: buf.Bytes(), EndStream: true, EndHeaders: true}); err != nil {
+	if err := r.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: buf.Bytes(), EndStream: end, EndHeaders: true}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -399,6 +406,63 @@ func TestH2StreamLimit(t *testing.T) {
 	}
 }
 
+// At most h2BodySlots streams of a connection read a body at once: with
+// every slot taken by a stalled body, a complete POST waits until a stalled
+// one got its 408, while a bodyless GET is answered.
+func TestH2BodySlots(t *testing.T) {
+	checkLeaks(t)
+	slots := make(chan struct{}, 2*h2BodySlots)
+	testHookBodySlot = func() { slots <- struct{}{} }
+	defer func() { testHookBodySlot = nil }()
+	be := startWSBackend(t, nil)
+	l := h2LB(t, RouteConfig{BodyTimeout: 500 * time.Millisecond}, be.addr)
+	r, _ := l.rawH2(t)
+	r.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	post := func(id uint32, path string) {
+		r.open(t, id, [][2]string{{":method", "POST"}, {":scheme", "https"}, {":authority", testHost}, {":path", path},
+			{"content-length", "5"}}, false)
+	}
+	for i := range h2BodySlots {
+		id := uint32(2*i + 1)
+		post(id, "/api/slow")
+		if err := r.fr.WriteData(id, false, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range h2BodySlots { // every slot taken by a stalled body
+		select {
+		case <-slots:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the stalled bodies did not take the slots")
+		}
+	}
+	waiting, get := uint32(2*h2BodySlots+1), uint32(2*h2BodySlots+3)
+	post(waiting, "/api/complete")
+	if err := r.fr.WriteData(waiting, true, []byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	r.headersFor(t, get, testHost, "/api/get")
+	var order []string
+	for len(order) < h2BodySlots+2 {
+		f, err := r.fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("after %v: %v", order, err)
+		}
+		if mh, ok := f.(*http2.MetaHeadersFrame); ok {
+			order = append(order, fmt.Sprintf("%d:%s", mh.StreamID, mh.PseudoValue("status")))
+		}
+	}
+	i408 := slices.IndexFunc(order, func(s string) bool { return strings.HasSuffix(s, ":408") })
+	iPost := slices.Index(order, fmt.Sprintf("%d:200", waiting))
+	if i408 < 0 || iPost < i408 || !slices.Contains(order, fmt.Sprintf("%d:200", get)) {
+		t.Fatalf("answers in the order %v: want the waiting POST's 200 after a 408, and the GET's 200", order)
+	}
+	reqs := be.requests()
+	if len(reqs) != 2 || reqs[0].Method != "GET" && reqs[1].Method != "GET" {
+		t.Fatalf("backend got %d requests", len(reqs))
+	}
+}
+
 // An :authority net/http would refuse as a Host is refused (x/net resets
 // the stream) and never reaches the backend, whose Host line it would be;
 // the connection's other streams go on.
@@ -434,6 +498,34 @@ func TestH2InvalidAuthority(t *testing.T) {
 	}
 	if reqs := be.requests(); len(reqs) != 1 || reqs[0].Host != "game.example.com" {
 		t.Fatalf("backend got %d requests", len(reqs))
+	}
+}
+
+// A connection error (a PING on a stream: RFC 9113 Section 6.7) closes the
+// connection with bad_request; a stream's error (TestH2InvalidAuthority,
+// TestH2SlowBody's data after a 413) does not become the connection's.
+func TestH2ProtocolError(t *testing.T) {
+	checkLeaks(t)
+	be := startWSBackend(t, nil)
+	l := h2LB(t, RouteConfig{}, be.addr)
+	r, _ := l.rawH2(t)
+	if err := r.fr.WriteRawFrame(http2.FramePing, 0, 1, make([]byte, 8)); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		f, err := r.fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("no GOAWAY: %v", err)
+		}
+		if ga, ok := f.(*http2.GoAwayFrame); ok {
+			if ga.ErrCode != http2.ErrCodeProtocol {
+				t.Fatalf("GOAWAY %v", ga.ErrCode)
+			}
+			break
+		}
+	}
+	if res := l.nextResult(t); res.Reason != l4.ReasonBadRequest || res.Err == nil {
+		t.Fatalf("result %+v", res)
 	}
 }
 
