@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"net"
-	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -12,42 +11,59 @@ import (
 	"sluice/l7"
 )
 
-// locations checks a route's [[routes.NAME.locations]] (path "routes.NAME").
+// locations checks a route's [[routes.NAME.locations]] (path "routes.NAME"):
+// the rules every location list meets (l7.CheckLocations, the one place
+// they live), then what only a config knows: that a pool exists, a root is
+// a directory and a fallback a file in it. The gzip default is on for root
+// and off for pool (a proxied response may reflect a secret and what the
+// client sent: BREACH).
 func (cp *compiler) locations(path string, list []LocationConfig) []locationSpec {
-	var out []locationSpec
-	seen := map[string]bool{}
+	locs := make([]l7.Location, len(list))
 	for i, lc := range list {
-		lpath := fmt.Sprintf("%s.locations[%d]", path, i)
-		if !strings.HasPrefix(lc.Path, "/") {
-			cp.errorf(lpath+".path", "must start with \"/\", got %q", lc.Path)
+		locs[i] = l7.Location{Path: lc.Path, Root: lc.Root, Redirect: lc.Redirect, Headers: lc.Headers, Fallback: lc.Fallback}
+	}
+	broken := map[int]map[string]bool{} // location → keys with a problem
+	for _, e := range l7.CheckLocations(locs, func(i int) bool { return list[i].Pool != "" }) {
+		key := fmt.Sprintf("%s.locations[%d]", path, e.Index)
+		if e.Key != "" {
+			key += "." + e.Key
+		}
+		cp.errorf(key, "%v", e.Err)
+		if broken[e.Index] == nil {
+			broken[e.Index] = map[string]bool{}
+		}
+		broken[e.Index][e.Key] = true
+	}
+	var out []locationSpec
+	for i, lc := range list {
+		b := broken[i]
+		if b["path"] || b[""] { // what it serves is unclear: nothing more to check
 			continue
 		}
-		if seen[lc.Path] {
-			cp.errorf(lpath+".path", "duplicate location %q", lc.Path)
-			continue
+		if b["fallback"] {
+			lc.Fallback = "" // never stat a path that escapes root
 		}
-		seen[lc.Path] = true
-		if loc, ok := cp.location(lpath, lc); ok {
+		if loc, ok := cp.location(fmt.Sprintf("%s.locations[%d]", path, i), lc); ok && len(b) == 0 {
 			out = append(out, loc)
 		}
 	}
 	return out
 }
 
-// location checks what one location serves: exactly one of a pool, a
-// static root directory or a redirect.
+// location checks what only the config knows about a location that meets
+// the l7 rules, and fills in its defaults.
 func (cp *compiler) location(lpath string, lc LocationConfig) (locationSpec, bool) {
-	n := 0
-	for _, set := range []bool{lc.Pool != "", lc.Root != "", lc.Redirect != ""} {
-		if set {
-			n++
+	loc := locationSpec{path: lc.Path, redirect: lc.Redirect, gzip: lc.Root != ""}
+	if len(lc.Headers) > 0 {
+		loc.headers = lc.Headers
+	}
+	if lc.Gzip != nil {
+		if lc.Redirect != "" {
+			cp.errorf(lpath+".gzip", "a redirect has no body to compress")
+			return loc, false
 		}
+		loc.gzip = *lc.Gzip
 	}
-	if n != 1 {
-		cp.errorf(lpath, "set exactly one of pool, root or redirect")
-		return locationSpec{}, false
-	}
-	loc := locationSpec{path: lc.Path}
 	switch {
 	case lc.Pool != "":
 		if cp.cfg.Pools[lc.Pool] == nil {
@@ -61,67 +77,17 @@ func (cp *compiler) location(lpath string, lc LocationConfig) (locationSpec, boo
 			cp.errorf(lpath+".root", "%q is not a directory", loc.root)
 			return loc, false
 		}
-	default:
-		u, err := url.Parse(lc.Redirect)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			cp.errorf(lpath+".redirect", "must be an absolute http(s) URL, got %q", lc.Redirect)
-			return loc, false
-		}
-		loc.redirect = lc.Redirect
-	}
-	return loc, cp.locationHTTP(lpath, lc, &loc)
-}
-
-// locationHTTP checks a location's response keys: headers, gzip (default:
-// on for root, off for pool: a proxied response may reflect a secret and
-// what the client sent, BREACH) and fallback (root only; a file under it).
-func (cp *compiler) locationHTTP(lpath string, lc LocationConfig, loc *locationSpec) bool {
-	ok := true
-	seen := map[string]string{}
-	for _, k := range sortedKeys(lc.Headers) {
-		if err := l7.CheckHeader(k, lc.Headers[k]); err != nil {
-			cp.errorf(lpath+".headers", "%v", err)
-			ok = false
-			continue
-		}
-		if other, dup := seen[strings.ToLower(k)]; dup {
-			cp.errorf(lpath+".headers", "%q and %q are the same header", other, k)
-			ok = false
-		}
-		seen[strings.ToLower(k)] = k
-	}
-	if len(lc.Headers) > 0 {
-		loc.headers = lc.Headers
-	}
-	loc.gzip = lc.Root != ""
-	if lc.Gzip != nil {
-		if lc.Redirect != "" {
-			cp.errorf(lpath+".gzip", "a redirect has no body to compress")
-			ok = false
-		}
-		loc.gzip = *lc.Gzip
-	}
-	if lc.Fallback == "" {
-		return ok
-	}
-	if lc.Root == "" {
-		cp.errorf(lpath+".fallback", "only for a root location")
-		return false
-	}
-	rel := strings.TrimPrefix(lc.Fallback, "/")
-	for seg := range strings.SplitSeq(rel, "/") {
-		if seg == "" || strings.HasPrefix(seg, ".") {
-			cp.errorf(lpath+".fallback", "%q must be a file path under root, without empty, . or .. segments or dot files", lc.Fallback)
-			return false
+		if lc.Fallback != "" {
+			rel := strings.TrimPrefix(lc.Fallback, "/")
+			full := filepath.Join(loc.root, filepath.FromSlash(rel))
+			if st, err := os.Stat(full); err != nil || !st.Mode().IsRegular() {
+				cp.errorf(lpath+".fallback", "%q is not a file", full)
+				return loc, false
+			}
+			loc.fallback = rel
 		}
 	}
-	full := filepath.Join(loc.root, filepath.FromSlash(rel))
-	if st, err := os.Stat(full); err != nil || !st.Mode().IsRegular() {
-		cp.errorf(lpath+".fallback", "%q is not a file", full)
-		return false
-	}
-	loc.fallback = rel
-	return ok
+	return loc, true
 }
 
 // routeTLS decides, listener by listener, which l7 routes terminate TLS and

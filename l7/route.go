@@ -237,60 +237,36 @@ func NewRoute(cfg RouteConfig) (*Route, error) {
 		}
 		locs = []Location{{Path: "/", Pool: cfg.Pool}}
 	}
+	for _, e := range CheckLocations(locs, func(i int) bool { return locs[i].Pool != nil }) {
+		bad("%v", e)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
 	seen := map[string]bool{}
-	for i, l := range locs {
-		if !strings.HasPrefix(l.Path, "/") {
-			bad("locations[%d]: path %q must start with /", i, l.Path)
-			continue
-		}
-		if seen[l.Path] {
-			bad("locations[%d]: duplicate path %q", i, l.Path)
-			continue
-		}
+	for _, l := range locs {
 		seen[l.Path] = true
-		set := 0
 		loc := &location{path: l.Path, gzip: l.Gzip && l.Pool != nil}
 		for k, v := range l.Headers {
-			if err := CheckHeader(k, v); err != nil {
-				bad("locations[%d] (%s): %v", i, l.Path, err)
-			}
 			if loc.headers == nil {
 				loc.headers = http.Header{}
 			}
-			ck := http.CanonicalHeaderKey(k)
-			if loc.headers[ck] != nil {
-				bad("locations[%d] (%s): header %q set twice", i, l.Path, ck)
-			}
-			loc.headers[ck] = []string{v} // cap 1: an append copies
+			loc.headers[http.CanonicalHeaderKey(k)] = []string{v} // cap 1: an append copies
 		}
-		if l.Fallback != "" && (l.Root == "" || hasDotSegment(l.Fallback)) {
-			bad("locations[%d] (%s): fallback %q needs root and a path under it", i, l.Path, l.Fallback)
-		}
-		if l.Pool != nil {
-			set++
+		switch {
+		case l.Pool != nil:
 			loc.proxy = newProxy(rt, l.Pool)
-		}
-		if l.Root != "" {
-			set++
+		case l.Root != "":
 			fallback := ""
 			if l.Fallback != "" {
 				fallback = path.Clean("/" + l.Fallback)
 			}
 			loc.handler = newStatic(l.Path, l.Root, fallback, l.Gzip)
 			loc.static = true
-		}
-		if l.Redirect != "" {
-			set++
+		default:
 			loc.handler = redirectHandler(l.Redirect)
 		}
-		if set != 1 {
-			bad("locations[%d] (%s): exactly one of pool, root and redirect must be set", i, l.Path)
-			continue
-		}
 		rt.locations = append(rt.locations, loc)
-	}
-	if err := errors.Join(errs...); err != nil {
-		return nil, err
 	}
 	slices.SortFunc(rt.locations, func(a, b *location) int { return len(b.path) - len(a.path) })
 	for _, l := range rt.locations {
