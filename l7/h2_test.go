@@ -529,6 +529,35 @@ func TestH2ProtocolError(t *testing.T) {
 	}
 }
 
+// A client that goes away with a stream in flight ends the conn as
+// client_closed (as an HTTP/1.1 client that leaves mid-body does).
+func TestH2ClientClosed(t *testing.T) {
+	checkLeaks(t)
+	slots := make(chan struct{}, 1)
+	testHookBodySlot = func() { slots <- struct{}{} }
+	defer func() { testHookBodySlot = nil }()
+	be := startWSBackend(t, nil)
+	l := h2LB(t, RouteConfig{}, be.addr)
+	r, _ := l.rawH2(t)
+	r.open(t, 1, [][2]string{{":method", "POST"}, {":scheme", "https"}, {":authority", testHost}, {":path", "/api/up"},
+		{"content-length", "5"}}, false)
+	if err := r.fr.WriteData(1, false, []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-slots: // the stream's handler is reading its body
+	case <-time.After(10 * time.Second):
+		t.Fatal("the stream did not start")
+	}
+	r.c.Close()
+	if res := l.nextResult(t); res.Reason != l4.ReasonClientClosed {
+		t.Fatalf("result %+v", res)
+	}
+	if n := len(be.requests()); n != 0 {
+		t.Fatalf("backend got %d requests", n)
+	}
+}
+
 // A page loaded over h2 can still open a WebSocket to the same host: the
 // upgrade arrives on its own HTTP/1.1 connection, while the h2 one stays up.
 func TestH2WebSocketOnHTTP1(t *testing.T) {
