@@ -451,7 +451,9 @@ func (v *vconn) SetDeadline(t time.Time) error { return v.SetReadDeadline(t) }
 // milliseconds apart). The TLS records of one Write leave in one syscall
 // (recordWriter).
 func (v *vconn) Write(p []byte) (int, error) {
-	if now := time.Now(); now.Sub(v.wdlAt) >= writeDeadlineSlack {
+	// slack: a write_stall_timeout under writeDeadlineSlack expired
+	// before it was moved, failing a keep-alive response sent then.
+	if now := time.Now(); now.Sub(v.wdlAt) >= slack(v.rt.writeStall) {
 		_ = v.tc.SetWriteDeadline(now.Add(v.rt.writeStall))
 		v.wdlAt = now
 	}

@@ -177,6 +177,9 @@ func (h *h2conn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			r.Body = &h2Body{ReadCloser: r.Body, w: d, timeout: h.rt.bodyTimeout}
 		}
 	}
+	if d, ok := w.(writeDeadliner); ok {
+		w = &h2Writer{ResponseWriter: w, wd: d, stall: h.rt.writeStall}
+	}
 	h.rt.serveHTTP(w, r)
 }
 
@@ -211,7 +214,47 @@ func (h *h2conn) countError(name string) {
 	h.mu.Unlock()
 }
 
-type readDeadliner interface{ SetReadDeadline(time.Time) error }
+// slack is how long a deadline of timeout may go unmoved:
+// writeDeadlineSlack, or less for a short timeout (tests), which would
+// otherwise expire before it is moved.
+func slack(timeout time.Duration) time.Duration { return min(writeDeadlineSlack, timeout/4) }
+
+type (
+	readDeadliner  interface{ SetReadDeadline(time.Time) error }
+	writeDeadliner interface{ SetWriteDeadline(time.Time) error }
+)
+
+// h2Writer gives each write of a stream's response WriteStallTimeout, as
+// vconn.Write does for an HTTP/1.1 conn: a client that grants a stream no
+// flow-control credit would block its handler, and with it a backend conn
+// and its slot, until the stream's overall cap (Relay.IdleTimeout). The
+// stream is reset (x/net's write timeout); the conn goes on. Only a write
+// in progress counts: a stream waiting for its backend is not stalled.
+type h2Writer struct {
+	http.ResponseWriter
+	wd    writeDeadliner
+	stall time.Duration
+}
+
+func (w *h2Writer) Write(p []byte) (int, error) {
+	t := time.AfterFunc(w.stall, w.expire)
+	n, err := w.ResponseWriter.Write(p)
+	t.Stop()
+	return n, err
+}
+
+func (w *h2Writer) Flush() {
+	t := time.AfterFunc(w.stall, w.expire)
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+	t.Stop()
+}
+
+// expire resets the stream: its blocked write returns an error.
+func (w *h2Writer) expire() { _ = w.wd.SetWriteDeadline(aLongTimeAgo) }
+
+func (w *h2Writer) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // h2Body gives each read of a stream's body BodyTimeout to make progress
 // (less up to writeDeadlineSlack, as vconn.Write does for writes: moving
@@ -225,7 +268,7 @@ type h2Body struct {
 }
 
 func (b *h2Body) Read(p []byte) (int, error) {
-	if now := time.Now(); now.Sub(b.at) >= writeDeadlineSlack {
+	if now := time.Now(); now.Sub(b.at) >= slack(b.timeout) {
 		_ = b.w.SetReadDeadline(now.Add(b.timeout))
 		b.at = now
 	}
@@ -272,7 +315,7 @@ func (h *h2conn) readFailed(err error) {
 // x/net has one write in flight at a time. The records of one Write leave
 // in one syscall.
 func (h *h2conn) Write(p []byte) (int, error) {
-	if now := time.Now(); now.Sub(h.wdlAt) >= writeDeadlineSlack {
+	if now := time.Now(); now.Sub(h.wdlAt) >= slack(h.rt.writeStall) {
 		_ = h.raw.SetWriteDeadline(now.Add(h.rt.writeStall))
 		h.wdlAt = now
 	}

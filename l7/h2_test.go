@@ -270,7 +270,7 @@ type rawH2 struct {
 	fr *http2.Framer
 }
 
-func (l *lb) rawH2(t *testing.T) (*rawH2, map[http2.SettingID]uint32) {
+func (l *lb) rawH2(t *testing.T, settings ...http2.Setting) (*rawH2, map[http2.SettingID]uint32) {
 	t.Helper()
 	cfg := clientTLS(testHost)
 	cfg.NextProtos = []string{"h2"}
@@ -285,21 +285,21 @@ func (l *lb) rawH2(t *testing.T) (*rawH2, map[http2.SettingID]uint32) {
 	}
 	r := &rawH2{c: c, fr: http2.NewFramer(c, c)}
 	r.fr.ReadMetaHeaders = nil
-	if err := r.fr.WriteSettings(); err != nil {
+	if err := r.fr.WriteSettings(settings...); err != nil {
 		t.Fatal(err)
 	}
-	settings := map[http2.SettingID]uint32{}
+	got := map[http2.SettingID]uint32{}
 	for {
 		f, err := r.fr.ReadFrame()
 		if err != nil {
 			t.Fatal(err)
 		}
 		if sf, ok := f.(*http2.SettingsFrame); ok && !sf.IsAck() {
-			_ = sf.ForeachSetting(func(s http2.Setting) error { settings[s.ID] = s.Val; return nil })
+			_ = sf.ForeachSetting(func(s http2.Setting) error { got[s.ID] = s.Val; return nil })
 			if err := r.fr.WriteSettingsAck(); err != nil {
 				t.Fatal(err)
 			}
-			return r, settings
+			return r, got
 		}
 	}
 }
@@ -526,6 +526,77 @@ func TestH2ProtocolError(t *testing.T) {
 	}
 	if res := l.nextResult(t); res.Reason != l4.ReasonBadRequest || res.Err == nil {
 		t.Fatalf("result %+v", res)
+	}
+}
+
+// A stream whose client grants no flow-control credit is reset after
+// WriteStallTimeout, which frees the backend slot its response held; the
+// connection's other streams go on.
+func TestH2WriteStall(t *testing.T) {
+	checkLeaks(t)
+	big := bytes.Repeat([]byte("b"), 256<<10)
+	bln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bsrv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write(big) })}
+	go bsrv.Serve(bln)
+	defer bsrv.Close()
+	p := poolOf(t, balancer.PoolConfig{}, 0, bln.Addr().String())
+	l := startLB(t, RouteConfig{Name: "h5", Hosts: []string{testHost}, TLS: serverTLS(), HTTP2: true, Pool: p,
+		Relay: l4.Options{WriteStallTimeout: 300 * time.Millisecond}})
+	r, _ := l.rawH2(t, http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
+	r.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	r.headersFor(t, 1, testHost, "/api/big")
+	for {
+		f, err := r.fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("stream not reset: %v", err)
+		}
+		if rs, ok := f.(*http2.RSTStreamFrame); ok && rs.StreamID == 1 {
+			break
+		}
+	}
+	for i := 0; p.Status()[0].Active != 0; i++ {
+		if i == 1000 {
+			t.Fatal("the backend slot is still held")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	r.open(t, 3, [][2]string{{":method", "HEAD"}, {":scheme", "https"}, {":authority", testHost}, {":path", "/api/head"}}, true)
+	for {
+		f, err := r.fr.ReadFrame()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if mh, ok := f.(*http2.MetaHeadersFrame); ok && mh.StreamID == 3 {
+			if st := mh.PseudoValue("status"); st != "200" {
+				t.Fatalf("HEAD after the reset: %s", st)
+			}
+			break
+		}
+	}
+}
+
+// A write_stall_timeout shorter than the slack its write deadline may go
+// unmoved (1s) still lets responses through that come after it, on
+// HTTP/1.1 and h2: the deadline of the first was not moved for the next.
+func TestShortWriteStall(t *testing.T) {
+	checkLeaks(t)
+	be := startWSBackend(t, nil)
+	const stall = 200 * time.Millisecond
+	l := h2LB(t, RouteConfig{Relay: l4.Options{WriteStallTimeout: stall}}, be.addr)
+	hc := l.httpClient()
+	defer hc.CloseIdleConnections()
+	cc := l.h2Conn(t)
+	for i := range 3 {
+		if i > 0 {
+			time.Sleep(2 * stall) // past the first write's deadline
+		}
+		get(t, hc, "POST", l.url("/api/h1"), nil) // a POST: net/http's client does not retry it on a new conn
+		if resp, _ := do(t, cc, "GET", l.url("/api/h2"), "", nil); resp.StatusCode != 200 {
+			t.Fatalf("h2 response %d: %d", i, resp.StatusCode)
+		}
 	}
 }
 
