@@ -45,7 +45,9 @@ import (
 //   - body: BodyTimeout per read, per stream (h2Body): 408 for that stream;
 //   - one request: Relay.IdleTimeout from its headers (the http.Server's
 //     WriteTimeout for x/net: the stream is reset and its ctx cancelled);
-//   - writes: WriteStallTimeout per write on the connection (h2conn.Write).
+//   - writes: WriteStallTimeout per write on the connection (h2conn.Write:
+//     the conn closes) and per write of a stream's response (h2Writer: the
+//     stream is reset).
 
 // h2MaxStreams is SETTINGS_MAX_CONCURRENT_STREAMS. HAProxy's default is 100
 // (Go's 250, nginx's 128).
