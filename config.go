@@ -80,7 +80,7 @@ type ResolverConfig struct {
 // TuningConfig picks implementations for A/B measurement; the defaults are
 // the tested ones.
 type TuningConfig struct {
-	Relay string `toml:"relay"` // "goroutine" (default) or "epoll": l4.Engine
+	Relay string `toml:"relay"` // "epoll" (default) or "goroutine": l4.Engine
 }
 
 type ListenerConfig struct {

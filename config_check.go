@@ -115,7 +115,7 @@ func (cp *compiler) log() {
 // tuning checks [tuning].
 func (cp *compiler) tuning() {
 	tc := cp.cfg.Tuning
-	e, ok := l4.ParseEngine(cmp.Or(tc.Relay, "goroutine"))
+	e, ok := l4.ParseEngine(cmp.Or(tc.Relay, "epoll"))
 	if !ok {
 		cp.errorf("tuning.relay", "must be goroutine or epoll; got %q", tc.Relay)
 	}

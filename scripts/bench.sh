@@ -15,10 +15,10 @@
 # /tmp/sluice-bench.md), PROFILE (comma-separated scenarios: afterwards, run
 # each against sluice alone under `perf record` and print the hot spots),
 # RELAY (sluice's [tuning] relay engine: goroutine or epoll; default
-# goroutine, sluice's own default).
+# epoll, sluice's own default).
 #
-#   RELAY=epoll SCENARIOS=ping-1,ping-64,idle-l4 scripts/bench.sh
-#              the epoll relay engine on the rows it is meant for
+#   RELAY=goroutine SCENARIOS=ping-1,ping-64,idle-l4 scripts/bench.sh
+#              the goroutine relay engine (the A/B of the epoll one)
 #
 #   storm      new connections as fast as 64 client loops can open them, for
 #              STORM_DURATION, all to one backend; each client writes its
@@ -63,7 +63,7 @@ fi
 REPS=${REPS:-3}
 DURATION=${DURATION:-2s}
 STORM_DURATION=${STORM_DURATION:-10s}
-RELAY=${RELAY:-goroutine}
+RELAY=${RELAY:-epoll}
 [[ $RELAY == goroutine || $RELAY == epoll ]] || { echo "bench: RELAY must be goroutine or epoll, got $RELAY" >&2; exit 2; }
 WARMUP=${WARMUP:-300ms}
 IDLE_CONNS=${IDLE_CONNS:-8000}
@@ -283,7 +283,7 @@ repro="scripts/bench.sh"
 [[ $QUICK == 1 ]] && repro="QUICK=1 $repro"
 [[ $WORKERS != 1 ]] && repro="WORKERS=$WORKERS $repro"
 [[ $SCENARIOS != all ]] && repro="SCENARIOS=$SCENARIOS $repro"
-[[ $RELAY != goroutine ]] && repro="RELAY=$RELAY $repro"
+[[ $RELAY != epoll ]] && repro="RELAY=$RELAY $repro"
 ha_version=$(haproxy -v 2>/dev/null | sed -n '1s/^HAProxy version \([^ ]*\).*/\1/p')
 ng_version=$(nginx -v 2>&1 | sed -n 's|.*nginx/||p')
 sl_version=$(git -C "$root" describe --always --dirty 2>/dev/null || echo unknown)
