@@ -118,8 +118,11 @@ func (rt *Route) serveH2(cs *connState, t *tls.Conn, c *net.TCPConn, rw *recordW
 	stop := context.AfterFunc(cs.ctx, h.closeHard)
 	srv := &http2.Server{
 		MaxConcurrentStreams: h2MaxStreams,
-		IdleTimeout:          rt.keepAliveTimeout,
-		CountError:           h.countError,
+		// The protocol's initial SETTINGS_MAX_FRAME_SIZE, not x/net's 1 MiB:
+		// its frame read buffer grows to the largest frame a client sends.
+		MaxReadFrameSize: 16 << 10,
+		IdleTimeout:      rt.keepAliveTimeout,
+		CountError:       h.countError,
 	}
 	srv.ServeConn(h, &http2.ServeConnOpts{
 		// Not cancelled with cs.ctx: closeHard records drain first, then

@@ -99,7 +99,7 @@ func TestH2ProxyAndStatic(t *testing.T) {
 	if resp.ProtoMajor != 2 || resp.StatusCode != 200 || body != "plain /api/state from "+be.addr {
 		t.Fatalf("proto %s status %d body %q", resp.Proto, resp.StatusCode, body)
 	}
-	resp, body = do(t, cc, "POST", l.url("/api/post"), "", strings.NewReader(strings.Repeat("b", 5000)))
+	resp, body = do(t, cc, "POST", l.url("/api/post"), "", strings.NewReader(strings.Repeat("b", 300<<10)))
 	if resp.StatusCode != 200 || !strings.HasPrefix(body, "plain /api/post") {
 		t.Fatalf("POST: %d %q", resp.StatusCode, body)
 	}
@@ -116,7 +116,7 @@ func TestH2ProxyAndStatic(t *testing.T) {
 		r.Header.Get("X-Forwarded-Proto") != "https" || r.Header.Get("X-Real-Ip") != "127.0.0.1" {
 		t.Fatalf("backend request %s %s host %q %v", r.Proto, r.URL, r.Host, r.Header)
 	}
-	if reqs[1].ContentLength != 5000 {
+	if reqs[1].ContentLength != 300<<10 { // in 16 KiB frames (MaxReadFrameSize)
 		t.Fatalf("POST reached the backend with Content-Length %d", reqs[1].ContentLength)
 	}
 	cc.Close()
@@ -368,6 +368,9 @@ func TestH2StreamLimit(t *testing.T) {
 	}
 	if v := settings[http2.SettingMaxHeaderListSize]; v < maxHeadBytes || v > maxHeadBytes+2<<10 {
 		t.Fatalf("SETTINGS_MAX_HEADER_LIST_SIZE %d, want about %d", v, maxHeadBytes)
+	}
+	if v, ok := settings[http2.SettingMaxFrameSize]; ok && v != 16<<10 {
+		t.Fatalf("SETTINGS_MAX_FRAME_SIZE %d, want the initial 16384", v)
 	}
 	if _, ok := settings[http2.SettingEnableConnectProtocol]; ok {
 		t.Fatal("SETTINGS_ENABLE_CONNECT_PROTOCOL sent: browsers would try WebSocket over h2")
