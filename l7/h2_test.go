@@ -99,7 +99,7 @@ func TestH2ProxyAndStatic(t *testing.T) {
 	if resp.ProtoMajor != 2 || resp.StatusCode != 200 || body != "plain /api/state from "+be.addr {
 		t.Fatalf("proto %s status %d body %q", resp.Proto, resp.StatusCode, body)
 	}
-	resp, body = do(t, cc, "POST", l.url("/api/post"), "", strings.NewReader(strings.Repeat("b", 300<<10)))
+	resp, body = do(t, cc, "POST", l.url("/api/post"), "", strings.NewReader(strings.Repeat("b", 200<<10)))
 	if resp.StatusCode != 200 || !strings.HasPrefix(body, "plain /api/post") {
 		t.Fatalf("POST: %d %q", resp.StatusCode, body)
 	}
@@ -116,7 +116,9 @@ func TestH2ProxyAndStatic(t *testing.T) {
 		r.Header.Get("X-Forwarded-Proto") != "https" || r.Header.Get("X-Real-Ip") != "127.0.0.1" {
 		t.Fatalf("backend request %s %s host %q %v", r.Proto, r.URL, r.Host, r.Header)
 	}
-	if reqs[1].ContentLength != 300<<10 { // in 16 KiB frames (MaxReadFrameSize)
+	// The POST came in 16 KiB frames (MaxReadFrameSize); under net/http's
+	// 256 KiB, the test backend drains it and keeps its conn.
+	if reqs[1].ContentLength != 200<<10 {
 		t.Fatalf("POST reached the backend with Content-Length %d", reqs[1].ContentLength)
 	}
 	cc.Close()
