@@ -334,10 +334,33 @@ func (h *h2conn) Write(p []byte) (int, error) {
 			n, err = 0, ferr
 		}
 	}
-	if err != nil && isTimeout(err) {
-		h.cs.setReason(l4.ReasonWriteStall, err)
+	if err != nil {
+		h.writeFailed(err)
 	}
 	return n, err
+}
+
+// writeFailed records why writing the conn failed: x/net then closes it,
+// and the read that fails next sees only that (net.ErrClosed).
+func (h *h2conn) writeFailed(err error) {
+	h.mu.Lock()
+	active := h.active
+	h.mu.Unlock()
+	cs := h.cs
+	switch {
+	case isTimeout(err):
+		cs.setReason(l4.ReasonWriteStall, err)
+	case h.hard.Load():
+		cs.setReason(l4.ReasonDrain, nil)
+	case errors.Is(err, net.ErrClosed):
+		// closed here: its reason is recorded already
+	case errors.Is(err, syscall.ECONNRESET):
+		cs.setReason(l4.ReasonClientReset, err)
+	case active > 0:
+		cs.setReason(l4.ReasonClientClosed, nil) // EPIPE: gone mid-request
+	default:
+		cs.setReason(l4.ReasonEOF, nil)
+	}
 }
 
 // Close is x/net's: after its GOAWAY (idle, protocol error) or when reading
