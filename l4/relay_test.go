@@ -390,11 +390,16 @@ func oneWay(t *testing.T, m mode, from string, idle time.Duration) (closedEarly,
 	}
 	got := goRecv(dst)
 	sent := 0
+	last := time.Now() // end of the previous write
 	for range 40 {
 		began := time.Now()
 		if _, err := src.Write([]byte("ping")); err != nil {
-			break
+			// The relay closed: a write that had to wait idle/2 or more
+			// since the last (the test descheduled) explains it.
+			t.Logf("closed early (write: %v): %+v", err, h.stats)
+			return true, stalled || began.Sub(last) >= idle/2
 		}
+		last = time.Now()
 		sent += 4
 		time.Sleep(50 * time.Millisecond)
 		if time.Since(began) >= idle/2 {
@@ -417,13 +422,17 @@ func oneWay(t *testing.T, m mode, from string, idle time.Duration) (closedEarly,
 
 // C9: a client that never reads while the backend pushes ends the relay at
 // write_stall_timeout; memory stays bounded (backpressure, not buffering).
+// The idle timeout is shorter than the stall: a write blocked on a peer
+// that does not read is not idleness. It is long enough (400 ms) that the
+// backend writer starts filling the buffers before it on a loaded box (at
+// 200 ms, a full run at load 9 once saw idle_timeout).
 func TestWriteStall(t *testing.T) {
-	const stall = 500 * time.Millisecond
+	const stall = time.Second
 	checkLeaks(t)
 	for _, m := range modes {
 		t.Run(m.name, func(t *testing.T) {
 			t.Parallel()
-			h := startRelay(t, m, Options{WriteStallTimeout: stall, IdleTimeout: 200 * time.Millisecond})
+			h := startRelay(t, m, Options{WriteStallTimeout: stall, IdleTimeout: 400 * time.Millisecond})
 			pushed := make(chan int64, 1)
 			go func() {
 				buf := make([]byte, 64*kib)
