@@ -36,7 +36,7 @@ func (rt *Route) readBody(w http.ResponseWriter, r *http.Request, cs *connState)
 		return true
 	}
 	if r.ContentLength > rt.maxBody {
-		rt.refuse(w, cs, http.StatusRequestEntityTooLarge, l4.ReasonBodyTooLarge, "request body too large")
+		rt.refuse(w, cs, http.StatusRequestEntityTooLarge, ReasonBodyTooLarge, "request body too large")
 		return false
 	}
 	limit := min(rt.requestBuffer, rt.maxBody)
@@ -73,9 +73,9 @@ func (rt *Route) bodyFailed(w http.ResponseWriter, cs *connState, err error) {
 	case errors.As(err, &vi):
 		rt.refuse(w, cs, vi.code, vi.reason, vi.msg)
 	case errors.Is(err, errBodyTooLarge):
-		rt.refuse(w, cs, http.StatusRequestEntityTooLarge, l4.ReasonBodyTooLarge, "request body too large")
+		rt.refuse(w, cs, http.StatusRequestEntityTooLarge, ReasonBodyTooLarge, "request body too large")
 	case isTimeout(err):
-		rt.refuse(w, cs, http.StatusRequestTimeout, l4.ReasonBodyTimeout, "request body timeout")
+		rt.refuse(w, cs, http.StatusRequestTimeout, ReasonBodyTimeout, "request body timeout")
 	default:
 		rt.refuse(w, cs, http.StatusBadRequest, l4.ReasonClientClosed, "request body incomplete")
 	}

@@ -116,11 +116,11 @@ func TestBodyRefusals(t *testing.T) {
 		reason      l4.Reason
 		reachesBack bool
 	}{
-		{"declared too large", head("Content-Length: 9000"), "", 0, 413, l4.ReasonBodyTooLarge, false},
-		{"chunked past the limit while streaming", head("Transfer-Encoding: chunked") + strings.Repeat(chunk(1000), 10) + "0\r\n\r\n", "", 0, 413, l4.ReasonBodyTooLarge, true},
-		{"stalled body", head("Content-Length: 100") + "abc", "", 0, 408, l4.ReasonBodyTimeout, false},
-		{"huge chunk size", head("Transfer-Encoding: chunked") + "10000000000000001\r\n", "", 0, 400, l4.ReasonSmuggling, false},
-		{"bare LF chunk line", head("Transfer-Encoding: chunked") + "5\nhello\r\n0\r\n\r\n", "", 0, 400, l4.ReasonSmuggling, false},
+		{"declared too large", head("Content-Length: 9000"), "", 0, 413, ReasonBodyTooLarge, false},
+		{"chunked past the limit while streaming", head("Transfer-Encoding: chunked") + strings.Repeat(chunk(1000), 10) + "0\r\n\r\n", "", 0, 413, ReasonBodyTooLarge, true},
+		{"stalled body", head("Content-Length: 100") + "abc", "", 0, 408, ReasonBodyTimeout, false},
+		{"huge chunk size", head("Transfer-Encoding: chunked") + "10000000000000001\r\n", "", 0, 400, ReasonSmuggling, false},
+		{"bare LF chunk line", head("Transfer-Encoding: chunked") + "5\nhello\r\n0\r\n\r\n", "", 0, 400, ReasonSmuggling, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := conns.Load()

@@ -290,7 +290,7 @@ func (v *vconn) fill() error {
 	if v.w == len(v.buf) {
 		if len(v.buf) >= maxBuf {
 			// Unreachable: the head limits fire first.
-			return v.violate(&violation{code: http.StatusRequestHeaderFieldsTooLarge, reason: l4.ReasonHeaderTooLarge, msg: "request header too large"})
+			return v.violate(&violation{code: http.StatusRequestHeaderFieldsTooLarge, reason: ReasonHeaderTooLarge, msg: "request header too large"})
 		}
 		nb := make([]byte, min(2*len(v.buf), maxBuf))
 		v.w = copy(nb, v.buf[:v.w])
@@ -311,7 +311,7 @@ func (v *vconn) fill() error {
 		// A body that stalls or ends early is the client's doing.
 		switch {
 		case isTimeout(err):
-			v.cs.setReason(l4.ReasonBodyTimeout, nil)
+			v.cs.setReason(ReasonBodyTimeout, nil)
 		case err == io.EOF || errors.Is(err, io.ErrUnexpectedEOF):
 			v.cs.setReason(l4.ReasonClientClosed, nil)
 		}
@@ -321,14 +321,14 @@ func (v *vconn) fill() error {
 		case v.busy():
 			// A background read hit the request's overall cap.
 		case started:
-			return v.violate(&violation{code: http.StatusRequestTimeout, reason: l4.ReasonHeaderTimeout, msg: "request header timeout"})
+			return v.violate(&violation{code: http.StatusRequestTimeout, reason: ReasonHeaderTimeout, msg: "request header timeout"})
 		default:
 			// Nothing of a head arrived: close without a word.
 			v.dmu.Lock()
 			first := v.first
 			v.dmu.Unlock()
 			if first {
-				v.cs.setReason(l4.ReasonHeaderTimeout, nil)
+				v.cs.setReason(ReasonHeaderTimeout, nil)
 			} else {
 				v.cs.setReason(l4.ReasonIdleTimeout, nil)
 			}
@@ -357,7 +357,7 @@ func (v *vconn) readFailed(err error) error {
 	case errors.Is(err, syscall.ECONNRESET):
 		v.cs.setReason(l4.ReasonClientReset, err)
 	default:
-		v.cs.setReason(l4.ReasonBadRequest, err) // a TLS alert or record error from the client
+		v.cs.setReason(ReasonBadRequest, err) // a TLS alert or record error from the client
 	}
 	v.eof.Store(true)
 	v.fail = err

@@ -300,7 +300,7 @@ func (h *h2conn) readFailed(err error) {
 	case errors.Is(err, net.ErrClosed):
 		// x/net closed it: Close says why.
 	case isTimeout(err) && !started:
-		cs.setReason(l4.ReasonHeaderTimeout, nil)
+		cs.setReason(ReasonHeaderTimeout, nil)
 	case h.idledOut():
 		cs.setReason(l4.ReasonIdleTimeout, nil) // the client closed after our GOAWAY
 	case err == io.EOF || errors.Is(err, io.ErrUnexpectedEOF):
@@ -312,7 +312,7 @@ func (h *h2conn) readFailed(err error) {
 	case errors.Is(err, syscall.ECONNRESET):
 		cs.setReason(l4.ReasonClientReset, err)
 	default:
-		cs.setReason(l4.ReasonBadRequest, err) // a TLS alert or record error
+		cs.setReason(ReasonBadRequest, err) // a TLS alert or record error
 	}
 }
 
@@ -382,11 +382,11 @@ func (h *h2conn) closeConn() {
 	case h.idledOut():
 		cs.setReason(l4.ReasonIdleTimeout, nil)
 	case protoErr != "":
-		cs.setReason(l4.ReasonBadRequest, errors.New("l7: h2 protocol error: "+protoErr))
+		cs.setReason(ReasonBadRequest, errors.New("l7: h2 protocol error: "+protoErr))
 	case !started && time.Since(h.start) >= min(h.rt.headerTimeout, h2PrefaceTimeout):
-		cs.setReason(l4.ReasonHeaderTimeout, nil)
+		cs.setReason(ReasonHeaderTimeout, nil)
 	case !started:
-		cs.setReason(l4.ReasonBadRequest, errors.New("l7: h2: no valid client preface"))
+		cs.setReason(ReasonBadRequest, errors.New("l7: h2: no valid client preface"))
 	}
 	if !h.hard.Load() {
 		_ = h.raw.SetWriteDeadline(time.Now().Add(lingerTimeout))

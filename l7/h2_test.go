@@ -529,7 +529,7 @@ func TestH2ProtocolError(t *testing.T) {
 			break
 		}
 	}
-	if res := l.nextResult(t); res.Reason != l4.ReasonBadRequest || res.Err == nil {
+	if res := l.nextResult(t); res.Reason != ReasonBadRequest || res.Err == nil {
 		t.Fatalf("result %+v", res)
 	}
 }
@@ -698,7 +698,7 @@ func TestH2Timeouts(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if res := l.nextResult(t); res.Reason != l4.ReasonHeaderTimeout || res.Requests != 0 {
+	if res := l.nextResult(t); res.Reason != ReasonHeaderTimeout || res.Requests != 0 {
 		t.Fatalf("silent h2 conn: %+v", res)
 	}
 

@@ -28,11 +28,11 @@ type violation struct {
 func (v *violation) Error() string { return "l7: " + strconv.Itoa(v.code) + " " + v.msg }
 
 func badRequest(msg string) *violation {
-	return &violation{code: http.StatusBadRequest, reason: l4.ReasonBadRequest, msg: msg}
+	return &violation{code: http.StatusBadRequest, reason: ReasonBadRequest, msg: msg}
 }
 
 func smuggling(msg string) *violation {
-	return &violation{code: http.StatusBadRequest, reason: l4.ReasonSmuggling, msg: msg}
+	return &violation{code: http.StatusBadRequest, reason: ReasonSmuggling, msg: msg}
 }
 
 // framing says how the bytes after a validated head are to be read.
@@ -78,10 +78,10 @@ func (h *headScanner) feed(head []byte) (n, skip int, vi *violation) {
 		if i < 0 {
 			// +1: a CR may already wait for its LF.
 			if !h.gotLine && len(rest) > maxRequestLine+1 {
-				return 0, 0, &violation{code: http.StatusRequestURITooLong, reason: l4.ReasonHeaderTooLarge, msg: "request line too long"}
+				return 0, 0, &violation{code: http.StatusRequestURITooLong, reason: ReasonHeaderTooLarge, msg: "request line too long"}
 			}
 			if len(head) > maxHeadBytes {
-				return 0, 0, &violation{code: http.StatusRequestHeaderFieldsTooLarge, reason: l4.ReasonHeaderTooLarge, msg: "request header too large"}
+				return 0, 0, &violation{code: http.StatusRequestHeaderFieldsTooLarge, reason: ReasonHeaderTooLarge, msg: "request header too large"}
 			}
 			return 0, 0, nil
 		}
@@ -94,10 +94,10 @@ func (h *headScanner) feed(head []byte) (n, skip int, vi *violation) {
 		// length before its end arrives (above), so it must be alike
 		// once whole, whatever its bytes.
 		if !h.gotLine && len(line) > maxRequestLine {
-			return 0, 0, &violation{code: http.StatusRequestURITooLong, reason: l4.ReasonHeaderTooLarge, msg: "request line too long"}
+			return 0, 0, &violation{code: http.StatusRequestURITooLong, reason: ReasonHeaderTooLarge, msg: "request line too long"}
 		}
 		if end > maxHeadBytes {
-			return 0, 0, &violation{code: http.StatusRequestHeaderFieldsTooLarge, reason: l4.ReasonHeaderTooLarge, msg: "request header too large"}
+			return 0, 0, &violation{code: http.StatusRequestHeaderFieldsTooLarge, reason: ReasonHeaderTooLarge, msg: "request header too large"}
 		}
 		// RFC 9112, Section 2.2: a bare CR must be rejected or replaced.
 		if bytes.IndexByte(line, '\r') >= 0 {
@@ -159,7 +159,7 @@ func (h *headScanner) requestLine(line []byte) *violation {
 		h.http10 = true
 	default:
 		if bytes.HasPrefix(proto, []byte("HTTP/")) {
-			return &violation{code: http.StatusHTTPVersionNotSupported, reason: l4.ReasonBadRequest, msg: "HTTP version not supported"}
+			return &violation{code: http.StatusHTTPVersionNotSupported, reason: ReasonBadRequest, msg: "HTTP version not supported"}
 		}
 		return badRequest("malformed HTTP version")
 	}
@@ -181,7 +181,7 @@ func (h *headScanner) field(line []byte) *violation {
 		return smuggling("obs-fold in request head")
 	}
 	if h.fields++; h.fields > maxFields {
-		return &violation{code: http.StatusRequestHeaderFieldsTooLarge, reason: l4.ReasonHeaderTooLarge, msg: "too many header fields"}
+		return &violation{code: http.StatusRequestHeaderFieldsTooLarge, reason: ReasonHeaderTooLarge, msg: "too many header fields"}
 	}
 	colon := bytes.IndexByte(line, ':')
 	if colon <= 0 {
@@ -239,7 +239,7 @@ func (h *headScanner) finish() *violation {
 		return smuggling("Transfer-Encoding on HTTP/1.0")
 	case h.te && (h.teOther || h.teElems != 1):
 		// RFC 9112, Section 6.1: an unknown transfer coding gets 501.
-		return &violation{code: http.StatusNotImplemented, reason: l4.ReasonSmuggling, msg: "unsupported Transfer-Encoding"}
+		return &violation{code: http.StatusNotImplemented, reason: ReasonSmuggling, msg: "unsupported Transfer-Encoding"}
 	case h.hostSeen > 1:
 		return badRequest("duplicate Host")
 	case h.hostSeen == 0 && !h.http10:

@@ -232,7 +232,7 @@ func (rt *Route) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 			return
 		}
 	}
-	reason := l4.ReasonBadGateway
+	reason := ReasonBadGateway
 	code := http.StatusBadGateway
 	if _, ok := errors.AsType[*balancer.DialError](err); ok || errors.Is(err, balancer.ErrNoBackend) {
 		reason = l4.DialFailure(err)

@@ -422,10 +422,10 @@ func (rt *Route) Serve(ctx context.Context, c *net.TCPConn, client net.Addr, pre
 		t := tls.Server(rw, rt.tls)
 		hs := time.Now()
 		if err := t.HandshakeContext(cctx); err != nil {
-			reason := l4.ReasonHandshakeFailed
+			reason := ReasonHandshakeFailed
 			switch {
 			case isTimeout(err):
-				reason = l4.ReasonHandshakeTimeout
+				reason = ReasonHandshakeTimeout
 			case cctx.Err() != nil:
 				reason = l4.ReasonDrain
 			}
@@ -557,16 +557,16 @@ func (rt *Route) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Connection", "close")
 	}
 	if r.Host == "" {
-		rt.refuse(sw, cs, http.StatusBadRequest, l4.ReasonBadRequest, "missing Host")
+		rt.refuse(sw, cs, http.StatusBadRequest, ReasonBadRequest, "missing Host")
 		return
 	}
 	host, ok := rt.hostAllowed(r.Host)
 	if !ok {
-		rt.refuse(sw, cs, http.StatusMisdirectedRequest, l4.ReasonMisdirected, "misdirected request")
+		rt.refuse(sw, cs, http.StatusMisdirectedRequest, ReasonMisdirected, "misdirected request")
 		return
 	}
 	if hasDotSegment(r.URL.Path) || !strings.HasPrefix(r.URL.Path, "/") && r.URL.Path != "" {
-		rt.refuse(sw, cs, http.StatusBadRequest, l4.ReasonBadRequest, "invalid path")
+		rt.refuse(sw, cs, http.StatusBadRequest, ReasonBadRequest, "invalid path")
 		return
 	}
 	if rt.redirect {
@@ -587,7 +587,7 @@ func (rt *Route) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	case loc == nil:
 		http.NotFound(sw, r)
 	case upgrade && loc.proxy == nil:
-		rt.refuse(sw, cs, http.StatusBadRequest, l4.ReasonUpgradeRejected, "no WebSocket at this path")
+		rt.refuse(sw, cs, http.StatusBadRequest, ReasonUpgradeRejected, "no WebSocket at this path")
 	case upgrade:
 		tunneled = rt.serveUpgrade(sw, r, cs, loc.proxy.pool)
 	case loc.proxy != nil:

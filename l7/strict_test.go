@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"sluice/l4"
 	"strings"
 	"testing"
 	"time"
@@ -118,7 +117,7 @@ func TestHeadLimits(t *testing.T) {
 		t.Fatalf("backend accepted %d", n)
 	}
 	for range 3 {
-		if r := l.nextResult(t); r.Reason != l4.ReasonHeaderTooLarge {
+		if r := l.nextResult(t); r.Reason != ReasonHeaderTooLarge {
 			t.Fatalf("result %+v", r)
 		}
 	}
@@ -170,7 +169,7 @@ func TestSlowHeaders(t *testing.T) {
 	if elapsed < 900*time.Millisecond || elapsed > 3*time.Second {
 		t.Fatalf("408 after %v, want about 1s", elapsed)
 	}
-	if r := l.nextResult(t); r.Reason != l4.ReasonHeaderTimeout || r.Status != 408 {
+	if r := l.nextResult(t); r.Reason != ReasonHeaderTimeout || r.Status != 408 {
 		t.Fatalf("result %+v", r)
 	}
 	if be.accepted() != 0 {
@@ -189,7 +188,7 @@ func TestSilentAfterHandshake(t *testing.T) {
 	if e := time.Since(start); e < 250*time.Millisecond || e > 3*time.Second {
 		t.Fatalf("closed after %v", e)
 	}
-	if r := l.nextResult(t); r.Reason != l4.ReasonHeaderTimeout || r.Requests != 0 {
+	if r := l.nextResult(t); r.Reason != ReasonHeaderTimeout || r.Requests != 0 {
 		t.Fatalf("result %+v", r)
 	}
 }
@@ -263,7 +262,7 @@ func TestBackendRefusalPipelined(t *testing.T) {
 	if end != len(all) || bytes.Count(all, []byte("HTTP/1.1\r\n")) != 1 || bytes.Contains(all, []byte("/admin")) {
 		t.Fatalf("backend read %d bytes, request head is %d: %q", len(all), end, all)
 	}
-	if r := l.nextResult(t); r.Status != 403 || r.Upgraded || r.Reason != l4.ReasonUpgradeRefused {
+	if r := l.nextResult(t); r.Status != 403 || r.Upgraded || r.Reason != ReasonUpgradeRefused {
 		t.Fatalf("result %+v", r)
 	}
 }
@@ -304,7 +303,7 @@ func TestBadSwitch(t *testing.T) {
 			if end := bytes.Index(all, []byte("\r\n\r\n")) + 4; end != len(all) {
 				t.Fatalf("backend got bytes after the request: %q", all[end:])
 			}
-			if r := l.nextResult(t); r.Reason != l4.ReasonBadUpgradeResponse || r.Upgraded {
+			if r := l.nextResult(t); r.Reason != ReasonBadUpgradeResponse || r.Upgraded {
 				t.Fatalf("result %+v", r)
 			}
 		})
@@ -380,7 +379,7 @@ func TestChunkedViolationMidBody(t *testing.T) {
 	if !bytes.HasPrefix(rest, []byte("HTTP/1.1 400 ")) || bytes.Count(rest, []byte("HTTP/1.1 ")) != 1 {
 		t.Fatalf("got %q", rest)
 	}
-	if r := l.nextResult(t); r.Reason != l4.ReasonSmuggling || r.Status != 400 {
+	if r := l.nextResult(t); r.Reason != ReasonSmuggling || r.Status != 400 {
 		t.Fatalf("result %+v", r)
 	}
 	if n := be.accepted(); n != 0 {

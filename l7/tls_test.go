@@ -25,7 +25,7 @@ func TestMisdirected(t *testing.T) {
 	for _, host := range []string{"other.example.com", "a.b.example.com", "127.0.0.1"} {
 		t.Run(host, func(t *testing.T) {
 			refusal(t, l, "GET / HTTP/1.1\r\nHost: "+host+"\r\n\r\n", 421)
-			if r := l.nextResult(t); r.Reason != l4.ReasonMisdirected {
+			if r := l.nextResult(t); r.Reason != ReasonMisdirected {
 				t.Fatalf("result %+v", r)
 			}
 		})
@@ -96,7 +96,7 @@ func TestALPNOnlyH2(t *testing.T) {
 	if !strings.Contains(err.Error(), "no application protocol") {
 		t.Fatalf("error %v", err)
 	}
-	if r := l.nextResult(t); r.Reason != l4.ReasonHandshakeFailed {
+	if r := l.nextResult(t); r.Reason != ReasonHandshakeFailed {
 		t.Fatalf("result %+v", r)
 	}
 	// With http/1.1 offered too, it negotiates http/1.1.
@@ -153,7 +153,7 @@ func TestHandshakeStall(t *testing.T) {
 	if elapsed := time.Since(start); elapsed < 250*time.Millisecond || elapsed > 3*time.Second {
 		t.Fatalf("closed after %v (%v)", elapsed, err)
 	}
-	if r := l.nextResult(t); r.Reason != l4.ReasonHandshakeTimeout {
+	if r := l.nextResult(t); r.Reason != ReasonHandshakeTimeout {
 		t.Fatalf("result %+v", r)
 	}
 	if be.accepted() != 0 {
@@ -228,7 +228,7 @@ func TestUpgradeBackendSilent(t *testing.T) {
 	if bytes.Contains(all, []byte("frame")) {
 		t.Fatal("pipelined bytes reached the backend")
 	}
-	if r := l.nextResult(t); r.Reason != l4.ReasonBackendTimeout {
+	if r := l.nextResult(t); r.Reason != ReasonBackendTimeout {
 		t.Fatalf("result %+v", r)
 	}
 }
@@ -264,7 +264,7 @@ func TestUpgradeDialFailures(t *testing.T) {
 		r, _ := http.NewRequest("GET", "/", nil)
 		r = r.WithContext(t.Context())
 		(&Route{}).proxyError(w, r.WithContext(contextWithState(r, cs)), tc.err)
-		if want := map[int]l4.Reason{503: l4.ReasonNoBackend, 502: l4.ReasonBadGateway}[tc.status]; tc.err == balancer.ErrNoBackend && (w.code != 503 || cs.res.Reason != want) {
+		if want := map[int]l4.Reason{503: l4.ReasonNoBackend, 502: ReasonBadGateway}[tc.status]; tc.err == balancer.ErrNoBackend && (w.code != 503 || cs.res.Reason != want) {
 			t.Errorf("proxy %v: %d %v", tc.err, w.code, cs.res.Reason)
 		}
 	}

@@ -202,7 +202,7 @@ func (rt *Route) serveUpgrade(w *statusWriter, r *http.Request, cs *connState, p
 		if code == http.StatusUpgradeRequired {
 			w.Header().Set("Sec-WebSocket-Version", "13") // RFC 6455, Section 4.4
 		}
-		rt.refuse(w, cs, code, l4.ReasonUpgradeRejected, msg)
+		rt.refuse(w, cs, code, ReasonUpgradeRejected, msg)
 		return
 	}
 	// AwaitAnswer: a backend that accepts and then closes or resets before
@@ -232,10 +232,10 @@ func (rt *Route) serveUpgrade(w *statusWriter, r *http.Request, cs *connState, p
 	resp, br, lr, err := readAnswer(bc, r)
 	if err != nil {
 		if isTimeout(err) {
-			rt.refuse(w, cs, http.StatusGatewayTimeout, l4.ReasonBackendTimeout, "backend did not answer the upgrade in time")
+			rt.refuse(w, cs, http.StatusGatewayTimeout, ReasonBackendTimeout, "backend did not answer the upgrade in time")
 			return
 		}
-		rt.refuse(w, cs, http.StatusBadGateway, l4.ReasonBadUpgradeResponse, "bad answer from backend")
+		rt.refuse(w, cs, http.StatusBadGateway, ReasonBadUpgradeResponse, "bad answer from backend")
 		return
 	}
 	if second && resp.StatusCode == pool.SecondChanceStatus() {
@@ -255,7 +255,7 @@ func (rt *Route) serveUpgrade(w *statusWriter, r *http.Request, cs *connState, p
 		return
 	}
 	if problem := switchProblem(resp, key); problem != "" {
-		rt.refuse(w, cs, http.StatusBadGateway, l4.ReasonBadUpgradeResponse, problem)
+		rt.refuse(w, cs, http.StatusBadGateway, ReasonBadUpgradeResponse, problem)
 		return
 	}
 	coalesced, _ := br.Peek(br.Buffered())
@@ -415,16 +415,16 @@ func writeHeaders(b *bytes.Buffer, h http.Header) {
 // client's pipelined bytes are never sent (T15).
 func (rt *Route) relayRefusal(w *statusWriter, cs *connState, resp *http.Response) {
 	if resp.StatusCode < 200 {
-		rt.refuse(w, cs, http.StatusBadGateway, l4.ReasonBadUpgradeResponse, "unexpected interim response from backend")
+		rt.refuse(w, cs, http.StatusBadGateway, ReasonBadUpgradeResponse, "unexpected interim response from backend")
 		return
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxRefusalBody+1))
 	if err != nil || len(body) > maxRefusalBody {
 		if err != nil && isTimeout(err) {
-			rt.refuse(w, cs, http.StatusGatewayTimeout, l4.ReasonBackendTimeout, "backend answer timed out")
+			rt.refuse(w, cs, http.StatusGatewayTimeout, ReasonBackendTimeout, "backend answer timed out")
 			return
 		}
-		rt.refuse(w, cs, http.StatusBadGateway, l4.ReasonBadUpgradeResponse, "bad or oversized answer from backend")
+		rt.refuse(w, cs, http.StatusBadGateway, ReasonBadUpgradeResponse, "bad or oversized answer from backend")
 		return
 	}
 	h := w.Header()
@@ -444,7 +444,7 @@ func (rt *Route) relayRefusal(w *statusWriter, cs *connState, resp *http.Respons
 		h.Set("Content-Length", strconv.Itoa(len(body)))
 	}
 	cs.mu.Lock()
-	cs.res.Reason, cs.res.Err = l4.ReasonUpgradeRefused, nil
+	cs.res.Reason, cs.res.Err = ReasonUpgradeRefused, nil
 	cs.mu.Unlock()
 	w.WriteHeader(resp.StatusCode)
 	_, _ = w.Write(body)
