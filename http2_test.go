@@ -58,4 +58,20 @@ backends = [{ address = %q }]
 	if resp.ProtoMajor != 2 || resp.StatusCode == http.StatusBadGateway || resp.StatusCode == http.StatusMisdirectedRequest {
 		t.Fatalf("h2 GET through sluice: %s %d", resp.Proto, resp.StatusCode)
 	}
+	// The access line says which protocol the connection spoke; the two
+	// handshake-only connections answered no request and name none.
+	tr.CloseIdleConnections()
+	var h2Lines int
+	for _, e := range l.waitAccess(t, 3) {
+		switch p := fieldOf(e, "proto"); {
+		case fieldOf(e, "requests") == int64(0) && p == nil:
+		case p == "h2" && fieldOf(e, "route") == "on":
+			h2Lines++
+		default:
+			t.Errorf("access line: proto %v, route %v, requests %v", p, fieldOf(e, "route"), fieldOf(e, "requests"))
+		}
+	}
+	if h2Lines != 1 {
+		t.Fatalf("%d access lines with proto h2, want 1", h2Lines)
+	}
 }

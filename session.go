@@ -178,6 +178,13 @@ func (ss *session) logL7(r *route, sni string, res l7.Result) {
 	if res.Status != 0 {
 		fields = append(fields, zap.Int("status", res.Status))
 	}
+	if res.Requests > 0 || res.Upgraded {
+		proto := "http/1.1"
+		if res.HTTP2 {
+			proto = "h2"
+		}
+		fields = append(fields, zap.String("proto", proto))
+	}
 	if res.Backend != "" {
 		fields = append(fields, zap.String("backend", res.Backend))
 	}

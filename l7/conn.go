@@ -604,5 +604,6 @@ func (cs *connState) result() Result {
 	if r.Reason == "" {
 		r.Reason = l4.ReasonEOF
 	}
+	r.HTTP2 = cs.h2
 	return r
 }

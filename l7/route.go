@@ -130,7 +130,9 @@ type Result struct {
 	// Handshake is how long the TLS handshake took; 0 for cleartext and
 	// when no handshake completed.
 	Handshake time.Duration
-	Err       error
+	// HTTP2 is set when the connection spoke HTTP/2 (ALPN h2).
+	HTTP2 bool
+	Err   error
 }
 
 // ErrClosed is returned in Result.Err by ServeConn on a closed Route.
