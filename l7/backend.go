@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"sync"
 	"syscall"
 	"time"
@@ -63,9 +64,34 @@ type backendConn struct {
 	bw     *bufio.Writer
 	limit  int64 // bytes br may still read: maxProxyResponseHead while reading a head
 	idleAt time.Time
+
+	// The last bytes of a request (bw's final Flush) wait in held for the
+	// first Read of the response, which writes them and then waits for the
+	// answer before it reads (writeThenRead): a read(2) right after the
+	// write finds nothing on loopback (the backend has not run yet) and
+	// costs a syscall and a park per request.
+	holdNext bool   // the next Write is held (set just before the Flush)
+	held     []byte // aliases bw's buffer: valid until bw is written again
+	werr     error  // the held write failed: the backend may still have answered
 }
 
-// Read feeds br, within the head limit.
+// Write is bw's: it writes through, except the Write holdNext marks.
+func (bc *backendConn) Write(p []byte) (int, error) {
+	if bc.holdNext {
+		bc.holdNext = false
+		bc.held = p
+		return len(p), nil
+	}
+	return bc.c.Write(p)
+}
+
+// opError wraps a syscall error as net's Read and Write do.
+func (bc *backendConn) opError(op string, errno error) error {
+	return &net.OpError{Op: op, Net: "tcp", Source: bc.c.LocalAddr(), Addr: bc.c.RemoteAddr(), Err: os.NewSyscallError(op, errno)}
+}
+
+// Read feeds br, within the head limit; the first Read after a held write
+// sends it.
 func (bc *backendConn) Read(p []byte) (int, error) {
 	if bc.limit <= 0 {
 		return 0, errResponseHeadTooLarge
@@ -73,7 +99,15 @@ func (bc *backendConn) Read(p []byte) (int, error) {
 	if int64(len(p)) > bc.limit {
 		p = p[:bc.limit]
 	}
-	n, err := bc.c.Read(p)
+	var n int
+	var err error
+	if bc.held != nil {
+		held := bc.held
+		bc.held = nil
+		n, err = writeThenRead(bc, held, p)
+	} else {
+		n, err = bc.c.Read(p)
+	}
 	bc.limit -= int64(n)
 	return n, err
 }
@@ -130,12 +164,16 @@ func (bcs *backendConns) exchange(ctx context.Context, bc *backendConn, in *http
 		}
 		return nil, err
 	}
+	bc.werr = nil
 	werr := writeRequest(bc.bw, in, cs)
 	if werr == nil {
+		bc.holdNext = true // sent by the response's first Read
 		werr = bc.bw.Flush()
+		bc.holdNext = false
 	}
 	if werr != nil {
-		bc.bw.Reset(bc.c)
+		bc.held = nil
+		bc.bw.Reset(bc)
 		// The backend may have answered (and closed) before reading it all.
 		if _, perr := bc.br.Peek(1); perr != nil {
 			return fail(fmt.Errorf("%w: %w", errStaleConn, werr))
@@ -146,9 +184,15 @@ func (bcs *backendConns) exchange(ctx context.Context, bc *backendConn, in *http
 		bc.limit = maxProxyResponseHead
 		var err error
 		resp, err = http.ReadResponse(bc.br, in)
+		if werr == nil {
+			werr = bc.werr // the held write's
+		}
 		if err != nil {
 			nothingRead := bc.limit == maxProxyResponseHead && bc.br.Buffered() == 0
-			if first && nothingRead && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET)) {
+			switch {
+			case first && nothingRead && bc.werr != nil:
+				err = fmt.Errorf("%w: %w", errStaleConn, bc.werr)
+			case first && nothingRead && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET)):
 				err = fmt.Errorf("%w: %w", errStaleConn, err)
 			}
 			return fail(err)
@@ -242,7 +286,7 @@ func (bcs *backendConns) get(ctx context.Context, b *balancer.Backend, dr *balan
 	}
 	bc = &backendConn{c: c, b: b}
 	bc.br = bufio.NewReaderSize(bc, connBufSize)
-	bc.bw = bufio.NewWriterSize(c, connBufSize)
+	bc.bw = bufio.NewWriterSize(bc, connBufSize)
 	return bc, false, nil
 }
 
