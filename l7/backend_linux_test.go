@@ -92,3 +92,76 @@ func threadReads(t *testing.T) int {
 	t.Fatal("no syscr in /proc/thread-self/io")
 	return 0
 }
+
+// recordWriter.waitFor: a Read of bytes that come late is one read(2),
+// not a read that finds nothing and then another (net/http's background
+// read, vconn.fill); the wait is once, the next Read reads at once.
+func TestRecordWriterWaitFor(t *testing.T) {
+	checkLeaks(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	cc, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	sc, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	_ = sc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	w := &recordWriter{Conn: sc}
+
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	overhead := -threadReads(t) + threadReads(t)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		time.Sleep(20 * time.Millisecond) // a read(2) right away finds nothing
+		_, _ = cc.Write([]byte("late"))
+	}()
+	w.waitFor = sc.(*net.TCPConn)
+	before := threadReads(t)
+	buf := make([]byte, 16)
+	n, err := w.Read(buf)
+	reads := threadReads(t) - before - overhead
+	<-done
+	if err != nil || string(buf[:n]) != "late" {
+		t.Fatalf("Read: %q %v", buf[:n], err)
+	}
+	if reads != 1 || w.waitFor != nil {
+		t.Fatalf("%d reads (want 1), waitFor still set: %v", reads, w.waitFor != nil)
+	}
+	_ = sc.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	if _, err := w.Read(buf); !isTimeout(err) {
+		t.Fatalf("second Read: %v, want its deadline", err)
+	}
+}
+
+// A client that closes right after its request (its close_notify and FIN
+// may come before net/http's background read waits, leaving no readiness
+// to wait for) is still seen going away while the backend has not
+// answered: the wait is bounded (bgProbe), the handler returns and the
+// connection ends.
+func TestBackgroundReadQuickClose(t *testing.T) {
+	checkLeaks(t)
+	be := startScriptBackend(t, func(_ int, c net.Conn, br *bufio.Reader) {
+		_, _ = io.Copy(io.Discard, br) // never answer
+	})
+	l := startLB(t, RouteConfig{Name: "h5", TLS: serverTLS(), Pool: pool(t, balancer.ProxyNone, be.addr)})
+	for i := range 5 {
+		c := l.dial(t)
+		_, _ = io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+		c.Close()
+		select {
+		case <-l.results:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("conn %d: still open 5 s after the client left", i)
+		}
+	}
+}

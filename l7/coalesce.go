@@ -22,6 +22,22 @@ type recordWriter struct {
 
 	mu  sync.Mutex
 	buf *[]byte // collecting when non-nil
+
+	// waitFor, when set by the reader (vconn.fill), makes the next Read
+	// wait until that socket is readable before it reads: no read(2) that
+	// finds nothing. Only the reading goroutine touches it.
+	waitFor *net.TCPConn
+}
+
+// Read reads from the conn, after waitFor's wait if set.
+func (w *recordWriter) Read(p []byte) (int, error) {
+	if c := w.waitFor; c != nil {
+		w.waitFor = nil // once: crypto/tls may Read again for the rest of a record
+		if err := waitReadable(c); err != nil {
+			return 0, err
+		}
+	}
+	return w.Conn.Read(p)
 }
 
 // minCollect and maxCollect bound the Writes worth collecting: up to

@@ -29,6 +29,14 @@ const (
 	lingerMax     = 256 << 10
 	// writeDeadlineSlack: see vconn.Write.
 	writeDeadlineSlack = time.Second
+	// bgProbe bounds net/http's background read's wait for readability
+	// before it reads (recordWriter.waitFor): a read(2) right away finds
+	// nothing on nearly every request (issue 10's http-small: a syscall
+	// per request). A FIN or pipelined bytes that arrived between the
+	// request's read and the wait leave no readiness to wait for: they are
+	// seen when the probe runs out and fill reads anyway, or when the
+	// response is done.
+	bgProbe = 100 * time.Millisecond
 	// initialBuf grows to maxBuf, which must exceed maxHeadBytes so that an
 	// oversized head is seen as one.
 	initialBuf = 4 << 10
@@ -158,7 +166,7 @@ func (v *vconn) Read(p []byte) (int, error) {
 				v.release(v.w - v.r)
 				break
 			}
-			v.armDeadline()
+			v.armDeadline(false)
 			n, rerr := v.tc.Read(p)
 			v.disarm()
 			if rerr != nil && n == 0 {
@@ -297,9 +305,24 @@ func (v *vconn) fill() error {
 		v.buf = nb
 	}
 	started := v.ph == phaseHead && v.w > v.r
-	v.armDeadline()
+	// net/http's background read (a head while a request is in flight)
+	// waits for the socket to be readable before it reads (bgProbe).
+	probe := v.ph == phaseHead && !started && v.rw != nil && v.busy()
+	if probe {
+		v.rw.waitFor = v.raw
+	}
+	v.armDeadline(probe)
 	n, err := v.tc.Read(v.buf[v.w:])
 	v.disarm()
+	if probe {
+		v.rw.waitFor = nil
+		if n == 0 && isTimeout(err) && !v.wasAborted() {
+			// The probe ran out: a read as any other.
+			v.armDeadline(false)
+			n, err = v.tc.Read(v.buf[v.w:])
+			v.disarm()
+		}
+	}
 	v.w += n
 	if n > 0 {
 		return nil
@@ -380,8 +403,9 @@ func (v *vconn) wasAborted() bool {
 //   - body: BodyTimeout per read;
 //   - while a request is in flight (net/http's background read, or the
 //     passthrough before a hijack): its start + the relay's idle timeout, a
-//     cap on one plain request.
-func (v *vconn) armDeadline() {
+//     cap on one plain request; with probe, the socket gets at most
+//     bgProbe from now (fill reads again when it runs out).
+func (v *vconn) armDeadline(probe bool) {
 	v.dmu.Lock()
 	defer v.dmu.Unlock()
 	now := time.Now()
@@ -403,6 +427,9 @@ func (v *vconn) armDeadline() {
 	}
 	v.readDL, v.reading = dl, true
 	if !v.aborted {
+		if p := now.Add(bgProbe); probe && v.inRequest && p.Before(dl) {
+			dl = p
+		}
 		_ = v.tc.SetReadDeadline(dl)
 	}
 }
