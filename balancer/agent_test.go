@@ -585,7 +585,8 @@ func TestAgentDiscovery(t *testing.T) {
 	f := startAgentFleet(t, 70, 3, "ready\n")
 	src := &fakeSource{}
 	src.set(nil, f.configs()[:2]...)
-	p := mustPool(t, PoolConfig{Name: "ag", Discover: src, ResolveInterval: time.Second, Agent: f.agentCfg()})
+	p := mustPool(t, PoolConfig{Name: "ag", Discover: src, ResolveInterval: time.Second, Agent: f.agentCfg(),
+		DrainTimeout: 100 * time.Millisecond}) // the removed one's key window
 	p.disc.minDelay = 10 * time.Millisecond
 	p.Start()
 	defer p.Close()
@@ -601,7 +602,11 @@ func TestAgentDiscovery(t *testing.T) {
 	p.Rediscover(context.Background())
 	third := f.configs()[2].Address
 	waitReports(t, p, third, 2)
+	// The removed one's agent is asked for its key window, then no more.
 	asked := f.agents[0].asked.Load()
+	waitFor(t, 5*time.Second, "the removed backend's agent, asked in its key window", func() bool { return f.agents[0].asked.Load() > asked })
+	waitFor(t, 5*time.Second, "the end of its key window", func() bool { return len(p.RemovedStatus()) == 0 })
+	asked = f.agents[0].asked.Load()
 	time.Sleep(200 * time.Millisecond) // 10 intervals
 	if n := f.agents[0].asked.Load(); n > asked+1 {
 		t.Fatalf("the removed backend's agent was asked %d more times", n-asked)

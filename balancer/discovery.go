@@ -32,6 +32,11 @@ const (
 	discoverTimeout        = 10 * time.Second
 )
 
+// RemovedKeyWindow is how long a backend discovery removed keeps its keys
+// when the pool has no DrainTimeout (its connections are then kept until
+// they end): sluice's default drain_timeout.
+const RemovedKeyWindow = 60 * time.Second
+
 // EventKind says what an Event reports.
 type EventKind uint8
 
@@ -42,8 +47,9 @@ const (
 	// it starts in (DOWN until it passes the active checks, when they run
 	// and the pool already had discovered backends).
 	EventAdded
-	// EventRemoved: discovery removed Backend; it takes no new players
-	// and its connections drain. Healthy is false.
+	// EventRemoved: discovery removed Backend; it takes no unkeyed new
+	// players, keeps its keys for its key window (see goneBackend), and
+	// its connections drain. Healthy is false.
 	EventRemoved
 	// EventDiscoveryFailed: a lookup failed or found nothing, after one
 	// that succeeded (or at the first lookup); the pool keeps its last set.
@@ -112,13 +118,25 @@ type discoveryStats struct {
 	lastErr  atomic.Pointer[string]
 }
 
-// goneBackend is a backend discovery removed: out of the set, in Drain,
-// its connections closed at deadline (when the pool has a DrainTimeout).
+// goneBackend is a backend discovery removed. It takes Drain at once (no
+// unkeyed new player) and, for its key window, stays in the set after the
+// pool's backends (backendSet.current): the keys that map to it keep
+// reaching it (keyUsable) while it is healthy and not full, its active and
+// agent checks go on (DOWN or maint move its keys at once). The window is
+// measured alike by every instance that saw the same DNS change, from the
+// removal to removal + DrainTimeout (RemovedKeyWindow without one), so
+// they all place its keys alike, within a resolve interval. Then it
+// leaves the set, its checks stop, and its connections are closed (at
+// deadline: the same instant) or, without a DrainTimeout, kept until they
+// end; it is forgotten once it has none.
 type goneBackend struct {
 	b        *Backend
 	admin    AdminState // before the removal: restored if it comes back
-	deadline time.Time  // zero: no forced close
-	timer    *time.Timer
+	keyUntil time.Time  // end of its key window, while in the set; zero once it left
+	deadline time.Time  // its connections are closed then; zero: no forced close
+	// timer fires at keyUntil (or, once out of the set, at deadline:
+	// after a reload); nil when none is pending.
+	timer *time.Timer
 }
 
 // DiscoveryStatus is a snapshot of a pool's discovery, for the admin API
@@ -385,13 +403,16 @@ func (p *Pool) applyLocked(found []BackendConfig, now time.Time) []Event {
 	}
 	// The new set first, then Drain for the removed: a Dial still holding
 	// the old set that finds nothing usable in it moves to the new one
-	// (see Dial); in the other order it could find both empty.
-	p.set.Store(newBackendSet(list, p.maxAttempts))
-	p.recountLocked()
-	p.refreshReviveLocked()
+	// (see Dial); in the other order it could find both empty. The removed
+	// are in both sets, in the new one for their key window (after the
+	// pool's backends, with those removed before whose window goes on), so
+	// a keyed Dial finds them in either.
+	p.set.Store(newBackendSet(list, append(p.inWindowLocked(), removed...), p.maxAttempts))
 	for _, b := range removed {
 		evs = append(evs, p.retireLocked(b, now))
 	}
+	p.recountLocked()
+	p.refreshReviveLocked()
 	p.pruneGoneLocked()
 	d.found, d.seeded = found, true
 	if changed || len(removed) > 0 {
@@ -400,39 +421,73 @@ func (p *Pool) applyLocked(found []BackendConfig, now time.Time) []Event {
 	return evs
 }
 
-// retireLocked takes a backend removed from the set out of service: Drain
-// (a Dial still holding the previous set skips it), no more checks, its
-// connections closed at DrainTimeout. p.mu is held.
+// retireLocked takes a backend removed from the pool's backends out of
+// service for unkeyed players: Drain (a Dial still holding the previous
+// set skips it; an operator's Maint stays), its key window and the close
+// of its connections armed. It must already be in the set's removed part
+// (inWindowLocked), its checks running. p.mu is held.
 func (p *Pool) retireLocked(b *Backend, now time.Time) Event {
 	g := &goneBackend{b: b, admin: b.opAdmin}
-	p.setOperatorLocked(b, Drain)
-	p.stopCheckLocked(b)
-	p.stopMaintLocked(b)
-	active := b.Active()
-	reason := fmt.Sprintf("removed by %s: no new players; %d live connections ", p.disc.src.String(), active)
+	if b.opAdmin < Drain {
+		p.setOperatorLocked(b, Drain)
+		p.stopMaintLocked(b)
+	}
+	window := p.drainTimeout
+	if window <= 0 {
+		window = RemovedKeyWindow
+	}
+	g.keyUntil = now.Add(window)
+	reason := fmt.Sprintf("removed by %s: no new unkeyed players; its keys stay on it for %v unless it goes DOWN; %d live connections ",
+		p.disc.src.String(), window, b.Active())
 	if p.drainTimeout > 0 {
-		g.deadline = now.Add(p.drainTimeout)
-		p.armGoneLocked(g)
+		g.deadline = g.keyUntil
 		reason += fmt.Sprintf("closed after %v unless they end before", p.drainTimeout)
 	} else {
 		reason += "kept until they end"
 	}
+	p.armGoneLocked(g)
 	p.gone = append(p.gone, g)
 	p.hadGone.Store(true)
 	return Event{Pool: p.name, Backend: b.id, Kind: EventRemoved, Reason: reason, Time: now}
 }
 
-// armGoneLocked schedules the close of g's connections at its deadline.
-// p.mu is held.
+// inWindowLocked returns the removed backends in their key window, in the
+// order they were removed. p.mu is held.
+func (p *Pool) inWindowLocked() []*Backend {
+	var out []*Backend
+	for _, g := range p.gone {
+		if !g.keyUntil.IsZero() {
+			out = append(out, g.b)
+		}
+	}
+	return out
+}
+
+// storeSetLocked makes the set list, then the removed backends in their
+// key window, and recounts. p.mu is held.
+func (p *Pool) storeSetLocked(list []*Backend) {
+	p.set.Store(newBackendSet(list, p.inWindowLocked(), p.maxAttempts))
+	p.recountLocked()
+	p.refreshReviveLocked()
+}
+
+// armGoneLocked schedules the end of g's key window, or, once it left the
+// set, the close of its connections at its deadline. p.mu is held.
 func (p *Pool) armGoneLocked(g *goneBackend) {
-	if p.closed || g.deadline.IsZero() {
+	at := g.keyUntil
+	if at.IsZero() {
+		at = g.deadline
+	}
+	if p.closed || at.IsZero() {
 		return
 	}
 	p.wg.Add(1)
-	g.timer = time.AfterFunc(time.Until(g.deadline), func() { p.drainExpired(g) })
+	g.timer = time.AfterFunc(time.Until(at), func() { p.drainExpired(g) })
 }
 
-// drainExpired is the DrainTimeout timer body of a removed backend.
+// drainExpired is the timer body of a removed backend: its key window
+// ends (it leaves the set, its checks stop) and, at its deadline, its
+// connections are closed.
 func (p *Pool) drainExpired(g *goneBackend) {
 	defer p.wg.Done()
 	p.mu.Lock()
@@ -441,8 +496,18 @@ func (p *Pool) drainExpired(g *goneBackend) {
 		return
 	}
 	g.timer = nil
+	if !g.keyUntil.IsZero() {
+		g.keyUntil = time.Time{}
+		p.stopCheckLocked(g.b)
+		p.stopMaintLocked(g.b)
+		p.storeSetLocked(p.backends())
+	}
+	closing := !g.deadline.IsZero()
+	p.pruneGoneLocked()
 	p.mu.Unlock()
-	g.b.closeLeases()
+	if closing {
+		g.b.closeLeases()
+	}
 }
 
 // stopGoneLocked cancels g's pending close. p.mu is held.
@@ -456,9 +521,10 @@ func (p *Pool) stopGoneLocked(g *goneBackend) {
 }
 
 // reclaimLocked takes back a removed backend that is found again (same id
-// and address) before its connections ended: its drain is cancelled, its
-// admin state restored, its checks restarted. It returns nil if there is
-// none. p.mu is held.
+// and address) in its key window or before its connections ended: its
+// drain is cancelled, its admin state restored, its checks restarted (in
+// its window they never stopped). It returns nil if there is none; the
+// caller puts it back among the pool's backends. p.mu is held.
 func (p *Pool) reclaimLocked(bc BackendConfig) *Backend {
 	for i, g := range p.gone {
 		if g.b.id != bc.ID || g.b.addr != bc.Address {
@@ -473,11 +539,11 @@ func (p *Pool) reclaimLocked(bc BackendConfig) *Backend {
 	return nil
 }
 
-// pruneGoneLocked forgets removed backends that have no connection left
-// and no close pending. p.mu is held.
+// pruneGoneLocked forgets removed backends past their key window that have
+// no connection left (a pending close goes with them). p.mu is held.
 func (p *Pool) pruneGoneLocked() {
 	p.gone = slices.DeleteFunc(p.gone, func(g *goneBackend) bool {
-		if g.b.Active() == 0 {
+		if g.keyUntil.IsZero() && g.b.Active() == 0 {
 			p.stopGoneLocked(g)
 			return true
 		}
@@ -485,18 +551,26 @@ func (p *Pool) pruneGoneLocked() {
 	})
 }
 
-// adoptDiscoveredLocked takes over old's draining backends (with what is
-// left of their drain), and, when both pools discover from the same
-// source, old's discovered backends (its last answer, whose state Adopt
-// then carries over by address) and its counters. p.mu is held, not
+// adoptDiscoveredLocked takes over old's removed backends (with what is
+// left of their key window and drain), and, when both pools discover from
+// the same source, old's discovered backends (its last answer, whose state
+// Adopt then carries over by address) and its counters. p.mu is held, not
 // old.mu.
 func (p *Pool) adoptDiscoveredLocked(old *Pool) {
 	old.mu.Lock()
-	gone := old.gone
-	old.gone = nil
-	for _, g := range gone {
+	gone := make([]*goneBackend, len(old.gone))
+	for i, g := range old.gone {
 		old.stopGoneLocked(g)
+		ng := *g
+		if !g.keyUntil.IsZero() {
+			// In its key window it is in old's set, checked by old's
+			// goroutines: p gets its own Backend with its state and
+			// connections (as Adopt does for the others), checked by p's.
+			ng.b = p.successorLocked(old, g.b)
+		}
+		gone[i] = &ng
 	}
+	old.gone = nil
 	var found []BackendConfig
 	var seeded bool
 	var ttl time.Duration
@@ -506,16 +580,30 @@ func (p *Pool) adoptDiscoveredLocked(old *Pool) {
 	}
 	old.mu.Unlock()
 	for _, g := range gone {
-		p.armGoneLocked(g) // the rest of its drain, from this pool
+		p.armGoneLocked(g) // the rest of its window and drain, from this pool
 		p.gone = append(p.gone, g)
 		p.hadGone.Store(true)
 	}
 	if !same {
+		p.storeSetLocked(p.backends())
 		return
 	}
 	p.disc.stats = old.disc.stats
 	if len(found) > 0 {
 		p.applyLocked(found, time.Now()) // no event: nothing changed for the fleet
+	} else {
+		p.storeSetLocked(p.backends())
 	}
 	p.disc.seeded, p.disc.lastTTL = seeded, ttl
+}
+
+// successorLocked builds p's Backend for old's b (a removed one in its key
+// window): same config, old's state, the same connections. p.mu and old.mu
+// are held.
+func (p *Pool) successorLocked(old *Pool, b *Backend) *Backend {
+	nb := newBackend(BackendConfig{ID: b.id, Address: b.addr, Weight: b.weight, MaxConnections: int(b.maxConns), Backup: b.backup})
+	nb.discovered = b.discovered
+	nb.cookie = stickyValue(p.name, nb.id)
+	p.restoreLocked(nb, old.captureLocked(b))
+	return nb
 }

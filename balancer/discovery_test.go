@@ -104,13 +104,19 @@ func TestDiscoveryApply(t *testing.T) {
 	if p.Lookup("10.0.0.3:1") != b3 || b3.AdminState() != Ready {
 		t.Fatalf("reclaimed backend: same %v, admin %v", p.Lookup("10.0.0.3:1") == b3, b3.AdminState())
 	}
-	// Removed with no connection: forgotten at the next answer.
+	// Removed with no connection: kept, draining, for its key window
+	// (RemovedKeyWindow without a DrainTimeout), out of Backends; forgotten
+	// after it (TestRemovedKeepsKeys).
 	b3.live.active.Add(-1)
 	src.set(nil, BackendConfig{ID: "b.example:1", Address: "10.0.0.2:1", Weight: 3})
 	p.Rediscover(ctx)
 	p.Rediscover(ctx)
-	if p.Lookup("10.0.0.3:1") != nil {
-		t.Error("a removed backend without connections is still known")
+	st := p.RemovedStatus()
+	if p.Lookup("10.0.0.3:1") != b3 || len(st) != 1 || st[0].KeysUntil.IsZero() || slices.Contains(p.Backends(), b3) {
+		t.Errorf("a removed backend in its key window: lookup %v, removed status %+v", p.Lookup("10.0.0.3:1"), st)
+	}
+	if !slices.Contains(p.inSet(), b3) || b3.AdminState() != Drain {
+		t.Errorf("a removed backend in its key window: in the set %v, state %v", slices.Contains(p.inSet(), b3), b3.AdminState())
 	}
 	var kinds []string
 	for _, e := range ev.list() {
@@ -197,7 +203,7 @@ func TestHashAcrossSwap(t *testing.T) {
 		for k := range 2000 {
 			key := "room-" + strconv.Itoa(k)
 			i := p.pickOnce(&DialRequest{HashKey: key, HasHashKey: true})
-			out[key] = p.backends()[i].ID()
+			out[key] = p.inSet()[i].ID()
 		}
 		return out
 	}
@@ -324,8 +330,8 @@ func TestSwapUnderLoad(t *testing.T) {
 
 // TestDiscoveryChecksNewBackends: once the pool has discovered backends and
 // runs active checks, a backend found later starts DOWN, is checked at
-// once, and takes players only after Rise passing checks; one removed
-// stops being checked.
+// once, and takes players only after Rise passing checks; one removed is
+// checked for its key window (DrainTimeout), then no more.
 func TestDiscoveryChecksNewBackends(t *testing.T) {
 	ss := sinks(t, 3)
 	src := &fakeSource{ttl: -1}
@@ -333,7 +339,7 @@ func TestDiscoveryChecksNewBackends(t *testing.T) {
 	checks := map[string]int{}
 	pass := map[string]bool{ss[0].addr(): true, ss[1].addr(): true}
 	p := mustPool(t, PoolConfig{
-		Name: "c", Discover: src, ResolveInterval: 20 * time.Millisecond,
+		Name: "c", Discover: src, ResolveInterval: 20 * time.Millisecond, DrainTimeout: 100 * time.Millisecond,
 		Health: HealthConfig{Interval: 20 * time.Millisecond, Timeout: 10 * time.Millisecond, Rise: 2, Fall: 2,
 			checkFunc: func(_ context.Context, b *Backend) error {
 				mu.Lock()
@@ -371,6 +377,11 @@ func TestDiscoveryChecksNewBackends(t *testing.T) {
 	waitFor(t, 5*time.Second, "removal", func() bool { return len(p.Backends()) == 2 })
 	mu.Lock()
 	n := checks[ss[0].addr()]
+	mu.Unlock()
+	waitFor(t, 5*time.Second, "checks in its key window", func() bool { mu.Lock(); defer mu.Unlock(); return checks[ss[0].addr()] > n })
+	waitFor(t, 5*time.Second, "the end of its key window", func() bool { return len(p.RemovedStatus()) == 0 })
+	mu.Lock()
+	n = checks[ss[0].addr()]
 	mu.Unlock()
 	time.Sleep(100 * time.Millisecond) // 5 intervals: a running check loop would count
 	mu.Lock()
@@ -451,7 +462,7 @@ func (*otherSource) String() string { return "fake:other" }
 
 // TestAdoptHandsOnDraining: a reload whose pool no longer discovers (or
 // discovers elsewhere) still takes over the backends the old pool's
-// discovery removed: their connections are closed at the old deadline
+// discovery removed: with their key window, their connections closed at the old deadline
 // though the old pool is closed, and CloseConnections reaches them.
 func TestAdoptHandsOnDraining(t *testing.T) {
 	ss := sinks(t, 2)
@@ -467,7 +478,9 @@ func TestAdoptHandsOnDraining(t *testing.T) {
 	nu.Adopt(old)
 	old.Close() // stops old's timers
 	defer nu.Close()
-	if nu.Lookup(ss[0].addr()) != l.Backend {
+	// In its key window: nu's own Backend, with old's connections, in
+	// nu's set for keyed picks.
+	if b := nu.Lookup(ss[0].addr()); b == nil || b.live != l.Backend.live || b.AdminState() != Drain || !slices.Contains(nu.inSet(), b) {
 		t.Fatal("the draining backend was not handed on")
 	}
 	waitFor(t, 5*time.Second, "the drain close, from the new pool", func() bool { return !connWorks(l) })

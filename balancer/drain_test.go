@@ -207,10 +207,11 @@ func TestDrainNotForOtherPolicies(t *testing.T) {
 
 // TestFindRemovedBackend: a backend discovery removed is found by id while
 // its connections drain, listed by RemovedStatus, and forgotten once they
-// ended.
+// ended and its key window (DrainTimeout) passed.
 func TestFindRemovedBackend(t *testing.T) {
 	src := &fakeSource{}
-	p := mustPool(t, PoolConfig{Name: "f", Discover: src})
+	p := mustPool(t, PoolConfig{Name: "f", Discover: src, DrainTimeout: 50 * time.Millisecond})
+	defer p.Close()
 	ctx := context.Background()
 	src.set(nil, BackendConfig{ID: "gs-1", Address: "10.0.0.1:1"}, BackendConfig{ID: "gs-2", Address: "10.0.0.2:1"})
 	p.Rediscover(ctx)
@@ -235,10 +236,11 @@ func TestFindRemovedBackend(t *testing.T) {
 		t.Fatalf("status %v: the removed backend is listed apart", ids)
 	}
 	b.live.active.Add(-1)
-	p.Rediscover(ctx)
-	if got, _ := p.Find("gs-1"); got != nil || len(p.RemovedStatus()) != 0 {
-		t.Fatal("a drained removed backend is still known")
-	}
+	waitFor(t, 5*time.Second, "a drained removed backend past its key window forgotten", func() bool {
+		p.Rediscover(ctx)
+		got, _ := p.Find("gs-1")
+		return got == nil && len(p.RemovedStatus()) == 0
+	})
 }
 
 func statusIDs(st []BackendStatus) []string {

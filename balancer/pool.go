@@ -114,6 +114,9 @@ type PoolConfig struct {
 	ResolveInterval time.Duration
 	// DrainTimeout: the connections of a backend that discovery removed are
 	// closed this long after the removal. If zero, they stay until they end.
+	// It is also the removed backend's key window: until then it stays in
+	// the set, draining, so that the keys that map to it keep reaching it
+	// (its checks go on; DOWN moves them); if zero, RemovedKeyWindow.
 	DrainTimeout time.Duration
 	// ProxyProtocol is the header written before the prefix (and, as
 	// "PROXY UNKNOWN" / a v2 LOCAL header, before health checks). If zero,
@@ -369,7 +372,7 @@ func NewPool(cfg PoolConfig) (*Pool, error) {
 			lastTTL:  -1,
 		}
 	}
-	p.set.Store(newBackendSet(list, p.maxAttempts))
+	p.set.Store(newBackendSet(list, nil, p.maxAttempts))
 	p.recountLocked()
 	return p, nil
 }
@@ -386,7 +389,8 @@ func orDefault[T int | time.Duration](v, def T) T {
 func (p *Pool) Name() string { return p.name }
 
 // Backends returns the pool's current backends: the configured ones in
-// config order, then the discovered ones by id. The slice is a copy; the
+// config order, then the discovered ones by id; not the ones discovery
+// removed, even in their key window (see RemovedStatus). The slice is a copy; the
 // *Backend values are shared and stay valid while connections use them.
 func (p *Pool) Backends() []*Backend { return slices.Clone(p.backends()) }
 
@@ -425,7 +429,7 @@ func (p *Pool) Start() {
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.checking = p.health.active()
 	p.agenting = p.agent != nil
-	for _, b := range p.backends() {
+	for _, b := range p.inSet() { // removed ones in their key window too (Adopt)
 		p.startCheckLocked(b, -1) // and its agent's
 	}
 	if p.disc != nil {
@@ -450,7 +454,7 @@ func (p *Pool) Close() {
 	if p.cancel != nil {
 		p.cancel()
 	}
-	for _, b := range p.backends() {
+	for _, b := range p.inSet() {
 		b.stopCheck, b.stopAgent = nil, nil // ended by p.cancel
 		p.stopMaintLocked(b)
 	}
@@ -461,10 +465,11 @@ func (p *Pool) Close() {
 	p.wg.Wait()
 }
 
-// recountLocked refreshes the counts of usable backends per tier.
+// recountLocked refreshes the counts of usable backends per tier; the
+// removed backends in their key window count as draining.
 func (p *Pool) recountLocked() {
 	var prim, back, kprim, kback int32
-	for _, b := range p.backends() {
+	for _, b := range p.inSet() {
 		if !b.healthy.Load() {
 			continue
 		}
@@ -579,7 +584,7 @@ func (p *Pool) refreshHealthLocked(b *Backend, reason string) (ev Event, ok bool
 // refreshReviveLocked recomputes nextRevive from the backends' downUntil.
 func (p *Pool) refreshReviveLocked() {
 	var next int64
-	for _, b := range p.backends() {
+	for _, b := range p.inSet() {
 		if b.downUntil != 0 && (next == 0 || b.downUntil < next) {
 			next = b.downUntil
 		}
@@ -614,7 +619,7 @@ func (p *Pool) revive() {
 	var evs []Event
 	var bs []*Backend
 	p.mu.Lock()
-	for _, b := range p.backends() {
+	for _, b := range p.inSet() {
 		if b.downUntil != 0 && now >= b.downUntil {
 			reason := fmt.Sprintf("fail timeout %v passed after passive failures", p.failTimeout)
 			if ev, ok := p.transitionLocked(b, true, reason, true); ok {
@@ -734,10 +739,15 @@ type BackendStatus struct {
 	EffectiveMaxConnections int
 	// Agent is what the backend's agent set; nil when the pool has none.
 	Agent *AgentStatus
+	// KeysUntil is, for a backend discovery removed (RemovedStatus), the
+	// end of its key window: until then keyed picks still reach it (see
+	// PoolConfig.DrainTimeout). Zero once the window ended, and for the
+	// pool's backends.
+	KeysUntil time.Time
 }
 
 // Status returns a snapshot of every backend of the current set, in the
-// order of Backends.
+// order of Backends; the backends discovery removed are in RemovedStatus.
 func (p *Pool) Status() []BackendStatus {
 	if nr := p.nextRevive.Load(); nr != 0 && time.Now().UnixNano() >= nr {
 		p.revive()
@@ -752,9 +762,9 @@ func (p *Pool) Status() []BackendStatus {
 	return out
 }
 
-// RemovedStatus returns a snapshot of the backends discovery removed whose
-// connections still drain (state Drain; see PoolConfig.DrainTimeout), in
-// the order they were removed. Their ids may repeat ids of Status (an id
+// RemovedStatus returns a snapshot of the backends discovery removed that
+// are still in their key window or whose connections still drain (state
+// Drain; see PoolConfig.DrainTimeout), in the order they were removed. Their ids may repeat ids of Status (an id
 // that now names another address), so metrics leave them out; the admin
 // API lists them, and Find finds them, so that an orchestrator can wait
 // until a removed server has no player left.
@@ -766,7 +776,9 @@ func (p *Pool) RemovedStatus() []BackendStatus {
 	defer p.mu.Unlock()
 	var out []BackendStatus
 	for _, g := range p.gone {
-		out = append(out, statusLocked(g.b))
+		st := statusLocked(g.b)
+		st.KeysUntil = g.keyUntil
+		out = append(out, st)
 	}
 	return out
 }
@@ -800,7 +812,8 @@ func statusLocked(b *Backend) BackendStatus {
 
 // Find returns the backend whose id (or, failing that, address) is key:
 // one of the current set (removed false), else one that discovery removed
-// and whose connections still drain (removed true); nil if none.
+// and that is in its key window or whose connections still drain (removed
+// true); nil if none.
 func (p *Pool) Find(key string) (b *Backend, removed bool) {
 	list := p.backends()
 	for _, b := range list {
@@ -838,7 +851,9 @@ func (p *Pool) Find(key string) (b *Backend, removed bool) {
 // discovered backends (then carried over by address like the others) and
 // its discovery counters; p looks the backends up again at Start. The
 // backends discovery removed from old and that still drain are handed on
-// to p with what is left of their DrainTimeout, whatever p's source. Call it on a new pool before Start and before
+// to p with what is left of their key window and DrainTimeout, whatever
+// p's source (one in its key window as a Backend of p's own, with the same
+// connections, checked by p after Start). Call it on a new pool before Start and before
 // it serves. A pending MaintCloseAfter timer is not carried over; a backend
 // adopted in Maint gets a fresh one.
 func (p *Pool) Adopt(old *Pool) {
@@ -877,8 +892,8 @@ func (p *Pool) Adopt(old *Pool) {
 	p.adoptJoins(old)
 }
 
-// draining returns the backends discovery removed whose connections may
-// still drain.
+// draining returns the backends discovery removed that are in their key
+// window or whose connections may still drain.
 func (p *Pool) draining() []*Backend {
 	if p.disc == nil && !p.hadGone.Load() {
 		return nil // the common case: no lock

@@ -3,6 +3,7 @@ package balancer
 import (
 	"context"
 	"math/rand/v2"
+	"slices"
 	"sync/atomic"
 	"time"
 )
@@ -15,8 +16,15 @@ import (
 // The per-backend state the picks read (health, admin state, active
 // connections, round robin's current weight) lives on the *Backend, which
 // consecutive sets share: a backend in both keeps all of it.
+//
+// A backend discovery removed stays in the set for its key window (see
+// goneBackend): after the pool's backends, draining, so that keyed picks
+// still reach it and unkeyed ones do not.
 type backendSet struct {
-	list []*Backend
+	// list is what the picks walk: the pool's backends (list[:current]),
+	// then the removed ones in their key window.
+	list    []*Backend
+	current int
 	// weighted: the weights differ, rendezvous uses Schindler's scores.
 	// Equal weights rank backends in the same order either way (-1/ln(x)
 	// grows with x), so a swap that flips it moves no key.
@@ -25,17 +33,28 @@ type backendSet struct {
 	maxAttempts int
 }
 
-func newBackendSet(list []*Backend, maxAttempts int) *backendSet {
-	s := &backendSet{list: list, maxAttempts: min(maxAttempts, len(list))}
+func newBackendSet(list, removed []*Backend, maxAttempts int) *backendSet {
+	n := len(list)
+	if len(removed) > 0 {
+		list = append(slices.Clip(list), removed...)
+	}
+	s := &backendSet{list: list, current: n, maxAttempts: min(maxAttempts, len(list))}
 	for _, b := range list {
 		s.weighted = s.weighted || b.weight != list[0].weight
 	}
 	return s
 }
 
-// backends returns the current set's backends. The slice is shared: do
-// not modify it.
-func (p *Pool) backends() []*Backend { return p.set.Load().list }
+// backends returns the pool's backends, without the removed ones still in
+// their key window. The slice is shared: do not modify it.
+func (p *Pool) backends() []*Backend {
+	s := p.set.Load()
+	return s.list[:s.current]
+}
+
+// inSet returns every backend the picks may reach: the pool's, then the
+// removed ones in their key window. The slice is shared: do not modify it.
+func (p *Pool) inSet() []*Backend { return p.set.Load().list }
 
 // backendState is what a Backend carries over to its successor: the
 // Backend of the same address in the next pool (Pool.Adopt, a reload) or in
