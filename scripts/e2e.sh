@@ -79,14 +79,21 @@ echo "$out3" | grep -q 'tcp-backend-1: native' || fail "raw echo"
 sleep 0.3
 grep -q '"path_in":"\(splice\|buffer\)"' "$work/sluice.log" || fail "no access line with the copy path"
 
-# The admin server: health, metrics that moved, the state API.
+# The admin server: health, metrics that moved, the state API. Each answer
+# is read whole before grep looks at it: with pipefail, "curl | grep -q"
+# fails when grep stops reading a large answer early (curl: (23)).
+get() { curl -fsS "$@" || fail "curl $*"; }
 if command -v curl >/dev/null; then
-  curl -fsS "http://127.0.0.1:$adm/healthz" | grep -q ok || fail "/healthz"
-  curl -fsS "http://127.0.0.1:$adm/readyz" >/dev/null || fail "/readyz"
-  curl -fsS "http://127.0.0.1:$adm/metrics" | grep -Eq 'sluice_connections_closed_total\{listener="public",mode="l4",reason="[a-z_]+",route="echo"\} [1-9]' || fail "metrics did not count the echo connections"
-  curl -fsS "http://127.0.0.1:$adm/api/v1/state" | grep -q '"tls-echo"' || fail "state API"
+  get "http://127.0.0.1:$adm/healthz" > "$work/healthz"
+  grep -q ok "$work/healthz" || fail "/healthz"
+  get "http://127.0.0.1:$adm/readyz" >/dev/null
+  get "http://127.0.0.1:$adm/metrics" > "$work/metrics"
+  grep -Eq 'sluice_connections_closed_total\{listener="public",mode="l4",reason="[a-z_]+",route="echo"\} [1-9]' "$work/metrics" || fail "metrics did not count the echo connections"
+  get "http://127.0.0.1:$adm/api/v1/state" > "$work/state"
+  grep -q '"tls-echo"' "$work/state" || fail "state API"
   # Reload through the API (SIGHUP does the same).
-  curl -fsS -X POST "http://127.0.0.1:$adm/api/v1/reload" | grep -q '"ok": *true' || fail "reload API"
+  get -X POST "http://127.0.0.1:$adm/api/v1/reload" > "$work/reload"
+  grep -q '"ok": *true' "$work/reload" || fail "reload API"
 fi
 
 # SIGTERM: exit 0 within the drain (no live connections here).
