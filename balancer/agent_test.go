@@ -572,9 +572,15 @@ func TestAgentBadAnswers(t *testing.T) {
 	// The agent comes back: applied, and said so.
 	f.agents[0].set("ready\n", false)
 	f.agents[0].listen()
-	waitFor(t, 5*time.Second, "the agent's return", func() bool { return b.AdminState() == Ready })
-	last := ev.list()[len(ev.list())-1]
-	if last.Kind != EventAgent || !strings.Contains(last.Reason, "answering again") {
+	// The event follows the state change (it is emitted after the pool's
+	// lock is released): wait for both.
+	var last Event
+	waitFor(t, 5*time.Second, "the agent's return, and an event saying so", func() bool {
+		l := ev.list()
+		last = l[len(l)-1]
+		return b.AdminState() == Ready && last.Kind == EventAgent
+	})
+	if !strings.Contains(last.Reason, "answering again") {
 		t.Errorf("last event %+v", last)
 	}
 }
