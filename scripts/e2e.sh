@@ -65,23 +65,25 @@ done
 out1=$("$work/client" -addr 127.0.0.1:$lp -sni echo.localhost -msg one) || fail "client 1: $out1"
 out2=$("$work/client" -addr 127.0.0.1:$lp -sni ECHO.localhost -msg two) || fail "client 2: $out2"
 echo "$out1"; echo "$out2"
-echo "$out1$out2" | grep -q 'tls-backend-1.localhost' || fail "backend 1 certificate not seen"
-echo "$out1$out2" | grep -q 'tls-backend-2.localhost' || fail "backend 2 certificate not seen"
-echo "$out1" | grep -q ': one$' || fail "echo one"
+grep -q 'tls-backend-1.localhost' <<<"$out1$out2" || fail "backend 1 certificate not seen"
+grep -q 'tls-backend-2.localhost' <<<"$out1$out2" || fail "backend 2 certificate not seen"
+grep -q ': one$' <<<"$out1" || fail "echo one"
 # Wildcard route.
-"$work/client" -addr 127.0.0.1:$lp -sni x.echo.localhost -msg w | grep -q ': w$' || fail "wildcard route"
+outw=$("$work/client" -addr 127.0.0.1:$lp -sni x.echo.localhost -msg w) || fail "wildcard client: $outw"
+grep -q ': w$' <<<"$outw" || fail "wildcard route"
 # Raw TCP on the same port: plain_route, PROXY v2 tells the backend our address.
 out3=$("$work/client" -addr 127.0.0.1:$lp -raw -msg native) || fail "raw client: $out3"
 echo "$out3"
-echo "$out3" | grep -q 'tcp-backend-1: hello 127.0.0.1:' || fail "PROXY v2 address not seen by backend"
-echo "$out3" | grep -q 'tcp-backend-1: native' || fail "raw echo"
+grep -q 'tcp-backend-1: hello 127.0.0.1:' <<<"$out3" || fail "PROXY v2 address not seen by backend"
+grep -q 'tcp-backend-1: native' <<<"$out3" || fail "raw echo"
 # One access line per connection, with the copy path.
 sleep 0.3
 grep -q '"path_in":"\(splice\|buffer\)"' "$work/sluice.log" || fail "no access line with the copy path"
 
 # The admin server: health, metrics that moved, the state API. Each answer
 # is read whole before grep looks at it: with pipefail, "curl | grep -q"
-# fails when grep stops reading a large answer early (curl: (23)).
+# fails when grep stops reading early (curl: (23)); the same holds for
+# "echo | grep -q" (SIGPIPE), hence the here-strings above.
 get() { curl -fsS "$@" || fail "curl $*"; }
 if command -v curl >/dev/null; then
   get "http://127.0.0.1:$adm/healthz" > "$work/healthz"
