@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"sluice/balancer"
 	"sluice/l4"
@@ -70,6 +71,7 @@ func (ss *session) refuse(linger bool, reason l4.Reason, sni string, extra ...za
 // serve peeks the ClientHello on a TLS listener, routes it and hands the
 // conn to its route; a refusal ends here.
 func (ss *session) serve() {
+	growStack()
 	c, lr := ss.c, ss.lr
 	// One absolute deadline from accept covers the whole peek, a PROXY
 	// header included (RELIABILITY rule 1, T1): progress never extends it.
@@ -258,6 +260,22 @@ type l4Result struct {
 func (ss *session) logL4(r *route, sni string, res l4Result) {
 	s := ss.srv
 	s.metrics.connClosed(ss.lr.name, r.name, r.mode, res.Reason, res.BytesIn, res.BytesOut)
+	level := zap.InfoLevel
+	switch res.Reason {
+	case l4.ReasonError:
+		level = zap.ErrorLevel
+	case l4.ReasonNoBackend, l4.ReasonConnectFailed, l4.ReasonLocalLimit:
+		level = zap.WarnLevel
+	}
+	if ce := s.log.Check(level, "connection closed"); ce != nil {
+		ss.writeL4Line(ce, r, sni, &res)
+	}
+	// else not logged at this level: no fields built (and logL4, on the
+	// relay's fresh goroutine, keeps a frame small enough for its stack)
+}
+
+// writeL4Line writes an l4 access line.
+func (ss *session) writeL4Line(ce *zapcore.CheckedEntry, r *route, sni string, res *l4Result) {
 	fields := ss.accessFields(r, sni, res.Reason, zap.String("pool", r.pool.Name()))
 	if res.Backend != "" {
 		fields = append(fields,
@@ -274,14 +292,7 @@ func (ss *session) logL4(r *route, sni string, res l4Result) {
 	if res.Err != nil {
 		fields = append(fields, zap.Error(res.Err))
 	}
-	switch res.Reason {
-	case l4.ReasonError:
-		s.log.Error("connection closed", fields...)
-	case l4.ReasonNoBackend, l4.ReasonConnectFailed, l4.ReasonLocalLimit:
-		s.log.Warn("connection closed", fields...)
-	default:
-		s.log.Info("connection closed", fields...)
-	}
+	ce.Write(fields...)
 }
 
 // accessFields are the fixed keys of an access line; sni is as the client

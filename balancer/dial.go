@@ -29,14 +29,28 @@ const UserTimeout = 30 * time.Second
 // before MaxAttempts attempts were made.
 var ErrBudgetExhausted = errors.New("balancer: connect budget exhausted")
 
-// newDialer returns the dialer for backend connections. TCP_NODELAY is Go's
+// newDialer returns the dialer of Pool.Connect (plain HTTP to a backend):
+// keepalive and TCP_USER_TIMEOUT set with every connect. TCP_NODELAY is Go's
 // default; TCP_USER_TIMEOUT is set in Control (Linux only, see sockopt_*.go).
+// Dial and DialPrevious (relays: l4, WebSocket tunnels) use leanDialer and
+// set them later, only on connections that live on (deferopts.go).
 func newDialer() net.Dialer {
 	return net.Dialer{
 		KeepAliveConfig: KeepAlive,
 		Control:         controlBackendSocket,
 	}
 }
+
+// leanDialer connects a relay's backend socket with no option but Go's
+// TCP_NODELAY: keepalive and TCP_USER_TIMEOUT (5 setsockopt calls, a seventh
+// of the syscalls of an L4 connection) wait until the connection has lived
+// about optionsDelay (deferopts.go, issue 11). leanDialerUT also sets
+// TCP_USER_TIMEOUT before connect, for pools whose connect_timeout is longer
+// than it: there it ends the SYN retries, as it always did.
+var (
+	leanDialer   = net.Dialer{KeepAlive: -1}
+	leanDialerUT = net.Dialer{KeepAlive: -1, Control: controlBackendSocket}
+)
 
 // DialRequest is what the caller knows about the client connection being
 // forwarded.
@@ -94,6 +108,8 @@ type Lease struct {
 	pool       *Pool
 	released   atomic.Bool
 	observed   atomic.Bool
+	batch      *optsBatch // sets Conn's keepalive and TCP_USER_TIMEOUT later (deferopts.go)
+	slot       int32
 	prev, next *Lease // the backend's live leases, under Backend.lmu
 }
 
@@ -105,6 +121,7 @@ func (l *Lease) Release() {
 	if l == nil || !l.released.CompareAndSwap(false, true) {
 		return
 	}
+	l.dequeue()
 	if l.pool != nil {
 		if !l.observed.Load() {
 			l.Backend.passiveOK()
@@ -256,7 +273,11 @@ func (p *Pool) dialWalk(ctx context.Context, ch *Chooser, req *DialRequest, payl
 		if ch.budget.Before(deadline) {
 			deadline = ch.budget
 		}
-		conn, err := p.attempt(ctx, b, deadline, payload)
+		d := &leanDialer
+		if p.connectTimeout > UserTimeout {
+			d = &leanDialerUT
+		}
+		conn, err := p.attemptWith(ctx, d, b, deadline, payload)
 		if err == nil && req.AwaitAnswer {
 			if err = awaitAnswer(ctx, conn, time.Now().Add(p.connectTimeout)); err != nil {
 				conn.Close()
@@ -264,6 +285,7 @@ func (p *Pool) dialWalk(ctx context.Context, ch *Chooser, req *DialRequest, payl
 		}
 		if err == nil {
 			l := &Lease{Conn: conn, Backend: b, Attempts: ch.attempts, pool: p}
+			l.deferOptions()
 			b.track(l)
 			return l, nil
 		}
@@ -296,8 +318,14 @@ func (p *Pool) pickOnce(req *DialRequest) int {
 	return p.pick(p.set.Load(), &v, &st, req)
 }
 
-// attempt connects to b and writes payload, all before deadline.
+// attempt connects to b with every socket option set (Pool.Connect) and
+// writes payload, all before deadline.
 func (p *Pool) attempt(ctx context.Context, b *Backend, deadline time.Time, payload []byte) (*net.TCPConn, error) {
+	return p.attemptWith(ctx, &p.dialer, b, deadline, payload)
+}
+
+// attemptWith is attempt with dialer d.
+func (p *Pool) attemptWith(ctx context.Context, d *net.Dialer, b *Backend, deadline time.Time, payload []byte) (*net.TCPConn, error) {
 	b.dials.Add(1)
 	actx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
@@ -308,7 +336,7 @@ func (p *Pool) attempt(ctx context.Context, b *Backend, deadline time.Time, payl
 	// cannot be shared, and a connection storm fails with EADDRINUSE
 	// (issue 11). connect(2) on an unbound socket picks a port per
 	// destination. DialContext with no LocalAddr does that.
-	c, err := p.dialer.DialContext(actx, "tcp", b.addr)
+	c, err := d.DialContext(actx, "tcp", b.addr)
 	if err != nil {
 		return nil, err
 	}

@@ -154,40 +154,101 @@ func TestDialCancelMidConnect(t *testing.T) {
 	}
 }
 
-// TestDialSocketOptions pins T17 on the dialed socket: keepalive 30s/10s/3,
+// sockopts reads the T17 options of c: keepalive 30s/10s/3,
 // TCP_USER_TIMEOUT 30 s, TCP_NODELAY.
+func sockopts(t *testing.T, c *net.TCPConn) map[string]int {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]int{}
+	for _, o := range []struct {
+		name       string
+		level, opt int
+	}{
+		{"SO_KEEPALIVE", unix.SOL_SOCKET, unix.SO_KEEPALIVE},
+		{"TCP_KEEPIDLE", unix.IPPROTO_TCP, unix.TCP_KEEPIDLE},
+		{"TCP_KEEPINTVL", unix.IPPROTO_TCP, unix.TCP_KEEPINTVL},
+		{"TCP_KEEPCNT", unix.IPPROTO_TCP, unix.TCP_KEEPCNT},
+		{"TCP_USER_TIMEOUT", unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT},
+		{"TCP_NODELAY", unix.IPPROTO_TCP, unix.TCP_NODELAY},
+	} {
+		var v int
+		var gerr error
+		if err := rc.Control(func(fd uintptr) { v, gerr = unix.GetsockoptInt(int(fd), o.level, o.opt) }); err != nil {
+			t.Fatal(err)
+		}
+		if gerr != nil {
+			t.Fatalf("%s: %v", o.name, gerr)
+		}
+		got[o.name] = v
+	}
+	return got
+}
+
+var t17 = map[string]int{"SO_KEEPALIVE": 1, "TCP_KEEPIDLE": 30, "TCP_KEEPINTVL": 10, "TCP_KEEPCNT": 3, "TCP_USER_TIMEOUT": 30000, "TCP_NODELAY": 1}
+
+func checkOpts(t *testing.T, what string, got map[string]int, want map[string]int) {
+	t.Helper()
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s: %s = %d, want %d", what, k, got[k], v)
+		}
+	}
+}
+
+// TestDialSocketOptions pins T17 on the dialed socket: keepalive 30s/10s/3,
+// TCP_USER_TIMEOUT 30 s, TCP_NODELAY. A relay's backend connection (Dial)
+// gets keepalive and TCP_USER_TIMEOUT once it has lived about optionsDelay, so a
+// short connection never pays the five setsockopt calls (issue 11); one
+// released sooner never gets them; Pool.Connect (plain HTTP) sets them all
+// with the connect; a connect_timeout longer than TCP_USER_TIMEOUT keeps
+// TCP_USER_TIMEOUT before connect, where it bounds the SYN retries.
 func TestDialSocketOptions(t *testing.T) {
+	defer func(d time.Duration) { optionsDelay = d }(optionsDelay)
+	optionsDelay = 50 * time.Millisecond
 	tb := startBackend(t, "tcp", "127.0.0.1:0", false)
 	p := mustPool(t, PoolConfig{Name: "opts", Backends: backendsOf(tb.addr())})
+
 	l, err := p.Dial(context.Background(), DialRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	finish(t, l)
-	rc, err := l.Conn.SyscallConn()
+	checkOpts(t, "at dial", sockopts(t, l.Conn), map[string]int{"SO_KEEPALIVE": 0, "TCP_USER_TIMEOUT": 0, "TCP_NODELAY": 1})
+	deadline := time.Now().Add(5 * time.Second)
+	for sockopts(t, l.Conn)["SO_KEEPALIVE"] == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	checkOpts(t, "after optionsDelay", sockopts(t, l.Conn), t17)
+	opts.mu.Lock()
+	if l.batch.leases != nil {
+		t.Error("the fired batch still holds its leases")
+	}
+	opts.mu.Unlock()
+
+	short, err := p.Dial(context.Background(), DialRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []struct {
-		name       string
-		level, opt int
-		val        int
-	}{
-		{"SO_KEEPALIVE", unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
-		{"TCP_KEEPIDLE", unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, 30},
-		{"TCP_KEEPINTVL", unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, 10},
-		{"TCP_KEEPCNT", unix.IPPROTO_TCP, unix.TCP_KEEPCNT, 3},
-		{"TCP_USER_TIMEOUT", unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, 30000},
-		{"TCP_NODELAY", unix.IPPROTO_TCP, unix.TCP_NODELAY, 1},
+	short.Release() // before optionsDelay; the conn stays open to be looked at
+	defer short.Conn.Close()
+	time.Sleep(3 * optionsDelay)
+	checkOpts(t, "released before optionsDelay", sockopts(t, short.Conn), map[string]int{"SO_KEEPALIVE": 0, "TCP_USER_TIMEOUT": 0})
+
+	c, err := p.Connect(context.Background(), p.Backends()[0], DialRequest{})
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, w := range want {
-		var got int
-		var gerr error
-		if err := rc.Control(func(fd uintptr) { got, gerr = unix.GetsockoptInt(int(fd), w.level, w.opt) }); err != nil {
-			t.Fatal(err)
-		}
-		if gerr != nil || got != w.val {
-			t.Errorf("%s = %d (%v), want %d", w.name, got, gerr, w.val)
-		}
+	defer c.Close()
+	checkOpts(t, "Pool.Connect", sockopts(t, c), t17)
+
+	slow := mustPool(t, PoolConfig{Name: "slow", Backends: backendsOf(tb.addr()), ConnectTimeout: UserTimeout + time.Second})
+	ls, err := slow.Dial(context.Background(), DialRequest{})
+	if err != nil {
+		t.Fatal(err)
 	}
+	finish(t, ls)
+	checkOpts(t, "connect_timeout > TCP_USER_TIMEOUT, at dial", sockopts(t, ls.Conn), map[string]int{"SO_KEEPALIVE": 0, "TCP_USER_TIMEOUT": 30000})
 }
