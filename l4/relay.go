@@ -491,11 +491,17 @@ func (d *direction) writeErr(err error) (stop bool) {
 func (d *direction) gotEOF() {
 	r := d.r
 	d.dstFin.Store(true)
-	closeWrite(d.dst)
 	if r.eofs.Add(1) == 2 {
+		// Both sides ended with a FIN: finish's close sends dst's (for a
+		// *tls.Conn, closeNow closes the socket under it: no close_notify,
+		// so this engine keeps the CloseWrite when dst is not raw TCP).
+		if _, raw := d.dst.(*net.TCPConn); !raw {
+			closeWrite(d.dst)
+		}
 		r.finish(ReasonEOF, nil, nil)
 		return
 	}
+	closeWrite(d.dst)
 	now := max(r.now(), 1)
 	r.finAt.CompareAndSwap(0, now)
 	// The remaining direction reads d.dst. Its limit is at most this; when
