@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"sluice/balancer/balancertest"
 )
 
 // Agent checks through a running sluice (issue 12, part 5): the pool's
@@ -72,34 +74,6 @@ func (a *gameAgent) stop() {
 	a.wg.Wait()
 }
 
-// sharedPort returns a port free on every host (127.0.0.N addresses): the
-// agent port of a pool whose backends run on those hosts.
-func sharedPort(t testing.TB, hosts ...string) int {
-	t.Helper()
-	for range 50 {
-		ln, err := net.Listen("tcp", hosts[0]+":0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := ln.Addr().(*net.TCPAddr).Port
-		ok := true
-		for _, h := range hosts[1:] {
-			l2, err := net.Listen("tcp", net.JoinHostPort(h, strconv.Itoa(port)))
-			if err != nil {
-				ok = false
-				break
-			}
-			l2.Close()
-		}
-		ln.Close()
-		if ok {
-			return port
-		}
-	}
-	t.Fatal("no port free on every host")
-	return 0
-}
-
 // echoOn is an echo backend listening on host.
 func echoOn(t *testing.T, host string) *backend {
 	t.Helper()
@@ -116,7 +90,7 @@ func echoOn(t *testing.T, host string) *backend {
 func TestAgentThroughSluice(t *testing.T) {
 	t.Parallel()
 	h1, h2 := "127.0.0.41", "127.0.0.42"
-	port := sharedPort(t, h1, h2)
+	port := balancertest.SharedPort(t, h1, h2)
 	b1, b2 := echoOn(t, h1), echoOn(t, h2)
 	a1 := startGameAgent(t, net.JoinHostPort(h1, strconv.Itoa(port)), "drain maxconn:5 load:2 # deploying\n")
 	a2 := startGameAgent(t, net.JoinHostPort(h2, strconv.Itoa(port)), "ready 50% bogus\n")

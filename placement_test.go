@@ -30,6 +30,7 @@ import (
 	"time"
 
 	"sluice/balancer"
+	"sluice/balancer/balancertest"
 	"sluice/balancer/discover/dnstest"
 	"sluice/tlsutil/tlstest"
 )
@@ -316,7 +317,7 @@ func TestPlacementAgreement(t *testing.T) {
 	for i := range hosts {
 		hosts[i] = fmt.Sprintf("127.0.0.%d", 61+i)
 	}
-	agentPort := sharedPort(t, hosts...)
+	agentPort := balancertest.SharedPort(t, hosts...)
 	for i, h := range hosts {
 		addr := net.JoinHostPort(h, strconv.Itoa(27061+i))
 		ln, err := net.Listen("tcp", addr)

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"testing/iotest"
 	"time"
+
+	"sluice/balancer/balancertest"
 )
 
 // Agent checks (issue 12, part 5) and placement that N instances agree on
@@ -144,33 +146,6 @@ type agentServer struct {
 	conns map[net.Conn]bool
 }
 
-// agentPort returns a port free on every host, for the pool's agent.
-func agentPort(t testing.TB, hosts ...string) int {
-	t.Helper()
-	for range 50 {
-		ln, err := net.Listen("tcp", hosts[0]+":0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := ln.Addr().(*net.TCPAddr).Port
-		ok := true
-		for _, h := range hosts[1:] {
-			l2, err := net.Listen("tcp", net.JoinHostPort(h, strconv.Itoa(port)))
-			if err != nil {
-				ok = false
-				break
-			}
-			l2.Close()
-		}
-		ln.Close()
-		if ok {
-			return port
-		}
-	}
-	t.Fatal("no port free on every host")
-	return 0
-}
-
 func startAgent(t testing.TB, host string, port int, answer string) *agentServer {
 	t.Helper()
 	a := &agentServer{t: t, addr: net.JoinHostPort(host, strconv.Itoa(port)), ans: answer, conns: map[net.Conn]bool{}}
@@ -265,7 +240,7 @@ func startAgentFleet(t testing.TB, base, n int, answer string) *agentFleet {
 	for i := range hosts {
 		hosts[i] = fmt.Sprintf("127.0.0.%d", base+i)
 	}
-	f := &agentFleet{port: agentPort(t, hosts...)}
+	f := &agentFleet{port: balancertest.SharedPort(t, hosts...)}
 	for _, h := range hosts {
 		f.sinks = append(f.sinks, hostSink(t, h))
 		f.agents = append(f.agents, startAgent(t, h, f.port, answer))

@@ -1,7 +1,8 @@
 // Package balancertest holds loopback fixtures shared by the tests of
 // balancer and of the packages above it (l4, l7 and package main): a backend
-// address that refuses connections, and descriptor counts that can be
-// limited to the sockets of the connections under test.
+// address that refuses connections, a port free on several loopback
+// addresses, and descriptor counts that can be limited to the sockets of the
+// connections under test.
 //
 //	addr := balancertest.RefusedAddr(t) // a pool member that refuses
 //	fds := balancertest.ReadFDs(t)      // skips where /proc/self/fd is missing
@@ -17,12 +18,42 @@ package balancertest
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 )
+
+// SharedPort returns a port free on every one of hosts (127.0.0.N
+// addresses) at the time of the call: the one port of a service that runs
+// on each host, such as a pool's agent port.
+func SharedPort(tb testing.TB, hosts ...string) int {
+	tb.Helper()
+	for range 50 {
+		ln, err := net.Listen("tcp", hosts[0]+":0")
+		if err != nil {
+			tb.Fatal(err)
+		}
+		port := ln.Addr().(*net.TCPAddr).Port
+		ok := true
+		for _, h := range hosts[1:] {
+			l2, err := net.Listen("tcp", net.JoinHostPort(h, strconv.Itoa(port)))
+			if err != nil {
+				ok = false
+				break
+			}
+			l2.Close()
+		}
+		ln.Close()
+		if ok {
+			return port
+		}
+	}
+	tb.Fatal("no port free on every host")
+	return 0
+}
 
 // RefusedAddr returns a loopback address that refuses connections until the
 // test ends. A socket bound to it but not listening holds the port: a
