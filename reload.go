@@ -27,9 +27,8 @@ type reloader struct {
 	onReload   func(ok bool)           // counts attempts (metrics)
 
 	mu       sync.Mutex // one reload at a time
-	stopping atomic.Bool
 	stopOnce sync.Once
-	stopped  chan struct{} // closed by stop: the watch ends
+	stopped  chan struct{} // closed by stop: the watch ends, reloads are refused
 	watchers sync.WaitGroup
 
 	timersMu sync.Mutex
@@ -49,7 +48,6 @@ func newReloader(log *zap.Logger, acc *acceptor, install func(*Runtime)) *reload
 // stop ends the watch and refuses reloads from now on; it returns once a
 // reload in progress has finished.
 func (s *reloader) stop() {
-	s.stopping.Store(true)
 	s.stopOnce.Do(func() { close(s.stopped) })
 	s.watchers.Wait()
 	s.mu.Lock()
@@ -80,8 +78,10 @@ func (s *reloader) stopDrains() {
 func (s *reloader) reload() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.stopping.Load() {
+	select {
+	case <-s.stopped:
 		return errors.New("shutting down: reload refused")
+	default:
 	}
 	start := time.Now()
 	_, rt, err := LoadConfig(s.configPath) // CompileFile, then Build
