@@ -4,6 +4,9 @@ package l4
 
 import (
 	"context"
+	"crypto/tls"
+	"errors"
+	"io"
 	"net"
 	"os"
 	"runtime"
@@ -305,14 +308,21 @@ type edir struct {
 	blocked          bool // dst is full: the rest waits for EPOLLOUT
 	queued           bool // on the shard's again list
 	viaBuf           bool // the chunk in flight is in buf, not in the pipe
+	tlsSrc, tlsDst   bool // src / dst is the relay's *tls.Conn (no splice)
+	finQueued        bool // dst's FIN waits behind bytes its NBIO queued
 }
 
 // erelay is one relay of the epoll engine. Every field is guarded by its
 // shard's mu.
 type erelay struct {
 	s     *shard
-	conns [2]*net.TCPConn // by side
+	conns [2]*net.TCPConn // by side: the sockets
 	raws  [2]syscall.RawConn
+	// A terminated client (l7's wss:// tunnel): the *tls.Conn on
+	// conns[sideClient], driven through nb while the relay's fds are held.
+	// Both nil for raw TCP.
+	tc    *tls.Conn
+	nb    *NBIO
 	drain <-chan struct{} // the drain context's Done; nil if none
 	done  func(Stats)
 
@@ -328,10 +338,17 @@ type erelay struct {
 }
 
 // startEpoll starts a relay on the epoll engine and reports whether it did;
-// false (nothing changed) for anything but two *net.TCPConn, or when epoll
-// is not available: the caller runs the goroutine engine.
+// false (nothing changed) for anything but a *net.TCPConn backend and a
+// *net.TCPConn or drivable *tls.Conn client (tlsClient), or when epoll is
+// not available: the caller runs the goroutine engine.
 func startEpoll(ctx context.Context, client, backend net.Conn, opts Options, done func(Stats)) bool {
+	var tc *tls.Conn
+	var nb *NBIO
 	c, ok := client.(*net.TCPConn)
+	if !ok {
+		tc, nb, c = tlsClient(client)
+		ok = c != nil
+	}
 	b, ok2 := backend.(*net.TCPConn)
 	if !ok || !ok2 {
 		return false
@@ -341,7 +358,7 @@ func startEpoll(ctx context.Context, client, backend net.Conn, opts Options, don
 		return false
 	}
 	o := opts.withDefaults()
-	r := &erelay{conns: [2]*net.TCPConn{c, b}, drain: ctx.Done(), done: done,
+	r := &erelay{conns: [2]*net.TCPConn{c, b}, tc: tc, nb: nb, drain: ctx.Done(), done: done,
 		idle: int64(o.IdleTimeout), halfClose: int64(min(o.IdleTimeout, o.HalfCloseTimeout)), stall: int64(o.WriteStallTimeout)}
 	for i, tc := range r.conns {
 		raw, err := tc.SyscallConn()
@@ -350,8 +367,8 @@ func startEpoll(ctx context.Context, client, backend net.Conn, opts Options, don
 		}
 		r.raws[i] = raw
 	}
-	r.dirs[sideClient] = edir{srcSide: sideClient, dstSide: sideBackend, path: PathBuffer}
-	r.dirs[sideBackend] = edir{srcSide: sideBackend, dstSide: sideClient, path: PathBuffer}
+	r.dirs[sideClient] = edir{srcSide: sideClient, dstSide: sideBackend, path: PathBuffer, tlsSrc: tc != nil}
+	r.dirs[sideBackend] = edir{srcSide: sideBackend, dstSide: sideClient, path: PathBuffer, tlsDst: tc != nil}
 	s := ss[nextShard.Add(1)%uint32(len(ss))]
 	r.s = s
 
@@ -386,6 +403,14 @@ func startEpoll(ctx context.Context, client, backend net.Conn, opts Options, don
 			s.drainWatch[ch] = w
 		}
 		w.n++
+	}
+	if tc != nil {
+		// crypto/tls may hold records read before the relay: no event
+		// would come for them.
+		s.op, s.evSide = opTurn, sideClient
+		if r.withFds(); r.ended {
+			r.cleanup()
+		}
 	}
 	s.gap = min(s.gap, max(min(r.idle, r.halfClose, r.stall)/8, int64(minScanGap)))
 	if !s.running {
@@ -438,7 +463,13 @@ func (r *erelay) withFds() error {
 func (s *shard) ctlClient(fd uintptr) {
 	r := s.cur
 	r.dirs[sideClient].src, r.dirs[sideBackend].dst = int32(fd), int32(fd)
+	if r.nb != nil {
+		r.nb.fd, r.nb.on = int32(fd), true
+	}
 	s.ctlErr = r.raws[sideBackend].Control(s.ctlFns[sideBackend])
+	if r.nb != nil {
+		r.nb.on = false
+	}
 }
 
 func (s *shard) ctlBackend(fd uintptr) {
@@ -542,6 +573,16 @@ func (r *erelay) pump(d *edir) {
 // and splice (HAProxy splice-auto style, as the goroutine engine) and
 // reports whether src may hold more.
 func (r *erelay) afterChunk(d *edir) bool {
+	if d.tlsSrc || d.tlsDst {
+		// No splice through crypto/tls. A short Read of a *tls.Conn does
+		// not prove its socket drained (it reads ahead): read on to
+		// ErrWouldBlock. A short recv from the raw side does.
+		if d.tlsSrc || d.chunk == recvBufSize || d.hup {
+			return true
+		}
+		d.putBuf()
+		return false
+	}
 	if d.bulk {
 		if d.viaBuf {
 			d.putBuf()
@@ -593,6 +634,9 @@ func (r *erelay) recvIn(d *edir) bool {
 		recvBufsOut.Add(1)
 	}
 	b := *d.buf
+	if d.tlsSrc {
+		return r.tlsRecv(d, b)
+	}
 	for {
 		n, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(d.src), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)),
 			unix.MSG_DONTWAIT, 0, 0)
@@ -655,6 +699,9 @@ func (r *erelay) spliceIn(d *edir) bool {
 // it went; false when dst is full (the direction waits for EPOLLOUT,
 // holding the rest) or the relay ended.
 func (r *erelay) flush(d *edir) bool {
+	if d.tlsDst {
+		return r.flushTLS(d)
+	}
 	advanced := false
 	for d.off < d.n || d.inPipe > 0 {
 		var n int
@@ -719,6 +766,22 @@ func (r *erelay) gotEOF(d *edir) {
 	d.over = true
 	r.finSent[d.dstSide] = true
 	r.eofs++
+	if d.tlsDst {
+		// close_notify first, as the goroutine engine's CloseWrite. At
+		// the second EOF it goes if the socket takes it; the close follows.
+		_ = r.tc.CloseWrite()
+		r.noteQueued()
+		if r.eofs == 2 {
+			_ = r.nb.flushOut()
+			r.finish(ReasonEOF, nil, -1)
+			return
+		}
+		if r.nb.pending() > 0 {
+			d.finQueued = true // flushTLS sends the FIN after it
+			r.finAt = max(r.s.now, 1)
+			return
+		}
+	}
 	if r.eofs == 2 {
 		// Both sides sent their FIN and were read to the end: the close
 		// that follows sends dst's FIN (no unread data, so no RST); a
@@ -830,6 +893,9 @@ func (r *erelay) cleanup() {
 		d.putBuf()
 		d.releasePipe()
 	}
+	if r.nb != nil {
+		r.nb.releaseOut()
+	}
 	s.freeSlot(r.slot)
 	s.live--
 	if r.drain != nil {
@@ -859,4 +925,101 @@ func (r *erelay) cleanup() {
 	if s.live == 0 {
 		s.kick()
 	}
+}
+
+// tlsClient returns the parts of a client the engine can drive: a *tls.Conn
+// whose handshake is done, over a NonblockingTransport over a *net.TCPConn.
+// c is nil when client is not that.
+func tlsClient(client net.Conn) (tc *tls.Conn, nb *NBIO, c *net.TCPConn) {
+	tc, ok := client.(*tls.Conn)
+	if !ok || !tc.ConnectionState().HandshakeComplete {
+		return nil, nil, nil
+	}
+	t, ok := tc.NetConn().(NonblockingTransport)
+	if !ok {
+		return nil, nil, nil
+	}
+	raw, ok := innermost(client).(*net.TCPConn)
+	if nb = t.Nonblocking(); nb == nil || !ok {
+		return nil, nil, nil
+	}
+	return tc, nb, raw
+}
+
+// tlsRecv reads the *tls.Conn into b (the direction's buffer): one record's
+// plaintext at most. It reports whether it got data.
+func (r *erelay) tlsRecv(d *edir, b []byte) bool {
+	n, err := r.tc.Read(b)
+	r.noteQueued() // an alert or a KeyUpdate answer the socket did not take
+	if n > 0 {
+		// A (n, err) pair: the data first; a sticky err comes back on
+		// the next Read (crypto/tls keeps EOF and failures).
+		d.off, d.n, d.chunk, d.viaBuf = 0, int32(n), int32(n), true
+		r.progress(d)
+		return true
+	}
+	d.putBuf()
+	switch {
+	case err == ErrWouldBlock:
+	case err == io.EOF || errors.Is(err, io.ErrUnexpectedEOF):
+		r.gotEOF(d) // ErrUnexpectedEOF: a FIN mid-record, a FIN all the same
+	case err != nil:
+		r.readErr(d, err)
+	}
+	return false
+}
+
+// noteQueued: when the *tls.Conn's socket holds back bytes, the direction
+// writing the client waits for EPOLLOUT to send them, as for its own.
+func (r *erelay) noteQueued() {
+	if d := &r.dirs[sideBackend]; r.nb.pending() > 0 && !d.blocked {
+		d.blocked, d.stallFrom = true, r.s.now
+	}
+}
+
+// flushTLS is flush for a *tls.Conn dst: what the NBIO queued goes first,
+// then the direction's chunk goes through crypto/tls (which the NBIO takes
+// whole). It reports true when all of it reached the socket; false when the
+// socket is full (blocked, as flush) or the relay ended.
+func (r *erelay) flushTLS(d *edir) bool {
+	nb := r.nb
+	sent0 := nb.sent
+	for {
+		if err := nb.flushOut(); err != nil {
+			d.putBuf()
+			nb.releaseOut()
+			r.writeErr(d, err)
+			return false
+		}
+		if nb.pending() > 0 {
+			if !d.blocked || nb.sent != sent0 {
+				d.stallFrom = r.s.now
+			}
+			d.blocked = true
+			return false
+		}
+		if d.off >= d.n {
+			break
+		}
+		b := *d.buf
+		k, err := r.tc.Write(b[d.off:d.n])
+		d.off += int32(k)
+		d.bytes += int64(k)
+		if err != nil {
+			d.putBuf()
+			nb.releaseOut()
+			r.writeErr(d, err)
+			return false
+		}
+	}
+	d.blocked = false
+	d.off, d.n = 0, 0
+	if nb.sent != sent0 {
+		r.progress(d)
+	}
+	if d.finQueued {
+		d.finQueued = false
+		_ = unix.Shutdown(int(d.dst), unix.SHUT_WR)
+	}
+	return true
 }

@@ -4,10 +4,12 @@ package l4
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -257,5 +259,131 @@ func TestEpollTurns(t *testing.T) {
 	}
 	if turnsQueued.Load() == turns0 {
 		t.Error("no turn queued: a direction with more than turnBytes ready ran to EAGAIN alone")
+	}
+}
+
+// The wss:// shape on the epoll engine: an idle relay whose client end is a
+// *tls.Conn over a NonblockingTransport holds no goroutine and no buffer,
+// against two goroutines and a 2 KiB buffer on the goroutine engine. The
+// bound is a generous ratio of the two (both include the relay's *tls.Conn
+// state, about 3 KiB, which is not the engine's to shrink).
+func TestEpollIdleTLSRelayCost(t *testing.T) {
+	checkLeaks(t)
+	const relays = 200
+	gh, gs, gg := idleTLSRelayCost(t, false, relays)
+	eh, es, eg := idleTLSRelayCost(t, true, relays)
+	t.Logf("per idle TLS relay: goroutine engine %.0f B heap + %.0f B stacks, %.2f goroutines; epoll engine %.0f B heap + %.0f B stacks, %.2f goroutines",
+		gh, gs, gg, eh, es, eg)
+	if eg > 0.1 {
+		t.Errorf("%.2f goroutines per idle epoll TLS relay, want none", eg)
+	}
+	if gg < 1.9 {
+		t.Errorf("%.2f goroutines per idle goroutine-engine TLS relay, want 2: the comparison is off", gg)
+	}
+	if eh+es > (gh+gs)/3 {
+		t.Errorf("epoll TLS relay holds %.0f B idle, goroutine relay %.0f B: want under a third", eh+es, gh+gs)
+	}
+}
+
+// idleTLSRelayCost starts n TLS↔TCP relays (over an nbConn on the epoll
+// engine if nb), moves a message each way on each, and returns the growth
+// of heap, stacks and goroutines per relay once they idle. The TLS
+// handshakes are done before the first snapshot: only the relays count.
+func idleTLSRelayCost(tb testing.TB, nb bool, n int) (heap, stack, goroutines float64) {
+	tb.Helper()
+	type ends struct {
+		client       *tls.Conn
+		server       *tls.Conn
+		relayBackend *net.TCPConn
+		backend, raw *net.TCPConn
+	}
+	es := make([]ends, n)
+	for i := range es {
+		cc, rc := tcpPair(tb)
+		rb, bc := tcpPair(tb)
+		var under net.Conn = rc
+		if nb {
+			under = &nbConn{Conn: rc}
+		}
+		client, server := tlsPair(tb, cc, under)
+		es[i] = ends{client, server, rb, bc, cc}
+	}
+	var wg sync.WaitGroup
+	defer func() {
+		for _, e := range es {
+			e.raw.Close()
+			e.backend.Close()
+		}
+		wg.Wait()
+	}()
+	snap := func() (uint64, uint64, int) {
+		runtime.GC()
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapInuse, ms.StackInuse, runtime.NumGoroutine()
+	}
+	heap0, stack0, g0 := snap()
+	engine := EngineGoroutine
+	if nb {
+		engine = EngineEpoll
+	}
+	wg.Add(n)
+	for _, e := range es {
+		Start(context.Background(), e.server, e.relayBackend, Options{Engine: engine}, func(Stats) { wg.Done() })
+	}
+	msg := make([]byte, 64)
+	for _, e := range es {
+		for _, pair := range [][2]net.Conn{{e.client, e.backend}, {e.backend, e.client}} {
+			if _, err := pair[0].Write(msg); err != nil {
+				tb.Fatal(err)
+			}
+			pair[1].SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := io.ReadFull(pair[1], msg); err != nil {
+				tb.Fatal(err)
+			}
+		}
+	}
+	time.Sleep(100 * time.Millisecond) // let every direction park
+	heap1, stack1, g1 := snap()
+	per := func(a, b uint64) float64 { return (float64(a) - float64(b)) / float64(n) }
+	return per(heap1, heap0), per(stack1, stack0), float64(g1-g0) / float64(n)
+}
+
+// Records crypto/tls read ahead before the relay started (a client that
+// pipelines messages behind its upgrade request) raise no epoll event of
+// their own: the engine reads the *tls.Conn once at the start, so they
+// reach the backend without the client sending more.
+func TestEpollTLSBufferedBeforeStart(t *testing.T) {
+	checkLeaks(t)
+	cc, rc := tcpPair(t)
+	rb, bc := tcpPair(t)
+	defer cc.Close()
+	defer bc.Close()
+	client, server := tlsPair(t, cc, &nbConn{Conn: rc})
+	// Two records, both in the socket before the server reads the first.
+	for _, m := range []string{"A", "second record"} {
+		if _, err := client.Write([]byte(m)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(50 * time.Millisecond)
+	one := make([]byte, 1)
+	server.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(server, one); err != nil || one[0] != 'A' {
+		t.Fatalf("first record: %q, %v", one, err)
+	}
+	done := make(chan Stats, 1)
+	Start(t.Context(), server, rb, Options{Engine: EngineEpoll}, func(st Stats) { done <- st })
+	got := make([]byte, len("second record"))
+	bc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(bc, got); err != nil || string(got) != "second record" {
+		t.Fatalf("backend got %q, %v; want the record read ahead", got, err)
+	}
+	client.Close()
+	bc.Close()
+	st := within(t, done, 10*time.Second, "relay end")
+	if st.PathIn != PathBuffer || st.BytesIn != int64(len(got)) {
+		t.Errorf("stats %+v", st)
 	}
 }

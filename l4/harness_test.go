@@ -76,7 +76,8 @@ type mode struct {
 	path   Path
 	tls    bool
 	start  bool   // run the relay with Start (how the l4 path runs it) instead of Relay
-	engine Engine // the engine asked for (EngineEpoll runs only TCP↔TCP)
+	engine Engine // the engine asked for (EngineEpoll runs TCP↔TCP, and TLS over an nbConn)
+	nb     bool   // the relay's *tls.Conn runs over an nbConn (as l7's wss:// tunnels)
 }
 
 var modes = []mode{
@@ -86,7 +87,33 @@ var modes = []mode{
 	{name: "splice-start", path: PathSplice, start: true},
 	{name: "epoll", path: PathSplice, engine: EngineEpoll},
 	{name: "epoll-start", path: PathSplice, start: true, engine: EngineEpoll},
+	{name: "epoll-tls", path: PathBuffer, tls: true, nb: true, engine: EngineEpoll},
+	{name: "epoll-tls-start", path: PathBuffer, tls: true, nb: true, start: true, engine: EngineEpoll},
 }
+
+// nbConn is the transport l7's recordWriter is under a *tls.Conn, reduced
+// to the NBIO switch: the epoll engine can drive a *tls.Conn over it.
+type nbConn struct {
+	net.Conn
+	nb NBIO
+}
+
+func (c *nbConn) Read(p []byte) (int, error) {
+	if c.nb.On() {
+		return c.nb.Read(p)
+	}
+	return c.Conn.Read(p)
+}
+
+func (c *nbConn) Write(p []byte) (int, error) {
+	if c.nb.On() {
+		return c.nb.Write(p)
+	}
+	return c.Conn.Write(p)
+}
+
+func (c *nbConn) NetConn() net.Conn  { return c.Conn }
+func (c *nbConn) Nonblocking() *NBIO { return &c.nb }
 
 // tcpModes are the TCP↔TCP modes, one per engine.
 var tcpModes = []mode{modes[0], modes[4]}
@@ -160,6 +187,8 @@ func startRelay(tb testing.TB, m mode, opts Options) *harness {
 		statsc: make(chan Stats, 1), endedc: make(chan time.Time, 1)}
 	var relayClient net.Conn = rc
 	switch {
+	case m.tls && m.nb:
+		h.client, relayClient = tlsPair(tb, cc, &nbConn{Conn: rc})
 	case m.tls:
 		h.client, relayClient = tlsPair(tb, cc, rc)
 	case m.path == PathBuffer:

@@ -3,6 +3,9 @@ package l7
 import (
 	"net"
 	"sync"
+
+	"sluice/l4"
+	"sluice/tlsutil"
 )
 
 // recordWriter sits between a *tls.Conn and its socket. crypto/tls writes
@@ -17,6 +20,9 @@ import (
 // Every write of the *tls.Conn goes through here, those of other goroutines
 // included (an alert sent by a read, close_notify): they take mu, so bytes
 // reach the socket in the order crypto/tls produced them.
+//
+// Once a wss:// tunnel runs, the epoll relay drives the *tls.Conn through
+// nb (l4.NonblockingTransport): no goroutine and no buffer while idle.
 type recordWriter struct {
 	net.Conn // tlsutil.PrefixConn over the *net.TCPConn
 
@@ -27,10 +33,29 @@ type recordWriter struct {
 	// wait until that socket is readable before it reads: no read(2) that
 	// finds nothing. Only the reading goroutine touches it.
 	waitFor *net.TCPConn
+
+	nb l4.NBIO // on only while the epoll relay works on the tunnel
+}
+
+var _ l4.NonblockingTransport = (*recordWriter)(nil)
+
+// Nonblocking gives the relay the NBIO, unless bytes wait above the socket
+// (a prefix the handshake left unread, a collection) or a wait is set.
+func (w *recordWriter) Nonblocking() *l4.NBIO {
+	if p, ok := w.Conn.(*tlsutil.PrefixConn); ok && p.Buffered() > 0 {
+		return nil
+	}
+	if w.waitFor != nil || w.collected() > 0 {
+		return nil
+	}
+	return &w.nb
 }
 
 // Read reads from the conn, after waitFor's wait if set.
 func (w *recordWriter) Read(p []byte) (int, error) {
+	if w.nb.On() {
+		return w.nb.Read(p)
+	}
 	if c := w.waitFor; c != nil {
 		w.waitFor = nil // once: crypto/tls may Read again for the rest of a record
 		if err := waitReadable(c); err != nil {
@@ -60,6 +85,9 @@ func (w *recordWriter) Write(p []byte) (int, error) {
 	if w.buf != nil {
 		*w.buf = append(*w.buf, p...)
 		return len(p), nil
+	}
+	if w.nb.On() {
+		return w.nb.Write(p)
 	}
 	return w.Conn.Write(p)
 }

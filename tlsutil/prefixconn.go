@@ -35,5 +35,8 @@ func (p *PrefixConn) Read(b []byte) (int, error) {
 	return p.Conn.Read(b)
 }
 
+// Buffered returns how many prefix bytes are still unread.
+func (p *PrefixConn) Buffered() int { return len(p.prefix) }
+
 // NetConn returns the wrapped Conn, like tls.Conn.NetConn.
 func (p *PrefixConn) NetConn() net.Conn { return p.Conn }
