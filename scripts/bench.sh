@@ -15,7 +15,9 @@
 # /tmp/sluice-bench.md), PROFILE (comma-separated scenarios: afterwards, run
 # each against sluice alone under `perf record` and print the hot spots),
 # RELAY (sluice's [tuning] relay engine: goroutine or epoll; default
-# epoll, sluice's own default).
+# epoll, sluice's own default), SYSCALLS (comma-separated scenarios:
+# afterwards, run each against every proxy alone under `perf stat` on the
+# syscall tracepoints and print its syscalls per operation by name).
 #
 #   RELAY=goroutine SCENARIOS=ping-1,ping-64,idle-l4 scripts/bench.sh
 #              the goroutine relay engine (the A/B of the epoll one)
@@ -71,6 +73,7 @@ WORKERS=${WORKERS:-1}
 SCENARIOS=${SCENARIOS:-all}
 OUT=${OUT:-/tmp/sluice-bench.md}
 PROFILE=${PROFILE:-}
+SYSCALLS=${SYSCALLS:-}
 all_load="bulk-up,bulk-down,conn,conn-pp2,tls-pass,ping-1,ping-64,wss-hs,wss-resume,wss-echo,http-small,http-static,storm,storm-pp2"
 all_idle="idle-l4 idle-wss"
 
@@ -323,6 +326,42 @@ if [[ -n $PROFILE ]]; then
     rep --no-children --sort symbol | head -20 || true
     echo "-- inclusive time, top Go functions (time spent in them and below):"
     rep --children --sort symbol | grep -v '\[k\]' | grep -Ev 'runtime\.(goexit|mstart|systemstack|mcall)' | head -30 || true
+    echo
+  done
+fi
+# --- optional: syscalls per operation, side by side ---------------------------
+if [[ -n $SYSCALLS ]]; then
+  command -v perf >/dev/null || die "SYSCALLS needs perf (apt-get install linux-perf)"
+  for s in ${SYSCALLS//,/ }; do
+    echo "== syscalls per operation, $s (perf stat on the syscall tracepoints of each proxy's processes, 4 s under load):"
+    for t in haproxy nginx sluice; do
+      [[ $s == http-static && $t == haproxy ]] && continue
+      start "$t"
+      sleep 0.3
+      res="$tmp/syscalls-$t-$s.jsonl"
+      rm -f "$res"
+      "$tmp/loadgen" run -target "$(spec "$t")" -scenarios "$s" -reps 1 -duration 4s -storm-duration 4s -warmup 1s \
+        -idle-conns "$IDLE_CONNS" -results "$res" >/dev/null 2>&1 &
+      lg=$!
+      sleep 1 # the warm-up: perf counts over the measured window
+      pids=${pid[$t]}
+      for c in $(pgrep -P "${pid[$t]}" || true); do pids+=",$c"; done # nginx's workers
+      perf stat -x, -e 'syscalls:sys_enter_*' -p "$pids" -o "$tmp/syscalls-$t-$s.csv" -- sleep 4 >/dev/null 2>&1 || true
+      for i in $(seq 1 100); do kill -0 "$lg" 2>/dev/null || break; sleep 0.2; done
+      stop_pid "$lg"
+      # ops/s from the loadgen's window, syscalls/s from perf's 4 s.
+      rate=$(sed -n 's/.*"ops":\([0-9]*\).*"wall_s":\([0-9.]*\).*/\1 \2/p' "$res" | awk 'NR==1 && $2 > 0 { printf "%f", $1 / $2 }')
+      if [[ -z $rate ]]; then
+        echo "  $t: no result"
+        continue
+      fi
+      perop=$(awk -F, -v rate="$rate" '$1 ~ /^[0-9]+$/ && $1 > 0 { sub(/^syscalls:sys_enter_/, "", $3); printf "%.2f %s\n", $1 / 4 / rate, $3 }' \
+        "$tmp/syscalls-$t-$s.csv" | sort -rn)
+      total=$(awk '{ s += $1 } END { printf "%.1f", s }' <<<"$perop")
+      printf '  %-8s %5s per op (%.0f ops/s):' "$t" "$total" "$rate"
+      awk '$1 >= 0.05 { printf " %s %s", $2, $1 }' <<<"$perop"
+      echo
+    done
     echo
   done
 fi
