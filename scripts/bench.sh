@@ -330,6 +330,15 @@ if [[ -n $PROFILE ]]; then
   done
 fi
 # --- optional: syscalls per operation, side by side ---------------------------
+cputicks() { # cputicks PID,PID...: their utime and stime summed, in clock ticks
+  local u=0 k=0 p f
+  for p in ${1//,/ }; do
+    # Fields 14 and 15 (utime, stime): the 12th and 13th after the ")" that ends the command name.
+    read -ra f < <(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null) || continue
+    u=$((u + f[11])) k=$((k + f[12]))
+  done
+  echo "$u $k"
+}
 if [[ -n $SYSCALLS ]]; then
   command -v perf >/dev/null || die "SYSCALLS needs perf (apt-get install linux-perf)"
   for s in ${SYSCALLS//,/ }; do
@@ -346,7 +355,9 @@ if [[ -n $SYSCALLS ]]; then
       sleep 1 # the warm-up: perf counts over the measured window
       pids=${pid[$t]}
       for c in $(pgrep -P "${pid[$t]}" || true); do pids+=",$c"; done # nginx's workers
-      perf stat -x, -e 'syscalls:sys_enter_*' -p "$pids" -o "$tmp/syscalls-$t-$s.csv" -- sleep 4 >/dev/null 2>&1 || true
+      ticks0=$(cputicks "$pids")
+      perf stat -x, -e 'syscalls:sys_enter_*' -e context-switches -e cpu-migrations -p "$pids" -o "$tmp/syscalls-$t-$s.csv" -- sleep 4 >/dev/null 2>&1 || true
+      ticks1=$(cputicks "$pids")
       for i in $(seq 1 100); do kill -0 "$lg" 2>/dev/null || break; sleep 0.2; done
       stop_pid "$lg"
       # ops/s from the loadgen's window, syscalls/s from perf's 4 s.
@@ -355,10 +366,21 @@ if [[ -n $SYSCALLS ]]; then
         echo "  $t: no result"
         continue
       fi
-      perop=$(awk -F, -v rate="$rate" '$1 ~ /^[0-9]+$/ && $1 > 0 { sub(/^syscalls:sys_enter_/, "", $3); printf "%.2f %s\n", $1 / 4 / rate, $3 }' \
-        "$tmp/syscalls-$t-$s.csv" | sort -rn)
-      total=$(awk '{ s += $1 } END { printf "%.1f", s }' <<<"$perop")
-      printf '  %-8s %5s per op (%.0f ops/s):' "$t" "$total" "$rate"
+      # Context switches and migrations are shown in parentheses, outside the total.
+      perop=$(awk -F, -v rate="$rate" '$1 ~ /^[0-9]+$/ && $1 > 0 {
+          name = $3; if (sub(/^syscalls:sys_enter_/, "", name) == 0) name = "(" name ")"
+          printf "%.2f %s\n", $1 / 4 / rate, name }' "$tmp/syscalls-$t-$s.csv" | sort -rn)
+      total=$(awk '$2 !~ /^\(/ { s += $1 } END { printf "%.1f", s }' <<<"$perop")
+      if [[ -z $perop ]]; then
+        echo "  $t: perf counted nothing (attach failed?)"
+        continue
+      fi
+      read -r u0 k0 <<<"$ticks0"
+      read -r u1 k1 <<<"$ticks1"
+      hz=$(getconf CLK_TCK)
+      printf '  %-8s user %5.1f + kernel %5.1f µs/op; %5s syscalls per op (%.0f ops/s):' "$t" \
+        "$(awk -v d=$((u1 - u0)) -v hz="$hz" -v r="$rate" 'BEGIN { print d / hz / 4 / r * 1e6 }')" \
+        "$(awk -v d=$((k1 - k0)) -v hz="$hz" -v r="$rate" 'BEGIN { print d / hz / 4 / r * 1e6 }')" "$total" "$rate"
       awk '$1 >= 0.05 { printf " %s %s", $2, $1 }' <<<"$perop"
       echo
     done
