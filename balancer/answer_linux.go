@@ -9,21 +9,42 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// peekByte parks until c is readable and reports what is there without
+// sendPeek sends what of payload one non-blocking send takes, then, if that
+// was all of it, parks until c is readable and reports what is there without
 // consuming it: nil for data, io.EOF for a FIN, the socket error (such as
-// ECONNRESET) for a reset, or the read deadline's error.
+// ECONNRESET) for a reset, or the read deadline's error. sent short of
+// len(payload) (EAGAIN, a partial send, a deadline already past) returns
+// without waiting; werr is the send's error. Both calls run inside
+// RawConn.Read, whose read readiness is reset before the send (awaitAnswer).
 //
-// The recvfrom is a raw syscall on a stack byte, as in l4/epoll_linux.go:
-// unix.Recvfrom allocated the source address it returns (1.7 allocations per
-// connection in BenchmarkL4Connection, issue 11), and with MSG_DONTWAIT the
-// call never blocks, so the scheduler need not hear of it.
-func peekByte(c *net.TCPConn) error {
+// The syscalls are raw, on a stack byte for the peek, as in
+// l4/epoll_linux.go: unix.Recvfrom allocated the source address it returns
+// (issue 11), and with MSG_DONTWAIT neither call blocks, so the scheduler
+// need not hear of them.
+func sendPeek(c *net.TCPConn, payload []byte) (sent int, werr, err error) {
 	rc, err := c.SyscallConn()
 	if err != nil {
-		return err
+		return 0, nil, err
 	}
 	var perr error
 	err = rc.Read(func(fd uintptr) bool {
+		for sent < len(payload) {
+			n, _, errno := unix.RawSyscall6(unix.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&payload[sent])), uintptr(len(payload)-sent),
+				unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL, 0, 0)
+			switch {
+			case errno == unix.EINTR:
+				continue
+			case errno == unix.EAGAIN:
+				return true
+			case errno != 0:
+				werr = errno
+				return true
+			}
+			if sent += int(n); sent < len(payload) {
+				return true
+			}
+			return false // all sent: wait for the answer
+		}
 		var b [1]byte
 		for {
 			n, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
@@ -41,8 +62,8 @@ func peekByte(c *net.TCPConn) error {
 			return true
 		}
 	})
-	if err != nil {
-		return err
+	if err != nil || werr != nil || sent < len(payload) {
+		return sent, werr, err
 	}
-	return perr
+	return sent, nil, perr
 }

@@ -4,6 +4,7 @@ package balancer
 
 import "net"
 
-// peekByte does not wait where MSG_PEEK through the netpoller is not wired
-// up; sluice targets Linux, this keeps the package building elsewhere.
-func peekByte(c *net.TCPConn) error { return nil }
+// sendPeek sends nothing and does not wait where MSG_PEEK through the
+// netpoller is not wired up (awaitAnswer then writes the payload itself);
+// sluice targets Linux, this keeps the package building elsewhere.
+func sendPeek(c *net.TCPConn, payload []byte) (sent int, werr, err error) { return 0, nil, nil }

@@ -277,11 +277,17 @@ func (p *Pool) dialWalk(ctx context.Context, ch *Chooser, req *DialRequest, payl
 		if p.connectTimeout > UserTimeout {
 			d = &leanDialerUT
 		}
-		conn, err := p.attemptWith(ctx, d, b, deadline, payload)
-		if err == nil && req.AwaitAnswer {
-			if err = awaitAnswer(ctx, conn, time.Now().Add(p.connectTimeout)); err != nil {
-				conn.Close()
+		var conn *net.TCPConn
+		if req.AwaitAnswer {
+			// The payload goes out inside the answer's wait (awaitAnswer).
+			conn, err = p.attemptWith(ctx, d, b, deadline, nil)
+			if err == nil {
+				if err = awaitAnswer(ctx, conn, payload, deadline, time.Now().Add(p.connectTimeout)); err != nil {
+					conn.Close()
+				}
 			}
+		} else {
+			conn, err = p.attemptWith(ctx, d, b, deadline, payload)
 		}
 		if err == nil {
 			l := &Lease{Conn: conn, Backend: b, Attempts: ch.attempts, pool: p}
@@ -341,22 +347,25 @@ func (p *Pool) attemptWith(ctx context.Context, d *net.Dialer, b *Backend, deadl
 		return nil, err
 	}
 	conn := c.(*net.TCPConn)
-	if len(payload) == 0 {
-		return conn, nil
-	}
-	// One Write: header and prefix leave in one send(2) when the socket
-	// buffer has room, so the backend never sees a header alone (rule 4).
-	if err := conn.SetWriteDeadline(deadline); err != nil {
-		conn.Close()
-		return nil, err
-	}
-	if _, err := conn.Write(payload); err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("write proxy header and prefix: %w", err)
-	}
-	if err := conn.SetWriteDeadline(time.Time{}); err != nil {
+	if err := writePayload(conn, payload, deadline); err != nil {
 		conn.Close()
 		return nil, err
 	}
 	return conn, nil
+}
+
+// writePayload writes payload (if any) to conn before deadline. One Write:
+// header and prefix leave in one send(2) when the socket buffer has room, so
+// the backend never sees a header alone (rule 4).
+func writePayload(conn *net.TCPConn, payload []byte, deadline time.Time) error {
+	if len(payload) == 0 {
+		return nil
+	}
+	if err := conn.SetWriteDeadline(deadline); err != nil {
+		return err
+	}
+	if _, err := conn.Write(payload); err != nil {
+		return fmt.Errorf("write proxy header and prefix: %w", err)
+	}
+	return conn.SetWriteDeadline(time.Time{})
 }
