@@ -356,7 +356,7 @@ if [[ -n $SYSCALLS ]]; then
       pids=${pid[$t]}
       for c in $(pgrep -P "${pid[$t]}" || true); do pids+=",$c"; done # nginx's workers
       ticks0=$(cputicks "$pids")
-      perf stat -x, -e 'syscalls:sys_enter_*' -e context-switches -e cpu-migrations -p "$pids" -o "$tmp/syscalls-$t-$s.csv" -- sleep 4 >/dev/null 2>&1 || true
+      perf stat -x, -e 'syscalls:sys_enter_*' -e context-switches -e cpu-migrations -e page-faults -p "$pids" -o "$tmp/syscalls-$t-$s.csv" -- sleep 4 >/dev/null 2>"$tmp/syscalls-$t-$s.err" || true
       ticks1=$(cputicks "$pids")
       for i in $(seq 1 100); do kill -0 "$lg" 2>/dev/null || break; sleep 0.2; done
       stop_pid "$lg"
@@ -372,7 +372,7 @@ if [[ -n $SYSCALLS ]]; then
           printf "%.2f %s\n", $1 / 4 / rate, name }' "$tmp/syscalls-$t-$s.csv" | sort -rn)
       total=$(awk '$2 !~ /^\(/ { s += $1 } END { printf "%.1f", s }' <<<"$perop")
       if [[ -z $perop ]]; then
-        echo "  $t: perf counted nothing (attach failed?)"
+        echo "  $t: perf counted nothing: $(head -c 300 "$tmp/syscalls-$t-$s.err" "$tmp/syscalls-$t-$s.csv" | tr "\n" " ")"
         continue
       fi
       read -r u0 k0 <<<"$ticks0"
