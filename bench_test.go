@@ -209,6 +209,85 @@ backends = [{ address = %q }]
 	})
 }
 
+// BenchmarkWSSConnection is one whole wss:// connection through an
+// in-process sluice: TLS handshake (sluice terminates), WebSocket upgrade
+// to the backend, one masked frame each way, close. As for
+// BenchmarkL4Connection, ns/op includes the test's client and backend;
+// allocs/op is sluice's per-connection allocation plus theirs.
+func BenchmarkWSSConnection(b *testing.B) {
+	backendAddr, backendConns := holdingBackend(b, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		h := sha1.Sum([]byte(req.Header.Get("Sec-WebSocket-Key") + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
+		fmt.Fprintf(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
+			base64.StdEncoding.EncodeToString(h[:]))
+	})
+	stop := make(chan struct{})
+	b.Cleanup(func() { close(stop) })
+	go func() {
+		for {
+			var c net.Conn
+			select {
+			case c = <-backendConns:
+			case <-stop:
+				return
+			}
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 10)
+				if _, err := io.ReadFull(c, buf); err == nil {
+					c.Write([]byte{0x82, 4, 'p', 'o', 'n', 'g'})
+				}
+				io.Copy(io.Discard, c)
+			}()
+		}
+	}()
+	addr := benchServer(b, fmt.Sprintf(`
+[listeners.public]
+address = "127.0.0.1:0"
+max_connections_per_ip = 0 # tests open many connections from 127.0.0.1
+new_connections_per_ip = { rate = 0 }
+[routes.r]
+listener = "public"
+sni = ["bench.test"]
+mode = "l7"
+pool = "p"
+[pools.p]
+health = { check = "none" }
+backends = [{ address = %q }]
+`, backendAddr))
+	cfg := &tls.Config{ServerName: "bench.test", InsecureSkipVerify: true, CurvePreferences: []tls.CurveID{tls.X25519}}
+	const upgrade = "GET /ws HTTP/1.1\r\nHost: bench.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+	frame := []byte{0x82, 0x80 | 4, 1, 2, 3, 4, 'p' ^ 1, 'i' ^ 2, 'n' ^ 3, 'g' ^ 4} // masked binary "ping"
+	b.ReportAllocs()
+	for b.Loop() {
+		c, err := tls.Dial("tcp", addr, cfg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.WriteString(c, upgrade); err != nil {
+			b.Fatal(err)
+		}
+		br := bufio.NewReader(c)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+			b.Fatalf("upgrade: %v %v", resp, err)
+		}
+		if _, err := c.Write(frame); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(br, make([]byte, 6)); err != nil {
+			b.Fatal(err)
+		}
+		c.Close()
+	}
+}
+
 // holdingBackend accepts connections, runs greet (if not nil) on each in the
 // accept loop, and hands them over without a goroutine per connection.
 func holdingBackend(b *testing.B, greet func(net.Conn)) (string, <-chan net.Conn) {

@@ -148,7 +148,7 @@ type lb struct {
 	results chan Result
 }
 
-func startLB(t *testing.T, cfg RouteConfig) *lb {
+func startLB(t testing.TB, cfg RouteConfig) *lb {
 	t.Helper()
 	route, err := NewRoute(cfg)
 	if err != nil {
@@ -309,7 +309,7 @@ func isReset(err error) bool {
 }
 
 // pool builds a pool over addrs.
-func pool(t *testing.T, pp balancer.ProxyProtocol, addrs ...string) *balancer.Pool {
+func pool(t testing.TB, pp balancer.ProxyProtocol, addrs ...string) *balancer.Pool {
 	t.Helper()
 	var bs []balancer.BackendConfig
 	for _, a := range addrs {
