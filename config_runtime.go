@@ -50,15 +50,26 @@ func (rt *Runtime) release() {
 	}
 }
 
-// retire marks a config replaced: its health checks stop now, the rest
-// when its last connection ends.
+// retire marks a config replaced: its health checks stop now, keep-alive
+// ends on its HTTP connections (endKeepAlive), the rest when its last
+// connection ends.
 func (rt *Runtime) retire() {
 	last := rt.gen.retire()
 	for _, p := range rt.Pools {
 		p.Close()
 	}
+	rt.endKeepAlive()
 	if last {
 		rt.Close()
+	}
+}
+
+// endKeepAlive ends keep-alive on the l7 routes' HTTP connections (a
+// reload, or shutdown): each one's next request comes on a new connection
+// and the config of the moment. Tunnels and l4 sessions are not touched.
+func (rt *Runtime) endKeepAlive() {
+	for _, r := range rt.l7routes {
+		r.Retire()
 	}
 }
 

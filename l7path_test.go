@@ -36,6 +36,10 @@ func dualWSBackend(t *testing.T, name string) (addr string, cert *x509.Certifica
 		case reqs <- r.Header.Clone():
 		default:
 		}
+		if r.Header.Get("Upgrade") == "" {
+			io.WriteString(w, "plain "+r.URL.Path) // a plain request gets a plain answer
+			return
+		}
 		ws, err := websocket.Accept(w, r, nil)
 		if err != nil {
 			return

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -709,5 +710,127 @@ backends = [{ address = %q }]
 	must(t, f.reload())
 	if after := serial(); after != before {
 		t.Fatalf("self-signed certificate changed on reload: %s → %s", before, after)
+	}
+}
+
+// A reload ends keep-alive on the old config's HTTP connections (nginx's
+// and HAProxy's reloads do too): a client's next request comes on a new
+// connection and gets the new config, here a changed response header,
+// with no failed request; a WebSocket tunnel of the old config runs on.
+func TestReloadEndsKeepAlive(t *testing.T) {
+	t.Parallel()
+	addr, _, _ := dualWSBackend(t, "game.test")
+	cfg := func(v string) string {
+		return fmt.Sprintf(`
+[listeners.dev]
+address = "127.0.0.1:0"
+tls = false
+[routes.game]
+listener = "dev"
+sni = ["game.test"]
+mode = "l7"
+locations = [{ path = "/", pool = "ws", headers = { "X-Config" = %q } }]
+[pools.ws]
+health = { check = "none" }
+backends = [{ address = %q }]
+`, v, addr)
+	}
+	f := startFileLB(t, cfg("v1"))
+	dev := f.addr("dev").String()
+	var dials atomic.Int32
+	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		dials.Add(1)
+		return (&net.Dialer{}).DialContext(ctx, "tcp", dev)
+	}}
+	defer tr.CloseIdleConnections()
+	hc := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	get := func() string {
+		t.Helper()
+		resp, err := hc.Get("http://game.test/state")
+		must(t, err)
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("status %d", resp.StatusCode)
+		}
+		return resp.Header.Get("X-Config")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ws, _, err := websocket.Dial(ctx, "ws://game.test/ws", &websocket.DialOptions{HTTPClient: &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "tcp", dev)
+		}}}})
+	must(t, err)
+	defer ws.CloseNow()
+	wsEcho(t, ws, "before the reload")
+
+	if v := get(); v != "v1" {
+		t.Fatalf("X-Config %q before the reload", v)
+	}
+	if v := get(); v != "v1" || dials.Load() != 1 {
+		t.Fatalf("X-Config %q, %d dials: keep-alive should reuse the conn", v, dials.Load())
+	}
+	f.write(t, cfg("v2"))
+	must(t, f.reload())
+	// The idle conn closes at once; the transport may see the close only
+	// when it tries the conn: either way the request succeeds on a new one.
+	var v string
+	for range 50 {
+		if v = get(); v == "v2" {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if v != "v2" || dials.Load() < 2 {
+		t.Fatalf("after the reload: X-Config %q over %d dials; want v2 on a new connection", v, dials.Load())
+	}
+	wsEcho(t, ws, "after the reload")
+	ws.Close(websocket.StatusNormalClosure, "")
+}
+
+// Shutdown ends keep-alive too: an idle HTTP connection is closed at once,
+// not held for drain_timeout (a tunnel would be).
+func TestShutdownClosesIdleKeepAlive(t *testing.T) {
+	t.Parallel()
+	addr, _, _ := dualWSBackend(t, "game.test")
+	path := filepath.Join(t.TempDir(), "sluice.toml")
+	must(t, os.WriteFile(path, []byte(fmt.Sprintf(`
+[listeners.dev]
+address = "127.0.0.1:0"
+tls = false
+[routes.game]
+listener = "dev"
+sni = ["game.test"]
+mode = "l7"
+pool = "ws"
+[pools.ws]
+health = { check = "none" }
+backends = [{ address = %q }]
+`, addr)), 0o644))
+	_, rt, err := LoadConfig(path)
+	must(t, err)
+	s := newServer(rt, zap.NewNop(), zap.NewNop())
+	must(t, s.listen())
+	s.serve()
+	c := dial(t, s.addr("dev"))
+	br := bufio.NewReader(c)
+	io.WriteString(c, "GET /state HTTP/1.1\r\nHost: game.test\r\n\r\n")
+	resp, err := http.ReadResponse(br, nil)
+	must(t, err)
+	io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != 200 || resp.Close {
+		t.Fatalf("response %d, close %v", resp.StatusCode, resp.Close)
+	}
+	done := make(chan struct{})
+	go func() { s.shutdown(5 * time.Minute); close(done) }()
+	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if n, err := br.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Fatalf("idle keep-alive conn during shutdown read %d, %v; want EOF", n, err)
+	}
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("shutdown still waits with only a closed keep-alive connection")
 	}
 }

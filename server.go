@@ -152,6 +152,9 @@ func (s *server) closeListeners() {
 func (s *server) shutdown(drain time.Duration) {
 	s.stop() // no reload runs or starts from here on
 	s.closeListeners()
+	// Idle HTTP keep-alive connections close now and busy ones after their
+	// response: the drain waits only for what is really in use.
+	s.rt.Load().endKeepAlive()
 	done := make(chan struct{})
 	go func() { s.conns.Wait(); close(done) }()
 	if drain > 0 {

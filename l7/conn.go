@@ -350,9 +350,12 @@ func (v *vconn) fill() error {
 			v.dmu.Lock()
 			first := v.first
 			v.dmu.Unlock()
-			if first {
+			switch {
+			case first:
 				v.cs.setReason(ReasonHeaderTimeout, nil)
-			} else {
+			case v.rt.retired.Load():
+				v.cs.setReason(ReasonKeepAliveEnded, nil)
+			default:
 				v.cs.setReason(l4.ReasonIdleTimeout, nil)
 			}
 		}
@@ -447,7 +450,32 @@ func (v *vconn) responseDone() {
 	defer v.dmu.Unlock()
 	v.inRequest, v.first = false, false
 	v.idleDL = time.Now().Add(v.rt.keepAliveTimeout)
+	if v.rt.retired.Load() {
+		v.idleDL = time.Now() // Retire: no wait for another request
+	}
 	v.headDL = time.Time{}
+}
+
+// endKeepAlive is Route.Retire's for an HTTP/1.1 connection. Between
+// requests, with nothing of a head in yet, the read waiting for one ends
+// now and net/http closes the connection (lingering, as for any close). A
+// request in flight is answered with Connection: close (serveHTTP) or, if
+// its response was out already, responseDone ends the wait after it. A
+// connection still waiting for its first request is served it; a tunnel is
+// not touched.
+func (v *vconn) endKeepAlive() {
+	if v.hijacked.Load() {
+		return
+	}
+	v.dmu.Lock()
+	defer v.dmu.Unlock()
+	if v.first || v.inRequest {
+		return
+	}
+	v.idleDL = time.Now()
+	if v.reading && v.headDL.IsZero() && !v.aborted {
+		_ = v.tc.SetReadDeadline(aLongTimeAgo)
+	}
 }
 
 // SetReadDeadline is called by net/http only to abort its background read

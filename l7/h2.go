@@ -101,6 +101,11 @@ type h2conn struct {
 
 	closeOnce sync.Once
 	hard      atomic.Bool // drain or route close: no graceful close
+
+	// shut's Shutdown sends this conn's GOAWAY (Route.Retire): x/net
+	// starts a graceful shutdown only for the conns of a Server that
+	// ConfigureServer tied to an http.Server. nil if that failed.
+	shut *http.Server
 }
 
 var (
@@ -124,6 +129,10 @@ func (rt *Route) serveH2(cs *connState, t *tls.Conn, c *net.TCPConn, rw *recordW
 		IdleTimeout:      rt.keepAliveTimeout,
 		CountError:       h.countError,
 	}
+	if shut := (&http.Server{}); http2.ConfigureServer(shut, srv) == nil {
+		h.shut = shut
+	}
+	rt.track(nil, h)
 	srv.ServeConn(h, &http2.ServeConnOpts{
 		// Not cancelled with cs.ctx: closeHard records drain first, then
 		// closes the conn, and x/net cancels the streams' contexts.
@@ -131,6 +140,7 @@ func (rt *Route) serveH2(cs *connState, t *tls.Conn, c *net.TCPConn, rw *recordW
 		BaseConfig: rt.h2base,
 		Handler:    h,
 	})
+	rt.untrack(nil, h)
 	_ = h.Close() // x/net closes it, except when it rejects the conn early
 	h.mu.Lock()
 	h.ended = true
@@ -398,6 +408,15 @@ func (h *h2conn) closeConn() {
 
 // closeHard closes the socket at once (drain, route close): x/net's read
 // fails and it ends the conn and cancels its streams.
+// goAway is Route.Retire's: x/net sends GOAWAY and closes the connection
+// once its streams are done. A conn x/net has not registered yet gets it
+// with its first response instead (serveHTTP's Connection: close).
+func (h *h2conn) goAway() {
+	if h.shut != nil {
+		_ = h.shut.Shutdown(context.Background()) // returns at once: it serves no conn itself
+	}
+}
+
 func (h *h2conn) closeHard() {
 	h.hard.Store(true)
 	h.cs.setReason(l4.ReasonDrain, nil)

@@ -21,4 +21,5 @@ const (
 	ReasonBadGateway         l4.Reason = "bad_gateway"          // a proxied plain request failed after connecting: 502
 	ReasonBodyTimeout        l4.Reason = "body_timeout"         // a request body made no progress for body_timeout: 408
 	ReasonBodyTooLarge       l4.Reason = "body_too_large"       // a request body over max_body_bytes: 413
+	ReasonKeepAliveEnded     l4.Reason = "keepalive_ended"      // an idle keep-alive connection closed because its config was replaced (reload) or sluice is shutting down (Route.Retire)
 )

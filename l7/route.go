@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -172,6 +173,12 @@ type Route struct {
 	mu     sync.Mutex
 	closed bool
 	wg     sync.WaitGroup // ServeConn calls in flight
+
+	// Retire: keep-alive ends. live and liveH2 are the connections that
+	// serve HTTP (a tunnel leaves live when it starts), under mu.
+	retired atomic.Bool
+	live    map[*vconn]struct{}
+	liveH2  map[*h2conn]struct{}
 }
 
 type location struct {
@@ -190,6 +197,8 @@ func NewRoute(cfg RouteConfig) (*Route, error) {
 		log:              cfg.Log,
 		redirect:         cfg.RedirectHTTPS,
 		slashless:        map[string]bool{},
+		live:             map[*vconn]struct{}{},
+		liveH2:           map[*h2conn]struct{}{},
 		handshakeTimeout: orDefault(cfg.HandshakeTimeout, DefaultHandshakeTimeout),
 		headerTimeout:    orDefault(cfg.HeaderTimeout, DefaultHeaderTimeout),
 		keepAliveTimeout: orDefault(cfg.KeepAliveTimeout, DefaultKeepAliveTimeout),
@@ -349,6 +358,59 @@ func (rt *Route) Close() error {
 	return nil
 }
 
+// Retire ends keep-alive on the route's connections, because its config
+// was replaced by a reload or sluice is shutting down, so that the next
+// request of every client goes through a new connection (and the config
+// that serves it now), as nginx's and HAProxy's reloads do:
+//   - an HTTP/1.1 connection between requests closes now; one with a
+//     request in flight answers it with Connection: close, then closes;
+//   - an HTTP/2 connection gets GOAWAY and closes once its streams are done;
+//   - WebSocket tunnels run on, untouched;
+//   - a connection that arrives later is served one request.
+//
+// Retire returns at once; it is idempotent.
+func (rt *Route) Retire() {
+	rt.mu.Lock()
+	if rt.retired.Swap(true) {
+		rt.mu.Unlock()
+		return
+	}
+	vs := make([]*vconn, 0, len(rt.live))
+	for v := range rt.live {
+		vs = append(vs, v)
+	}
+	hs := make([]*h2conn, 0, len(rt.liveH2))
+	for h := range rt.liveH2 {
+		hs = append(hs, h)
+	}
+	rt.mu.Unlock()
+	for _, v := range vs {
+		v.endKeepAlive()
+	}
+	for _, h := range hs {
+		h.goAway()
+	}
+}
+
+// track and untrack keep the registries Retire walks.
+func (rt *Route) track(v *vconn, h *h2conn) {
+	rt.mu.Lock()
+	if v != nil {
+		rt.live[v] = struct{}{}
+	}
+	if h != nil {
+		rt.liveH2[h] = struct{}{}
+	}
+	rt.mu.Unlock()
+}
+
+func (rt *Route) untrack(v *vconn, h *h2conn) {
+	rt.mu.Lock()
+	delete(rt.live, v)
+	delete(rt.liveH2, h)
+	rt.mu.Unlock()
+}
+
 type clientAddrKey struct{}
 
 // WithClientAddr returns a ctx that makes ServeConn use addr as the client's
@@ -458,8 +520,10 @@ func (rt *Route) Serve(ctx context.Context, c *net.TCPConn, client net.Addr, pre
 	_ = c.SetWriteDeadline(v.firstDL)
 
 	stop := context.AfterFunc(cctx, v.closeHard)
+	rt.track(v, nil)
 	cs.end = func() {
 		stop()
+		rt.untrack(v, nil)
 		end(cs.result())
 	}
 	var hc net.Conn = v
@@ -482,22 +546,33 @@ func stateFrom(ctx context.Context) *connState {
 	return cs
 }
 
-// statusWriter records the status of a response for the Result.
+// statusWriter records the status of a response for the Result, and
+// closes keep-alive on a response that starts after Retire: net/http closes
+// the connection after it, x/net sends GOAWAY (and drops the header).
 type statusWriter struct {
 	http.ResponseWriter
-	status int
+	status  int
+	retired *atomic.Bool // the route's
+}
+
+// starts runs before the final response's header goes out.
+func (w *statusWriter) starts(code int) {
+	w.status = code
+	if w.retired != nil && w.retired.Load() {
+		w.Header().Set("Connection", "close")
+	}
 }
 
 func (w *statusWriter) WriteHeader(code int) {
 	if w.status == 0 && code >= 200 {
-		w.status = code
+		w.starts(code)
 	}
 	w.ResponseWriter.WriteHeader(code)
 }
 
 func (w *statusWriter) Write(b []byte) (int, error) {
 	if w.status == 0 {
-		w.status = http.StatusOK
+		w.starts(http.StatusOK)
 	}
 	return w.ResponseWriter.Write(b)
 }
@@ -508,7 +583,7 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 // http-static bench allocated.
 func (w *statusWriter) ReadFrom(r io.Reader) (int64, error) {
 	if w.status == 0 {
-		w.status = http.StatusOK
+		w.starts(http.StatusOK)
 	}
 	if rf, ok := w.ResponseWriter.(io.ReaderFrom); ok {
 		return rf.ReadFrom(r)
@@ -535,7 +610,7 @@ func (rt *Route) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if cs.h2 {
 		sw = &statusWriter{} // streams run at once
 	}
-	*sw = statusWriter{ResponseWriter: w}
+	*sw = statusWriter{ResponseWriter: w, retired: &rt.retired}
 	tunneled := false
 	defer func() {
 		cs.mu.Lock()
