@@ -342,25 +342,25 @@ cputicks() { # cputicks PID,PID...: their utime and stime summed, in clock ticks
 if [[ -n $SYSCALLS ]]; then
   command -v perf >/dev/null || die "SYSCALLS needs perf (apt-get install linux-perf)"
   for s in ${SYSCALLS//,/ }; do
-    echo "== syscalls per operation, $s (perf stat on the syscall tracepoints of each proxy's processes, 4 s under load):"
+    echo "== syscalls per operation, $s (perf stat on the syscall tracepoints of each proxy's processes, 3 s inside the load generator's 6 s window):"
     for t in haproxy nginx sluice; do
       [[ $s == http-static && $t == haproxy ]] && continue
       start "$t"
       sleep 0.3
       res="$tmp/syscalls-$t-$s.jsonl"
       rm -f "$res"
-      "$tmp/loadgen" run -target "$(spec "$t")" -scenarios "$s" -reps 1 -duration 4s -storm-duration 4s -warmup 1s \
+      "$tmp/loadgen" run -target "$(spec "$t")" -scenarios "$s" -reps 1 -duration 6s -storm-duration 6s -warmup 1s \
         -idle-conns "$IDLE_CONNS" -results "$res" >/dev/null 2>&1 &
       lg=$!
-      sleep 1 # the warm-up: perf counts over the measured window
+      sleep 2 # the warm-up and setup: perf counts 3 s well inside the measured window
       pids=${pid[$t]}
       for c in $(pgrep -P "${pid[$t]}" || true); do pids+=",$c"; done # nginx's workers
       ticks0=$(cputicks "$pids")
-      perf stat -x, -e 'syscalls:sys_enter_*' -e context-switches -e cpu-migrations -e page-faults -p "$pids" -o "$tmp/syscalls-$t-$s.csv" -- sleep 4 >/dev/null 2>"$tmp/syscalls-$t-$s.err" || true
+      perf stat -x, -e 'syscalls:sys_enter_*' -e context-switches -e cpu-migrations -e page-faults -p "$pids" -o "$tmp/syscalls-$t-$s.csv" -- sleep 3 >/dev/null 2>"$tmp/syscalls-$t-$s.err" || true
       ticks1=$(cputicks "$pids")
       for i in $(seq 1 100); do kill -0 "$lg" 2>/dev/null || break; sleep 0.2; done
       stop_pid "$lg"
-      # ops/s from the loadgen's window, syscalls/s from perf's 4 s.
+      # ops/s from the loadgen's window, syscalls/s from perf's 3 s inside it.
       rate=$(sed -n 's/.*"ops":\([0-9]*\).*"wall_s":\([0-9.]*\).*/\1 \2/p' "$res" | awk 'NR==1 && $2 > 0 { printf "%f", $1 / $2 }')
       if [[ -z $rate ]]; then
         echo "  $t: no result"
@@ -369,7 +369,7 @@ if [[ -n $SYSCALLS ]]; then
       # Context switches and migrations are shown in parentheses, outside the total.
       perop=$(awk -F, -v rate="$rate" '$1 ~ /^[0-9]+$/ && $1 > 0 {
           name = $3; if (sub(/^syscalls:sys_enter_/, "", name) == 0) name = "(" name ")"
-          printf "%.2f %s\n", $1 / 4 / rate, name }' "$tmp/syscalls-$t-$s.csv" | sort -rn)
+          printf "%.2f %s\n", $1 / 3 / rate, name }' "$tmp/syscalls-$t-$s.csv" | sort -rn)
       total=$(awk '$2 !~ /^\(/ { s += $1 } END { printf "%.1f", s }' <<<"$perop")
       if [[ -z $perop ]]; then
         echo "  $t: perf counted nothing: $(head -c 300 "$tmp/syscalls-$t-$s.err" "$tmp/syscalls-$t-$s.csv" | tr "\n" " ")"
@@ -379,8 +379,8 @@ if [[ -n $SYSCALLS ]]; then
       read -r u1 k1 <<<"$ticks1"
       hz=$(getconf CLK_TCK)
       printf '  %-8s user %5.1f + kernel %5.1f µs/op; %5s syscalls per op (%.0f ops/s):' "$t" \
-        "$(awk -v d=$((u1 - u0)) -v hz="$hz" -v r="$rate" 'BEGIN { print d / hz / 4 / r * 1e6 }')" \
-        "$(awk -v d=$((k1 - k0)) -v hz="$hz" -v r="$rate" 'BEGIN { print d / hz / 4 / r * 1e6 }')" "$total" "$rate"
+        "$(awk -v d=$((u1 - u0)) -v hz="$hz" -v r="$rate" 'BEGIN { print d / hz / 3 / r * 1e6 }')" \
+        "$(awk -v d=$((k1 - k0)) -v hz="$hz" -v r="$rate" 'BEGIN { print d / hz / 3 / r * 1e6 }')" "$total" "$rate"
       awk '$1 >= 0.05 { printf " %s %s", $2, $1 }' <<<"$perop"
       echo
     done
