@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -298,10 +299,11 @@ backends = [{ address = %q }]
 // plan's 5,000 each would need more than the 20,000 open files this
 // machine allows the test process, which holds both ends).
 // The plan's bound is RSS <= 24 KiB per L4 + 64 KiB per L7 + 48 MiB. The
-// figures measured are about 3.9 KiB per L4 session (the epoll relay; 10.0
-// with [tuning] relay = "goroutine") and 32-36 KiB per L7 one, enforced with
-// about 50 % headroom (6 and 48 KiB per session), so a change that brings
-// back a held goroutine or buffer fails here.
+// figures measured are about 3.9 KiB per L4 session and 19 KiB per L7 one
+// (both on the epoll relay; 10.0 and 32-36 KiB with two goroutines per
+// session), enforced with about 50 % headroom (6 and 28 KiB per session)
+// and no goroutine per session, so a change that brings back a held
+// goroutine or buffer fails here.
 func TestStressIdleMemory(t *testing.T) {
 	const n = 3000
 	needFDs(t, 4*n+1000)
@@ -378,8 +380,13 @@ backends = [{ address = %q }]
 	perL4 := float64(withL4.rssKiB-base.rssKiB) / n
 	perL7 := float64(withL7.rssKiB-withL4.rssKiB) / n
 	t.Logf("baseline %v; +%d L4: %v (%.1f KiB each); +%d L7: %v (%.1f KiB each)", base, n, withL4, perL4, n, withL7, perL7)
-	if perL4 > 6 || perL7 > 48 {
-		t.Errorf("RSS per idle session: L4 %.1f KiB (want <= 6), L7 %.1f KiB (want <= 48)", perL4, perL7)
+	if perL4 > 6 || perL7 > 28 {
+		t.Errorf("RSS per idle session: L4 %.1f KiB (want <= 6), L7 %.1f KiB (want <= 28)", perL4, perL7)
+	}
+	if runtime.GOOS == "linux" {
+		if g := withL7.goroutines - base.goroutines; g > n/10 {
+			t.Errorf("%d more goroutines for %d idle sessions: the relays hold goroutines again", g, 2*n)
+		}
 	}
 	if limit := 24*n + 64*n + 48<<10; withL7.rssKiB > limit {
 		t.Errorf("RSS %d KiB over the plan's %d KiB", withL7.rssKiB, limit)
