@@ -145,34 +145,12 @@ backends = [{ address = %q }]
 // (about 3 KiB) counts here too.
 func BenchmarkIdleWSSMemory(b *testing.B) {
 	backendAddr, backendConns := holdingBackend(b, func(c net.Conn) {
-		br := bufio.NewReader(c)
-		req, err := http.ReadRequest(br)
-		if err != nil {
+		if err := acceptUpgrade(c); err != nil {
 			b.Error(err)
-			return
 		}
-		h := sha1.Sum([]byte(req.Header.Get("Sec-WebSocket-Key") + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
-		fmt.Fprintf(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
-			base64.StdEncoding.EncodeToString(h[:]))
 	})
-	addr := benchServer(b, fmt.Sprintf(`
-[listeners.public]
-address = "127.0.0.1:0"
-max_connections_per_ip = 0 # tests open many connections from 127.0.0.1
-new_connections_per_ip = { rate = 0 }
-[routes.r]
-listener = "public"
-sni = ["bench.test"]
-mode = "l7"
-pool = "p"
-[pools.p]
-health = { check = "none" }
-backends = [{ address = %q }]
-`, backendAddr))
-	cfg := &tls.Config{ServerName: "bench.test", InsecureSkipVerify: true, CurvePreferences: []tls.CurveID{tls.X25519}}
-	const upgrade = "GET /ws HTTP/1.1\r\nHost: bench.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
-		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-	frame := []byte{0x82, 0x80 | 4, 1, 2, 3, 4, 'p' ^ 1, 'i' ^ 2, 'n' ^ 3, 'g' ^ 4} // masked binary "ping"
+	addr := benchServer(b, fmt.Sprintf(benchWSSConfig, backendAddr))
+	cfg, upgrade, frame := benchWSSClient()
 	measureIdle(b, func() (client, backend net.Conn) {
 		c, err := tls.Dial("tcp", addr, cfg)
 		if err != nil {
@@ -215,16 +193,7 @@ backends = [{ address = %q }]
 // BenchmarkL4Connection, ns/op includes the test's client and backend;
 // allocs/op is sluice's per-connection allocation plus theirs.
 func BenchmarkWSSConnection(b *testing.B) {
-	backendAddr, backendConns := holdingBackend(b, func(c net.Conn) {
-		br := bufio.NewReader(c)
-		req, err := http.ReadRequest(br)
-		if err != nil {
-			return
-		}
-		h := sha1.Sum([]byte(req.Header.Get("Sec-WebSocket-Key") + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
-		fmt.Fprintf(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
-			base64.StdEncoding.EncodeToString(h[:]))
-	})
+	backendAddr, backendConns := holdingBackend(b, func(c net.Conn) { _ = acceptUpgrade(c) })
 	stop := make(chan struct{})
 	b.Cleanup(func() { close(stop) })
 	go func() {
@@ -245,24 +214,8 @@ func BenchmarkWSSConnection(b *testing.B) {
 			}()
 		}
 	}()
-	addr := benchServer(b, fmt.Sprintf(`
-[listeners.public]
-address = "127.0.0.1:0"
-max_connections_per_ip = 0 # tests open many connections from 127.0.0.1
-new_connections_per_ip = { rate = 0 }
-[routes.r]
-listener = "public"
-sni = ["bench.test"]
-mode = "l7"
-pool = "p"
-[pools.p]
-health = { check = "none" }
-backends = [{ address = %q }]
-`, backendAddr))
-	cfg := &tls.Config{ServerName: "bench.test", InsecureSkipVerify: true, CurvePreferences: []tls.CurveID{tls.X25519}}
-	const upgrade = "GET /ws HTTP/1.1\r\nHost: bench.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
-		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-	frame := []byte{0x82, 0x80 | 4, 1, 2, 3, 4, 'p' ^ 1, 'i' ^ 2, 'n' ^ 3, 'g' ^ 4} // masked binary "ping"
+	addr := benchServer(b, fmt.Sprintf(benchWSSConfig, backendAddr))
+	cfg, upgrade, frame := benchWSSClient()
 	b.ReportAllocs()
 	for b.Loop() {
 		c, err := tls.Dial("tcp", addr, cfg)
@@ -286,6 +239,45 @@ backends = [{ address = %q }]
 		}
 		c.Close()
 	}
+}
+
+// benchWSSConfig is the l7 route of the wss:// benchmarks (%q: the
+// backend's address).
+const benchWSSConfig = `
+[listeners.public]
+address = "127.0.0.1:0"
+max_connections_per_ip = 0 # tests open many connections from 127.0.0.1
+new_connections_per_ip = { rate = 0 }
+[routes.r]
+listener = "public"
+sni = ["bench.test"]
+mode = "l7"
+pool = "p"
+[pools.p]
+health = { check = "none" }
+backends = [{ address = %q }]
+`
+
+// benchWSSClient returns the wss:// benchmarks' client config, upgrade
+// request and masked "ping" frame.
+func benchWSSClient() (cfg *tls.Config, upgrade string, frame []byte) {
+	cfg = &tls.Config{ServerName: "bench.test", InsecureSkipVerify: true, CurvePreferences: []tls.CurveID{tls.X25519}}
+	upgrade = "GET /ws HTTP/1.1\r\nHost: bench.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+	frame = []byte{0x82, 0x80 | 4, 1, 2, 3, 4, 'p' ^ 1, 'i' ^ 2, 'n' ^ 3, 'g' ^ 4}
+	return cfg, upgrade, frame
+}
+
+// acceptUpgrade reads a WebSocket upgrade request from c and answers 101.
+func acceptUpgrade(c net.Conn) error {
+	req, err := http.ReadRequest(bufio.NewReader(c))
+	if err != nil {
+		return err
+	}
+	h := sha1.Sum([]byte(req.Header.Get("Sec-WebSocket-Key") + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
+	_, err = fmt.Fprintf(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
+		base64.StdEncoding.EncodeToString(h[:]))
+	return err
 }
 
 // holdingBackend accepts connections, runs greet (if not nil) on each in the

@@ -720,21 +720,7 @@ backends = [{ address = %q }]
 func TestReloadEndsKeepAlive(t *testing.T) {
 	t.Parallel()
 	addr, _, _ := dualWSBackend(t, "game.test")
-	cfg := func(v string) string {
-		return fmt.Sprintf(`
-[listeners.dev]
-address = "127.0.0.1:0"
-tls = false
-[routes.game]
-listener = "dev"
-sni = ["game.test"]
-mode = "l7"
-locations = [{ path = "/", pool = "ws", headers = { "X-Config" = %q } }]
-[pools.ws]
-health = { check = "none" }
-backends = [{ address = %q }]
-`, v, addr)
-	}
+	cfg := func(v string) string { return fmt.Sprintf(keepAliveConfig, v, addr) }
 	f := startFileLB(t, cfg("v1"))
 	dev := f.addr("dev").String()
 	var dials atomic.Int32
@@ -789,13 +775,9 @@ backends = [{ address = %q }]
 	ws.Close(websocket.StatusNormalClosure, "")
 }
 
-// Shutdown ends keep-alive too: an idle HTTP connection is closed at once,
-// not held for drain_timeout (a tunnel would be).
-func TestShutdownClosesIdleKeepAlive(t *testing.T) {
-	t.Parallel()
-	addr, _, _ := dualWSBackend(t, "game.test")
-	path := filepath.Join(t.TempDir(), "sluice.toml")
-	must(t, os.WriteFile(path, []byte(fmt.Sprintf(`
+// keepAliveConfig is a cleartext l7 route whose answers carry X-Config
+// (%q: its value, then the backend's address).
+const keepAliveConfig = `
 [listeners.dev]
 address = "127.0.0.1:0"
 tls = false
@@ -803,16 +785,18 @@ tls = false
 listener = "dev"
 sni = ["game.test"]
 mode = "l7"
-pool = "ws"
+locations = [{ path = "/", pool = "ws", headers = { "X-Config" = %q } }]
 [pools.ws]
 health = { check = "none" }
 backends = [{ address = %q }]
-`, addr)), 0o644))
-	_, rt, err := LoadConfig(path)
-	must(t, err)
-	s := newServer(rt, zap.NewNop(), zap.NewNop())
-	must(t, s.listen())
-	s.serve()
+`
+
+// Shutdown ends keep-alive too: an idle HTTP connection is closed at once,
+// not held for drain_timeout (a tunnel would be).
+func TestShutdownClosesIdleKeepAlive(t *testing.T) {
+	t.Parallel()
+	addr, _, _ := dualWSBackend(t, "game.test")
+	s := startFileLB(t, fmt.Sprintf(keepAliveConfig, "v1", addr)).server
 	c := dial(t, s.addr("dev"))
 	br := bufio.NewReader(c)
 	io.WriteString(c, "GET /state HTTP/1.1\r\nHost: game.test\r\n\r\n")

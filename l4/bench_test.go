@@ -149,17 +149,33 @@ func BenchmarkIdleRelayMemory(b *testing.B) {
 // in use, stacks in use and goroutines per relay once they are idle.
 func idleRelayCost(tb testing.TB, m mode, n int) (heap, stack, goroutines float64) {
 	tb.Helper()
-	type ends struct{ client, relayClient, relayBackend, backend *net.TCPConn }
-	es := make([]ends, n)
+	es := make([]idleEnds, n)
 	for i := range es {
 		cc, rc := tcpPair(tb)
 		rb, bc := tcpPair(tb)
-		es[i] = ends{cc, rc, rb, bc}
+		es[i] = idleEnds{client: cc, relayClient: rc, relayBackend: rb, backend: bc, raw: cc}
 	}
+	return idleCost(tb, es, m.engine)
+}
+
+// idleEnds are the four ends of one relay under test: the test's client
+// and backend, and the relay's two (raw: the socket under client).
+type idleEnds struct {
+	client, relayClient net.Conn
+	relayBackend        *net.TCPConn
+	backend, raw        *net.TCPConn
+}
+
+// idleCost starts a relay on each of es with engine, moves a 64-byte
+// message each way over each, lets them park and returns the growth of
+// heap, stacks and goroutines per relay since before they started.
+func idleCost(tb testing.TB, es []idleEnds, engine Engine) (heap, stack, goroutines float64) {
+	tb.Helper()
+	n := len(es)
 	var wg sync.WaitGroup
 	defer func() {
 		for _, e := range es {
-			e.client.Close()
+			e.raw.Close()
 			e.backend.Close()
 		}
 		wg.Wait()
@@ -176,11 +192,11 @@ func idleRelayCost(tb testing.TB, m mode, n int) (heap, stack, goroutines float6
 	defer cancel()
 	wg.Add(n)
 	for _, e := range es {
-		Start(ctx, e.relayClient, e.relayBackend, Options{Engine: m.engine}, func(Stats) { wg.Done() })
+		Start(ctx, e.relayClient, e.relayBackend, Options{Engine: engine}, func(Stats) { wg.Done() })
 	}
 	msg := make([]byte, 64)
 	for _, e := range es {
-		for _, pair := range [][2]*net.TCPConn{{e.client, e.backend}, {e.backend, e.client}} {
+		for _, pair := range [][2]net.Conn{{e.client, e.backend}, {e.backend, e.client}} {
 			if _, err := pair[0].Write(msg); err != nil {
 				tb.Fatal(err)
 			}

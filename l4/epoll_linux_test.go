@@ -4,12 +4,10 @@ package l4
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"io"
 	"net"
 	"runtime"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -285,19 +283,12 @@ func TestEpollIdleTLSRelayCost(t *testing.T) {
 	}
 }
 
-// idleTLSRelayCost starts n TLS↔TCP relays (over an nbConn on the epoll
-// engine if nb), moves a message each way on each, and returns the growth
-// of heap, stacks and goroutines per relay once they idle. The TLS
-// handshakes are done before the first snapshot: only the relays count.
+// idleTLSRelayCost is idleRelayCost for TLS↔TCP relays: over an nbConn
+// on the epoll engine if nb, else the goroutine engine. The TLS handshakes
+// are done before the first snapshot: only the relays count.
 func idleTLSRelayCost(tb testing.TB, nb bool, n int) (heap, stack, goroutines float64) {
 	tb.Helper()
-	type ends struct {
-		client       *tls.Conn
-		server       *tls.Conn
-		relayBackend *net.TCPConn
-		backend, raw *net.TCPConn
-	}
-	es := make([]ends, n)
+	es := make([]idleEnds, n)
 	for i := range es {
 		cc, rc := tcpPair(tb)
 		rb, bc := tcpPair(tb)
@@ -306,48 +297,13 @@ func idleTLSRelayCost(tb testing.TB, nb bool, n int) (heap, stack, goroutines fl
 			under = &nbConn{Conn: rc}
 		}
 		client, server := tlsPair(tb, cc, under)
-		es[i] = ends{client, server, rb, bc, cc}
+		es[i] = idleEnds{client: client, relayClient: server, relayBackend: rb, backend: bc, raw: cc}
 	}
-	var wg sync.WaitGroup
-	defer func() {
-		for _, e := range es {
-			e.raw.Close()
-			e.backend.Close()
-		}
-		wg.Wait()
-	}()
-	snap := func() (uint64, uint64, int) {
-		runtime.GC()
-		runtime.GC()
-		var ms runtime.MemStats
-		runtime.ReadMemStats(&ms)
-		return ms.HeapInuse, ms.StackInuse, runtime.NumGoroutine()
-	}
-	heap0, stack0, g0 := snap()
 	engine := EngineGoroutine
 	if nb {
 		engine = EngineEpoll
 	}
-	wg.Add(n)
-	for _, e := range es {
-		Start(context.Background(), e.server, e.relayBackend, Options{Engine: engine}, func(Stats) { wg.Done() })
-	}
-	msg := make([]byte, 64)
-	for _, e := range es {
-		for _, pair := range [][2]net.Conn{{e.client, e.backend}, {e.backend, e.client}} {
-			if _, err := pair[0].Write(msg); err != nil {
-				tb.Fatal(err)
-			}
-			pair[1].SetReadDeadline(time.Now().Add(10 * time.Second))
-			if _, err := io.ReadFull(pair[1], msg); err != nil {
-				tb.Fatal(err)
-			}
-		}
-	}
-	time.Sleep(100 * time.Millisecond) // let every direction park
-	heap1, stack1, g1 := snap()
-	per := func(a, b uint64) float64 { return (float64(a) - float64(b)) / float64(n) }
-	return per(heap1, heap0), per(stack1, stack0), float64(g1-g0) / float64(n)
+	return idleCost(tb, es, engine)
 }
 
 // Records crypto/tls read ahead before the relay started (a client that
