@@ -518,7 +518,11 @@ func (r *erelay) event() {
 	in := &r.dirs[x]    // reads this side
 	out := &r.dirs[1-x] // writes this side
 	if m&(unix.EPOLLOUT|unix.EPOLLERR|unix.EPOLLHUP) != 0 && out.blocked {
-		if r.flush(out) && r.afterChunk(out) {
+		if r.flush(out) {
+			// While blocked the direction let src's input edges pass
+			// (below): whatever came then raises none now, so src is
+			// read to EAGAIN whatever the size of the chunk just sent.
+			r.afterChunk(out)
 			r.pump(out)
 		}
 	}
