@@ -35,6 +35,9 @@ go run "$staticcheck" -tags dnse2e .
 echo "== go test -race"
 go test -race -count=1 -timeout 15m ./...
 
+echo "== the relay at full speed (without the race detector, whose slowdown hides timing-dependent stalls)"
+go test -count=1 -timeout 5m ./l4
+
 echo "== reload under full load (500 WebSocket sessions; without the race detector's 10x slowdown)"
 (ulimit -n 20000 2>/dev/null || true; go test -count=1 -run '^TestReloadSwitchesModeUnderLoad$' -v . | grep -E '^(---|ok|FAIL)|_test\.go:')
 
