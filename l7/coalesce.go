@@ -40,12 +40,16 @@ type recordWriter struct {
 var _ l4.NonblockingTransport = (*recordWriter)(nil)
 
 // Nonblocking gives the relay the NBIO, unless bytes wait above the socket
-// (a prefix the handshake left unread, a collection) or a wait is set.
+// (a prefix the handshake left unread), a collection is on (its writes
+// would stay in the buffer) or a wait is set.
 func (w *recordWriter) Nonblocking() *l4.NBIO {
 	if p, ok := w.Conn.(*tlsutil.PrefixConn); ok && p.Buffered() > 0 {
 		return nil
 	}
-	if w.waitFor != nil || w.collected() > 0 {
+	w.mu.Lock()
+	collecting := w.buf != nil
+	w.mu.Unlock()
+	if w.waitFor != nil || collecting {
 		return nil
 	}
 	return &w.nb

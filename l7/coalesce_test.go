@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"net"
 	"testing"
+
+	"sluice/tlsutil"
 )
 
 // countConn records the writes that reach it.
@@ -74,5 +76,31 @@ func TestRecordWriterHeld(t *testing.T) {
 	}
 	if w.collected() != 0 {
 		t.Fatal("still collecting after flush")
+	}
+}
+
+// The epoll relay drives a tunnel's *tls.Conn only when nothing waits
+// above the socket: no unread prefix, no collection, no wait set.
+func TestRecordWriterNonblocking(t *testing.T) {
+	cc := &countConn{}
+	w := &recordWriter{Conn: tlsutil.NewPrefixConn(cc, []byte("hello"))}
+	if w.Nonblocking() != nil {
+		t.Fatal("NBIO given with an unread prefix")
+	}
+	if _, err := w.Read(make([]byte, 16)); err != nil {
+		t.Fatal(err)
+	}
+	if w.Nonblocking() == nil {
+		t.Fatal("no NBIO once the prefix is read")
+	}
+	w.start()
+	if w.Nonblocking() != nil {
+		t.Fatal("NBIO given while collecting")
+	}
+	if err := w.flush(); err != nil {
+		t.Fatal(err)
+	}
+	if w.Nonblocking() == nil || w.Nonblocking().On() {
+		t.Fatal("after the flush: want an NBIO, off until the relay turns it on")
 	}
 }
