@@ -335,6 +335,9 @@ type erelay struct {
 	eofs    uint8
 	finSent [2]bool // FIN sent to the side
 	ended   bool
+	// Both sides ended while bytes for the client (close_notify at
+	// least) still wait in nb: flushTLS ends the relay once they are out.
+	endQueued bool
 }
 
 // startEpoll starts a relay on the epoll engine and reports whether it did;
@@ -771,20 +774,20 @@ func (r *erelay) gotEOF(d *edir) {
 	r.finSent[d.dstSide] = true
 	r.eofs++
 	if d.tlsDst {
-		// close_notify first, as the goroutine engine's CloseWrite. At
-		// the second EOF it goes if the socket takes it; the close follows.
+		// close_notify first, as the goroutine engine's CloseWrite.
 		_ = r.tc.CloseWrite()
 		r.noteQueued()
-		if r.eofs == 2 {
-			_ = r.nb.flushOut()
-			r.finish(ReasonEOF, nil, -1)
-			return
-		}
-		if r.nb.pending() > 0 {
+		if r.nb.pending() > 0 && r.eofs == 1 {
 			d.finQueued = true // flushTLS sends the FIN after it
 			r.finAt = max(r.s.now, 1)
 			return
 		}
+	}
+	if r.eofs == 2 && r.nb != nil && r.nb.pending() > 0 {
+		// The client's close_notify (or more) is still queued: the
+		// close waits for it (flushTLS), within write_stall_timeout.
+		r.endQueued = true
+		return
 	}
 	if r.eofs == 2 {
 		// Both sides sent their FIN and were read to the end: the close
@@ -964,7 +967,7 @@ func (r *erelay) tlsRecv(d *edir, b []byte) bool {
 	}
 	d.putBuf()
 	switch {
-	case err == ErrWouldBlock:
+	case errors.Is(err, ErrWouldBlock):
 	case err == io.EOF || errors.Is(err, io.ErrUnexpectedEOF):
 		r.gotEOF(d) // ErrUnexpectedEOF: a FIN mid-record, a FIN all the same
 	case err != nil:
@@ -1024,6 +1027,9 @@ func (r *erelay) flushTLS(d *edir) bool {
 	if d.finQueued {
 		d.finQueued = false
 		_ = unix.Shutdown(int(d.dst), unix.SHUT_WR)
+	}
+	if r.endQueued {
+		r.finish(ReasonEOF, nil, -1)
 	}
 	return true
 }
