@@ -406,8 +406,6 @@ func (h *h2conn) closeConn() {
 	_ = h.raw.Close()
 }
 
-// closeHard closes the socket at once (drain, route close): x/net's read
-// fails and it ends the conn and cancels its streams.
 // goAway is Route.Retire's: x/net sends GOAWAY and closes the connection
 // once its streams are done. A conn x/net has not registered yet gets it
 // with its first response instead (serveHTTP's Connection: close).
@@ -417,6 +415,8 @@ func (h *h2conn) goAway() {
 	}
 }
 
+// closeHard closes the socket at once (drain, route close): x/net's read
+// fails and it ends the conn and cancels its streams.
 func (h *h2conn) closeHard() {
 	h.hard.Store(true)
 	h.cs.setReason(l4.ReasonDrain, nil)
