@@ -174,8 +174,9 @@ type Route struct {
 	closed bool
 	wg     sync.WaitGroup // ServeConn calls in flight
 
-	// Retire: keep-alive ends. live and liveH2 are the connections that
-	// serve HTTP (a tunnel leaves live when it starts), under mu.
+	// Retire: keep-alive ends. live and liveH2 are the route's
+	// connections, under mu (a tunnel stays in live until it ends;
+	// endKeepAlive leaves it alone).
 	retired atomic.Bool
 	live    map[*vconn]struct{}
 	liveH2  map[*h2conn]struct{}
