@@ -62,14 +62,15 @@ func freePort(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-// waitListening waits until sluice accepts on addr. addr is a port
-// freePort released, and a dial to a free ephemeral port on loopback can
-// connect to itself (TCP simultaneous open): such a dial is not sluice
-// (TestSIGHUPReloads once rewrote its config before sluice had read the
-// first one).
+// waitListening waits until sluice accepts on addr, for up to 30 s: a
+// child process on a loaded machine once had not written its first log
+// line after 5 s. addr is a port freePort released, and a dial to a free
+// ephemeral port on loopback can connect to itself (TCP simultaneous open):
+// such a dial is not sluice (TestSIGHUPReloads once rewrote its config
+// before sluice had read the first one).
 func waitListening(t *testing.T, addr string, out *syncBuffer) {
 	t.Helper()
-	for i := 0; i < 200; i++ {
+	for i := 0; i < 1200; i++ {
 		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
 			self := c.LocalAddr().String() == c.RemoteAddr().String()
 			c.Close()
