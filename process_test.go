@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"sluice/balancer/balancertest"
 )
 
 // syncBuffer collects a subprocess's output safely.
@@ -57,9 +59,7 @@ func startProcess(t *testing.T, cfg string, nofile int) (*exec.Cmd, *syncBuffer)
 
 // freePort returns a loopback address that was free a moment ago.
 func freePort(t *testing.T) string {
-	ln := listenTCP(t)
-	defer ln.Close()
-	return ln.Addr().String()
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(balancertest.FreePort(t, "127.0.0.1")))
 }
 
 // waitListening waits until sluice accepts on addr, for up to 30 s: a

@@ -22,8 +22,10 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // SharedPort returns a port free on every one of hosts (127.0.0.N
@@ -218,3 +220,46 @@ func (f FDs) Connected(ports ...int) int {
 	}
 	return n
 }
+
+// FreePort returns a port free for TCP and UDP on host (a loopback address)
+// at the time of the call, for a listener the caller binds later (a child
+// process, a server restarted on its port). It is taken below the kernel's
+// ephemeral range: a port 0 listener gets its port from that range, and so
+// does every outgoing connection, so a released ephemeral port can be
+// taken by any of them before the caller binds it (full runs saw a
+// restarted DNS server and a child sluice fail with EADDRINUSE).
+func FreePort(tb testing.TB, host string) int {
+	tb.Helper()
+	lo := 32768 // the kernel's default start of ip_local_port_range
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil && n > 11000 {
+				lo = n
+			}
+		}
+	}
+	base := 10000
+	span := lo - base
+	// Spread the picks of parallel tests and processes: a start from the
+	// clock, the pid and a per-process count, then strides of a prime.
+	start := int((time.Now().UnixNano()/1000+int64(os.Getpid())*7+freePortCalls.Add(1)*4099)%int64(span)) + span
+	for i := range span {
+		port := base + (start+i*7919)%span
+		addr := net.JoinHostPort(host, strconv.Itoa(port))
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			continue
+		}
+		pc, err := net.ListenPacket("udp", addr)
+		ln.Close()
+		if err != nil {
+			continue
+		}
+		pc.Close()
+		return port
+	}
+	tb.Fatalf("no free port below %d on %s", lo, host)
+	return 0
+}
+
+var freePortCalls atomic.Int64

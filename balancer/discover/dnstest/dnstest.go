@@ -18,6 +18,7 @@ package dnstest
 import (
 	"errors"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -25,6 +26,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"sluice/balancer/balancertest"
 )
 
 // Mode is how the server answers.
@@ -77,7 +80,10 @@ type Server struct {
 func Start(tb testing.TB) *Server {
 	tb.Helper()
 	s := &Server{tb: tb, records: map[string][]dns.RR{}, additional: true}
-	s.listen("127.0.0.1:0")
+	// A port below the ephemeral range: Restart binds it again, and a
+	// released ephemeral port can be taken meanwhile by any outgoing
+	// connection.
+	s.listen(net.JoinHostPort("127.0.0.1", strconv.Itoa(balancertest.FreePort(tb, "127.0.0.1"))))
 	tb.Cleanup(s.Stop)
 	return s
 }
