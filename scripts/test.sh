@@ -39,13 +39,13 @@ echo "== the relay at full speed (without the race detector, whose slowdown hide
 go test -count=1 -timeout 5m ./l4
 
 echo "== reload under full load (500 WebSocket sessions; without the race detector's 10x slowdown)"
-(ulimit -n 20000 2>/dev/null || true; go test -count=1 -run '^TestReloadSwitchesModeUnderLoad$' -v . | grep -E '^(---|ok|FAIL)|_test\.go:')
+(ulimit -n 20000 2>/dev/null || true; go test -count=1 -run '^TestReloadSwitchesModeUnderLoad$' -v . | grep -E '^(---|ok|FAIL)|_test\.go:|^        [^ ]')
 
 echo "== stress tier and a ${SOAK:-30s} soak (a sluice child process; without the race detector; longer soak: SOAK=10m scripts/test.sh)"
-SOAK=${SOAK:-30s} go test -tags stress -count=1 -timeout 30m -run '^(TestStress|TestSoak)' -v . | grep -E '^(---|ok|FAIL)|_test\.go:'
+SOAK=${SOAK:-30s} go test -tags stress -count=1 -timeout 30m -run '^(TestStress|TestSoak)' -v . | grep -E '^(---|ok|FAIL)|_test\.go:|^        [^ ]'
 
 echo "== placement that 3 sluice instances agree on (child processes, 300 rooms, SIGKILL and a join through discovery)"
-go test -tags stress -count=1 -timeout 5m -run '^TestPlacementAgreement$' -v . | grep -E '^(---|ok|FAIL)|_test\.go:'
+go test -tags stress -count=1 -timeout 5m -run '^TestPlacementAgreement$' -v . | grep -E '^(---|ok|FAIL)|_test\.go:|^        [^ ]'
 
 echo "== fuzz (short runs; longer by hand: FUZZTIME=10m scripts/test.sh)"
 # The short runs are bounded by execution count, not wall-clock time: with a
@@ -89,7 +89,7 @@ fi
 echo "== DNS discovery end to end (BIND 9's named; records change while players are connected)"
 # The test skips without named outside CI and fails without it in CI
 # (.ci/run installs bind9).
-go test -tags dnse2e -count=1 -run 'DNSEndToEnd' -v . | grep -E '^(---|ok|FAIL)|_test\.go:'
+go test -tags dnse2e -count=1 -run 'DNSEndToEnd' -v . | grep -E '^(---|ok|FAIL)|_test\.go:|^        [^ ]'
 
 echo "== end to end (real processes)"
 scripts/e2e.sh
