@@ -260,7 +260,10 @@ func TestH2SlowBody(t *testing.T) {
 		}
 	}
 	cc.Close()
-	if res := l.nextResult(t); res.Requests != 6 || res.Reason != l4.ReasonEOF {
+	// The client closes at once: frames of ours it has not read yet (a
+	// WINDOW_UPDATE for the refused body) turn its close into a reset,
+	// now and then (full run 32).
+	if res := l.nextResult(t); res.Requests != 6 || (res.Reason != l4.ReasonEOF && res.Reason != l4.ReasonClientReset) {
 		t.Fatalf("result %+v", res)
 	}
 }
