@@ -645,8 +645,7 @@ func (r *erelay) recvIn(d *edir) bool {
 		return r.tlsRecv(d, b)
 	}
 	for {
-		n, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(d.src), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)),
-			unix.MSG_DONTWAIT, 0, 0)
+		n, errno := recvNB(d.src, b, 0)
 		switch {
 		case errno == unix.EINTR:
 			continue
@@ -716,9 +715,8 @@ func (r *erelay) flush(d *edir) bool {
 		op := "sendto"
 		if d.off < d.n {
 			b := *d.buf
-			k, _, e := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(d.dst), uintptr(unsafe.Pointer(&b[d.off])), uintptr(d.n-d.off),
-				unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL, 0, 0)
-			n = int(k)
+			k, e := sendNB(d.dst, b[d.off:d.n])
+			n = k
 			if e != 0 {
 				n, errno = 0, e
 			}
@@ -841,8 +839,7 @@ func (r *erelay) finish(reason Reason, err error, rst int) {
 // srcPending reports whether fd has bytes waiting.
 func srcPending(fd int32) bool {
 	var b [1]byte
-	n, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), 1,
-		unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+	n, errno := recvNB(fd, b[:], unix.MSG_PEEK)
 	return errno == 0 && n > 0
 }
 

@@ -22,8 +22,7 @@ func (n *NBIO) Read(p []byte) (int, error) {
 		return 0, nil
 	}
 	for {
-		k, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(n.fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)),
-			unix.MSG_DONTWAIT, 0, 0)
+		k, errno := recvNB(n.fd, p, 0)
 		switch {
 		case errno == unix.EINTR:
 			continue
@@ -93,8 +92,7 @@ func (n *NBIO) releaseOut() {
 func (n *NBIO) send(p []byte) (int, error) {
 	sent := 0
 	for sent < len(p) {
-		k, _, errno := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(n.fd), uintptr(unsafe.Pointer(&p[sent])), uintptr(len(p)-sent),
-			unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL, 0, 0)
+		k, errno := sendNB(n.fd, p[sent:])
 		switch errno {
 		case 0:
 			if k == 0 {
@@ -110,4 +108,20 @@ func (n *NBIO) send(p []byte) (int, error) {
 		}
 	}
 	return sent, nil
+}
+
+// recvNB and sendNB are the epoll engine's and NBIO's recvfrom(2) and
+// sendto(2): nonblocking (MSG_DONTWAIT), raw (no runtime syscall
+// bookkeeping for a call that cannot block), EINTR left to the caller. b
+// must not be empty.
+func recvNB(fd int32, b []byte, flags uintptr) (int, unix.Errno) {
+	n, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)),
+		unix.MSG_DONTWAIT|flags, 0, 0)
+	return int(n), errno
+}
+
+func sendNB(fd int32, b []byte) (int, unix.Errno) {
+	n, _, errno := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)),
+		unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL, 0, 0)
+	return int(n), errno
 }
