@@ -26,16 +26,24 @@ func TestEpollIdleRelayCost(t *testing.T) {
 	const relays = 300
 	gh, gs, gg := idleRelayCost(t, tcpModes[0], relays)
 	eh, es, eg := idleRelayCost(t, epollMode, relays)
-	t.Logf("per idle relay: goroutine engine %.0f B heap + %.0f B stacks, %.2f goroutines; epoll engine %.0f B heap + %.0f B stacks, %.2f goroutines",
-		gh, gs, gg, eh, es, eg)
+	compareIdleCost(t, "relay", gh, gs, gg, eh, es, eg)
+}
+
+// compareIdleCost checks what idle relays of the two engines hold (per
+// relay: heap, stacks, goroutines): none of the epoll engine's holds a
+// goroutine, and all it holds is under a third of the goroutine engine's.
+func compareIdleCost(t *testing.T, what string, gh, gs, gg, eh, es, eg float64) {
+	t.Helper()
+	t.Logf("per idle %s: goroutine engine %.0f B heap + %.0f B stacks, %.2f goroutines; epoll engine %.0f B heap + %.0f B stacks, %.2f goroutines",
+		what, gh, gs, gg, eh, es, eg)
 	if eg > 0.1 {
-		t.Errorf("%.2f goroutines per idle epoll relay, want none", eg)
+		t.Errorf("%.2f goroutines per idle epoll %s, want none", eg, what)
 	}
 	if gg < 1.9 {
-		t.Errorf("%.2f goroutines per idle goroutine-engine relay, want 2: the comparison is off", gg)
+		t.Errorf("%.2f goroutines per idle goroutine-engine %s, want 2: the comparison is off", gg, what)
 	}
 	if eh+es > (gh+gs)/3 {
-		t.Errorf("epoll relay holds %.0f B idle, goroutine relay %.0f B: want under a third", eh+es, gh+gs)
+		t.Errorf("epoll %s holds %.0f B idle, goroutine engine's %.0f B: want under a third", what, eh+es, gh+gs)
 	}
 }
 
@@ -270,17 +278,7 @@ func TestEpollIdleTLSRelayCost(t *testing.T) {
 	const relays = 200
 	gh, gs, gg := idleTLSRelayCost(t, false, relays)
 	eh, es, eg := idleTLSRelayCost(t, true, relays)
-	t.Logf("per idle TLS relay: goroutine engine %.0f B heap + %.0f B stacks, %.2f goroutines; epoll engine %.0f B heap + %.0f B stacks, %.2f goroutines",
-		gh, gs, gg, eh, es, eg)
-	if eg > 0.1 {
-		t.Errorf("%.2f goroutines per idle epoll TLS relay, want none", eg)
-	}
-	if gg < 1.9 {
-		t.Errorf("%.2f goroutines per idle goroutine-engine TLS relay, want 2: the comparison is off", gg)
-	}
-	if eh+es > (gh+gs)/3 {
-		t.Errorf("epoll TLS relay holds %.0f B idle, goroutine relay %.0f B: want under a third", eh+es, gh+gs)
-	}
+	compareIdleCost(t, "TLS relay", gh, gs, gg, eh, es, eg)
 }
 
 // idleTLSRelayCost is idleRelayCost for TLS↔TCP relays: over an nbConn
