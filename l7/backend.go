@@ -70,9 +70,14 @@ type backendConn struct {
 	// answer before it reads (writeThenRead): a read(2) right after the
 	// write finds nothing on loopback (the backend has not run yet) and
 	// costs a syscall and a park per request.
-	holdNext bool   // the next Write is held (set just before the Flush)
-	held     []byte // aliases bw's buffer: valid until bw is written again
-	werr     error  // the held write failed: the backend may still have answered
+	holdNext bool // the next Write is held (set just before the Flush)
+	deadline bool // the fast path (h1fast.go) left a deadline set
+	// slow, if set, is called once when a Read hits the deadline: if it
+	// reports true (it moved the deadline on), the Read goes on
+	// (h1fast.slow).
+	slow func() bool
+	held []byte // aliases bw's buffer: valid until bw is written again
+	werr error  // the held write failed: the backend may still have answered
 }
 
 // Write is bw's: it writes through, except the Write holdNext marks.
@@ -106,6 +111,14 @@ func (bc *backendConn) Read(p []byte) (int, error) {
 		bc.held = nil
 		n, err = writeThenRead(bc, held, p)
 	} else {
+		n, err = bc.c.Read(p)
+	}
+	for n == 0 && bc.slow != nil && isTimeout(err) {
+		slow := bc.slow
+		bc.slow = nil
+		if !slow() {
+			break
+		}
 		n, err = bc.c.Read(p)
 	}
 	bc.limit -= int64(n)
@@ -155,6 +168,11 @@ var errStaleConn = errors.New("l7: backend closed the connection before answerin
 
 // exchange writes the request on bc and reads the response head.
 func (bcs *backendConns) exchange(ctx context.Context, bc *backendConn, in *http.Request, cs *connState, w http.ResponseWriter) (*http.Response, error) {
+	bc.slow = nil
+	if bc.deadline {
+		bc.deadline = false
+		_ = bc.c.SetDeadline(time.Time{})
+	}
 	stop := context.AfterFunc(ctx, func() { _ = bc.c.SetDeadline(aLongTimeAgo) })
 	fail := func(err error) (*http.Response, error) {
 		stop()

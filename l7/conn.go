@@ -226,6 +226,47 @@ func (v *vconn) stepHead() error {
 	return nil
 }
 
+// peekHead is stepHead for the fast path (h1fast.go): it reads until a
+// whole valid head is buffered at buf[r:] and returns its length, without
+// releasing it; the scanner keeps what it found (framing, HTTP/1.0) until
+// takeHead or handHead. A refused head is answered (refuse) and its error
+// returned, as are read errors: the connection is to be closed.
+func (v *vconn) peekHead() (int, error) {
+	for {
+		if v.fail != nil {
+			return 0, v.fail
+		}
+		n, skip, vi := v.head.feed(v.buf[v.r:v.w])
+		switch {
+		case skip > 0:
+			v.r += skip
+		case vi != nil:
+			return 0, v.violate(vi)
+		case n > 0:
+			return n, nil
+		default:
+			if err := v.fill(); err != nil {
+				return 0, err
+			}
+		}
+	}
+}
+
+// takeHead consumes the n-byte head peekHead found, for a request without a
+// body that the fast path answers: the request is in flight until
+// responseDone, as after stepHead.
+func (v *vconn) takeHead(n int) {
+	v.head = headScanner{}
+	v.r += n
+	v.dmu.Lock()
+	v.inRequest, v.reqStart, v.headDL = true, time.Now(), time.Time{}
+	v.dmu.Unlock()
+}
+
+// handHead leaves the head peekHead found for net/http, whose first Read
+// validates it again (stepHead).
+func (v *vconn) handHead() { v.head = headScanner{} }
+
 func (v *vconn) stepChunked() error {
 	n, done, vi := v.chunk.step(v.buf[v.r:v.w])
 	if vi != nil {

@@ -162,6 +162,7 @@ type Route struct {
 	requestCap       time.Duration
 	writeStall       time.Duration
 	relay            l4.Options
+	fast             bool // a location the fast path can serve (fastLocation): h1fast.go first
 
 	srv    *http.Server
 	h2base *http.Server // x/net/http2's HTTP/1 settings, when h2 is offered
@@ -281,6 +282,10 @@ func NewRoute(cfg RouteConfig) (*Route, error) {
 		rt.locations = append(rt.locations, loc)
 	}
 	slices.SortFunc(rt.locations, func(a, b *location) int { return len(b.path) - len(a.path) })
+	for _, l := range rt.locations {
+		rt.fast = rt.fast || fastLocation(l)
+	}
+	rt.fast = rt.fast && !rt.redirect
 	for _, l := range rt.locations {
 		if p, ok := strings.CutSuffix(l.path, "/"); ok && p != "" && !seen[p] {
 			rt.slashless[p] = true
@@ -531,10 +536,19 @@ func (rt *Route) Serve(ctx context.Context, c *net.TCPConn, client net.Addr, pre
 	if rt.tls != nil {
 		hc = tlsVconn{v}
 	}
+	if rt.fast {
+		go rt.serveH1(v, hc)
+		return
+	}
+	rt.handOff(v, hc)
+}
+
+// handOff gives the connection to the route's http.Server.
+func (rt *Route) handOff(v *vconn, hc net.Conn) {
 	select {
 	case rt.ln.c <- hc:
 	case <-rt.ln.closed:
-		cs.setReason(l4.ReasonDrain, ErrClosed)
+		v.cs.setReason(l4.ReasonDrain, ErrClosed)
 		v.hard.Store(true)
 		_ = v.Close() // ends it: cs.end
 	}

@@ -15,16 +15,13 @@ import (
 
 // stickyFrom returns the pool's sticky cookie value sent with r, "" if the
 // pool has none or r does not carry it.
-func stickyFrom(pool *balancer.Pool, r *http.Request) string {
+func stickyFrom(pool *balancer.Pool, r reqView) string {
 	name := pool.StickyCookie()
 	if name == "" {
 		return ""
 	}
-	c, err := r.Cookie(name)
-	if err != nil {
-		return ""
-	}
-	return c.Value
+	v, _ := r.cookie(name)
+	return v
 }
 
 // setSticky adds to h the Set-Cookie that pins the client to b, unless the
@@ -33,13 +30,20 @@ func stickyFrom(pool *balancer.Pool, r *http.Request) string {
 // credentials) only on TLS: browsers refuse SameSite=None without Secure,
 // and a cleartext cookie keeps the default SameSite=Lax.
 func setSticky(h http.Header, pool *balancer.Pool, sent string, b *balancer.Backend, tls bool) {
+	if c := stickySetCookie(pool, sent, b, tls); c != "" {
+		h.Add("Set-Cookie", c)
+	}
+}
+
+// stickySetCookie is setSticky's Set-Cookie value, "" for none.
+func stickySetCookie(pool *balancer.Pool, sent string, b *balancer.Backend, tls bool) string {
 	name := pool.StickyCookie()
 	if name == "" || b.Cookie() == sent {
-		return
+		return ""
 	}
 	c := http.Cookie{Name: name, Value: b.Cookie(), Path: "/", HttpOnly: true}
 	if tls {
 		c.Secure, c.SameSite = true, http.SameSiteNoneMode
 	}
-	h.Add("Set-Cookie", c.String())
+	return c.String()
 }

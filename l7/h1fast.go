@@ -1,0 +1,1009 @@
+package l7
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"sluice/balancer"
+	"sluice/l4"
+)
+
+// The fast path for plain HTTP/1.1 (issue 10, part 6). A connection that
+// is not HTTP/2 starts on serveH1, sluice's own request loop, not on
+// net/http: for the common proxied request (GET or HEAD, no body, a
+// keep-alive HTTP/1.1 client, a location with a keep-alive pool and
+// neither gzip nor its own headers) it writes the request head from the
+// client's bytes, reads the backend's response head with its own parser
+// and relays the body as it comes, with no http.Request, header map,
+// context or goroutine per request. The first request it does not take is
+// left in the buffer and the connection goes to net/http for the rest of
+// its life (handOff), where everything else is served as before: upgrades,
+// bodies, static files, redirects, gzip, refusals by Host or path.
+//
+// What reaches the backend and the client is what the net/http path sends
+// (serveFast), but for these:
+//   - request fields keep the client's order and spelling (net/http sorts
+//     them by canonical name);
+//   - a response without a Content-Type gets none (net/http sniffs one);
+//   - the backend's reason phrase is replaced by the standard one, as
+//     net/http does;
+//   - a client that goes away while its request waits for the backend is
+//     seen when the backend answers (or at the request's cap, the relay's
+//     idle timeout), not at once: nothing reads the client meanwhile.
+//     HAProxy (without abortonclose) does the same.
+
+// fastLocation reports whether the fast path may serve l's requests.
+func fastLocation(l *location) bool {
+	return l != nil && l.proxy != nil && l.proxy.conns != nil && !l.gzip && l.headers == nil
+}
+
+type hfield struct{ name, value []byte }
+
+// h1req is a request the fast path serves; its slices point into the
+// vconn's buffer, which is not read into again before the response is done.
+type h1req struct {
+	head     bool // HEAD: a response without body
+	method   string
+	path     string // the origin-form target before "?", no '%' in it
+	rawQuery []byte // after "?"
+	hasQuery bool
+	host     string
+	fields   []hfield
+}
+
+func (r *h1req) field(name string) ([]byte, bool) {
+	for _, f := range r.fields {
+		if asciiEqualFold(f.name, name) {
+			return f.value, true
+		}
+	}
+	return nil, false
+}
+
+// reqView (hashkey.go).
+func (r *h1req) query(name string) string {
+	q, _ := url.ParseQuery(string(r.rawQuery))
+	return q.Get(name)
+}
+func (r *h1req) header(name string) string {
+	v, _ := r.field(name)
+	return string(v)
+}
+func (r *h1req) urlPath() string { return r.path }
+func (r *h1req) cookie(name string) (string, bool) {
+	var h http.Header
+	for _, f := range r.fields {
+		if asciiEqualFold(f.name, "Cookie") {
+			if h == nil {
+				h = http.Header{}
+			}
+			h["Cookie"] = append(h["Cookie"], string(f.value))
+		}
+	}
+	if h == nil {
+		return "", false
+	}
+	return httpView{&http.Request{Header: h}}.cookie(name)
+}
+
+// h1fast is one connection's fast path: scratch reused by its requests.
+type h1fast struct {
+	rt  *Route
+	v   *vconn
+	cs  *connState
+	req h1req
+	res h1res
+	out []byte // the response head (and the start of its body) to the client
+
+	mu      sync.Mutex
+	cur     *backendConn  // the backend conn of the request in flight
+	stopped bool          // cur's wait was ended (stopBackend): its deadline stays past
+	dl      time.Time     // the request's cap: its start + the relay's idle timeout
+	watch   chan struct{} // closed when the client watch (slow) has returned; nil if none
+}
+
+// maxKeptScratch bounds what a connection keeps of its scratch buffers
+// between requests.
+const maxKeptScratch = 8 << 10
+
+// fastProbe is how long the backend may take before the fast path watches
+// the client for going away (slow).
+const fastProbe = bgProbe
+
+// stopBackend ends the wait for the backend of the request in flight: the
+// client went away or the connection is ending.
+func (f *h1fast) stopBackend() {
+	f.mu.Lock()
+	f.stopped = true
+	if f.cur != nil {
+		_ = f.cur.c.SetDeadline(aLongTimeAgo)
+	}
+	f.mu.Unlock()
+}
+
+// slow is the backend conn's hook when it has not answered (or sent more
+// of a body) within fastProbe: from now on the request waits until its cap,
+// and the client is watched as net/http's background read does (a read
+// for the next request: a client that closes or resets ends the wait).
+func (f *h1fast) slow() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.stopped || f.cur == nil {
+		return false
+	}
+	_ = f.cur.c.SetDeadline(f.dl)
+	if f.watch == nil && f.v.r == f.v.w {
+		done := make(chan struct{})
+		f.watch = done
+		go func() {
+			defer close(done)
+			if err := f.v.fill(); err != nil && !f.v.wasAborted() {
+				f.stopBackend()
+			}
+		}()
+	}
+	return true
+}
+
+// unwatch ends the client watch, if any: its read is aborted as net/http
+// aborts its background read, and what it read stays in the buffer.
+func (f *h1fast) unwatch() {
+	f.mu.Lock()
+	done := f.watch
+	f.watch = nil
+	f.mu.Unlock()
+	if done == nil {
+		return
+	}
+	_ = f.v.SetReadDeadline(aLongTimeAgo)
+	<-done
+	_ = f.v.SetReadDeadline(time.Time{})
+}
+
+// serveH1 serves the connection's requests until one the fast path does
+// not take (then net/http serves the rest) or the connection ends.
+func (rt *Route) serveH1(v *vconn, hc net.Conn) {
+	f := &h1fast{rt: rt, v: v, cs: v.cs}
+	// The connection's end (drain, route close) ends a wait for the
+	// backend too; the client side is closed by Serve's own AfterFunc.
+	stop := context.AfterFunc(f.cs.ctx, f.stopBackend)
+	defer stop()
+	for {
+		n, err := v.peekHead()
+		if err != nil {
+			_ = v.Close() // the reason is fill's or the refusal's
+			return
+		}
+		loc, ok := f.parse(v.buf[v.r : v.r+n])
+		if !ok {
+			stop()
+			v.handHead()
+			rt.handOff(v, hc)
+			return
+		}
+		v.takeHead(n)
+		keep := f.serve(loc.proxy)
+		f.unwatch()
+		v.responseDone()
+		// A large response's scratch is not kept for an idle connection.
+		if cap(f.out) > maxKeptScratch {
+			f.out = nil
+		}
+		if cap(f.res.head) > maxKeptScratch {
+			f.res.head = nil
+		}
+		if !keep {
+			_ = v.Close()
+			return
+		}
+	}
+}
+
+// parse reads the head into f.req and reports the location that serves it,
+// if the fast path takes it.
+func (f *h1fast) parse(head []byte) (*location, bool) {
+	v := f.v
+	if v.head.http10 || v.head.framing() != frameNone {
+		return nil, false
+	}
+	r := &f.req
+	r.fields = r.fields[:0]
+	line, rest := cutLine(head)
+	sp := bytes.IndexByte(line, ' ')
+	if sp < 0 {
+		return nil, false
+	}
+	switch string(line[:sp]) {
+	case "GET":
+		r.method, r.head = "GET", false
+	case "HEAD":
+		r.method, r.head = "HEAD", true
+	default:
+		return nil, false
+	}
+	target := line[sp+1:]
+	if sp = bytes.IndexByte(target, ' '); sp < 0 {
+		return nil, false
+	}
+	target = target[:sp]
+	if len(target) == 0 || target[0] != '/' {
+		return nil, false
+	}
+	p, q, hasQ := bytes.Cut(target, []byte{'?'})
+	if !plainPath(p) || hasQ && !plainQuery(q) {
+		return nil, false
+	}
+	r.rawQuery, r.hasQuery = q, hasQ
+	hosts := 0
+	for {
+		line, rest = cutLine(rest)
+		if len(line) == 0 {
+			break
+		}
+		colon := bytes.IndexByte(line, ':')
+		if colon <= 0 {
+			return nil, false
+		}
+		name, value := line[:colon], trimOWS(line[colon+1:])
+		switch {
+		case asciiEqualFold(name, "Host"):
+			hosts++
+			r.host = string(value)
+		case asciiEqualFold(name, "Expect"), asciiEqualFold(name, "Upgrade"):
+			return nil, false
+		case asciiEqualFold(name, "Connection"):
+			if !onlyKeepAlive(value) {
+				return nil, false
+			}
+		}
+		r.fields = append(r.fields, hfield{name, value})
+	}
+	if hosts != 1 || r.host == "" {
+		return nil, false
+	}
+	r.path = string(p)
+	if hasDotSegment(r.path) || f.rt.slashless[r.path] {
+		return nil, false
+	}
+	if _, ok := f.rt.hostAllowed(r.host); !ok {
+		return nil, false
+	}
+	loc := f.rt.match(r.path)
+	if !fastLocation(loc) {
+		return nil, false
+	}
+	return loc, true
+}
+
+// cutLine returns b's first line without its line end, and the rest.
+func cutLine(b []byte) (line, rest []byte) {
+	i := bytes.IndexByte(b, '\n')
+	if i < 0 {
+		return b, nil
+	}
+	line, rest = b[:i], b[i+1:]
+	if n := len(line); n > 0 && line[n-1] == '\r' {
+		line = line[:n-1]
+	}
+	return line, rest
+}
+
+// plainPath reports whether p is a path net/http would pass on unchanged
+// and match as it is: pchar without percent-encoding (RFC 3986).
+func plainPath(p []byte) bool {
+	for _, c := range p {
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case bytes.IndexByte([]byte("-._~!$&'()*+,;=:@/"), c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// plainQuery reports whether q is a query net/http passes on unchanged:
+// visible ASCII and clean by httputil's rule (queryClean).
+func plainQuery(q []byte) bool {
+	for _, c := range q {
+		if c <= ' ' || c >= 0x7f || c == '#' {
+			return false
+		}
+	}
+	return queryClean(string(q))
+}
+
+// onlyKeepAlive reports whether a Connection value names nothing but
+// keep-alive.
+func onlyKeepAlive(v []byte) bool {
+	for t := range bytes.SplitSeq(v, []byte{','}) {
+		if t = trimOWS(t); len(t) > 0 && !asciiEqualFold(t, "keep-alive") {
+			return false
+		}
+	}
+	return true
+}
+
+func asciiEqualFold(b []byte, s string) bool {
+	if len(b) != len(s) {
+		return false
+	}
+	for i := range len(b) {
+		c, d := b[i], s[i]
+		if c == d {
+			continue
+		}
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if 'A' <= d && d <= 'Z' {
+			d += 'a' - 'A'
+		}
+		if c != d {
+			return false
+		}
+	}
+	return true
+}
+
+// fastSkips are the request fields the fast path does not copy (as
+// requestSkips for writeRequest): hop-by-hop, forwarding, and Host.
+var fastSkips = []string{
+	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
+	"Te", "Trailer", "Transfer-Encoding", "Upgrade", "Forwarded", "X-Forwarded-For",
+	"X-Forwarded-Host", "X-Forwarded-Proto", "X-Real-Ip", "Host", "Content-Length",
+}
+
+func skipField(name []byte) bool {
+	for _, s := range fastSkips {
+		if asciiEqualFold(name, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// writeRequest writes r's head to the backend: writeRequest's (fastproxy.go)
+// for a request without body.
+func (f *h1fast) writeRequest(bw *bufio.Writer) {
+	r, cs := &f.req, f.cs
+	bw.WriteString(r.method)
+	bw.WriteByte(' ')
+	bw.WriteString(r.path)
+	if r.hasQuery {
+		bw.WriteByte('?')
+		bw.Write(r.rawQuery)
+	}
+	bw.WriteString(" HTTP/1.1\r\nHost: ")
+	bw.WriteString(r.host)
+	bw.WriteString("\r\n")
+	te, xff := false, false
+	for _, fl := range r.fields {
+		switch {
+		case asciiEqualFold(fl.name, "Te"):
+			te = te || headerHasToken([]string{string(fl.value)}, "trailers")
+		case asciiEqualFold(fl.name, "X-Forwarded-For"):
+			xff = true
+		}
+		if skipField(fl.name) {
+			continue
+		}
+		bw.Write(fl.name)
+		bw.WriteString(": ")
+		bw.Write(fl.value)
+		bw.WriteString("\r\n")
+	}
+	if te {
+		bw.WriteString("Te: trailers\r\n")
+	}
+	ip, proto := cs.ip, "http"
+	if cs.tls {
+		proto = "https"
+	}
+	bw.WriteString("X-Forwarded-For: ")
+	if xff {
+		first := true
+		for _, fl := range r.fields {
+			if asciiEqualFold(fl.name, "X-Forwarded-For") {
+				if !first {
+					bw.WriteString(", ")
+				}
+				first = false
+				bw.Write(fl.value)
+			}
+		}
+		bw.WriteString(", ")
+	}
+	bw.WriteString(ip)
+	bw.WriteString("\r\nX-Forwarded-Host: ")
+	bw.WriteString(r.host)
+	bw.WriteString("\r\nX-Forwarded-Proto: ")
+	bw.WriteString(proto)
+	bw.WriteString("\r\nX-Real-Ip: ")
+	bw.WriteString(ip)
+	bw.WriteString("\r\n\r\n")
+}
+
+// serve proxies f.req through p and reports whether the connection may
+// take another request.
+func (f *h1fast) serve(p *proxy) (keep bool) {
+	cs := f.cs
+	dr := dialRequestFor(p.pool, &f.req, cs)
+	ch := p.pool.NewChooser(&dr)
+	var claim *balancer.Claim
+	var bc *backendConn
+	for {
+		c, err := ch.Next(cs.ctx)
+		if err != nil {
+			return f.fail(err)
+		}
+		bc, err = f.roundTrip(p.conns, c.Backend, &dr)
+		if err == nil {
+			claim = c
+			break
+		}
+		if _, dialFailed := errors.AsType[*balancer.AttemptError](err); dialFailed {
+			ch.Failed(c, err)
+			continue
+		}
+		c.Release()
+		return f.fail(err)
+	}
+	defer claim.Release()
+	cs.mu.Lock()
+	cs.res.Backend = claim.Backend.ID()
+	cs.mu.Unlock()
+	return f.respond(p, bc, claim.Backend, dr.Sticky)
+}
+
+// roundTrip writes the request to an idle or new conn to b and reads the
+// response head into f.res; a reused conn found closed before it answered
+// is replaced once (GET and HEAD are replayable).
+func (f *h1fast) roundTrip(bcs *backendConns, b *balancer.Backend, dr *balancer.DialRequest) (*backendConn, error) {
+	ctx := f.cs.ctx
+	for retried := false; ; retried = true {
+		bc, reused, err := bcs.get(ctx, b, dr)
+		if err != nil {
+			return nil, err
+		}
+		err = f.exchange(bc)
+		if err == nil {
+			return bc, nil
+		}
+		f.setCur(nil)
+		_ = bc.c.Close()
+		if cerr := ctx.Err(); cerr != nil {
+			return nil, cerr
+		}
+		// Not once the client is watched: the watch reads into the buffer
+		// the request's fields point into.
+		if reused && !retried && errors.Is(err, errStaleConn) && !f.watched() {
+			bcs.dropIdle(b)
+			continue
+		}
+		return nil, err
+	}
+}
+
+func (f *h1fast) watched() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.watch != nil
+}
+
+func (f *h1fast) setCur(bc *backendConn) {
+	f.mu.Lock()
+	f.cur = bc
+	f.mu.Unlock()
+}
+
+// errClientGone ends a request whose client went away (or whose
+// connection is ending) before a backend answered.
+var errClientGone = errors.New("l7: the client went away before the backend answered")
+
+// exchange is backendConns.exchange for the fast path.
+func (f *h1fast) exchange(bc *backendConn) error {
+	f.v.dmu.Lock()
+	dl := f.v.reqStart.Add(f.rt.requestCap)
+	f.v.dmu.Unlock()
+	f.mu.Lock()
+	f.cur, f.dl = bc, dl
+	stopped := f.stopped
+	f.mu.Unlock()
+	if stopped || f.cs.ctx.Err() != nil {
+		return errClientGone
+	}
+	probe := time.Now().Add(fastProbe)
+	if dl.Before(probe) {
+		probe = dl
+	}
+	_ = bc.c.SetDeadline(probe)
+	bc.deadline = true
+	bc.slow = f.slow
+	bc.werr = nil
+	f.writeRequest(bc.bw)
+	bc.holdNext = true // sent by the response's first Read
+	werr := bc.bw.Flush()
+	bc.holdNext = false
+	if werr != nil {
+		bc.held = nil
+		bc.bw.Reset(bc)
+		if _, perr := bc.br.Peek(1); perr != nil {
+			return fmt.Errorf("%w: %w", errStaleConn, werr)
+		}
+	}
+	for first := true; ; first = false {
+		bc.limit = maxProxyResponseHead
+		err := f.res.read(bc.br, f.req.head)
+		if werr == nil {
+			werr = bc.werr
+		}
+		if err != nil {
+			nothingRead := bc.limit == maxProxyResponseHead && bc.br.Buffered() == 0
+			switch {
+			case first && nothingRead && bc.werr != nil:
+				err = fmt.Errorf("%w: %w", errStaleConn, bc.werr)
+			case first && nothingRead && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET)):
+				err = fmt.Errorf("%w: %w", errStaleConn, err)
+			}
+			return err
+		}
+		code := f.res.code
+		if code == http.StatusSwitchingProtocols {
+			return errUnaskedSwitch
+		}
+		if code >= 200 {
+			break
+		}
+		// An interim response goes to the client as it is.
+		f.out = f.res.appendHead(f.out[:0], f, nil)
+		f.out = append(f.out, "\r\n"...)
+		if _, err := f.v.Write(f.out); err != nil {
+			return err
+		}
+	}
+	bc.limit = 1<<63 - 1
+	f.res.reuse = f.res.reuse && werr == nil
+	return nil
+}
+
+// respond writes the response f.res from bc to the client, then puts bc
+// back in the pool if it is reusable.
+func (f *h1fast) respond(p *proxy, bc *backendConn, b *balancer.Backend, sentCookie string) (keep bool) {
+	res := &f.res
+	keep = !f.rt.retired.Load()
+	out := res.appendHead(f.out[:0], f, func(out []byte) []byte {
+		if c := stickySetCookie(p.pool, sentCookie, b, f.cs.tls); c != "" {
+			out = append(out, "Set-Cookie: "...)
+			out = append(out, c...)
+			out = append(out, "\r\n"...)
+		}
+		if !keep {
+			out = append(out, "Connection: close\r\n"...)
+		}
+		return out
+	})
+	out = append(out, "\r\n"...)
+	f.cs.mu.Lock()
+	f.cs.res.Requests++
+	f.cs.res.Status = res.code
+	f.cs.mu.Unlock()
+
+	ok := f.body(bc, out)
+	f.setCur(nil)
+	bc.slow = nil
+	if ok && res.reuse {
+		p.conns.put(bc) // its deadline stays: the next request sets its own
+	} else {
+		_ = bc.c.Close()
+	}
+	return keep && ok
+}
+
+// body writes out (the response head) and the body to the client; false if
+// either side failed, which ends the connection (the response is cut).
+func (f *h1fast) body(bc *backendConn, out []byte) bool {
+	res := &f.res
+	br := bc.br
+	bp := copyBuffers.get()
+	defer copyBuffers.put(bp)
+	buf := *bp
+	switch res.frame {
+	case bodyNone:
+		f.out = out
+		_, err := f.v.Write(out)
+		return err == nil
+	case bodyLength:
+		left := res.cl
+		// What the head's read brought along leaves with the head.
+		if k := int(min(int64(br.Buffered()), left, int64(len(buf)))); k > 0 {
+			b, _ := br.Peek(k)
+			out = append(out, b...)
+			_, _ = br.Discard(k)
+			left -= int64(k)
+		}
+		f.out = out
+		if _, err := f.v.Write(out); err != nil {
+			return false
+		}
+		for left > 0 {
+			n, err := br.Read(buf[:min(int64(len(buf)), left)])
+			if n > 0 {
+				left -= int64(n)
+				if _, werr := f.v.Write(buf[:n]); werr != nil {
+					return false
+				}
+			}
+			if err != nil && left > 0 {
+				return false
+			}
+		}
+		return true
+	case bodyChunked:
+		// Passed on as it is, validated as it goes (chunk sizes, line
+		// ends, trailers): the end is where the scanner says.
+		f.out = out
+		if _, err := f.v.Write(out); err != nil {
+			return false
+		}
+		var cs chunkScanner
+		for {
+			avail := br.Buffered()
+			if avail == 0 {
+				if _, err := br.Peek(1); err != nil {
+					return false
+				}
+				continue
+			}
+			b, _ := br.Peek(avail)
+			n, done, vi := cs.step(b)
+			if vi != nil {
+				return false
+			}
+			if n == 0 && !done {
+				if avail == br.Size() {
+					return false // a chunk line longer than the buffer
+				}
+				if _, err := br.Peek(avail + 1); err != nil {
+					return false
+				}
+				continue
+			}
+			if _, err := f.v.Write(b[:n]); err != nil {
+				return false
+			}
+			_, _ = br.Discard(n)
+			if done {
+				return true
+			}
+		}
+	default: // bodyToClose: re-chunked for the client
+		f.out = out
+		if _, err := f.v.Write(out); err != nil {
+			return false
+		}
+		for {
+			n, err := br.Read(buf[16 : len(buf)-2])
+			if n > 0 {
+				h := strconv.AppendInt(buf[:0:16], int64(n), 16)
+				h = append(h, '\r', '\n')
+				start := 16 - len(h)
+				copy(buf[start:], h)
+				buf[16+n], buf[16+n+1] = '\r', '\n'
+				if _, werr := f.v.Write(buf[start : 16+n+2]); werr != nil {
+					return false
+				}
+			}
+			if err == io.EOF {
+				_, werr := f.v.Write([]byte("0\r\n\r\n"))
+				return werr == nil
+			}
+			if err != nil {
+				return false
+			}
+		}
+	}
+}
+
+// fail answers a request that got no response from a backend, as
+// proxyError does, and reports whether the connection may go on.
+func (f *h1fast) fail(err error) bool {
+	cs := f.cs
+	reason := ReasonBadGateway
+	code := http.StatusBadGateway
+	if _, ok := errors.AsType[*balancer.DialError](err); ok || errors.Is(err, balancer.ErrNoBackend) {
+		reason = l4.DialFailure(err)
+	}
+	retry := ""
+	switch reason {
+	case l4.ReasonNoBackend:
+		code, retry = http.StatusServiceUnavailable, "5"
+	case l4.ReasonLocalLimit:
+		code, retry = http.StatusServiceUnavailable, "1"
+	}
+	cs.setReason(reason, err)
+	cs.mu.Lock()
+	cs.res.Requests++
+	cs.res.Status = code
+	cs.mu.Unlock()
+	keep := !f.rt.retired.Load() && cs.ctx.Err() == nil
+	text := http.StatusText(code) + "\n"
+	out := fmt.Appendf(f.out[:0], "HTTP/1.1 %d %s\r\n", code, http.StatusText(code))
+	if retry != "" {
+		out = append(out, "Retry-After: "+retry+"\r\n"...)
+	}
+	if !keep {
+		out = append(out, "Connection: close\r\n"...)
+	}
+	out = append(out, "Content-Type: text/plain; charset=utf-8\r\nDate: "...)
+	out = time.Now().UTC().AppendFormat(out, http.TimeFormat)
+	out = fmt.Appendf(out, "\r\nContent-Length: %d\r\n\r\n%s", len(text), text)
+	if f.req.head {
+		out = out[:len(out)-len(text)]
+	}
+	f.out = out
+	if _, werr := f.v.Write(out); werr != nil {
+		return false
+	}
+	return keep
+}
+
+type bodyFrame uint8
+
+const (
+	bodyNone    bodyFrame = iota // HEAD, 1xx, 204, 304
+	bodyLength                   // Content-Length
+	bodyChunked                  // passed on as it is
+	bodyToClose                  // until the backend closes: re-chunked for the client
+)
+
+// span is a range of h1res.head.
+type span struct{ from, to int32 }
+
+// h1res is a backend's response head as the fast path reads it: the lines
+// are copied into head (the reader's buffer moves on with the body), and
+// fields and named index them.
+type h1res struct {
+	code    int
+	head    []byte
+	fields  [][2]span // name, value (trimmed)
+	named   []span    // the tokens of Connection: fields dropped with it
+	cl      int64     // -1: none
+	frame   bodyFrame
+	reuse   bool
+	hasDate bool
+}
+
+func (r *h1res) at(s span) []byte { return r.head[s.from:s.to] }
+
+var errBadResponse = errors.New("l7: malformed response head from backend")
+
+// read reads one response head from br with http.ReadResponse's rules where
+// the fast path relies on them: HTTP/1.0 or 1.1, a 3-digit status, token
+// names, no obs-fold, one Content-Length value, Transfer-Encoding only
+// "chunked" (and then Content-Length ignored).
+func (r *h1res) read(br *bufio.Reader, headReq bool) error {
+	r.head, r.fields, r.named = r.head[:0], r.fields[:0], r.named[:0]
+	r.cl, r.hasDate = -1, false
+	status, err := r.line(br)
+	if err != nil {
+		return err
+	}
+	sl := r.at(status)
+	if len(sl) < 12 || string(sl[:7]) != "HTTP/1." || sl[7] != '0' && sl[7] != '1' || sl[8] != ' ' ||
+		len(sl) > 12 && sl[12] != ' ' {
+		return errBadResponse
+	}
+	code := 0
+	for _, c := range sl[9:12] {
+		if c < '0' || c > '9' {
+			return errBadResponse
+		}
+		code = code*10 + int(c-'0')
+	}
+	if code < 100 {
+		return errBadResponse
+	}
+	r.code = code
+	http11 := sl[7] == '1'
+	closeConn, keepAlive, chunked, te := false, false, false, 0
+	var clVal span
+	for {
+		ln, err := r.line(br)
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		if err != nil {
+			return err
+		}
+		if ln.from == ln.to {
+			break
+		}
+		line := r.at(ln)
+		c := bytes.IndexByte(line, ':')
+		if c <= 0 || !isToken(line[:c]) {
+			return errBadResponse
+		}
+		name := span{ln.from, ln.from + int32(c)}
+		val := trimSpan(r.head, span{name.to + 1, ln.to})
+		value := r.at(val)
+		if !validValue(value) {
+			return errBadResponse
+		}
+		r.fields = append(r.fields, [2]span{name, val})
+		switch n := r.at(name); {
+		case asciiEqualFold(n, "Content-Length"):
+			// Repeated, only with the same spelling (net/http's rule).
+			cl, ok := parseLength(value)
+			if !ok || r.cl >= 0 && !bytes.Equal(value, r.at(clVal)) {
+				return errBadResponse
+			}
+			r.cl, clVal = cl, val
+		case asciiEqualFold(n, "Transfer-Encoding"):
+			// Only "chunked", once, and not from HTTP/1.0 (net/http
+			// ignores it there; RFC 9112, Section 6.1 calls it faulty).
+			te++
+			chunked = asciiEqualFold(value, "chunked")
+			if !chunked || te > 1 || !http11 {
+				return errBadResponse
+			}
+		case asciiEqualFold(n, "Connection"):
+			from := val.from
+			for i := val.from; i <= val.to; i++ {
+				if i < val.to && r.head[i] != ',' {
+					continue
+				}
+				t := trimSpan(r.head, span{from, i})
+				from = i + 1
+				switch tok := r.at(t); {
+				case len(tok) == 0:
+				case asciiEqualFold(tok, "close"):
+					closeConn = true
+				case asciiEqualFold(tok, "keep-alive"):
+					keepAlive = true
+				default:
+					r.named = append(r.named, t)
+				}
+			}
+		case asciiEqualFold(n, "Date"):
+			r.hasDate = true
+		}
+	}
+	switch {
+	case headReq || code < 200 || code == http.StatusNoContent || code == http.StatusNotModified:
+		r.frame = bodyNone
+	case chunked:
+		r.frame = bodyChunked
+	case r.cl >= 0:
+		r.frame = bodyLength
+	default:
+		r.frame = bodyToClose
+	}
+	r.reuse = !closeConn && (http11 || keepAlive) && r.frame != bodyToClose
+	return nil
+}
+
+// line appends the next line of br to head and returns its span without
+// the line end (CRLF or LF).
+func (r *h1res) line(br *bufio.Reader) (span, error) {
+	from := int32(len(r.head))
+	for {
+		b, err := br.ReadSlice('\n')
+		r.head = append(r.head, b...)
+		if err == bufio.ErrBufferFull {
+			continue
+		}
+		if err != nil {
+			return span{}, err
+		}
+		break
+	}
+	to := int32(len(r.head)) - 1
+	if to > from && r.head[to-1] == '\r' {
+		to--
+	}
+	return span{from, to}, nil
+}
+
+// trimSpan drops s's leading and trailing spaces and tabs.
+func trimSpan(b []byte, s span) span {
+	for s.from < s.to && (b[s.from] == ' ' || b[s.from] == '\t') {
+		s.from++
+	}
+	for s.to > s.from && (b[s.to-1] == ' ' || b[s.to-1] == '\t') {
+		s.to--
+	}
+	return s
+}
+
+// parseLength parses a Content-Length value: digits only.
+func parseLength(v []byte) (int64, bool) {
+	if len(v) == 0 || len(v) > 18 {
+		return 0, false
+	}
+	var n int64
+	for _, c := range v {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n, true
+}
+
+// respSkips are the response fields appendHead does not copy: hop-by-hop
+// (removeHopByHopHeaders) and the framing it writes itself.
+var respSkips = []string{
+	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
+	"Te", "Transfer-Encoding", "Upgrade", "Content-Length",
+}
+
+// appendHead appends the response head for the client, without its final
+// empty line: status line, the backend's end-to-end fields, the framing,
+// Date if the backend sent none, and what extra adds.
+func (r *h1res) appendHead(out []byte, f *h1fast, extra func([]byte) []byte) []byte {
+	out = append(out, "HTTP/1.1 "...)
+	out = strconv.AppendInt(out, int64(r.code), 10)
+	out = append(out, ' ')
+	if t := http.StatusText(r.code); t != "" {
+		out = append(out, t...)
+	} else {
+		out = append(out, "status code "...)
+		out = strconv.AppendInt(out, int64(r.code), 10)
+	}
+	out = append(out, "\r\n"...)
+fields:
+	for _, fv := range r.fields {
+		name := r.at(fv[0])
+		for _, s := range respSkips {
+			if asciiEqualFold(name, s) {
+				continue fields
+			}
+		}
+		// Trailer announces trailers: they pass only in a chunked body
+		// passed on as it is.
+		if r.frame != bodyChunked && asciiEqualFold(name, "Trailer") {
+			continue
+		}
+		for _, t := range r.named {
+			if bytes.EqualFold(name, r.at(t)) {
+				continue fields
+			}
+		}
+		out = append(out, name...)
+		out = append(out, ": "...)
+		out = append(out, r.at(fv[1])...)
+		out = append(out, "\r\n"...)
+	}
+	if r.code < 200 {
+		return out
+	}
+	switch {
+	case r.frame == bodyLength, r.frame == bodyNone && r.cl >= 0 && r.code != http.StatusNoContent:
+		out = append(out, "Content-Length: "...)
+		out = strconv.AppendInt(out, r.cl, 10)
+		out = append(out, "\r\n"...)
+	case r.frame == bodyChunked, r.frame == bodyToClose:
+		out = append(out, "Transfer-Encoding: chunked\r\n"...)
+	}
+	if !r.hasDate {
+		out = append(out, "Date: "...)
+		out = time.Now().UTC().AppendFormat(out, http.TimeFormat)
+		out = append(out, "\r\n"...)
+	}
+	if extra != nil {
+		out = extra(out)
+	}
+	return out
+}

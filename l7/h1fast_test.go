@@ -1,0 +1,243 @@
+package l7
+
+import (
+	"bufio"
+	"bytes"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+
+	"sluice/balancer"
+)
+
+// rawHead reads a request head as it came (http.Request keeps no field
+// order).
+func rawHead(br *bufio.Reader) (string, error) {
+	var b strings.Builder
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			return "", err
+		}
+		b.WriteString(line)
+		if line == "\r\n" {
+			return b.String(), nil
+		}
+	}
+}
+
+// The fast path answers what a backend sends as net/http's client
+// (http.ReadResponse, the oracle here) reads it, and the connection goes on
+// after each, whatever the backend's framing.
+func TestFastPathResponses(t *testing.T) {
+	checkLeaks(t)
+	responses := map[string]string{
+		"/close":   "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nhello until close",
+		"/chunked": "HTTP/1.1 200 OK\r\nTrailer: X-Sum\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\nX-Sum: 42\r\n\r\n",
+		"/named":   "HTTP/1.1 200 OK\r\nConnection: X-Secret, keep-alive\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\n\r\nok",
+		"/head":    "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n",
+		"/empty":   "HTTP/1.1 204 No Content\r\nX-A: b\r\n\r\n",
+		"/http10":  "HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nold",
+		"/bad":     "HTTP/1.1 2x0 OK\r\nContent-Length: 2\r\n\r\nok",
+		"/twocl":   "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
+		"/fold":    "HTTP/1.1 200 OK\r\nX-A: a\r\n b\r\nContent-Length: 2\r\n\r\nok",
+		"/te":      "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nok",
+	}
+	be := startScriptBackend(t, func(_ int, c net.Conn, br *bufio.Reader) {
+		for {
+			r, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			if _, err := io.WriteString(c, responses[r.URL.Path]); err != nil {
+				return
+			}
+			switch r.URL.Path {
+			case "/close", "/http10", "/bad", "/twocl", "/fold", "/te":
+				return // close-delimited, HTTP/1.0 or broken: close
+			}
+		}
+	})
+	l := startLB(t, RouteConfig{Name: "h5", TLS: serverTLS(), Pool: pool(t, balancer.ProxyNone, be.addr)})
+	c := l.dial(t)
+	defer c.Close()
+	br := bufio.NewReader(c)
+	do := func(method, path string) (*http.Response, string) {
+		t.Helper()
+		if _, err := io.WriteString(c, method+" "+path+" HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		req, _ := http.NewRequest(method, "https://x"+path, nil)
+		resp, err := http.ReadResponse(br, req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, path, err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatalf("%s %s: body: %v", method, path, err)
+		}
+		return resp, string(body)
+	}
+	if resp, body := do("GET", "/close"); resp.StatusCode != 200 || body != "hello until close" || resp.ContentLength != -1 || resp.Close {
+		t.Fatalf("close-delimited: %d %q length %d close %v", resp.StatusCode, body, resp.ContentLength, resp.Close)
+	}
+	if resp, body := do("GET", "/chunked"); body != "hello world" || resp.Trailer.Get("X-Sum") != "42" {
+		t.Fatalf("chunked: %q trailer %v", body, resp.Trailer)
+	}
+	if resp, body := do("GET", "/named"); body != "ok" || resp.Header.Get("X-Secret") != "" || resp.Header.Get("Keep-Alive") != "" || resp.Header.Get("Date") == "" {
+		t.Fatalf("hop-by-hop: %q %v", body, resp.Header)
+	}
+	if resp, body := do("HEAD", "/head"); resp.StatusCode != 200 || resp.ContentLength != 10 || body != "" {
+		t.Fatalf("HEAD: %d length %d %q", resp.StatusCode, resp.ContentLength, body)
+	}
+	if resp, body := do("GET", "/empty"); resp.StatusCode != 204 || body != "" || resp.Header.Get("X-A") != "b" {
+		t.Fatalf("204: %d %q %v", resp.StatusCode, body, resp.Header)
+	}
+	if resp, body := do("GET", "/http10"); resp.StatusCode != 200 || body != "old" || resp.ProtoMinor != 1 {
+		t.Fatalf("HTTP/1.0 backend: %d %q %s", resp.StatusCode, body, resp.Proto)
+	}
+	for _, p := range []string{"/bad", "/twocl", "/fold", "/te"} {
+		if resp, _ := do("GET", p); resp.StatusCode != http.StatusBadGateway {
+			t.Fatalf("%s: %d, want 502", p, resp.StatusCode)
+		}
+	}
+	if resp, body := do("GET", "/named"); resp.StatusCode != 200 || body != "ok" {
+		t.Fatalf("after the 502s: %d %q", resp.StatusCode, body)
+	}
+}
+
+// Requests the fast path does not take go to net/http on the same
+// connection, in order: the first fast ones keep the client's field order,
+// the rest arrive sorted by net/http.
+func TestFastPathHandsOff(t *testing.T) {
+	checkLeaks(t)
+	heads := make(chan string, 8)
+	be := startScriptBackend(t, func(_ int, c net.Conn, br *bufio.Reader) {
+		for {
+			head, err := rawHead(br)
+			if err != nil {
+				return
+			}
+			r, err := http.ReadRequest(bufio.NewReader(strings.NewReader(head)))
+			if err != nil {
+				return
+			}
+			body := ""
+			if n := r.ContentLength; n > 0 {
+				b := make([]byte, n)
+				if _, err := io.ReadFull(br, b); err != nil {
+					return
+				}
+				body = string(b)
+			}
+			heads <- head
+			msg := r.Method + " " + r.URL.RequestURI() + " " + body
+			_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: "+strconv.Itoa(len(msg))+"\r\n\r\n"+msg)
+		}
+	})
+	l := startLB(t, RouteConfig{Name: "h5", TLS: serverTLS(), Pool: pool(t, balancer.ProxyNone, be.addr)})
+	c := l.dial(t)
+	defer c.Close()
+	br := bufio.NewReader(c)
+	// Two fast requests pipelined in one write, then one with a body, then
+	// one that would be fast.
+	reqs := "GET /a?x=1 HTTP/1.1\r\nHost: x\r\nZed: 1\r\nConnection: keep-alive\r\nAlpha: 2\r\nX-Forwarded-For: 192.0.2.7\r\n\r\n" +
+		"HEAD /b HTTP/1.1\r\nHost: x\r\nZed: 1\r\nAlpha: 2\r\n\r\n" +
+		"POST /c HTTP/1.1\r\nHost: x\r\nZed: 1\r\nAlpha: 2\r\nContent-Length: 4\r\n\r\nbody" +
+		"GET /d HTTP/1.1\r\nHost: x\r\nZed: 1\r\nAlpha: 2\r\n\r\n"
+	if _, err := io.WriteString(c, reqs); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"GET /a?x=1 ", "", "POST /c body", "GET /d "} {
+		method := "GET"
+		if want == "" {
+			method = "HEAD"
+		}
+		req, _ := http.NewRequest(method, "https://x/", nil)
+		resp, err := http.ReadResponse(br, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 || string(body) != want {
+			t.Fatalf("got %d %q, want %q", resp.StatusCode, body, want)
+		}
+	}
+	for i, fast := range []bool{true, true, false, false} {
+		head := <-heads
+		zed, alpha := strings.Index(head, "Zed: 1"), strings.Index(head, "Alpha: 2")
+		if zed < 0 || alpha < 0 || (zed < alpha) != fast {
+			t.Fatalf("request %d (fast %v): field order in\n%s", i, fast, head)
+		}
+		if strings.Contains(head, "Connection:") || !strings.Contains(head, "X-Forwarded-Proto: https\r\n") || !strings.Contains(head, "X-Forwarded-Host: x\r\n") {
+			t.Fatalf("request %d: forwarding headers in\n%s", i, head)
+		}
+		if i == 0 && !strings.Contains(head, "X-Forwarded-For: 192.0.2.7, 127.0.0.1\r\n") {
+			t.Fatalf("X-Forwarded-For in\n%s", head)
+		}
+	}
+}
+
+// FuzzFastResponseHead checks the fast path's response head parser against
+// net/http's: a head it accepts, http.ReadResponse accepts too, with the
+// same status, body framing and length, and every field it passes on.
+func FuzzFastResponseHead(f *testing.F) {
+	for _, s := range []string{
+		"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X\r\n\r\n0\r\n\r\n",
+		"HTTP/1.0 204 No Content\r\nConnection: keep-alive, X-A\r\nX-A: 1\r\n\r\n",
+		"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\n\r\n",
+		"HTTP/1.1 999\nX:  y \n\n",
+		"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n",
+	} {
+		f.Add([]byte(s), false)
+	}
+	f.Fuzz(func(t *testing.T, b []byte, head bool) {
+		var r h1res
+		if err := r.read(bufio.NewReaderSize(bytes.NewReader(b), 16), head); err != nil {
+			return
+		}
+		method := "GET"
+		if head {
+			method = "HEAD"
+		}
+		req, _ := http.NewRequest(method, "http://x/", nil)
+		resp, err := http.ReadResponse(bufio.NewReader(bytes.NewReader(b)), req)
+		if err != nil {
+			t.Fatalf("accepted what net/http refuses (%v): %q", err, b)
+		}
+		if resp.StatusCode != r.code {
+			t.Fatalf("status %d, net/http %d: %q", r.code, resp.StatusCode, b)
+		}
+		switch r.frame {
+		case bodyLength:
+			if resp.ContentLength != r.cl {
+				t.Fatalf("length %d, net/http %d: %q", r.cl, resp.ContentLength, b)
+			}
+		case bodyChunked:
+			if len(resp.TransferEncoding) != 1 || resp.TransferEncoding[0] != "chunked" {
+				t.Fatalf("chunked, net/http %v: %q", resp.TransferEncoding, b)
+			}
+		case bodyToClose:
+			if resp.ContentLength != -1 || !resp.Close {
+				t.Fatalf("until close, net/http length %d close %v: %q", resp.ContentLength, resp.Close, b)
+			}
+		}
+		if r.frame != bodyToClose && r.code >= 200 && r.reuse == resp.Close {
+			t.Fatalf("reuse %v, net/http close %v: %q", r.reuse, resp.Close, b)
+		}
+		out := string(r.appendHead(nil, nil, nil))
+		for _, fv := range r.fields {
+			v := string(r.at(fv[1]))
+			if strings.ContainsAny(v, "\r\n") {
+				t.Fatalf("field value %q with a line end: %q", v, b)
+			}
+		}
+		if strings.Count(out, "\r\n\r\n") > 0 {
+			t.Fatalf("an empty line inside the head: %q from %q", out, b)
+		}
+	})
+}
