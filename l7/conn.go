@@ -252,9 +252,9 @@ func (v *vconn) peekHead() (int, error) {
 	}
 }
 
-// takeHead consumes the n-byte head peekHead found, for a request without a
-// body that the fast path answers: the request is in flight until
-// responseDone, as after stepHead.
+// takeHead consumes n bytes, the head peekHead found and a body that came
+// with it, for a request the fast path answers: the request is in flight
+// until responseDone, as after stepHead.
 func (v *vconn) takeHead(n int) {
 	v.head = headScanner{}
 	v.r += n

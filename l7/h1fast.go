@@ -21,9 +21,10 @@ import (
 
 // The fast path for plain HTTP/1.1 (issue 10, part 6). A connection that
 // is not HTTP/2 starts on serveH1, sluice's own request loop, not on
-// net/http: for the common proxied request (GET or HEAD, no body, a
-// keep-alive HTTP/1.1 client, a location with a keep-alive pool and
-// neither gzip nor its own headers) it writes the request head from the
+// net/http: for the common proxied request (GET, HEAD, POST, PUT, PATCH,
+// DELETE or OPTIONS, with a Content-Length body of at most 64 KiB that came
+// with the head or none, from a keep-alive HTTP/1.1 client, to a location
+// with a keep-alive pool and neither gzip nor its own headers) it writes the request head from the
 // client's bytes, reads the backend's response head with its own parser
 // and relays the body as it comes, with no http.Request, header map,
 // context or goroutine per request. The first request it does not take is
@@ -50,11 +51,19 @@ func fastLocation(l *location) bool {
 
 type hfield struct{ name, value []byte }
 
+// maxFastBody bounds the request body the fast path takes (with its head,
+// already read).
+const maxFastBody = 64 << 10
+
+var fastMethods = map[string]string{"GET": "GET", "POST": "POST", "PUT": "PUT", "PATCH": "PATCH", "DELETE": "DELETE", "OPTIONS": "OPTIONS"}
+
 // h1req is a request the fast path serves; its slices point into the
 // vconn's buffer, which is not read into again before the response is done.
 type h1req struct {
 	head     bool // HEAD: a response without body
 	method   string
+	body     []byte // Content-Length bytes, all read with the head; nil if none
+	replay   bool   // may be sent again on a new conn (isReplayable)
 	path     string // the origin-form target before "?", no '%' in it
 	rawQuery []byte // after "?"
 	hasQuery bool
@@ -192,7 +201,7 @@ func (rt *Route) serveH1(v *vconn, hc net.Conn) {
 			rt.handOff(v, hc)
 			return
 		}
-		v.takeHead(n)
+		v.takeHead(n + len(f.req.body))
 		keep := f.serve(loc.proxy)
 		f.unwatch()
 		v.responseDone()
@@ -214,19 +223,34 @@ func (rt *Route) serveH1(v *vconn, hc net.Conn) {
 // if the fast path takes it.
 func (f *h1fast) parse(head []byte) (*location, bool) {
 	v := f.v
-	if v.head.http10 || v.head.framing() != frameNone {
+	r := &f.req
+	r.body = nil
+	switch v.head.framing() {
+	case frameNone:
+	case frameLength:
+		// A body only if it came with the head: reading one (its timeout,
+		// its errors) is net/http's path.
+		cl := v.head.cl
+		if cl > min(f.rt.requestBuffer, f.rt.maxBody, maxFastBody) || int64(v.w-v.r-len(head)) < cl {
+			return nil, false
+		}
+		r.body = v.buf[v.r+len(head) : v.r+len(head)+int(cl)]
+	default:
 		return nil, false
 	}
-	r := &f.req
+	if v.head.http10 {
+		return nil, false
+	}
 	r.fields = r.fields[:0]
 	line, rest := cutLine(head)
 	sp := bytes.IndexByte(line, ' ')
 	if sp < 0 {
 		return nil, false
 	}
-	switch string(line[:sp]) {
-	case "GET":
-		r.method, r.head = "GET", false
+	r.head = false
+	switch m := line[:sp]; string(m) {
+	case "GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS":
+		r.method = fastMethods[string(m)]
 	case "HEAD":
 		r.method, r.head = "HEAD", true
 	default:
@@ -271,6 +295,14 @@ func (f *h1fast) parse(head []byte) (*location, bool) {
 	}
 	if hosts != 1 || r.host == "" {
 		return nil, false
+	}
+	switch r.method {
+	case "GET", "HEAD", "OPTIONS":
+		r.replay = true
+	default:
+		_, a := r.field("Idempotency-Key")
+		_, b := r.field("X-Idempotency-Key")
+		r.replay = a || b
 	}
 	r.path = string(p)
 	if hasDotSegment(r.path) || f.rt.slashless[r.path] {
@@ -388,6 +420,14 @@ func (f *h1fast) writeRequest(bw *bufio.Writer) {
 	bw.WriteString(" HTTP/1.1\r\nHost: ")
 	bw.WriteString(r.host)
 	bw.WriteString("\r\n")
+	switch {
+	case len(r.body) > 0:
+		bw.WriteString("Content-Length: ")
+		bw.WriteString(strconv.Itoa(len(r.body)))
+		bw.WriteString("\r\n")
+	case r.method == "POST" || r.method == "PUT" || r.method == "PATCH":
+		bw.WriteString("Content-Length: 0\r\n") // sendContentLength
+	}
 	te, xff := false, false
 	for _, fl := range r.fields {
 		switch {
@@ -433,6 +473,7 @@ func (f *h1fast) writeRequest(bw *bufio.Writer) {
 	bw.WriteString("\r\nX-Real-Ip: ")
 	bw.WriteString(ip)
 	bw.WriteString("\r\n\r\n")
+	bw.Write(r.body)
 }
 
 // serve proxies f.req through p and reports whether the connection may
@@ -488,7 +529,7 @@ func (f *h1fast) roundTrip(bcs *backendConns, b *balancer.Backend, dr *balancer.
 		}
 		// Not once the client is watched: the watch reads into the buffer
 		// the request's fields point into.
-		if reused && !retried && errors.Is(err, errStaleConn) && !f.watched() {
+		if reused && !retried && f.req.replay && errors.Is(err, errStaleConn) && !f.watched() {
 			bcs.dropIdle(b)
 			continue
 		}
@@ -567,7 +608,7 @@ func (f *h1fast) exchange(bc *backendConn) error {
 			break
 		}
 		// An interim response goes to the client as it is.
-		f.out = f.res.appendHead(f.out[:0], f, nil)
+		f.out = f.res.appendHead(f.out[:0], nil)
 		f.out = append(f.out, "\r\n"...)
 		if _, err := f.v.Write(f.out); err != nil {
 			return err
@@ -583,7 +624,7 @@ func (f *h1fast) exchange(bc *backendConn) error {
 func (f *h1fast) respond(p *proxy, bc *backendConn, b *balancer.Backend, sentCookie string) (keep bool) {
 	res := &f.res
 	keep = !f.rt.retired.Load()
-	out := res.appendHead(f.out[:0], f, func(out []byte) []byte {
+	out := res.appendHead(f.out[:0], func(out []byte) []byte {
 		if c := stickySetCookie(p.pool, sentCookie, b, f.cs.tls); c != "" {
 			out = append(out, "Set-Cookie: "...)
 			out = append(out, c...)
@@ -952,7 +993,7 @@ var respSkips = []string{
 // appendHead appends the response head for the client, without its final
 // empty line: status line, the backend's end-to-end fields, the framing,
 // Date if the backend sent none, and what extra adds.
-func (r *h1res) appendHead(out []byte, f *h1fast, extra func([]byte) []byte) []byte {
+func (r *h1res) appendHead(out []byte, extra func([]byte) []byte) []byte {
 	out = append(out, "HTTP/1.1 "...)
 	out = strconv.AppendInt(out, int64(r.code), 10)
 	out = append(out, ' ')

@@ -142,16 +142,17 @@ func TestFastPathHandsOff(t *testing.T) {
 	c := l.dial(t)
 	defer c.Close()
 	br := bufio.NewReader(c)
-	// Two fast requests pipelined in one write, then one with a body, then
-	// one that would be fast.
+	// Three fast requests pipelined in one write (one with a body), then
+	// one with a chunked body, then one that would be fast.
 	reqs := "GET /a?x=1 HTTP/1.1\r\nHost: x\r\nZed: 1\r\nConnection: keep-alive\r\nAlpha: 2\r\nX-Forwarded-For: 192.0.2.7\r\n\r\n" +
 		"HEAD /b HTTP/1.1\r\nHost: x\r\nZed: 1\r\nAlpha: 2\r\n\r\n" +
-		"POST /c HTTP/1.1\r\nHost: x\r\nZed: 1\r\nAlpha: 2\r\nContent-Length: 4\r\n\r\nbody" +
+		"POST /p HTTP/1.1\r\nHost: x\r\nZed: 1\r\nAlpha: 2\r\nContent-Length: 4\r\n\r\nbody" +
+		"POST /c HTTP/1.1\r\nHost: x\r\nZed: 1\r\nAlpha: 2\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nbody\r\n0\r\n\r\n" +
 		"GET /d HTTP/1.1\r\nHost: x\r\nZed: 1\r\nAlpha: 2\r\n\r\n"
 	if _, err := io.WriteString(c, reqs); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"GET /a?x=1 ", "", "POST /c body", "GET /d "} {
+	for _, want := range []string{"GET /a?x=1 ", "", "POST /p body", "POST /c body", "GET /d "} {
 		method := "GET"
 		if want == "" {
 			method = "HEAD"
@@ -166,7 +167,7 @@ func TestFastPathHandsOff(t *testing.T) {
 			t.Fatalf("got %d %q, want %q", resp.StatusCode, body, want)
 		}
 	}
-	for i, fast := range []bool{true, true, false, false} {
+	for i, fast := range []bool{true, true, true, false, false} {
 		head := <-heads
 		zed, alpha := strings.Index(head, "Zed: 1"), strings.Index(head, "Alpha: 2")
 		if zed < 0 || alpha < 0 || (zed < alpha) != fast {
@@ -229,7 +230,7 @@ func FuzzFastResponseHead(f *testing.F) {
 		if r.frame != bodyToClose && r.code >= 200 && r.reuse == resp.Close {
 			t.Fatalf("reuse %v, net/http close %v: %q", r.reuse, resp.Close, b)
 		}
-		out := string(r.appendHead(nil, nil, nil))
+		out := string(r.appendHead(nil, nil))
 		for _, fv := range r.fields {
 			v := string(r.at(fv[1]))
 			if strings.ContainsAny(v, "\r\n") {

@@ -68,6 +68,7 @@ fuzz FuzzHeadScanner ./l7 60000x
 fuzz FuzzChunkScanner ./l7 40000x
 fuzz FuzzPeekHost ./l7 40000x
 fuzz FuzzUpgradeResponse ./l7 80000x
+fuzz FuzzFastResponseHead ./l7 100000x
 fuzz FuzzProxyHeader ./balancer 80000x
 fuzz FuzzReadProxyHeader ./balancer 100000x
 fuzz FuzzAgentLine ./balancer 80000x
