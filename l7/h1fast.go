@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/net/http/httpguts"
+
 	"sluice/balancer"
 	"sluice/l4"
 )
@@ -293,8 +295,8 @@ func (f *h1fast) parse(head []byte) (*location, bool) {
 		}
 		r.fields = append(r.fields, hfield{name, value})
 	}
-	if hosts != 1 || r.host == "" {
-		return nil, false
+	if hosts != 1 || r.host == "" || !httpguts.ValidHostHeader(r.host) {
+		return nil, false // net/http answers 400
 	}
 	switch r.method {
 	case "GET", "HEAD", "OPTIONS":

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -241,4 +242,69 @@ func FuzzFastResponseHead(f *testing.F) {
 			t.Fatalf("an empty line inside the head: %q from %q", out, b)
 		}
 	})
+}
+
+// The fast path sends a backend what net/http's path sends for the same
+// request, but for the order of the fields: each request below goes
+// through a route the fast path serves and through one it cannot (a
+// location with its own headers), and the two requests the backend
+// receives must match field for field once names are canonical and the
+// fields sorted.
+func TestFastPathSendsWhatNetHTTPSends(t *testing.T) {
+	checkLeaks(t)
+	got := make(chan string, 1)
+	be := startScriptBackend(t, func(_ int, c net.Conn, br *bufio.Reader) {
+		for {
+			r, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			body, _ := io.ReadAll(r.Body)
+			var keys []string
+			for k, vv := range r.Header {
+				for _, v := range vv {
+					keys = append(keys, k+": "+v)
+				}
+			}
+			slices.Sort(keys)
+			got <- r.Method + " " + r.RequestURI + " " + r.Host + "\n" + strings.Join(keys, "\n") + "\n" + string(body)
+			if _, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"); err != nil {
+				return
+			}
+		}
+	})
+	fast := startLB(t, RouteConfig{Name: "fast", TLS: serverTLS(), Pool: pool(t, balancer.ProxyNone, be.addr)})
+	slow := startLB(t, RouteConfig{Name: "slow", TLS: serverTLS(), Locations: []Location{
+		{Path: "/", Pool: pool(t, balancer.ProxyNone, be.addr), Headers: map[string]string{"X-Route": "slow"}}}})
+	for _, req := range []string{
+		"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+		"GET /a/b?q=1&r=%20x HTTP/1.1\r\nHost: x:443\r\nUser-Agent: ua\r\nAccept: */*\r\nAccept: text/html\r\n\r\n",
+		"GET /a? HTTP/1.1\r\nhost: x\r\nx-lower: 1\r\nCookie: a=1\r\nCookie: b=2\r\n\r\n",
+		"GET /a?x;y HTTP/1.1\r\nHost: x\r\n\r\n",
+		"HEAD /h HTTP/1.1\r\nHost: x\r\nTe: trailers, gzip\r\nConnection: keep-alive\r\nKeep-Alive: 5\r\nProxy-Connection: x\r\n\r\n",
+		"GET /f HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 192.0.2.1\r\nX-Forwarded-For: 192.0.2.2, 192.0.2.3\r\nForwarded: for=1\r\nX-Real-Ip: 9.9.9.9\r\nX-Forwarded-Host: evil\r\nX-Forwarded-Proto: http\r\n\r\n",
+		"GET /u HTTP/1.1\r\nHost: x\r\nUpgrade-Insecure-Requests: 1\r\nProxy-Authorization: Basic eA==\r\nTe: gzip\r\n\r\n",
+		"POST /p HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 7\r\n\r\n{\"a\":1}",
+		"POST /e HTTP/1.1\r\nHost: x\r\n\r\n",
+		"DELETE /d HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+		"OPTIONS /o HTTP/1.1\r\nHost: x\r\nAccess-Control-Request-Method: POST\r\nOrigin: https://game.example\r\n\r\n",
+		"GET /sp HTTP/1.1\r\nHost: x\r\nX-A:  padded \t\r\nX-Empty:\r\n\r\n",
+	} {
+		var sent [2]string
+		for i, l := range []*lb{fast, slow} {
+			c := l.dial(t)
+			if _, err := io.WriteString(c, req); err != nil {
+				t.Fatal(err)
+			}
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil || resp.StatusCode != 200 {
+				t.Fatalf("%q: %v %v", req, resp, err)
+			}
+			c.Close()
+			sent[i] = <-got
+		}
+		if sent[0] != sent[1] {
+			t.Errorf("%q:\nfast path sent\n%s\nnet/http sent\n%s", req, sent[0], sent[1])
+		}
+	}
 }
