@@ -60,8 +60,9 @@ const h2MaxStreams = 100
 // could hold h2MaxStreams of them, where an HTTP/1.1 connection holds one.
 const h2BodySlots = 8
 
-// testHookBodySlot, if set, runs when a stream has taken a body slot.
-var testHookBodySlot func()
+// testHookBodySlot, if set, runs when a stream has taken a body slot. It is
+// atomic: a stream's handler may still run when its test resets it.
+var testHookBodySlot atomic.Pointer[func()]
 
 // h2PrefaceTimeout is x/net/http2's (not configurable): a conn whose client
 // preface has not arrived by then is closed.
@@ -185,8 +186,8 @@ func (h *h2conn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		case <-r.Context().Done():
 			return // the stream or the conn is gone
 		}
-		if testHookBodySlot != nil {
-			testHookBodySlot()
+		if hook := testHookBodySlot.Load(); hook != nil {
+			(*hook)()
 		}
 		if d, ok := w.(readDeadliner); ok {
 			r.Body = &h2Body{ReadCloser: r.Body, w: d, timeout: h.rt.bodyTimeout}
