@@ -503,11 +503,10 @@ func (f *h1fast) serve(p *proxy) (keep bool) {
 		c.Release()
 		return f.fail(err)
 	}
-	defer claim.Release()
 	cs.mu.Lock()
 	cs.res.Backend = claim.Backend.ID()
 	cs.mu.Unlock()
-	return f.respond(p, bc, claim.Backend, dr.Sticky)
+	return f.respond(p, bc, claim, dr.Sticky)
 }
 
 // roundTrip writes the request to an idle or new conn to b and reads the
@@ -621,13 +620,16 @@ func (f *h1fast) exchange(bc *backendConn) error {
 	return nil
 }
 
-// respond writes the response f.res from bc to the client, then puts bc
-// back in the pool if it is reusable.
-func (f *h1fast) respond(p *proxy, bc *backendConn, b *balancer.Backend, sentCookie string) (keep bool) {
+// respond writes the response f.res from bc to the client. The backend's
+// part ends before the response's last bytes go out (done): bc back in the
+// pool or closed, the claim released, so that a client that sends its next
+// request as soon as it has the response finds both free, as on the
+// net/http path (its handler returns before net/http's final flush).
+func (f *h1fast) respond(p *proxy, bc *backendConn, claim *balancer.Claim, sentCookie string) (keep bool) {
 	res := &f.res
 	keep = !f.rt.retired.Load()
 	out := res.appendHead(f.out[:0], func(out []byte) []byte {
-		if c := stickySetCookie(p.pool, sentCookie, b, f.cs.tls); c != "" {
+		if c := stickySetCookie(p.pool, sentCookie, claim.Backend, f.cs.tls); c != "" {
 			out = append(out, "Set-Cookie: "...)
 			out = append(out, c...)
 			out = append(out, "\r\n"...)
@@ -643,30 +645,45 @@ func (f *h1fast) respond(p *proxy, bc *backendConn, b *balancer.Backend, sentCoo
 	f.cs.res.Status = res.code
 	f.cs.mu.Unlock()
 
-	ok := f.body(bc, out)
-	f.setCur(nil)
-	bc.slow = nil
-	if ok && res.reuse {
-		p.conns.put(bc) // its deadline stays: the next request sets its own
-	} else {
-		_ = bc.c.Close()
+	finished := false
+	done := func(ok bool) {
+		if finished {
+			return
+		}
+		finished = true
+		f.setCur(nil)
+		bc.slow = nil
+		if ok && res.reuse {
+			p.conns.put(bc) // its deadline stays: the next request sets its own
+		} else {
+			_ = bc.c.Close()
+		}
+		claim.Release()
 	}
+	ok := f.body(bc, out, done)
+	done(false) // if body failed before the backend's end
 	return keep && ok
 }
 
 // body writes out (the response head) and the body to the client; false if
 // either side failed, which ends the connection (the response is cut).
-func (f *h1fast) body(bc *backendConn, out []byte) bool {
+// done(true) runs once the backend's body has been read to its end, before
+// the last write to the client; bc is not touched after it.
+func (f *h1fast) body(bc *backendConn, out []byte, done func(ok bool)) bool {
 	res := &f.res
 	br := bc.br
 	bp := copyBuffers.get()
 	defer copyBuffers.put(bp)
 	buf := *bp
+	write := func(b []byte) bool {
+		_, err := f.v.Write(b)
+		return err == nil
+	}
 	switch res.frame {
 	case bodyNone:
 		f.out = out
-		_, err := f.v.Write(out)
-		return err == nil
+		done(true)
+		return write(out)
 	case bodyLength:
 		left := res.cl
 		// What the head's read brought along leaves with the head.
@@ -677,16 +694,21 @@ func (f *h1fast) body(bc *backendConn, out []byte) bool {
 			left -= int64(k)
 		}
 		f.out = out
-		if _, err := f.v.Write(out); err != nil {
+		if left == 0 {
+			done(true)
+			return write(out)
+		}
+		if !write(out) {
 			return false
 		}
 		for left > 0 {
 			n, err := br.Read(buf[:min(int64(len(buf)), left)])
-			if n > 0 {
-				left -= int64(n)
-				if _, werr := f.v.Write(buf[:n]); werr != nil {
-					return false
-				}
+			left -= int64(n)
+			if left == 0 {
+				done(true)
+			}
+			if n > 0 && !write(buf[:n]) {
+				return false
 			}
 			if err != nil && left > 0 {
 				return false
@@ -697,7 +719,7 @@ func (f *h1fast) body(bc *backendConn, out []byte) bool {
 		// Passed on as it is, validated as it goes (chunk sizes, line
 		// ends, trailers): the end is where the scanner says.
 		f.out = out
-		if _, err := f.v.Write(out); err != nil {
+		if !write(out) {
 			return false
 		}
 		var cs chunkScanner
@@ -710,11 +732,11 @@ func (f *h1fast) body(bc *backendConn, out []byte) bool {
 				continue
 			}
 			b, _ := br.Peek(avail)
-			n, done, vi := cs.step(b)
+			n, end, vi := cs.step(b)
 			if vi != nil {
 				return false
 			}
-			if n == 0 && !done {
+			if n == 0 && !end {
 				if avail == br.Size() {
 					return false // a chunk line longer than the buffer
 				}
@@ -723,17 +745,20 @@ func (f *h1fast) body(bc *backendConn, out []byte) bool {
 				}
 				continue
 			}
-			if _, err := f.v.Write(b[:n]); err != nil {
+			if end {
+				last := buf[:copy(buf, b[:n])] // br's buffer goes with bc
+				_, _ = br.Discard(n)
+				done(true)
+				return write(last)
+			}
+			if !write(b[:n]) {
 				return false
 			}
 			_, _ = br.Discard(n)
-			if done {
-				return true
-			}
 		}
 	default: // bodyToClose: re-chunked for the client
 		f.out = out
-		if _, err := f.v.Write(out); err != nil {
+		if !write(out) {
 			return false
 		}
 		for {
@@ -744,13 +769,13 @@ func (f *h1fast) body(bc *backendConn, out []byte) bool {
 				start := 16 - len(h)
 				copy(buf[start:], h)
 				buf[16+n], buf[16+n+1] = '\r', '\n'
-				if _, werr := f.v.Write(buf[start : 16+n+2]); werr != nil {
+				if !write(buf[start : 16+n+2]) {
 					return false
 				}
 			}
 			if err == io.EOF {
-				_, werr := f.v.Write([]byte("0\r\n\r\n"))
-				return werr == nil
+				done(true)
+				return write([]byte("0\r\n\r\n"))
 			}
 			if err != nil {
 				return false
