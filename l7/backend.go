@@ -163,6 +163,23 @@ func (bcs *backendConns) roundTrip(in *http.Request, cs *connState, b *balancer.
 	}
 }
 
+// headError is err, the failed read of a response head, marked as
+// errStaleConn when it is the first head and nothing of it came: the write
+// failed, or the conn was closed or reset (a reused conn the backend had
+// closed; the request may go again on a new one).
+func (bc *backendConn) headError(err error, first bool) error {
+	if !first || bc.limit != maxProxyResponseHead || bc.br.Buffered() != 0 {
+		return err
+	}
+	switch {
+	case bc.werr != nil:
+		return fmt.Errorf("%w: %w", errStaleConn, bc.werr)
+	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET):
+		return fmt.Errorf("%w: %w", errStaleConn, err)
+	}
+	return err
+}
+
 // errStaleConn marks a failure on a conn before any byte of a response.
 var errStaleConn = errors.New("l7: backend closed the connection before answering")
 
@@ -206,14 +223,7 @@ func (bcs *backendConns) exchange(ctx context.Context, bc *backendConn, in *http
 			werr = bc.werr // the held write's
 		}
 		if err != nil {
-			nothingRead := bc.limit == maxProxyResponseHead && bc.br.Buffered() == 0
-			switch {
-			case first && nothingRead && bc.werr != nil:
-				err = fmt.Errorf("%w: %w", errStaleConn, bc.werr)
-			case first && nothingRead && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET)):
-				err = fmt.Errorf("%w: %w", errStaleConn, err)
-			}
-			return fail(err)
+			return fail(bc.headError(err, first))
 		}
 		code := resp.StatusCode
 		if code < 100 || code > 199 || code == http.StatusSwitchingProtocols {

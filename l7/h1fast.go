@@ -12,7 +12,6 @@ import (
 	"net/url"
 	"strconv"
 	"sync"
-	"syscall"
 	"time"
 
 	"golang.org/x/net/http/httpguts"
@@ -592,14 +591,7 @@ func (f *h1fast) exchange(bc *backendConn) error {
 			werr = bc.werr
 		}
 		if err != nil {
-			nothingRead := bc.limit == maxProxyResponseHead && bc.br.Buffered() == 0
-			switch {
-			case first && nothingRead && bc.werr != nil:
-				err = fmt.Errorf("%w: %w", errStaleConn, bc.werr)
-			case first && nothingRead && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET)):
-				err = fmt.Errorf("%w: %w", errStaleConn, err)
-			}
-			return err
+			return bc.headError(err, first)
 		}
 		code := f.res.code
 		if code == http.StatusSwitchingProtocols {
@@ -849,6 +841,7 @@ type h1res struct {
 	named   []span    // the tokens of Connection: fields dropped with it
 	cl      int64     // -1: none
 	frame   bodyFrame
+	chunked bool // Transfer-Encoding: chunked (also on a HEAD answer)
 	reuse   bool
 	hasDate bool
 }
@@ -958,6 +951,7 @@ func (r *h1res) read(br *bufio.Reader, headReq bool) error {
 	default:
 		r.frame = bodyToClose
 	}
+	r.chunked = chunked
 	r.reuse = !closeConn && (http11 || keepAlive) && r.frame != bodyToClose
 	return nil
 }
@@ -1039,9 +1033,9 @@ fields:
 				continue fields
 			}
 		}
-		// Trailer announces trailers: they pass only in a chunked body
-		// passed on as it is.
-		if r.frame != bodyChunked && asciiEqualFold(name, "Trailer") {
+		// Trailer announces trailers: only with a chunked answer (as
+		// net/http's client reads it, a HEAD answer's included).
+		if !r.chunked && asciiEqualFold(name, "Trailer") {
 			continue
 		}
 		for _, t := range r.named {

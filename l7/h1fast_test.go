@@ -390,3 +390,78 @@ func TestFastPathNoCrossedResponses(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// What the client receives from the fast path is what net/http's path
+// gives it, but for the framing fields, Date and the Content-Type net/http
+// guesses when the backend sent none: each response below comes through a
+// route the fast path serves and through one it cannot, and net/http's
+// client compares them.
+func TestFastPathAnswersWhatNetHTTPAnswers(t *testing.T) {
+	checkLeaks(t)
+	responses := []string{
+		"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nCache-Control: no-store\r\nVary: Origin\r\nContent-Length: 7\r\n\r\n{\"a\":1}",
+		"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTrailer: X-Sum\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-Sum: 9\r\n\r\n",
+		"HTTP/1.1 204 No Content\r\nX-A: b\r\n\r\n",
+		"HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\nCache-Control: max-age=60\r\n\r\n",
+		"HTTP/1.1 302 Found\r\nLocation: /elsewhere\r\nContent-Length: 0\r\n\r\n",
+		"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 9\r\n\r\nnot found",
+		"HTTP/1.1 200 OK\r\nConnection: X-Foo, keep-alive\r\nX-Foo: secret\r\nX-Bar: kept\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok",
+		"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5\r\nProxy-Authenticate: Basic\r\nUpgrade: h2c\r\nTe: trailers\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok",
+		"HTTP/1.1 103 Early Hints\r\nLink: </app.js>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 4\r\n\r\nhtml",
+		"HTTP/1.1 200 OK\r\nX-U: caf\xc3\xa9\r\nX-Empty:\r\nX-Pad:   sp  \r\nContent-Type: text/plain\r\nContent-Length: 1\r\n\r\nx",
+		"HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\n\r\nuntil close",
+		"HTTP/1.1 299 Custom\r\nContent-Type: text/plain\r\nContent-Length: 0\r\n\r\n",
+	}
+	be := startScriptBackend(t, func(_ int, c net.Conn, br *bufio.Reader) {
+		for {
+			r, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			i, _ := strconv.Atoi(strings.TrimPrefix(r.URL.Path, "/"))
+			resp := responses[i]
+			if _, err := io.WriteString(c, resp); err != nil || !strings.Contains(resp, "Length") && !strings.Contains(resp, "chunked") {
+				return // until close
+			}
+		}
+	})
+	fast := startLB(t, RouteConfig{Name: "fast", TLS: serverTLS(), Pool: pool(t, balancer.ProxyNone, be.addr)})
+	slow := startLB(t, RouteConfig{Name: "slow", TLS: serverTLS(), Locations: []Location{
+		{Path: "/", Pool: pool(t, balancer.ProxyNone, be.addr), Headers: map[string]string{"X-Route": "slow"}}}})
+	skip := map[string]bool{"Date": true, "X-Route": true, "Content-Length": true, "Transfer-Encoding": true}
+	for i, raw := range responses {
+		for _, method := range []string{"GET", "HEAD"} {
+			var got [2]string
+			for k, l := range []*lb{fast, slow} {
+				c := l.dial(t)
+				if _, err := io.WriteString(c, method+" /"+strconv.Itoa(i)+" HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+					t.Fatal(err)
+				}
+				req, _ := http.NewRequest(method, "https://x/", nil)
+				resp, err := http.ReadResponse(bufio.NewReader(c), req)
+				if err != nil {
+					t.Fatalf("%d %s: %v", i, method, err)
+				}
+				body, err := io.ReadAll(resp.Body)
+				c.Close()
+				if err != nil {
+					t.Fatalf("%d %s: body: %v", i, method, err)
+				}
+				var fields []string
+				for name, vv := range resp.Header {
+					if skip[name] || name == "Content-Type" && !strings.Contains(raw, "Content-Type") {
+						continue
+					}
+					for _, v := range vv {
+						fields = append(fields, name+": "+v)
+					}
+				}
+				slices.Sort(fields)
+				got[k] = resp.Status + "\n" + strings.Join(fields, "\n") + "\n" + string(body) + "\n" + fmt.Sprint(resp.Trailer)
+			}
+			if got[0] != got[1] {
+				t.Errorf("%q %s:\nfast path answered\n%s\nnet/http answered\n%s", raw, method, got[0], got[1])
+			}
+		}
+	}
+}

@@ -419,15 +419,7 @@ func TestH2StreamLimit(t *testing.T) {
 // one got its 408, while a bodyless GET is answered.
 func TestH2BodySlots(t *testing.T) {
 	checkLeaks(t)
-	slots := make(chan struct{}, 2*h2BodySlots)
-	hook := func() {
-		select {
-		case slots <- struct{}{}:
-		default: // a stream after the test's end
-		}
-	}
-	testHookBodySlot.Store(&hook)
-	defer testHookBodySlot.Store(nil)
+	slots := bodySlotHook(t, 2*h2BodySlots)
 	be := startWSBackend(t, nil)
 	l := h2LB(t, RouteConfig{BodyTimeout: 500 * time.Millisecond}, be.addr)
 	r, _ := l.rawH2(t)
@@ -619,15 +611,7 @@ func TestShortWriteStall(t *testing.T) {
 // client_reset, whether x/net's read or its write notices first.
 func TestH2ClientClosed(t *testing.T) {
 	checkLeaks(t)
-	slots := make(chan struct{}, 1)
-	hook := func() {
-		select {
-		case slots <- struct{}{}:
-		default: // a stream after the test's end
-		}
-	}
-	testHookBodySlot.Store(&hook)
-	defer testHookBodySlot.Store(nil)
+	slots := bodySlotHook(t, 1)
 	be := startWSBackend(t, nil)
 	l := h2LB(t, RouteConfig{}, be.addr)
 	r, _ := l.rawH2(t)
@@ -886,4 +870,19 @@ func cpuTime() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// bodySlotHook sets testHookBodySlot for the test: the channel gets a value
+// per body slot taken (up to n; a stream after the test's end sends none).
+func bodySlotHook(t *testing.T, n int) <-chan struct{} {
+	slots := make(chan struct{}, n)
+	hook := func() {
+		select {
+		case slots <- struct{}{}:
+		default:
+		}
+	}
+	testHookBodySlot.Store(&hook)
+	t.Cleanup(func() { testHookBodySlot.Store(nil) })
+	return slots
 }
