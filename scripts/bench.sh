@@ -2,7 +2,7 @@
 # The side-by-side benchmark: sluice against HAProxy and nginx (and "direct",
 # no proxy at all), one worker each, everything on 127.0.0.1.
 #
-#   scripts/bench.sh                 full run (about 9 minutes on 2 cores)
+#   scripts/bench.sh                 full run (about 12 minutes on 2 cores)
 #   QUICK=1 scripts/bench.sh         smoke run (about 2.5 minutes)
 #   WORKERS=2 scripts/bench.sh       nbthread 2 / worker_processes 2 / GOMAXPROCS=2
 #
