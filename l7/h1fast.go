@@ -22,28 +22,27 @@ import (
 
 // The fast path for plain HTTP/1.1 (issue 10, part 6). A connection that
 // is not HTTP/2 starts on serveH1, sluice's own request loop, not on
-// net/http: for the common proxied request (GET, HEAD, POST, PUT, PATCH,
-// DELETE or OPTIONS, with a Content-Length body of at most 64 KiB that came
-// with the head or none, from a keep-alive HTTP/1.1 client, to a location
-// with a keep-alive pool and neither gzip nor its own headers) it writes the request head from the
-// client's bytes, reads the backend's response head with its own parser
-// and relays the body as it comes, with no http.Request, header map,
-// context or goroutine per request. The first request it does not take is
-// left in the buffer and the connection goes to net/http for the rest of
-// its life (handOff), where everything else is served as before: upgrades,
-// bodies, static files, redirects, gzip, refusals by Host or path.
+// net/http. The common proxied request (GET, HEAD, POST, PUT, PATCH, DELETE
+// or OPTIONS; no body, or a Content-Length body of at most 64 KiB that came
+// with the head; a keep-alive HTTP/1.1 client; a location with a
+// keep-alive pool and neither gzip nor its own headers) is served with no
+// http.Request, header map, context or goroutine per request: the request
+// head is written from the client's bytes, the backend's response head is
+// read by h1res and the body relayed as it comes. The first request it does
+// not take is left in the buffer and the connection goes to net/http for
+// the rest of its life (handOff), where everything else is served as
+// before: upgrades, other bodies, static files, redirects, gzip, refusals
+// by Host or path.
 //
 // What reaches the backend and the client is what the net/http path sends
-// (serveFast), but for these:
+// (serveFast; TestFastPathSendsWhatNetHTTPSends and
+// TestFastPathAnswersWhatNetHTTPAnswers compare them), but for these:
 //   - request fields keep the client's order and spelling (net/http sorts
 //     them by canonical name);
 //   - a response without a Content-Type gets none (net/http sniffs one);
-//   - the backend's reason phrase is replaced by the standard one, as
-//     net/http does;
 //   - a client that goes away while its request waits for the backend is
-//     seen when the backend answers (or at the request's cap, the relay's
-//     idle timeout), not at once: nothing reads the client meanwhile.
-//     HAProxy (without abortonclose) does the same.
+//     seen once the backend has taken fastProbe (slow starts a watch of the
+//     client then, as net/http's background read), not at once.
 
 // fastLocation reports whether the fast path may serve l's requests.
 func fastLocation(l *location) bool {
