@@ -10,7 +10,7 @@
 # QUICK: 1s), STORM_DURATION (measured window of the storm rows, 10s; QUICK:
 # 5s), WARMUP (300ms), IDLE_CONNS (8000; QUICK: 2000), SCENARIOS
 # (comma-separated, run in the order given; default all: bulk-up bulk-down
-# conn conn-pp2 tls-pass ping-1 ping-64 wss-hs wss-resume wss-echo http-small
+# conn conn-pp2 tls-pass ping-1 ping-64 wss-hs wss-resume wss-echo http-small h2-small
 # http-static storm storm-pp2 idle-l4 idle-wss), OUT (the Markdown table,
 # /tmp/sluice-bench.md), PROFILE (comma-separated scenarios: afterwards, run
 # each against sluice alone under `perf record` and print the hot spots),
@@ -33,6 +33,8 @@
 #   http-small   plain HTTP/1.1 over TLS the proxy terminates: 50 keep-alive
 #                connections, GET /hello one at a time on each, proxied as
 #                plain HTTP to one backend (keep-alive), 19-byte body
+#   h2-small     http-small over HTTP/2 (ALPN h2), as browsers on an h2
+#                route talk; direct: n/a (the backends speak HTTP/1.1 only)
 #   http-static  the same, GET of a 20 KiB file the proxy serves itself
 #                (sluice: a location with root; nginx: alias). HAProxy: n/a,
 #                it serves no files (`http-request return file` is limited
@@ -74,7 +76,7 @@ SCENARIOS=${SCENARIOS:-all}
 OUT=${OUT:-/tmp/sluice-bench.md}
 PROFILE=${PROFILE:-}
 SYSCALLS=${SYSCALLS:-}
-all_load="bulk-up,bulk-down,conn,conn-pp2,tls-pass,ping-1,ping-64,wss-hs,wss-resume,wss-echo,http-small,http-static,storm,storm-pp2"
+all_load="bulk-up,bulk-down,conn,conn-pp2,tls-pass,ping-1,ping-64,wss-hs,wss-resume,wss-echo,http-small,h2-small,http-static,storm,storm-pp2"
 all_idle="idle-l4 idle-wss"
 
 log() { printf '== %s\n' "$*" >&2; }

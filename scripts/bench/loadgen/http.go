@@ -5,9 +5,13 @@ import (
 	"bytes"
 	"crypto/tls"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"strconv"
 	"time"
+
+	"golang.org/x/net/http2"
 )
 
 // The http rows (issue 10): plain HTTP/1.1 requests over TLS the proxy
@@ -15,6 +19,7 @@ import (
 // outside the measured window), one request at a time on each.
 //
 //	http-small   GET /hello, proxied to one backend: a 19-byte body
+//	h2-small     the same over HTTP/2 (httpH2)
 //	http-static  GET /static/20k.bin, a 20 KiB file the proxy serves itself
 //
 // bench.sh writes the file (exactly staticSize bytes) into the directory
@@ -187,6 +192,71 @@ func httpKeepAlive(cfg config, t *target, s *scenario, addr, path string, want i
 				hc = nil
 				l.reconns.Add(1)
 			}
+		}
+	})
+}
+
+// httpH2 is httpKeepAlive over HTTP/2, as a browser on an h2 route talks:
+// httpConns connections (ALPN h2), one GET at a time on each, read with
+// x/net's client. The backends speak HTTP/1.1 only, so direct has no row.
+func httpH2(cfg config, t *target, s *scenario, addr, path string, want int) result {
+	if t.name == "direct" {
+		return result{Skip: "the backends speak HTTP/1.1 only"}
+	}
+	if addr == "" {
+		return result{Skip: "the target spec has no http= address"}
+	}
+	tr := &http2.Transport{}
+	return measure(cfg, t, s, httpConns, func(l *load, lats *[]time.Duration) {
+		var raw net.Conn
+		var cc *http2.ClientConn
+		defer func() {
+			if raw != nil {
+				abort(raw)
+			}
+		}()
+		for !l.stop.Load() {
+			if cc == nil {
+				c, err := dialer.Dial("tcp", addr)
+				if err != nil {
+					l.fail(err)
+					continue
+				}
+				_ = c.SetDeadline(cfg.deadline())
+				tcfg := tlsClientConfig(httpSNI)
+				tcfg.NextProtos = []string{"h2"}
+				tc := tls.Client(c, tcfg)
+				if err := tc.Handshake(); err != nil || tc.ConnectionState().NegotiatedProtocol != "h2" {
+					c.Close()
+					l.fail(fmt.Errorf("%w: no h2 (%v)", errWrongAnswer, err))
+					continue
+				}
+				if cc, err = tr.NewClientConn(tc); err != nil {
+					c.Close()
+					l.fail(err)
+					continue
+				}
+				raw = c
+			}
+			start := time.Now()
+			req, _ := http.NewRequest("GET", "https://"+httpSNI+path, nil)
+			resp, err := cc.RoundTrip(req)
+			if err == nil {
+				var n int64
+				n, err = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if err == nil && (resp.StatusCode != 200 || n != int64(want)) {
+					err = fmt.Errorf("%w: %d, %d body bytes, want %d", errWrongAnswer, resp.StatusCode, n, want)
+				}
+			}
+			if err != nil {
+				l.fail(err)
+				abort(raw)
+				raw, cc = nil, nil
+				continue
+			}
+			l.ops.Add(1)
+			l.record(lats, start)
 		}
 	})
 }

@@ -74,6 +74,10 @@ var scenarios = []*scenario{
 		run: func(c config, t *target, s *scenario) result {
 			return httpKeepAlive(c, t, s, t.http, "/hello", helloSize)
 		}},
+	{name: "h2-small", title: "HTTP/2 over TLS, 19 B proxied, 50 conns", unit: "µs/req", scale: 1e6, side: "req/s", sideK: 1, lat: true,
+		run: func(c config, t *target, s *scenario) result {
+			return httpH2(c, t, s, t.http, "/hello", helloSize)
+		}},
 	{name: "http-static", title: "HTTP/1.1 over TLS, 20 KiB static, 50 conns", unit: "µs/req", scale: 1e6, side: "req/s", sideK: 1, lat: true,
 		run: func(c config, t *target, s *scenario) result {
 			return httpKeepAlive(c, t, s, t.static, "/static/20k.bin", staticSize)
