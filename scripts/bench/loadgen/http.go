@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/tls"
 	"fmt"
 	"io"
@@ -10,8 +11,6 @@ import (
 	"net/http"
 	"strconv"
 	"time"
-
-	"golang.org/x/net/http2"
 )
 
 // The http rows (issue 10): plain HTTP/1.1 requests over TLS the proxy
@@ -197,8 +196,9 @@ func httpKeepAlive(cfg config, t *target, s *scenario, addr, path string, want i
 }
 
 // httpH2 is httpKeepAlive over HTTP/2, as a browser on an h2 route talks:
-// httpConns connections (ALPN h2), one GET at a time on each, read with
-// x/net's client. The backends speak HTTP/1.1 only, so direct has no row.
+// httpConns connections (ALPN h2), one GET at a time on each, with
+// net/http's ClientConn. The backends speak HTTP/1.1 only, so direct has
+// no row.
 func httpH2(cfg config, t *target, s *scenario, addr, path string, want int) result {
 	if t.name == "direct" {
 		return result{Skip: "the backends speak HTTP/1.1 only"}
@@ -206,37 +206,37 @@ func httpH2(cfg config, t *target, s *scenario, addr, path string, want int) res
 	if addr == "" {
 		return result{Skip: "the target spec has no http= address"}
 	}
-	tr := &http2.Transport{}
+	protos := new(http.Protocols)
+	protos.SetHTTP2(true)
+	tr := &http.Transport{
+		Protocols:       protos,
+		TLSClientConfig: tlsClientConfig(httpSNI),
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			c, err := dialer.DialContext(ctx, network, addr)
+			if err == nil {
+				_ = c.SetDeadline(cfg.deadline())
+			}
+			return c, err
+		},
+	}
+	tr.TLSClientConfig.NextProtos = nil // the Transport offers h2
 	return measure(cfg, t, s, httpConns, func(l *load, lats *[]time.Duration) {
-		var raw net.Conn
-		var cc *http2.ClientConn
+		var cc *http.ClientConn
 		defer func() {
-			if raw != nil {
-				abort(raw)
+			if cc != nil {
+				cc.Close()
 			}
 		}()
 		for !l.stop.Load() {
 			if cc == nil {
-				c, err := dialer.Dial("tcp", addr)
+				ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+				c, err := tr.NewClientConn(ctx, "https", httpSNI+":443")
+				cancel()
 				if err != nil {
 					l.fail(err)
 					continue
 				}
-				_ = c.SetDeadline(cfg.deadline())
-				tcfg := tlsClientConfig(httpSNI)
-				tcfg.NextProtos = []string{"h2"}
-				tc := tls.Client(c, tcfg)
-				if err := tc.Handshake(); err != nil || tc.ConnectionState().NegotiatedProtocol != "h2" {
-					c.Close()
-					l.fail(fmt.Errorf("%w: no h2 (%v)", errWrongAnswer, err))
-					continue
-				}
-				if cc, err = tr.NewClientConn(tc); err != nil {
-					c.Close()
-					l.fail(err)
-					continue
-				}
-				raw = c
+				cc = c
 			}
 			start := time.Now()
 			req, _ := http.NewRequest("GET", "https://"+httpSNI+path, nil)
@@ -245,14 +245,18 @@ func httpH2(cfg config, t *target, s *scenario, addr, path string, want int) res
 				var n int64
 				n, err = io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
-				if err == nil && (resp.StatusCode != 200 || n != int64(want)) {
+				switch {
+				case err != nil:
+				case resp.ProtoMajor != 2:
+					err = fmt.Errorf("%w: %s, not HTTP/2", errWrongAnswer, resp.Proto)
+				case resp.StatusCode != 200 || n != int64(want):
 					err = fmt.Errorf("%w: %d, %d body bytes, want %d", errWrongAnswer, resp.StatusCode, n, want)
 				}
 			}
 			if err != nil {
 				l.fail(err)
-				abort(raw)
-				raw, cc = nil, nil
+				cc.Close()
+				cc = nil
 				continue
 			}
 			l.ops.Add(1)

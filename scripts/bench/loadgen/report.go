@@ -164,7 +164,7 @@ func cmdReport(args []string) {
 	}
 	if httpRows {
 		explain = append(explain, "http rows: "+fmt.Sprint(httpConns)+" keep-alive HTTP/1.1 connections over TLS the proxy terminates (one handshake each, before the window), one GET at a time on each;"+
-			" http-small: a 19-byte body from one backend (proxied as plain HTTP, backend connections kept alive); h2-small: the same over HTTP/2 (ALPN h2, x/net's client; backends still get HTTP/1.1; direct: n/a, the backends speak HTTP/1.1 only); http-static: a 20 KiB file the proxy serves from disk itself"+
+			" http-small: a 19-byte body from one backend (proxied as plain HTTP, backend connections kept alive); h2-small: the same over HTTP/2 (ALPN h2, net/http's client; backends still get HTTP/1.1; direct: n/a, the backends speak HTTP/1.1 only); http-static: a 20 KiB file the proxy serves from disk itself"+
 			" (HAProxy: n/a, it serves no files: `http-request return file` holds at most one buffer, tune.bufsize 16 KiB, and raising it would change every other row); direct: Go net/http over TLS.")
 	}
 	notes = append(warnings, notes...)
