@@ -509,7 +509,8 @@ func (f *h1fast) serve(p *proxy) (keep bool) {
 
 // roundTrip writes the request to an idle or new conn to b and reads the
 // response head into f.res; a reused conn found closed before it answered
-// is replaced once (GET and HEAD are replayable).
+// is replaced once if the request is replayable (h1req.replay, as
+// isReplayable).
 func (f *h1fast) roundTrip(bcs *backendConns, b *balancer.Backend, dr *balancer.DialRequest) (*backendConn, error) {
 	ctx := f.cs.ctx
 	for retried := false; ; retried = true {
