@@ -40,33 +40,7 @@ func BenchmarkL4Connection(b *testing.B) {
 			go func() { defer c.Close(); io.Copy(c, c) }()
 		}
 	}()
-	c, err := DecodeConfig(fmt.Appendf(nil, `
-[listeners.public]
-address = "127.0.0.1:0"
-max_connections_per_ip = 0 # tests open many connections from 127.0.0.1
-new_connections_per_ip = { rate = 0 }
-[routes.r]
-listener = "public"
-sni = ["bench.test"]
-pool = "p"
-[pools.p]
-health = { check = "none" }
-backends = [{ address = %q }]
-`, ln.Addr().String()))
-	if err != nil {
-		b.Fatal(err)
-	}
-	rt, err := c.Validate()
-	if err != nil {
-		b.Fatal(err)
-	}
-	s := newServer(rt, zap.NewNop(), zap.NewNop())
-	if err := s.listen(); err != nil {
-		b.Fatal(err)
-	}
-	s.serve()
-	defer s.shutdown(0)
-	addr := s.addr("public").String()
+	addr := benchServer(b, benchConfig("l4", ln.Addr().String()))
 	hello := tlstest.CaptureClientHello(b, &tls.Config{ServerName: "bench.test", CurvePreferences: []tls.CurveID{tls.X25519}})
 	msg := make([]byte, len(hello)+64)
 	copy(msg, hello)
@@ -99,19 +73,7 @@ backends = [{ address = %q }]
 // while the connections are open.
 func BenchmarkIdleL4Memory(b *testing.B) {
 	backendAddr, backendConns := holdingBackend(b, nil)
-	addr := benchServer(b, fmt.Sprintf(`
-[listeners.public]
-address = "127.0.0.1:0"
-max_connections_per_ip = 0 # tests open many connections from 127.0.0.1
-new_connections_per_ip = { rate = 0 }
-[routes.r]
-listener = "public"
-sni = ["bench.test"]
-pool = "p"
-[pools.p]
-health = { check = "none" }
-backends = [{ address = %q }]
-`, backendAddr))
+	addr := benchServer(b, benchConfig("l4", backendAddr))
 	hello := tlstest.CaptureClientHello(b, &tls.Config{ServerName: "bench.test", CurvePreferences: []tls.CurveID{tls.X25519}})
 	msg := make([]byte, len(hello)+64)
 	copy(msg, hello)
@@ -149,7 +111,7 @@ func BenchmarkIdleWSSMemory(b *testing.B) {
 			b.Error(err)
 		}
 	})
-	addr := benchServer(b, fmt.Sprintf(benchWSSConfig, backendAddr))
+	addr := benchServer(b, benchConfig("l7", backendAddr))
 	cfg, upgrade, frame := benchWSSClient()
 	measureIdle(b, func() (client, backend net.Conn) {
 		c, err := tls.Dial("tcp", addr, cfg)
@@ -214,7 +176,7 @@ func BenchmarkWSSConnection(b *testing.B) {
 			}()
 		}
 	}()
-	addr := benchServer(b, fmt.Sprintf(benchWSSConfig, backendAddr))
+	addr := benchServer(b, benchConfig("l7", backendAddr))
 	cfg, upgrade, frame := benchWSSClient()
 	b.ReportAllocs()
 	for b.Loop() {
@@ -241,9 +203,10 @@ func BenchmarkWSSConnection(b *testing.B) {
 	}
 }
 
-// benchWSSConfig is the l7 route of the wss:// benchmarks (%q: the
-// backend's address).
-const benchWSSConfig = `
+// benchConfig is the benchmarks' config: one listener and one route of
+// mode ("l4" or "l7") to the backend at addr.
+func benchConfig(mode, addr string) string {
+	return fmt.Sprintf(`
 [listeners.public]
 address = "127.0.0.1:0"
 max_connections_per_ip = 0 # tests open many connections from 127.0.0.1
@@ -251,12 +214,13 @@ new_connections_per_ip = { rate = 0 }
 [routes.r]
 listener = "public"
 sni = ["bench.test"]
-mode = "l7"
+mode = %q
 pool = "p"
 [pools.p]
 health = { check = "none" }
 backends = [{ address = %q }]
-`
+`, mode, addr)
+}
 
 // benchWSSClient returns the wss:// benchmarks' client config, upgrade
 // request and masked "ping" frame.

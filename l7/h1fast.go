@@ -55,7 +55,15 @@ type hfield struct{ name, value []byte }
 // already read).
 const maxFastBody = 64 << 10
 
-var fastMethods = map[string]string{"GET": "GET", "POST": "POST", "PUT": "PUT", "PATCH": "PATCH", "DELETE": "DELETE", "OPTIONS": "OPTIONS"}
+// fastMethod returns the method m names if the fast path takes it.
+func fastMethod(m []byte) (string, bool) {
+	for _, k := range [...]string{"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"} {
+		if string(m) == k {
+			return k, true
+		}
+	}
+	return "", false
+}
 
 // h1req is a request the fast path serves; its slices point into the
 // vconn's buffer, which is not read into again before the response is done.
@@ -247,15 +255,11 @@ func (f *h1fast) parse(head []byte) (*location, bool) {
 	if sp < 0 {
 		return nil, false
 	}
-	r.head = false
-	switch m := line[:sp]; string(m) {
-	case "GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS":
-		r.method = fastMethods[string(m)]
-	case "HEAD":
-		r.method, r.head = "HEAD", true
-	default:
+	var ok bool
+	if r.method, ok = fastMethod(line[:sp]); !ok {
 		return nil, false
 	}
+	r.head = r.method == "HEAD"
 	target := line[sp+1:]
 	if sp = bytes.IndexByte(target, ' '); sp < 0 {
 		return nil, false
@@ -284,7 +288,7 @@ func (f *h1fast) parse(head []byte) (*location, bool) {
 		case asciiEqualFold(name, "Host"):
 			hosts++
 			r.host = string(value)
-		case asciiEqualFold(name, "Expect"), asciiEqualFold(name, "Upgrade"):
+		case asciiEqualFold(name, "Expect"): // Upgrade: framing was framePassthrough
 			return nil, false
 		case asciiEqualFold(name, "Connection"):
 			if !onlyKeepAlive(value) {
@@ -389,12 +393,19 @@ func asciiEqualFold(b []byte, s string) bool {
 	return true
 }
 
-// fastSkips are the request fields the fast path does not copy (as
-// requestSkips for writeRequest): hop-by-hop, forwarding, and Host.
-var fastSkips = []string{
-	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
-	"Te", "Trailer", "Transfer-Encoding", "Upgrade", "Forwarded", "X-Forwarded-For",
-	"X-Forwarded-Host", "X-Forwarded-Proto", "X-Real-Ip", "Host", "Content-Length",
+// fastSkips are requestSkips as a list for byte-wise matching, but for
+// User-Agent: writeRequest writes it first, the fast path where it stands.
+var fastSkips = keysBut(requestSkips, "User-Agent")
+
+// keysBut returns m's keys but except.
+func keysBut(m map[string]bool, except string) []string {
+	var l []string
+	for k := range m {
+		if k != except {
+			l = append(l, k)
+		}
+	}
+	return l
 }
 
 func skipField(name []byte) bool {
@@ -989,27 +1000,10 @@ func trimSpan(b []byte, s span) span {
 	return s
 }
 
-// parseLength parses a Content-Length value: digits only.
-func parseLength(v []byte) (int64, bool) {
-	if len(v) == 0 || len(v) > 18 {
-		return 0, false
-	}
-	var n int64
-	for _, c := range v {
-		if c < '0' || c > '9' {
-			return 0, false
-		}
-		n = n*10 + int64(c-'0')
-	}
-	return n, true
-}
-
-// respSkips are the response fields appendHead does not copy: hop-by-hop
-// (removeHopByHopHeaders) and the framing it writes itself.
-var respSkips = []string{
-	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
-	"Te", "Transfer-Encoding", "Upgrade", "Content-Length",
-}
+// respSkips are the response fields appendHead does not copy: hopByHop's
+// (with Content-Length, which it writes itself) but Trailer, kept with a
+// chunked answer.
+var respSkips = keysBut(hopByHop, "Trailer")
 
 // appendHead appends the response head for the client, without its final
 // empty line: status line, the backend's end-to-end fields, the framing,

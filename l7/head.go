@@ -198,15 +198,9 @@ func (h *headScanner) field(line []byte) *violation {
 	switch {
 	case bytes.EqualFold(name, hdrContentLength):
 		h.clCount++
-		if len(value) == 0 || len(value) > 18 {
+		n, ok := parseLength(value)
+		if !ok {
 			return smuggling("malformed Content-Length")
-		}
-		var n int64
-		for _, c := range value {
-			if c < '0' || c > '9' {
-				return smuggling("malformed Content-Length")
-			}
-			n = n*10 + int64(c-'0')
 		}
 		h.cl = n
 	case bytes.EqualFold(name, hdrTransferEncoding):
@@ -425,4 +419,19 @@ func trimOWS(b []byte) []byte {
 		b = b[:len(b)-1]
 	}
 	return b
+}
+
+// parseLength parses a Content-Length value: digits only.
+func parseLength(v []byte) (int64, bool) {
+	if len(v) == 0 || len(v) > 18 {
+		return 0, false
+	}
+	var n int64
+	for _, c := range v {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n, true
 }

@@ -282,10 +282,7 @@ func NewRoute(cfg RouteConfig) (*Route, error) {
 		rt.locations = append(rt.locations, loc)
 	}
 	slices.SortFunc(rt.locations, func(a, b *location) int { return len(b.path) - len(a.path) })
-	for _, l := range rt.locations {
-		rt.fast = rt.fast || fastLocation(l)
-	}
-	rt.fast = rt.fast && !rt.redirect
+	rt.fast = !rt.redirect && slices.ContainsFunc(rt.locations, fastLocation)
 	for _, l := range rt.locations {
 		if p, ok := strings.CutSuffix(l.path, "/"); ok && p != "" && !seen[p] {
 			rt.slashless[p] = true
