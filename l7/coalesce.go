@@ -139,9 +139,15 @@ func (w *recordWriter) flush() error {
 	if len(*b) > 0 {
 		_, err = w.Conn.Write(*b)
 	}
+	putRecordBuf(b)
+	return err
+}
+
+// putRecordBuf returns a buffer to recordBufs, unless it grew too large to
+// keep.
+func putRecordBuf(b *[]byte) {
 	if cap(*b) <= 2*maxHeld {
 		*b = (*b)[:0]
 		recordBufs.Put(b)
 	}
-	return err
 }

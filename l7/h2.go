@@ -103,6 +103,13 @@ type h2conn struct {
 	closeOnce sync.Once
 	hard      atomic.Bool // drain or route close: no graceful close
 
+	// A response's HEADERS and DATA in one TLS record (h2conn.Write).
+	wmu    sync.Mutex   // Write and flushHeld: what is held goes first
+	held   *[]byte      // a HEADERS frame waiting for its DATA (recordBufs)
+	frames frameScan    // where x/net's writes are in the stream of frames
+	expect atomic.Int32 // streams whose HEADERS will be followed by DATA at once
+	holdT  *time.Timer  // flushHeld, h2HoldMax after the last hold
+
 	// shut's Shutdown sends this conn's GOAWAY (Route.Retire): x/net
 	// starts a graceful shutdown only for the conns of a Server that
 	// ConfigureServer tied to an http.Server. nil if that failed.
@@ -193,10 +200,18 @@ func (h *h2conn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			r.Body = &h2Body{ReadCloser: r.Body, w: d, timeout: h.rt.bodyTimeout}
 		}
 	}
-	if d, ok := w.(writeDeadliner); ok {
-		w = &h2Writer{ResponseWriter: w, wd: d, stall: h.rt.writeStall}
+	d, ok := w.(writeDeadliner)
+	if !ok {
+		h.rt.serveHTTP(w, r)
+		return
 	}
-	h.rt.serveHTTP(w, r)
+	hw := &h2Writer{ResponseWriter: w, wd: d, stall: h.rt.writeStall}
+	h.rt.serveHTTP(hw, r)
+	if !hw.flushed && hw.buffered > 0 && r.Method != http.MethodHead {
+		// x/net sends the whole response when this returns: HEADERS, then
+		// DATA straight after (Write holds the one for the other).
+		h.expect.Add(1)
+	}
 }
 
 func (h *h2conn) streamDone() {
@@ -246,16 +261,32 @@ type (
 // and its slot, until the stream's overall cap (Relay.IdleTimeout). The
 // stream is reset (x/net's write timeout); the conn goes on. Only a write
 // in progress counts: a stream waiting for its backend is not stalled.
+//
+// A write that fits in what x/net buffers of a response (h2ChunkSize: it
+// sends nothing before the buffer is full, a Flush or the handler's return)
+// cannot block and needs no timer: most responses of a proxied game API.
 type h2Writer struct {
 	http.ResponseWriter
-	wd    writeDeadliner
-	stall time.Duration
+	wd       writeDeadliner
+	stall    time.Duration
+	buffered int  // bytes written since the last Flush (x/net holds them)
+	flushed  bool // Flush was called: x/net sent the HEADERS then
 }
 
+// h2ChunkSize is x/net's handlerChunkWriteSize, the size of the buffer a
+// stream's response is written into.
+const h2ChunkSize = 4 << 10
+
 func (w *h2Writer) Write(p []byte) (int, error) {
+	if w.buffered+len(p) <= h2ChunkSize {
+		n, err := w.ResponseWriter.Write(p)
+		w.buffered += n
+		return n, err
+	}
 	t := time.AfterFunc(w.stall, w.expire)
 	n, err := w.ResponseWriter.Write(p)
 	t.Stop()
+	w.buffered = h2ChunkSize + 1 // x/net has sent some: no longer known
 	return n, err
 }
 
@@ -265,6 +296,7 @@ func (w *h2Writer) Flush() {
 		f.Flush()
 	}
 	t.Stop()
+	w.buffered, w.flushed = 0, true
 }
 
 // expire resets the stream: its blocked write returns an error.
@@ -327,10 +359,134 @@ func (h *h2conn) readFailed(err error) {
 	}
 }
 
-// Write gives every write WriteStallTimeout to make progress (vconn.Write);
-// x/net has one write in flight at a time. The records of one Write leave
-// in one syscall.
+// h2HoldMax bounds how long Write holds a HEADERS frame for the DATA that
+// was expected to follow it (a stream reset in between, or a miscount):
+// then flushHeld sends it alone. It is not a delay in the normal case,
+// where the DATA comes a few goroutine switches later; it is longer than
+// those can take on a loaded machine, where the handler's goroutine waits
+// behind every other runnable one.
+const h2HoldMax = 10 * time.Millisecond
+
+// Write is x/net's, one at a time: each flush of its frame buffer.
+//
+// x/net writes a response's HEADERS and its DATA in separate flushes (the
+// handler waits until the HEADERS frame is written, the flush starts before
+// it queues the DATA): two TLS records and two syscalls per response, where
+// nginx and HAProxy send one. So a flush that ends with a HEADERS frame
+// without END_STREAM, while a stream's DATA is expected to follow at once
+// (expect, counted by ServeHTTP when the handler returns with its whole
+// response buffered), is held and goes out with the next flush, or after
+// h2HoldMax. Frames keep their order: HPACK needs it.
 func (h *h2conn) Write(p []byte) (int, error) {
+	h.wmu.Lock()
+	defer h.wmu.Unlock()
+	lastHeaders, heads := h.scanFrames(p)
+	if heads > 0 && h.takeExpected(heads) && lastHeaders && h.holdable(p) {
+		if h.held == nil {
+			h.held = recordBufs.Get().(*[]byte)
+		}
+		*h.held = append(*h.held, p...)
+		if h.holdT == nil {
+			h.holdT = time.AfterFunc(h2HoldMax, h.flushHeld)
+		} else {
+			h.holdT.Reset(h2HoldMax)
+		}
+		return len(p), nil
+	}
+	if h.held == nil {
+		return h.write(p)
+	}
+	b := h.held
+	h.held = nil
+	*b = append(*b, p...)
+	_, err := h.write(*b)
+	putRecordBuf(b)
+	if err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// holdable reports whether p may join what is held: one response's worth.
+func (h *h2conn) holdable(p []byte) bool {
+	n := len(p)
+	if h.held != nil {
+		n += len(*h.held)
+	}
+	return n <= minCollect
+}
+
+// takeExpected counts n HEADERS frames against expect; it reports whether
+// any was expected.
+func (h *h2conn) takeExpected(n int32) bool {
+	for {
+		e := h.expect.Load()
+		if e <= 0 {
+			return false
+		}
+		if h.expect.CompareAndSwap(e, e-min(e, n)) {
+			return true
+		}
+	}
+}
+
+// scanFrames follows the frames x/net writes across its flushes (its
+// buffer may cut a frame, even its header, anywhere). It returns whether p
+// ends where a HEADERS frame without END_STREAM ends, and how many such
+// frames' headers it completes.
+func (h *h2conn) scanFrames(p []byte) (lastHeaders bool, heads int32) {
+	fs := &h.frames
+	for i := 0; i < len(p); {
+		if fs.rem > 0 {
+			k := min(fs.rem, len(p)-i)
+			fs.rem -= k
+			i += k
+			continue
+		}
+		k := copy(fs.hdr[fs.hn:], p[i:])
+		fs.hn += k
+		i += k
+		if fs.hn < len(fs.hdr) {
+			break
+		}
+		fs.hn = 0
+		fs.rem = int(fs.hdr[0])<<16 | int(fs.hdr[1])<<8 | int(fs.hdr[2])
+		typ, flags := http2.FrameType(fs.hdr[3]), http2.Flags(fs.hdr[4])
+		fs.head = typ == http2.FrameHeaders && flags.Has(http2.FlagHeadersEndHeaders) &&
+			!flags.Has(http2.FlagHeadersEndStream)
+		if fs.head {
+			heads++
+		}
+	}
+	return fs.head && fs.rem == 0 && fs.hn == 0, heads
+}
+
+// frameScan is where scanFrames is in the stream of frames.
+type frameScan struct {
+	hdr  [9]byte // the frame header being read
+	hn   int     // bytes of hdr read
+	rem  int     // bytes of the current frame's payload still to come
+	head bool    // the current frame is a HEADERS frame without END_STREAM
+}
+
+// flushHeld sends what Write holds: after h2HoldMax, and before the conn
+// closes.
+func (h *h2conn) flushHeld() {
+	h.wmu.Lock()
+	defer h.wmu.Unlock()
+	if h.held == nil {
+		return
+	}
+	h.expect.Store(0) // the DATA expected did not come: count anew
+	b := h.held
+	h.held = nil
+	_, _ = h.write(*b)
+	putRecordBuf(b)
+}
+
+// write gives every write WriteStallTimeout to make progress (vconn.Write).
+// The records of one write leave in one syscall.
+func (h *h2conn) write(p []byte) (int, error) {
 	if now := time.Now(); now.Sub(h.wdlAt) >= slack(h.rt.writeStall) {
 		_ = h.raw.SetWriteDeadline(now.Add(h.rt.writeStall))
 		h.wdlAt = now
@@ -400,6 +556,7 @@ func (h *h2conn) closeConn() {
 		cs.setReason(ReasonBadRequest, errors.New("l7: h2: no valid client preface"))
 	}
 	if !h.hard.Load() {
+		h.flushHeld()
 		_ = h.raw.SetWriteDeadline(time.Now().Add(lingerTimeout))
 		_ = h.tc.CloseWrite() // close_notify
 		_ = h.raw.CloseWrite()
