@@ -13,6 +13,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"sluice/l4"
 	"testing"
 	"time"
 
@@ -77,7 +78,7 @@ func BenchmarkIdleL4Memory(b *testing.B) {
 	hello := tlstest.CaptureClientHello(b, &tls.Config{ServerName: "bench.test", CurvePreferences: []tls.CurveID{tls.X25519}})
 	msg := make([]byte, len(hello)+64)
 	copy(msg, hello)
-	measureIdle(b, func() (client, backend net.Conn) {
+	measureIdle(b, true, func() (client, backend net.Conn) {
 		c, err := net.Dial("tcp", addr)
 		if err != nil {
 			b.Fatal(err)
@@ -113,7 +114,7 @@ func BenchmarkIdleWSSMemory(b *testing.B) {
 	})
 	addr := benchServer(b, benchConfig("l7", backendAddr))
 	cfg, upgrade, frame := benchWSSClient()
-	measureIdle(b, func() (client, backend net.Conn) {
+	measureIdle(b, false, func() (client, backend net.Conn) {
 		c, err := tls.Dial("tcp", addr, cfg)
 		if err != nil {
 			b.Fatal(err)
@@ -293,18 +294,28 @@ const idleConns = 2000
 // measureIdle opens idleConns connections with open, lets them go idle and
 // reports sluice's goroutines, stack, heap and runtime memory per
 // connection.
-func measureIdle(b *testing.B, open func() (client, backend net.Conn)) {
+func measureIdle(b *testing.B, shed bool, open func() (client, backend net.Conn)) {
 	for b.Loop() {
 		runtime.GC()
 		var m0 runtime.MemStats
 		runtime.ReadMemStats(&m0)
 		g0 := runtime.NumGoroutine()
+		sheds0 := l4.Sheds()
 		held := make([]net.Conn, 0, 2*idleConns)
 		for range idleConns {
 			c, bc := open()
 			held = append(held, c, bc)
 		}
 		time.Sleep(100 * time.Millisecond)
+		if shed {
+			// An idle L4 relay sheds Go's socket state after about a
+			// second (l4.Options.Owner): measure the idle player's
+			// steady state, as a player idle between matches is.
+			for end := time.Now().Add(15 * time.Second); l4.Sheds()-sheds0 < idleConns && time.Now().Before(end); {
+				time.Sleep(50 * time.Millisecond)
+			}
+			b.ReportMetric(float64(l4.Sheds()-sheds0)/idleConns, "shed/conn")
+		}
 		runtime.GC()
 		runtime.GC() // a second cycle shrinks the stacks the first one found oversized
 		var m1 runtime.MemStats

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"sluice/l4"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -816,5 +817,34 @@ func TestShutdownClosesIdleKeepAlive(t *testing.T) {
 	case <-done:
 	case <-time.After(30 * time.Second):
 		t.Fatal("shutdown still waits with only a closed keep-alive connection")
+	}
+}
+
+// An idle L4 session sheds Go's state of its two sockets (l4.Options.Owner,
+// after about a second idle): it still carries bytes both ways, and a
+// reload that removes its backend still closes it after drain_timeout.
+// Not parallel: the shed count is the process's.
+func TestIdleL4SessionShedsAndCloses(t *testing.T) {
+	b1, b2 := echoBackend(t), echoBackend(t)
+	f := startFileLB(t, fmt.Sprintf(reloadBase, b1.addr))
+	live := dial(t, f.addr("public"))
+	echoOnce(t, live)
+	before := l4.Sheds()
+	deadline := time.Now().Add(15 * time.Second)
+	for l4.Sheds() == before {
+		if time.Now().After(deadline) {
+			t.Fatal("the idle session did not shed its sockets in 15s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for range 3 {
+		echoOnce(t, live)
+	}
+	f.write(t, "drain_timeout = \"200ms\"\n"+fmt.Sprintf(reloadBase, b2.addr))
+	must(t, f.reload())
+	echoOnce(t, live) // kept during the drain
+	live.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadAll(live); err != nil && !isReset(err) {
+		t.Fatalf("removed backend's session: %v", err)
 	}
 }

@@ -238,7 +238,11 @@ func (ss *session) toL4(r *route, h *tlsutil.ClientHello, isHello bool) {
 		return
 	}
 	prefix := int64(len(h.Raw)) // not h.Raw: the relay must not keep the hello alive
-	l4.Start(s.ctx, ss.c, lease.Conn, r.relay, func(st l4.Stats) {
+	opts := r.relay
+	opts.Owner = lease // an idle relay sheds Go's socket state (l4.Options.Owner)
+	c := ss.c
+	ss.c = nil // nor the client conn, which would keep that state alive
+	l4.Start(s.ctx, c, lease.Conn, opts, func(st l4.Stats) {
 		defer ss.end()
 		// Passive health: a backend that resets before sending anything
 		// counts as a failure, like a refused connect.

@@ -300,8 +300,29 @@ func (b *Backend) closeLeases() int {
 	defer b.live.lmu.Unlock()
 	n := 0
 	for l := b.live.leases; l != nil; l = l.next {
-		l.Conn.Close()
+		if l.Conn != nil {
+			l.Conn.Close()
+		} else if l.killer != nil {
+			l.killer.Kill()
+		}
 		n++
 	}
 	return n
+}
+
+// Detach is l4.Owner's: the relay drops Conn for a descriptor of its own
+// (an idle relay sheds Go's socket state) and is ended through k where
+// closeLeases would close Conn. It refuses while Conn's deferred options
+// are not set yet (deferOptions): the relay asks again later.
+func (l *Lease) Detach(k interface{ Kill() }) bool {
+	b := l.Backend
+	b.live.lmu.Lock()
+	defer b.live.lmu.Unlock()
+	opts.mu.Lock()
+	defer opts.mu.Unlock()
+	if l.Conn == nil || (l.batch != nil && !l.batch.set) {
+		return false
+	}
+	l.Conn, l.killer = nil, k
+	return true
 }

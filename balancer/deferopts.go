@@ -25,6 +25,7 @@ var optionsDelay = time.Second
 type optsBatch struct {
 	start  time.Time
 	leases []*Lease // nil where released; nil slice once fired
+	set    bool     // fire has set the options of its leases
 }
 
 var opts struct {
@@ -73,4 +74,9 @@ func (b *optsBatch) fire() {
 			_ = setBackendOptions(l.Conn)
 		}
 	}
+	// Detach clears a lease's Conn, but not before this: the options are
+	// set on the socket the relay keeps.
+	opts.mu.Lock()
+	b.set = true
+	opts.mu.Unlock()
 }

@@ -110,7 +110,8 @@ type Lease struct {
 	observed   atomic.Bool
 	batch      *optsBatch // sets Conn's keepalive and TCP_USER_TIMEOUT later (deferopts.go)
 	slot       int32
-	prev, next *Lease // the backend's live leases, under Backend.lmu
+	killer     interface{ Kill() } // after Detach: ends the relay (closeLeases)
+	prev, next *Lease              // the backend's live leases, under Backend.lmu
 }
 
 // Release records that the connection ended: it decrements the backend's

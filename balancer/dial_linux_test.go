@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -251,4 +252,49 @@ func TestDialSocketOptions(t *testing.T) {
 	}
 	finish(t, ls)
 	checkOpts(t, "connect_timeout > TCP_USER_TIMEOUT, at dial", sockopts(t, ls.Conn), map[string]int{"SO_KEEPALIVE": 0, "TCP_USER_TIMEOUT": 30000})
+}
+
+type killRecorder struct{ n atomic.Int32 }
+
+func (k *killRecorder) Kill() { k.n.Add(1) }
+
+// Lease.Detach (l4.Owner): refused while the conn's deferred options are
+// not set (the relay keeps the socket they must reach); afterwards the
+// lease forgets Conn, and closing the backend's connections calls Kill.
+func TestLeaseDetach(t *testing.T) {
+	defer func(d time.Duration) { optionsDelay = d }(optionsDelay)
+	optionsDelay = 50 * time.Millisecond
+	tb := startBackend(t, "tcp", "127.0.0.1:0", false)
+	p := mustPool(t, PoolConfig{Name: "detach", Backends: backendsOf(tb.addr())})
+	l, err := p.Dial(context.Background(), DialRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := l.Conn
+	defer conn.Close()
+	k := &killRecorder{}
+	if l.Detach(k) {
+		t.Fatal("Detach before the options were set")
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !l.Detach(k) {
+		if time.Now().After(deadline) {
+			t.Fatal("Detach still refused after optionsDelay")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	checkOpts(t, "at detach", sockopts(t, conn), t17)
+	if l.Conn != nil {
+		t.Error("the detached lease still holds its conn")
+	}
+	if n, err := p.CloseConnections(tb.addr()); n != 1 || err != nil {
+		t.Fatalf("CloseConnections: %d, %v", n, err)
+	}
+	if k.n.Load() != 1 {
+		t.Errorf("Kill called %d times, want 1", k.n.Load())
+	}
+	l.Release()
+	if n, _ := p.CloseConnections(tb.addr()); n != 0 || k.n.Load() != 1 {
+		t.Errorf("after Release: closed %d, Kill called %d times", n, k.n.Load())
+	}
 }

@@ -41,6 +41,11 @@ import (
 // the next scan sees the closed conn and ends the relay, as the goroutine
 // engine does. Go's netpoller keeps its own registration of the sockets; no
 // goroutine waits on it, so its events cost a no-op.
+//
+// Until the relay has been idle for shedIdle, if its backend has an Owner
+// (Options.Owner): then it sheds Go's state of both sockets (shed), about
+// 1 KiB per relay, and holds descriptors of its own. The owner closes the
+// backend through Kill from then on.
 
 const (
 	epollEvents = 128 // events taken per epoll_wait
@@ -267,14 +272,82 @@ func (s *shard) scan() {
 		if r == nil || r.ended {
 			continue
 		}
+		if r.killed.Load() {
+			r.finish(ReasonError, errKilled, -1)
+			r.cleanup()
+			continue
+		}
 		s.op = opScan
 		r.withFds()
 		if r.ended {
 			r.cleanup()
+		} else if r.owner != nil && !r.detached && r.tc == nil && s.now-r.lastActivity >= int64(shedIdle) {
+			r.shed()
 		}
 	}
 	s.nextScan = s.now + s.gap
 }
+
+// shedIdle is how long a relay with an Owner is idle before it sheds Go's
+// state of its sockets. An idle player is what that memory is for; a short
+// connection does not pay the two extra fcntl.
+var shedIdle = time.Second
+
+// errKilled is a relay's error when its owner closed the backend (Kill),
+// the error a closed *net.TCPConn gives before shed.
+var errKilled = &net.OpError{Op: "raw-control", Net: "tcp", Err: net.ErrClosed}
+
+// shed replaces the relay's two *net.TCPConn by descriptors of its own: a
+// dup of each, then Go's conn closed, which frees its netFD, its addresses
+// and the netpoller's pollDesc (≈1 KiB per relay, half of it outside the
+// heap). The relay's epoll registration outlives the descriptor number it
+// was made with: it is the socket's, and its data names the slot. Go's
+// close removes Go's own registration. Called by scan, with s.mu held and
+// outside Control; on any failure the relay stays as it was.
+func (r *erelay) shed() {
+	var fds [2]int
+	for i, raw := range r.raws {
+		var derr error
+		err := raw.Control(func(fd uintptr) {
+			fds[i], derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+		})
+		if err == nil {
+			err = derr
+		}
+		if err != nil {
+			if i == 1 {
+				_ = unix.Close(fds[0])
+			}
+			return
+		}
+	}
+	if !r.owner.Detach(r) {
+		_ = unix.Close(fds[0])
+		_ = unix.Close(fds[1])
+		return
+	}
+	for i, c := range r.conns {
+		_ = c.Close()
+		r.fds[i] = int32(fds[i])
+	}
+	r.conns, r.raws, r.owner, r.detached = [2]*net.TCPConn{}, [2]syscall.RawConn{}, nil, true
+	shedCount.Add(1)
+}
+
+// shedAtStart sheds a relay with an Owner as soon as it starts (tests: the
+// relay suite runs detached from its first byte).
+var shedAtStart bool
+
+// shedCount counts sheds: Sheds.
+var shedCount atomic.Int64
+
+// Sheds returns how many relays have shed Go's state of their sockets
+// since the process started.
+func Sheds() int64 { return shedCount.Load() }
+
+// Kill is Killer's, for the relay's owner after shed: the relay ends at
+// the next scan, as it would see a closed conn.
+func (r *erelay) Kill() { r.killed.Store(true) }
 
 type erelayOp uint8
 
@@ -335,6 +408,13 @@ type erelay struct {
 	eofs    uint8
 	finSent [2]bool // FIN sent to the side
 	ended   bool
+
+	// After shed: the relay's own descriptors, by side; conns and raws
+	// are nil then.
+	owner    Owner
+	fds      [2]int32
+	detached bool
+	killed   atomic.Bool // Kill: the owner closed the backend
 	// Both sides ended while bytes for the client (close_notify at
 	// least) still wait in nb: flushTLS ends the relay once they are out.
 	endQueued bool
@@ -361,7 +441,7 @@ func startEpoll(ctx context.Context, client, backend net.Conn, opts Options, don
 		return false
 	}
 	o := opts.withDefaults()
-	r := &erelay{conns: [2]*net.TCPConn{c, b}, tc: tc, nb: nb, drain: ctx.Done(), done: done,
+	r := &erelay{conns: [2]*net.TCPConn{c, b}, tc: tc, nb: nb, drain: ctx.Done(), done: done, owner: opts.Owner,
 		idle: int64(o.IdleTimeout), halfClose: int64(min(o.IdleTimeout, o.HalfCloseTimeout)), stall: int64(o.WriteStallTimeout)}
 	for i, tc := range r.conns {
 		raw, err := tc.SyscallConn()
@@ -406,6 +486,9 @@ func startEpoll(ctx context.Context, client, backend net.Conn, opts Options, don
 			s.drainWatch[ch] = w
 		}
 		w.n++
+	}
+	if shedAtStart && r.owner != nil && tc == nil {
+		r.shed()
 	}
 	if tc != nil {
 		// crypto/tls may hold records read before the relay: no event
@@ -452,8 +535,11 @@ func (s *shard) drainAll(ch <-chan struct{}) {
 func (r *erelay) withFds() error {
 	s := r.s
 	s.cur, s.ctlErr = r, nil
-	err := r.raws[sideClient].Control(s.ctlFns[sideClient])
-	if err == nil {
+	var err error
+	if r.detached {
+		s.ctlClient(uintptr(r.fds[sideClient]))
+		err = s.ctlErr
+	} else if err = r.raws[sideClient].Control(s.ctlFns[sideClient]); err == nil {
 		err = s.ctlErr
 	}
 	s.cur = nil
@@ -469,7 +555,11 @@ func (s *shard) ctlClient(fd uintptr) {
 	if r.nb != nil {
 		r.nb.fd, r.nb.on = int32(fd), true
 	}
-	s.ctlErr = r.raws[sideBackend].Control(s.ctlFns[sideBackend])
+	if r.detached {
+		s.ctlBackend(uintptr(r.fds[sideBackend]))
+	} else {
+		s.ctlErr = r.raws[sideBackend].Control(s.ctlFns[sideBackend])
+	}
 	if r.nb != nil {
 		r.nb.on = false
 	}
@@ -831,7 +921,11 @@ func (r *erelay) finish(reason Reason, err error, rst int) {
 	}
 	r.ended = true
 	r.s.endReason, r.s.endErr = reason, err
-	if rst >= 0 {
+	switch {
+	case rst < 0:
+	case r.detached:
+		_ = unix.SetsockoptLinger(int(r.fds[rst]), unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1})
+	default:
 		_ = r.conns[rst].SetLinger(0)
 	}
 }
@@ -910,8 +1004,13 @@ func (r *erelay) cleanup() {
 			}
 		}
 	}
-	closeNow(r.conns[sideClient])
-	closeNow(r.conns[sideBackend])
+	if r.detached {
+		_ = unix.Close(int(r.fds[sideClient]))
+		_ = unix.Close(int(r.fds[sideBackend]))
+	} else {
+		closeNow(r.conns[sideClient])
+		closeNow(r.conns[sideBackend])
+	}
 	in, out := &r.dirs[sideClient], &r.dirs[sideBackend]
 	st := Stats{
 		BytesIn:         in.bytes,

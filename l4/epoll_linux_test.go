@@ -341,3 +341,36 @@ func TestEpollTLSBufferedBeforeStart(t *testing.T) {
 		t.Errorf("stats %+v", st)
 	}
 }
+
+// A relay that shed its conns (an idle L4 player's) is ended by its owner
+// through Kill, as a closed conn ends one that did not: an error with
+// net.ErrClosed, and both peers closed.
+func TestEpollShedKill(t *testing.T) {
+	checkLeaks(t)
+	h := startRelay(t, modes[8], Options{})
+	// The relay runs: a message crosses each way.
+	for _, dir := range [][2]net.Conn{{h.client, h.backend}, {h.backend, h.client}} {
+		if _, err := dir[0].Write([]byte("ping")); err != nil {
+			t.Fatal(err)
+		}
+		dir[1].SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadFull(dir[1], make([]byte, 4)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	k := h.owner.killer()
+	if k == nil {
+		t.Fatal("the relay did not detach")
+	}
+	k.Kill()
+	st := h.wait(t)
+	if st.Reason != ReasonError || !errors.Is(st.Err, net.ErrClosed) {
+		t.Errorf("reason %q err %v, want error/net.ErrClosed", st.Reason, st.Err)
+	}
+	for name, c := range map[string]net.Conn{"client": h.client, "backend": h.backend} {
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if n, err := c.Read(make([]byte, 1)); n != 0 || !isEOF(err) {
+			t.Errorf("%s read %d, %v; want EOF", name, n, err)
+		}
+	}
+}

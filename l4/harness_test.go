@@ -78,6 +78,26 @@ type mode struct {
 	start  bool   // run the relay with Start (how the l4 path runs it) instead of Relay
 	engine Engine // the engine asked for (EngineEpoll runs TCP↔TCP, and TLS over an nbConn)
 	nb     bool   // the relay's *tls.Conn runs over an nbConn (as l7's wss:// tunnels)
+	shed   bool   // Options.Owner set: the relay sheds its conns (testOwner)
+}
+
+// testOwner is an Owner that always lets the relay detach.
+type testOwner struct {
+	mu sync.Mutex
+	k  Killer
+}
+
+func (o *testOwner) Detach(k Killer) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.k = k
+	return true
+}
+
+func (o *testOwner) killer() Killer {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.k
 }
 
 var modes = []mode{
@@ -89,6 +109,9 @@ var modes = []mode{
 	{name: "epoll-start", path: PathSplice, start: true, engine: EngineEpoll},
 	{name: "epoll-tls", path: PathBuffer, tls: true, nb: true, engine: EngineEpoll},
 	{name: "epoll-tls-start", path: PathBuffer, tls: true, nb: true, start: true, engine: EngineEpoll},
+	// The relay sheds its *net.TCPConns at once (shedAtStart) and runs on
+	// descriptors of its own, as an idle L4 player's relay does.
+	{name: "epoll-shed", path: PathSplice, start: true, engine: EngineEpoll, shed: true},
 }
 
 // nbConn is the transport l7's recordWriter is under a *tls.Conn, reduced
@@ -116,7 +139,7 @@ func (c *nbConn) NetConn() net.Conn  { return c.Conn }
 func (c *nbConn) Nonblocking() *NBIO { return &c.nb }
 
 // tcpModes are the TCP↔TCP modes, one per engine.
-var tcpModes = []mode{modes[0], modes[4]}
+var tcpModes = []mode{modes[0], modes[4], modes[8]}
 
 var testCert = sync.OnceValues(func() (tls.Certificate, *x509.CertPool) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -177,6 +200,7 @@ type harness struct {
 	stats     Stats
 	endedAt   time.Time
 	gotResult bool
+	owner     *testOwner // m.shed
 }
 
 func startRelay(tb testing.TB, m mode, opts Options) *harness {
@@ -202,6 +226,10 @@ func startRelay(tb testing.TB, m mode, opts Options) *harness {
 	h.cancel = cancel
 	h.start = time.Now()
 	opts.Engine = m.engine
+	if m.shed {
+		h.owner = &testOwner{}
+		opts.Owner = h.owner
+	}
 	if m.start {
 		var calls atomic.Int32
 		Start(ctx, relayClient, rb, opts, func(st Stats) {
@@ -216,6 +244,9 @@ func startRelay(tb testing.TB, m mode, opts Options) *harness {
 			h.endedc <- time.Now()
 			h.statsc <- st
 		})
+		if m.shed && h.owner.killer() == nil {
+			tb.Fatal("the relay did not shed its conns (shedAtStart)")
+		}
 	} else {
 		go func() {
 			st := Relay(ctx, relayClient, rb, opts)

@@ -36,7 +36,28 @@ type Options struct {
 	WriteStallTimeout time.Duration
 	// Engine runs the relay. If zero, EngineGoroutine.
 	Engine Engine
+	// Owner, if set, is who may close the backend conn besides the relay
+	// (balancer.Lease: a removed backend's connections are closed). With
+	// it, the epoll engine sheds Go's state of an idle raw TCP relay's two
+	// sockets (shedIdle): from then on neither *net.TCPConn may be closed
+	// by the caller; the owner calls Kill instead.
+	Owner Owner
 }
+
+// Owner is Options.Owner.
+type Owner interface {
+	// Detach reports whether the relay may drop the backend's
+	// *net.TCPConn for a descriptor of its own; if so, the owner forgets
+	// the conn and calls k.Kill where it would have closed it. Detach is
+	// called from the relay's shard with its lock held: it must not call
+	// back into the relay.
+	Detach(k Killer) bool
+}
+
+// Killer ends a relay from elsewhere, as closing its backend conn would.
+// An alias, so that an owner outside l4 (balancer, which does not import
+// it) can name the same type.
+type Killer = interface{ Kill() }
 
 // Engine is how a relay runs.
 type Engine uint8
