@@ -342,6 +342,10 @@ func TestEpollTLSBufferedBeforeStart(t *testing.T) {
 	}
 }
 
+// The relays of mode epoll-shed, the only ones here with an Owner, shed
+// their conns as they start.
+func init() { shedAtStart = true }
+
 // A relay that shed its conns (an idle L4 player's) is ended by its owner
 // through Kill, as a closed conn ends one that did not: an error with
 // net.ErrClosed, and both peers closed.

@@ -14,6 +14,7 @@ import (
 	"math/big"
 	mrand "math/rand/v2"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -244,7 +245,7 @@ func startRelay(tb testing.TB, m mode, opts Options) *harness {
 			h.endedc <- time.Now()
 			h.statsc <- st
 		})
-		if m.shed && h.owner.killer() == nil {
+		if m.shed && runtime.GOOS == "linux" && h.owner.killer() == nil {
 			tb.Fatal("the relay did not shed its conns (shedAtStart)")
 		}
 	} else {

@@ -21,6 +21,5 @@ func TestMain(m *testing.M) {
 	if !keep {
 		flag.Set("test.parallel", strconv.Itoa(max(8, 4*runtime.GOMAXPROCS(0))))
 	}
-	shedAtStart = true // only the relays of mode epoll-shed have an Owner
 	goleak.VerifyTestMain(m)
 }
