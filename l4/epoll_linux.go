@@ -42,10 +42,11 @@ import (
 // engine does. Go's netpoller keeps its own registration of the sockets; no
 // goroutine waits on it, so its events cost a no-op.
 //
-// Until the relay has been idle for shedIdle, if its backend has an Owner
-// (Options.Owner): then it sheds Go's state of both sockets (shed), about
-// 1 KiB per relay, and holds descriptors of its own. The owner closes the
-// backend through Kill from then on.
+// A relay whose backend has an Owner (Options.Owner, the l4 path's lease)
+// keeps them so only until it has been idle for shedIdle: then it sheds
+// Go's state of both sockets (shed, about 1 KiB per relay) and works on
+// descriptors of its own, and the owner ends it through Kill where it would
+// have closed the backend's conn.
 
 const (
 	epollEvents = 128 // events taken per epoll_wait
@@ -290,7 +291,7 @@ func (s *shard) scan() {
 
 // shedIdle is how long a relay with an Owner is idle before it sheds Go's
 // state of its sockets. An idle player is what that memory is for; a short
-// connection does not pay the two extra fcntl.
+// connection does not pay the extra syscalls (a dup and a close a socket).
 var shedIdle = time.Second
 
 // errKilled is a relay's error when its owner closed the backend (Kill),

@@ -207,7 +207,7 @@ func (h *h2conn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	hw := &h2Writer{ResponseWriter: w, wd: d, stall: h.rt.writeStall}
 	h.rt.serveHTTP(hw, r)
-	if !hw.flushed && hw.buffered > 0 && r.Method != http.MethodHead {
+	if !hw.flushed && hw.buffered > 0 && hw.buffered <= h2ChunkSize && r.Method != http.MethodHead {
 		// x/net sends the whole response when this returns: HEADERS, then
 		// DATA straight after (Write holds the one for the other).
 		h.expect.Add(1)
@@ -269,7 +269,7 @@ type h2Writer struct {
 	http.ResponseWriter
 	wd       writeDeadliner
 	stall    time.Duration
-	buffered int  // bytes written since the last Flush (x/net holds them)
+	buffered int  // bytes written since the last Flush (x/net holds them); over h2ChunkSize: unknown, some sent
 	flushed  bool // Flush was called: x/net sent the HEADERS then
 }
 
