@@ -114,7 +114,7 @@ func BenchmarkIdleWSSMemory(b *testing.B) {
 	})
 	addr := benchServer(b, benchConfig("l7", backendAddr))
 	cfg, upgrade, frame := benchWSSClient()
-	measureIdle(b, false, func() (client, backend net.Conn) {
+	measureIdle(b, true, func() (client, backend net.Conn) {
 		c, err := tls.Dial("tcp", addr, cfg)
 		if err != nil {
 			b.Fatal(err)
@@ -308,9 +308,10 @@ func measureIdle(b *testing.B, shed bool, open func() (client, backend net.Conn)
 		}
 		time.Sleep(100 * time.Millisecond)
 		if shed {
-			// An idle L4 relay sheds Go's socket state after about a
-			// second (l4.Options.Owner): measure the idle player's
-			// steady state, as a player idle between matches is.
+			// An idle relay sheds Go's state of its sockets (both for
+			// L4, the backend's for wss://) after about a second
+			// (l4.Options.Owner): measure the idle player's steady
+			// state, as a player idle between matches is.
 			for end := time.Now().Add(15 * time.Second); l4.Sheds()-sheds0 < idleConns && time.Now().Before(end); {
 				time.Sleep(50 * time.Millisecond)
 			}

@@ -239,7 +239,7 @@ func (ss *session) toL4(r *route, h *tlsutil.ClientHello, isHello bool) {
 	}
 	prefix := int64(len(h.Raw)) // not h.Raw: the relay must not keep the hello alive
 	opts := r.relay
-	opts.Owner = lease // an idle relay sheds Go's socket state (l4.Options.Owner)
+	opts.Owner, opts.ShedClient = lease, true // an idle relay sheds Go's socket state
 	c := ss.c
 	ss.c = nil // nor the client conn, which would keep that state alive
 	l4.Start(s.ctx, c, lease.Conn, opts, func(st l4.Stats) {

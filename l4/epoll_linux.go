@@ -42,11 +42,12 @@ import (
 // engine does. Go's netpoller keeps its own registration of the sockets; no
 // goroutine waits on it, so its events cost a no-op.
 //
-// A relay whose backend has an Owner (Options.Owner, the l4 path's lease)
-// keeps them so only until it has been idle for shedIdle: then it sheds
-// Go's state of both sockets (shed, about 1 KiB per relay) and works on
-// descriptors of its own, and the owner ends it through Kill where it would
-// have closed the backend's conn.
+// A relay whose backend has an Owner (Options.Owner: the lease) keeps them
+// so only until it has been idle for shedIdle: then it sheds Go's state of
+// its backend socket, and of its client socket too if the caller gave it up
+// (Options.ShedClient: the l4 path), about 0.5 KiB per socket, and works on
+// descriptors of its own there; the owner ends it through Kill where it
+// would have closed the backend's conn.
 
 const (
 	epollEvents = 128 // events taken per epoll_wait
@@ -282,7 +283,7 @@ func (s *shard) scan() {
 		r.withFds()
 		if r.ended {
 			r.cleanup()
-		} else if r.owner != nil && !r.detached && r.tc == nil && s.now-r.lastActivity >= int64(shedIdle) {
+		} else if r.owner != nil && s.now-r.lastActivity >= int64(shedIdle) {
 			r.shed()
 		}
 	}
@@ -298,40 +299,52 @@ var shedIdle = time.Second
 // the error a closed *net.TCPConn gives before shed.
 var errKilled = &net.OpError{Op: "raw-control", Net: "tcp", Err: net.ErrClosed}
 
-// shed replaces the relay's two *net.TCPConn by descriptors of its own: a
-// dup of each, then Go's conn closed, which frees its netFD, its addresses
-// and the netpoller's pollDesc (≈1 KiB per relay, half of it outside the
-// heap). The relay's epoll registration outlives the descriptor number it
-// was made with: it is the socket's, and its data names the slot. Go's
-// close removes Go's own registration. Called by scan, with s.mu held and
-// outside Control; on any failure the relay stays as it was.
+// shed replaces the relay's backend *net.TCPConn, and its client one if
+// shedClient (never a terminated client's: crypto/tls works on it), by
+// descriptors of its own: a dup of each, then Go's conn closed, which frees
+// its netFD, its addresses and the netpoller's pollDesc (≈0.5 KiB a
+// socket, half of it outside the heap). The relay's epoll registration
+// outlives the descriptor number it was made with: it is the socket's, and
+// its data names the slot. Go's close removes Go's own registration.
+// Called by scan, with s.mu held and outside Control; on any failure the
+// relay stays as it was.
 func (r *erelay) shed() {
-	var fds [2]int
-	for i, raw := range r.raws {
+	first := sideBackend
+	if r.shedClient && r.tc == nil {
+		first = sideClient
+	}
+	fds := [2]int{-1, -1}
+	undo := func() {
+		for _, fd := range fds {
+			if fd >= 0 {
+				_ = unix.Close(fd)
+			}
+		}
+	}
+	for i := first; i <= sideBackend; i++ {
 		var derr error
-		err := raw.Control(func(fd uintptr) {
+		err := r.raws[i].Control(func(fd uintptr) {
 			fds[i], derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
 		})
 		if err == nil {
 			err = derr
 		}
 		if err != nil {
-			if i == 1 {
-				_ = unix.Close(fds[0])
-			}
+			fds[i] = -1
+			undo()
 			return
 		}
 	}
 	if !r.owner.Detach(r) {
-		_ = unix.Close(fds[0])
-		_ = unix.Close(fds[1])
+		undo()
 		return
 	}
-	for i, c := range r.conns {
-		_ = c.Close()
-		r.fds[i] = int32(fds[i])
+	for i := first; i <= sideBackend; i++ {
+		_ = r.conns[i].Close()
+		r.conns[i], r.raws[i] = nil, nil
+		r.fds[i], r.det[i] = int32(fds[i]), true
 	}
-	r.conns, r.raws, r.owner, r.detached = [2]*net.TCPConn{}, [2]syscall.RawConn{}, nil, true
+	r.owner = nil
 	shedCount.Add(1)
 }
 
@@ -410,12 +423,13 @@ type erelay struct {
 	finSent [2]bool // FIN sent to the side
 	ended   bool
 
-	// After shed: the relay's own descriptors, by side; conns and raws
-	// are nil then.
-	owner    Owner
-	fds      [2]int32
-	detached bool
-	killed   atomic.Bool // Kill: the owner closed the backend
+	// After shed: the relay's own descriptors, by side (det); conns and
+	// raws are nil there.
+	owner      Owner
+	fds        [2]int32
+	det        [2]bool
+	shedClient bool        // Options.ShedClient
+	killed     atomic.Bool // Kill: the owner closed the backend
 	// Both sides ended while bytes for the client (close_notify at
 	// least) still wait in nb: flushTLS ends the relay once they are out.
 	endQueued bool
@@ -442,7 +456,8 @@ func startEpoll(ctx context.Context, client, backend net.Conn, opts Options, don
 		return false
 	}
 	o := opts.withDefaults()
-	r := &erelay{conns: [2]*net.TCPConn{c, b}, tc: tc, nb: nb, drain: ctx.Done(), done: done, owner: opts.Owner,
+	r := &erelay{conns: [2]*net.TCPConn{c, b}, tc: tc, nb: nb, drain: ctx.Done(), done: done,
+		owner: opts.Owner, shedClient: opts.ShedClient,
 		idle: int64(o.IdleTimeout), halfClose: int64(min(o.IdleTimeout, o.HalfCloseTimeout)), stall: int64(o.WriteStallTimeout)}
 	for i, tc := range r.conns {
 		raw, err := tc.SyscallConn()
@@ -488,7 +503,7 @@ func startEpoll(ctx context.Context, client, backend net.Conn, opts Options, don
 		}
 		w.n++
 	}
-	if shedAtStart && r.owner != nil && tc == nil {
+	if shedAtStart && r.owner != nil {
 		r.shed()
 	}
 	if tc != nil {
@@ -537,7 +552,7 @@ func (r *erelay) withFds() error {
 	s := r.s
 	s.cur, s.ctlErr = r, nil
 	var err error
-	if r.detached {
+	if r.det[sideClient] {
 		s.ctlClient(uintptr(r.fds[sideClient]))
 		err = s.ctlErr
 	} else if err = r.raws[sideClient].Control(s.ctlFns[sideClient]); err == nil {
@@ -556,7 +571,7 @@ func (s *shard) ctlClient(fd uintptr) {
 	if r.nb != nil {
 		r.nb.fd, r.nb.on = int32(fd), true
 	}
-	if r.detached {
+	if r.det[sideBackend] {
 		s.ctlBackend(uintptr(r.fds[sideBackend]))
 	} else {
 		s.ctlErr = r.raws[sideBackend].Control(s.ctlFns[sideBackend])
@@ -924,7 +939,7 @@ func (r *erelay) finish(reason Reason, err error, rst int) {
 	r.s.endReason, r.s.endErr = reason, err
 	switch {
 	case rst < 0:
-	case r.detached:
+	case r.det[rst]:
 		_ = unix.SetsockoptLinger(int(r.fds[rst]), unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1})
 	default:
 		_ = r.conns[rst].SetLinger(0)
@@ -1005,12 +1020,12 @@ func (r *erelay) cleanup() {
 			}
 		}
 	}
-	if r.detached {
-		_ = unix.Close(int(r.fds[sideClient]))
-		_ = unix.Close(int(r.fds[sideBackend]))
-	} else {
-		closeNow(r.conns[sideClient])
-		closeNow(r.conns[sideBackend])
+	for i, c := range r.conns {
+		if r.det[i] {
+			_ = unix.Close(int(r.fds[i]))
+		} else {
+			closeNow(c)
+		}
 	}
 	in, out := &r.dirs[sideClient], &r.dirs[sideBackend]
 	st := Stats{

@@ -346,12 +346,18 @@ func TestEpollTLSBufferedBeforeStart(t *testing.T) {
 // their conns as they start.
 func init() { shedAtStart = true }
 
-// A relay that shed its conns (an idle L4 player's) is ended by its owner
-// through Kill, as a closed conn ends one that did not: an error with
-// net.ErrClosed, and both peers closed.
+// A relay that shed its conns (an idle L4 player's, or a wss:// tunnel's
+// backend side) is ended by its owner through Kill, as a closed conn ends
+// one that did not: an error with net.ErrClosed, and both peers closed.
 func TestEpollShedKill(t *testing.T) {
 	checkLeaks(t)
-	h := startRelay(t, modes[8], Options{})
+	for _, m := range modes[8:] {
+		t.Run(m.name, func(t *testing.T) { testShedKill(t, m) })
+	}
+}
+
+func testShedKill(t *testing.T, m mode) {
+	h := startRelay(t, m, Options{})
 	// The relay runs: a message crosses each way.
 	for _, dir := range [][2]net.Conn{{h.client, h.backend}, {h.backend, h.client}} {
 		if _, err := dir[0].Write([]byte("ping")); err != nil {

@@ -113,6 +113,9 @@ var modes = []mode{
 	// The relay sheds its *net.TCPConns at once (shedAtStart) and runs on
 	// descriptors of its own, as an idle L4 player's relay does.
 	{name: "epoll-shed", path: PathSplice, start: true, engine: EngineEpoll, shed: true},
+	// A wss:// tunnel's relay: the backend socket sheds, the TLS client's
+	// stays.
+	{name: "epoll-tls-shed", path: PathBuffer, tls: true, nb: true, start: true, engine: EngineEpoll, shed: true},
 }
 
 // nbConn is the transport l7's recordWriter is under a *tls.Conn, reduced
@@ -229,7 +232,7 @@ func startRelay(tb testing.TB, m mode, opts Options) *harness {
 	opts.Engine = m.engine
 	if m.shed {
 		h.owner = &testOwner{}
-		opts.Owner = h.owner
+		opts.Owner, opts.ShedClient = h.owner, true // the TLS client is never shed
 	}
 	if m.start {
 		var calls atomic.Int32

@@ -38,10 +38,14 @@ type Options struct {
 	Engine Engine
 	// Owner, if set, is who may close the backend conn besides the relay
 	// (balancer.Lease: a removed backend's connections are closed). With
-	// it, the epoll engine sheds Go's state of an idle raw TCP relay's two
-	// sockets (shedIdle): from then on neither *net.TCPConn may be closed
-	// by the caller; the owner calls Kill instead.
+	// it, the epoll engine sheds Go's state of an idle relay's backend
+	// socket (shedIdle): from then on the caller must not close the
+	// backend's *net.TCPConn; the owner calls Kill instead.
 	Owner Owner
+	// ShedClient, with Owner, sheds the client socket's Go state too, for
+	// a raw TCP client the caller neither uses nor closes after Start (the
+	// l4 path). A terminated client's socket is never shed.
+	ShedClient bool
 }
 
 // Owner is Options.Owner.

@@ -285,7 +285,7 @@ func (rt *Route) serveUpgrade(w *statusWriter, r *http.Request, cs *connState, p
 	// connection ends when both the handler's accounting and the relay are
 	// done, whichever is last.
 	cs.pending.Store(2)
-	rt.tunnel(cs, client, bc, resp, coalesced, pipelined, func(res l4.Stats) {
+	rt.tunnel(cs, client, bc, lease, resp, coalesced, pipelined, func(res l4.Stats) {
 		lease.Observe(1, false) // it answered a verified 101: healthy
 		lease.Release()
 		cs.mu.Lock()
@@ -360,7 +360,11 @@ func (rt *Route) unknownRoom(cs *connState, r *http.Request, pool *balancer.Pool
 // and returns; done gets the relay's Stats when it ends (at once if a write
 // here failed). Nothing of the request or the backend's answer is kept while
 // the relay runs.
-func (rt *Route) tunnel(cs *connState, client net.Conn, bc *net.TCPConn, resp *http.Response, coalesced, pipelined []byte, done func(l4.Stats)) {
+//
+// The lease owns bc besides the relay: an idle tunnel sheds Go's state of
+// its backend socket (l4.Options.Owner). The client's stays: the conn's
+// state and drain close it.
+func (rt *Route) tunnel(cs *connState, client net.Conn, bc *net.TCPConn, lease *balancer.Lease, resp *http.Response, coalesced, pipelined []byte, done func(l4.Stats)) {
 	var b bytes.Buffer
 	b.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n")
 	writeHeaders(&b, resp.Header)
@@ -383,7 +387,9 @@ func (rt *Route) tunnel(cs *connState, client net.Conn, bc *net.TCPConn, resp *h
 		}
 	}
 	in, out := int64(len(pipelined)), int64(len(coalesced))
-	l4.Start(cs.ctx, client, bc, rt.relay, func(st l4.Stats) {
+	opts := rt.relay
+	opts.Owner = lease
+	l4.Start(cs.ctx, client, bc, opts, func(st l4.Stats) {
 		st.BytesIn += in
 		st.BytesOut += out
 		done(st)
