@@ -241,7 +241,8 @@ func (ss *session) toL4(r *route, h *tlsutil.ClientHello, isHello bool) {
 	opts := r.relay
 	opts.Owner, opts.ShedClient = lease, true // an idle relay sheds Go's socket state
 	c := ss.c
-	ss.c = nil // nor the client conn, which would keep that state alive
+	ss.c = nil     // nor the client conn, which would keep that state alive
+	ss.local = nil // nor its local address: only the dial needed it
 	l4.Start(s.ctx, c, lease.Conn, opts, func(st l4.Stats) {
 		defer ss.end()
 		// Passive health: a backend that resets before sending anything
