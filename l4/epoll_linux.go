@@ -292,7 +292,7 @@ func (s *shard) scan() {
 
 // shedIdle is how long a relay with an Owner is idle before it sheds Go's
 // state of its sockets. An idle player is what that memory is for; a short
-// connection does not pay the extra syscalls (a dup and a close a socket).
+// connection does not pay the extra syscalls (a dup and a close per socket).
 var shedIdle = time.Second
 
 // errKilled is a relay's error when its owner closed the backend (Kill),
