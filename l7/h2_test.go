@@ -42,14 +42,21 @@ func h2LB(t *testing.T, cfg RouteConfig, be string) *lb {
 }
 
 // h2Conn opens one HTTP/2 client connection to l (net/http's client).
-func (l *lb) h2Conn(t *testing.T) *http.ClientConn {
+func (l *lb) h2Conn(t *testing.T) *http.ClientConn { return l.h2ConnVia(t, nil) }
+
+// h2ConnVia is h2Conn with the TCP conn passed through wrap, if set.
+func (l *lb) h2ConnVia(t *testing.T, wrap func(net.Conn) net.Conn) *http.ClientConn {
 	t.Helper()
 	protos := new(http.Protocols)
 	protos.SetHTTP2(true)
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
-			return d.DialContext(ctx, "tcp", l.addr)
+			c, err := d.DialContext(ctx, "tcp", l.addr)
+			if err != nil || wrap == nil {
+				return c, err
+			}
+			return wrap(c), nil
 		},
 		TLSClientConfig: clientTLS(testHost),
 		Protocols:       protos,
@@ -952,27 +959,10 @@ func TestH2ResponseInOneRecord(t *testing.T) {
 	l := h2LB(t, RouteConfig{}, ln.Addr().String())
 
 	var rec *tlsRecords
-	protos := new(http.Protocols)
-	protos.SetHTTP2(true)
-	tr := &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			c, err := d.DialContext(ctx, "tcp", l.addr)
-			if err != nil {
-				return nil, err
-			}
-			rec = &tlsRecords{Conn: c}
-			return rec, nil
-		},
-		TLSClientConfig: clientTLS(testHost),
-		Protocols:       protos,
-	}
-	_, port, _ := net.SplitHostPort(l.addr)
-	cc, err := tr.NewClientConn(t.Context(), "https", net.JoinHostPort(testHost, port))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
+	cc := l.h2ConnVia(t, func(c net.Conn) net.Conn {
+		rec = &tlsRecords{Conn: c}
+		return rec
+	})
 	if _, body := do(t, cc, "GET", l.url("/warm?0"), "", nil); body != "answer 0" {
 		t.Fatalf("body %q", body)
 	}
