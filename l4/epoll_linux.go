@@ -392,6 +392,8 @@ type edir struct {
 	bulk             bool
 	over             bool // src ended (FIN relayed) or the relay ended
 	hup              bool // src reported RDHUP/HUP/ERR: read it to the end
+	rdhup            bool // src reported its FIN (RDHUP) without an error
+	finNext          bool // the chunk in flight is src's last: its FIN follows
 	blocked          bool // dst is full: the rest waits for EPOLLOUT
 	queued           bool // on the shard's again list
 	viaBuf           bool // the chunk in flight is in buf, not in the pipe
@@ -641,6 +643,9 @@ func (r *erelay) event() {
 	if m&(unix.EPOLLRDHUP|unix.EPOLLERR|unix.EPOLLHUP) != 0 {
 		in.hup = true
 	}
+	if m&(unix.EPOLLRDHUP|unix.EPOLLERR) == unix.EPOLLRDHUP {
+		in.rdhup = true
+	}
 	if m&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLERR|unix.EPOLLHUP) != 0 && !in.blocked {
 		r.pump(in)
 	}
@@ -768,6 +773,12 @@ func (r *erelay) recvIn(d *edir) bool {
 			return false
 		}
 		d.off, d.n, d.chunk, d.viaBuf = 0, int32(n), int32(n), true
+		// src's FIN is in and a short recv drained what came before it:
+		// the next recv is the EOF, whose shutdown (or close) follows this
+		// chunk's send at once. Sent with MSG_MORE, the chunk waits in dst's
+		// socket for that FIN and leaves in the same segment, as HAProxy's
+		// does: one packet less to the peer at the end of most connections.
+		d.finNext = d.rdhup && n < len(b)
 		r.progress(d)
 		return true
 	}
@@ -821,7 +832,11 @@ func (r *erelay) flush(d *edir) bool {
 		op := "sendto"
 		if d.off < d.n {
 			b := *d.buf
-			k, e := sendNB(d.dst, b[d.off:d.n])
+			var flags uintptr
+			if d.finNext {
+				flags = unix.MSG_MORE
+			}
+			k, e := sendNBFlags(d.dst, b[d.off:d.n], flags)
 			n = k
 			if e != 0 {
 				n, errno = 0, e

@@ -384,3 +384,53 @@ func testShedKill(t *testing.T, m mode) {
 		}
 	}
 }
+
+// A backend's last bytes and its FIN reach the client in one segment, as
+// HAProxy sends them: the relay sends the bytes that came with the FIN with
+// MSG_MORE and its shutdown adds the FIN to them. The client, which sends
+// nothing, then receives exactly two segments: the SYN-ACK and data+FIN
+// (three when the FIN goes alone). Loopback delivers a write within the
+// call, so the backend's answer and FIN are both queued before the relay
+// starts and its first event carries both.
+func TestEpollFINRidesWithLastBytes(t *testing.T) {
+	checkLeaks(t)
+	for _, shed := range []bool{false, true} {
+		cc, rc := tcpPair(t)
+		rb, bc := tcpPair(t)
+		if _, err := bc.Write([]byte("answer")); err != nil {
+			t.Fatal(err)
+		}
+		if err := bc.CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan Stats, 1)
+		opts := Options{Engine: EngineEpoll}
+		if shed {
+			opts.Owner, opts.ShedClient = &testOwner{}, true
+		}
+		Start(t.Context(), rc, rb, opts, func(st Stats) { done <- st }) // sheds at once with an Owner (shedAtStart)
+		cc.SetReadDeadline(time.Now().Add(10 * time.Second))
+		got, err := io.ReadAll(cc)
+		if err != nil || string(got) != "answer" {
+			t.Fatalf("client read %q, %v", got, err)
+		}
+		rawc, _ := cc.SyscallConn()
+		var info *unix.TCPInfo
+		var ierr error
+		rawc.Control(func(fd uintptr) { info, ierr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO) })
+		if ierr != nil {
+			t.Fatal(ierr)
+		}
+		if info.Data_segs_in != 1 || info.Segs_in != 2 {
+			t.Errorf("shed %v: the client received %d segments, %d with data; want 2 (SYN-ACK, data+FIN) and 1",
+				shed, info.Segs_in, info.Data_segs_in)
+		}
+		cc.CloseWrite()
+		st := within(t, done, 10*time.Second, "relay end")
+		if st.Reason != ReasonEOF || st.BytesOut != 6 {
+			t.Errorf("shed %v: stats %+v, want eof with 6 bytes out", shed, st)
+		}
+		cc.Close()
+		bc.Close()
+	}
+}

@@ -120,8 +120,11 @@ func recvNB(fd int32, b []byte, flags uintptr) (int, unix.Errno) {
 	return int(n), errno
 }
 
-func sendNB(fd int32, b []byte) (int, unix.Errno) {
+func sendNB(fd int32, b []byte) (int, unix.Errno) { return sendNBFlags(fd, b, 0) }
+
+// sendNBFlags is sendNB with more flags (MSG_MORE).
+func sendNBFlags(fd int32, b []byte, flags uintptr) (int, unix.Errno) {
 	n, _, errno := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)),
-		unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL, 0, 0)
+		unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL|flags, 0, 0)
 	return int(n), errno
 }
