@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -17,6 +18,7 @@ import (
 
 	proxyproto "github.com/pires/go-proxyproto"
 
+	"sluice/balancer"
 	"sluice/balancer/balancertest"
 	"sluice/tlsutil"
 	"sluice/tlsutil/tlstest"
@@ -46,6 +48,7 @@ backends = [{ address = %q }]
 backends = [{ address = %q }]
 `, ba.addr, bb.addr))
 
+	raw := balancer.RawDials()
 	for _, tc := range []struct {
 		sni  string
 		want *x509.Certificate
@@ -84,6 +87,11 @@ backends = [{ address = %q }]
 	}
 	if ba.accepts() != 1 || bb.accepts() != 2 {
 		t.Fatalf("backend accepts a=%d b=%d, want 1 and 2", ba.accepts(), bb.accepts())
+	}
+	// The backends were connected by the raw dial (the epoll relay's
+	// default), on Linux; parallel tests only add to the count.
+	if n := balancer.RawDials() - raw; runtime.GOOS == "linux" && n < 3 {
+		t.Fatalf("%d raw dials for 3 connections", n)
 	}
 	// The L4 path must splice: both directions, on every connection.
 	for _, e := range l.waitAccess(t, 3) {

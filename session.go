@@ -13,6 +13,7 @@ import (
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"golang.org/x/sys/unix"
 
 	"sluice/balancer"
 	"sluice/l4"
@@ -230,6 +231,11 @@ func (ss *session) toL4(r *route, h *tlsutil.ClientHello, isHello bool) {
 	if r.pool.Balance() == balancer.Hash {
 		req.HashKey, req.HasHashKey = r.pool.HashKey().ConnKey(req.Client, req.SNI)
 	}
+	if r.relay.Engine == l4.EngineEpoll {
+		// The backend's socket is the relay's own from the connect on:
+		// none of Go's netFD costs (balancer's raw dial, issue 11).
+		req.Wait = l4.FDWaiter()
+	}
 	lease, err := r.pool.Dial(s.ctx, req)
 	if err != nil {
 		ss.c.Close()
@@ -243,7 +249,7 @@ func (ss *session) toL4(r *route, h *tlsutil.ClientHello, isHello bool) {
 	c := ss.c
 	ss.c = nil     // nor the client conn, which would keep that state alive
 	ss.local = nil // nor its local address: only the dial needed it
-	l4.Start(s.ctx, c, lease.Conn, opts, func(st l4.Stats) {
+	done := func(st l4.Stats) {
 		defer ss.end()
 		// Passive health: a backend that resets before sending anything
 		// counts as a failure, like a refused connect.
@@ -251,7 +257,20 @@ func (ss *session) toL4(r *route, h *tlsutil.ClientHello, isHello bool) {
 		lease.Release()
 		st.BytesIn += prefix // the hello went out with the connect
 		ss.logL4(r, sni, l4Result{Stats: st, Backend: lease.Backend.ID(), Attempts: lease.Attempts})
-	})
+	}
+	if lease.Conn != nil {
+		l4.Start(s.ctx, c, lease.Conn, opts, done)
+		return
+	}
+	opts.BackendOptions = balancer.SetBackendOptions
+	if !l4.StartFD(s.ctx, c, lease.FD, opts, done) {
+		// The epoll set refused the sockets (ENOMEM, max_user_watches):
+		// sluice's own trouble, after a good connect.
+		unix.Close(lease.FD)
+		c.SetLinger(0)
+		c.Close()
+		done(l4.Stats{Reason: l4.ReasonError, Err: errors.New("l4: the relay could not start on the backend's socket")})
+	}
 }
 
 // l4Result is the outcome of one l4 connection.

@@ -300,10 +300,13 @@ func (b *Backend) closeLeases() int {
 	defer b.live.lmu.Unlock()
 	n := 0
 	for l := b.live.leases; l != nil; l = l.next {
-		if l.Conn != nil {
+		switch {
+		case l.Conn != nil:
 			l.Conn.Close()
-		} else if l.killer != nil {
+		case l.killer != nil:
 			l.killer.Kill()
+		default:
+			l.killed = true // an FD lease whose relay has not started: Detach refuses
 		}
 		n++
 	}
@@ -313,11 +316,20 @@ func (b *Backend) closeLeases() int {
 // Detach is l4.Owner's: the relay drops Conn for a descriptor of its own
 // (an idle relay sheds Go's socket state) and is ended through k where
 // closeLeases would close Conn. It refuses while Conn's deferred options
-// are not set yet (deferOptions): the relay asks again later.
+// are not set yet (deferOptions): the relay asks again later. For an FD
+// lease (the raw dial) it records k, and refuses only when
+// CloseConnections came before it (the relay then ends at once).
 func (l *Lease) Detach(k interface{ Kill() }) bool {
 	b := l.Backend
 	b.live.lmu.Lock()
 	defer b.live.lmu.Unlock()
+	if l.FD >= 0 && l.Conn == nil {
+		if l.killed {
+			return false
+		}
+		l.killer = k
+		return true
+	}
 	opts.mu.Lock()
 	defer opts.mu.Unlock()
 	if l.Conn == nil || (l.batch != nil && !l.batch.set) {

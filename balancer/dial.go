@@ -91,14 +91,31 @@ type DialRequest struct {
 	// request): what the client sends after it stays in the client's socket
 	// until the backend has answered, so nothing unreplayable is lost.
 	AwaitAnswer bool
+	// Wait, if set (l4.FDWaiter: Linux), makes Dial connect to a backend
+	// whose address is an IP literal with a socket of its own instead of
+	// one of Go's (rawdial_linux.go): the Lease has FD, not Conn, for
+	// l4.StartFD. Wait parks the caller until the descriptor is writable
+	// (write) or readable, hung up or failed, the deadline passes
+	// (os.ErrDeadlineExceeded) or ctx ends. Other backends (a host name)
+	// are dialled as without it.
+	Wait Waiter
 }
 
+// Waiter is DialRequest.Wait.
+type Waiter func(ctx context.Context, fd int, write bool, deadline time.Time) error
+
 // Lease is a connected backend connection with the header and prefix already
-// written. The caller owns Conn (and closes it) and calls Release once the
-// connection has ended.
+// written. The caller owns Conn or FD (and closes it) and calls Release once
+// the connection has ended.
 type Lease struct {
-	// Conn is the raw socket, so that the relay can splice.
+	// Conn is the raw socket, so that the relay can splice; nil when the
+	// raw dial (DialRequest.Wait) connected FD.
 	Conn *net.TCPConn
+	// FD is the raw dial's connected nonblocking socket, or -1. Its owner
+	// (l4.StartFD) is ended through Detach's Killer, never by closing it
+	// from here: CloseConnections before Detach marks the lease killed and
+	// Detach then refuses.
+	FD int
 	// Backend is the backend Conn is connected to.
 	Backend *Backend
 	// Attempts is the number of connect attempts this Dial made, the
@@ -111,6 +128,7 @@ type Lease struct {
 	batch      *optsBatch // sets Conn's keepalive and TCP_USER_TIMEOUT later (deferopts.go)
 	slot       int32
 	killer     interface{ Kill() } // after Detach: ends the relay (closeLeases)
+	killed     bool                // closeLeases found an FD lease not detached yet
 	prev, next *Lease              // the backend's live leases, under Backend.lmu
 }
 
@@ -278,6 +296,17 @@ func (p *Pool) dialWalk(ctx context.Context, ch *Chooser, req *DialRequest, payl
 		if p.connectTimeout > UserTimeout {
 			d = &leanDialerUT
 		}
+		if ap, ok := rawTarget(req, b); ok {
+			fd, err := p.rawAttempt(ctx, b, ap, req, payload, deadline)
+			if err == nil {
+				l := &Lease{FD: fd, Backend: b, Attempts: ch.attempts, pool: p}
+				b.track(l)
+				return l, nil
+			}
+			b.live.active.Add(-1)
+			ch.record(b, err, p.attemptFailed(ctx, b, err))
+			continue
+		}
 		var conn *net.TCPConn
 		if req.AwaitAnswer {
 			// The payload goes out inside the answer's wait (awaitAnswer).
@@ -291,7 +320,7 @@ func (p *Pool) dialWalk(ctx context.Context, ch *Chooser, req *DialRequest, payl
 			conn, err = p.attemptWith(ctx, d, b, deadline, payload)
 		}
 		if err == nil {
-			l := &Lease{Conn: conn, Backend: b, Attempts: ch.attempts, pool: p}
+			l := &Lease{Conn: conn, FD: -1, Backend: b, Attempts: ch.attempts, pool: p}
 			l.deferOptions()
 			b.track(l)
 			return l, nil

@@ -48,6 +48,13 @@ import (
 // (Options.ShedClient: the l4 path), about 0.5 KiB per socket, and works on
 // descriptors of its own there; the owner ends it through Kill where it
 // would have closed the backend's conn.
+//
+// StartFD's backend (balancer's raw dial, the l4 path's) never had a
+// *net.TCPConn: the relay owns its descriptor from the start, asks the
+// owner to Detach at once, and sets the socket's deferred options itself
+// (Options.BackendOptions) at the first scan after optionsDelay. WaitFD
+// parks a dialling goroutine on a socket's readiness through the same
+// epoll sets (wait_linux.go).
 
 const (
 	epollEvents = 128 // events taken per epoll_wait
@@ -76,7 +83,14 @@ type shard struct {
 	slots []*erelay // indexed by the epoll data; nil when free
 	gens  []int32   // generation of each slot, bumped when freed
 	free  []int32
-	live  int
+	live  int // relays and waiters: the goroutine runs while there are any
+
+	// WaitFD's waiters, by the epoll data of their events (whose Pad is
+	// the bitwise complement of the generation: negative, where a relay's
+	// is not).
+	waits     []*fdWait
+	waitGens  []int32
+	waitsFree []int32
 
 	now      int64 // time of the batch being handled
 	gap      int64 // scan period
@@ -253,6 +267,10 @@ func (s *shard) turns() {
 
 // handle runs one event (mu held).
 func (s *shard) handle(ev *unix.EpollEvent) {
+	if ev.Pad < 0 {
+		s.wake(ev)
+		return
+	}
 	i := int(ev.Fd)
 	if i < 0 || i >= len(s.slots) {
 		return
@@ -283,7 +301,17 @@ func (s *shard) scan() {
 		r.withFds()
 		if r.ended {
 			r.cleanup()
-		} else if r.owner != nil && s.now-r.lastActivity >= int64(shedIdle) {
+			continue
+		}
+		if r.optsAt != 0 && s.now >= r.optsAt {
+			// StartFD's backend lived optionsDelay: its keepalive and
+			// TCP_USER_TIMEOUT, as balancer sets them on a conn's.
+			r.optsAt = 0
+			if r.setOpts != nil {
+				_ = r.setOpts(int(r.fds[sideBackend]))
+			}
+		}
+		if r.owner != nil && s.now-r.lastActivity >= int64(shedIdle) {
 			r.shed()
 		}
 	}
@@ -313,6 +341,10 @@ func (r *erelay) shed() {
 	if r.shedClient && r.tc == nil {
 		first = sideClient
 	}
+	if r.det[first] && r.det[sideBackend] {
+		r.owner = nil // nothing left to shed (StartFD's backend, no client to shed)
+		return
+	}
 	fds := [2]int{-1, -1}
 	undo := func() {
 		for _, fd := range fds {
@@ -322,6 +354,9 @@ func (r *erelay) shed() {
 		}
 	}
 	for i := first; i <= sideBackend; i++ {
+		if r.det[i] {
+			continue // StartFD's backend: a descriptor of its own from the start
+		}
 		var derr error
 		err := r.raws[i].Control(func(fd uintptr) {
 			fds[i], derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
@@ -340,6 +375,9 @@ func (r *erelay) shed() {
 		return
 	}
 	for i := first; i <= sideBackend; i++ {
+		if r.conns[i] == nil {
+			continue
+		}
 		_ = r.conns[i].Close()
 		r.conns[i], r.raws[i] = nil, nil
 		r.fds[i], r.det[i] = int32(fds[i]), true
@@ -430,8 +468,12 @@ type erelay struct {
 	owner      Owner
 	fds        [2]int32
 	det        [2]bool
-	shedClient bool        // Options.ShedClient
-	killed     atomic.Bool // Kill: the owner closed the backend
+	shedClient bool // Options.ShedClient
+	// StartFD: the backend's deferred socket options (Options.BackendOptions),
+	// set by the first scan from optsAt on; optsAt is 0 once they are.
+	setOpts func(fd int) error
+	optsAt  int64
+	killed  atomic.Bool // Kill: the owner closed the backend
 	// Both sides ended while bytes for the client (close_notify at
 	// least) still wait in nb: flushTLS ends the relay once they are out.
 	endQueued bool
@@ -442,6 +484,23 @@ type erelay struct {
 // *net.TCPConn or drivable *tls.Conn client (tlsClient), or when epoll is
 // not available: the caller runs the goroutine engine.
 func startEpoll(ctx context.Context, client, backend net.Conn, opts Options, done func(Stats)) bool {
+	return startEpollFD(ctx, client, backend, -1, opts, done)
+}
+
+// StartFD is Start with the backend as a connected socket's descriptor
+// (balancer's raw dial: it never had a *net.TCPConn), always on the epoll
+// engine. It reports whether the relay started; from then on the relay
+// owns backendFD and closes it, and an Owner is asked to Detach at once
+// (the relay ends as killed if it refuses: its connection was closed
+// before the relay started). false: nothing changed, and the caller still
+// owns backendFD (a client the engine cannot drive, no epoll).
+func StartFD(ctx context.Context, client net.Conn, backendFD int, opts Options, done func(Stats)) bool {
+	return backendFD >= 0 && startEpollFD(ctx, client, nil, backendFD, opts, done)
+}
+
+// startEpollFD is startEpoll with the backend as a conn, or as a
+// descriptor of its own (bfd >= 0, backend nil).
+func startEpollFD(ctx context.Context, client, backend net.Conn, bfd int, opts Options, done func(Stats)) bool {
 	var tc *tls.Conn
 	var nb *NBIO
 	c, ok := client.(*net.TCPConn)
@@ -450,6 +509,9 @@ func startEpoll(ctx context.Context, client, backend net.Conn, opts Options, don
 		ok = c != nil
 	}
 	b, ok2 := backend.(*net.TCPConn)
+	if bfd >= 0 {
+		ok2 = true
+	}
 	if !ok || !ok2 {
 		return false
 	}
@@ -461,7 +523,15 @@ func startEpoll(ctx context.Context, client, backend net.Conn, opts Options, don
 	r := &erelay{conns: [2]*net.TCPConn{c, b}, tc: tc, nb: nb, drain: ctx.Done(), done: done,
 		owner: opts.Owner, shedClient: opts.ShedClient,
 		idle: int64(o.IdleTimeout), halfClose: int64(min(o.IdleTimeout, o.HalfCloseTimeout)), stall: int64(o.WriteStallTimeout)}
+	if bfd >= 0 {
+		r.conns[sideBackend] = nil
+		r.fds[sideBackend], r.det[sideBackend] = int32(bfd), true
+		r.setOpts, r.optsAt = opts.BackendOptions, 1 // the time is set below
+	}
 	for i, tc := range r.conns {
+		if r.det[i] {
+			continue
+		}
 		raw, err := tc.SyscallConn()
 		if err != nil {
 			return false
@@ -493,6 +563,9 @@ func startEpoll(ctx context.Context, client, backend net.Conn, opts Options, don
 		return false
 	}
 	s.live++
+	if r.optsAt != 0 {
+		r.optsAt = s.now + int64(optionsDelay)
+	}
 	if r.drain != nil {
 		// If ctx is done already, the AfterFunc runs at once, on a
 		// goroutine that waits for mu and finds this relay.
@@ -504,6 +577,12 @@ func startEpoll(ctx context.Context, client, backend net.Conn, opts Options, don
 			s.drainWatch[ch] = w
 		}
 		w.n++
+	}
+	if bfd >= 0 && r.owner != nil && !r.owner.Detach(r) {
+		// Its connection was closed (CloseConnections) before it started.
+		r.finish(ReasonError, errKilled, -1)
+		r.cleanup()
+		return true
 	}
 	if shedAtStart && r.owner != nil {
 		r.shed()
@@ -517,14 +596,22 @@ func startEpoll(ctx context.Context, client, backend net.Conn, opts Options, don
 		}
 	}
 	s.gap = min(s.gap, max(min(r.idle, r.halfClose, r.stall)/8, int64(minScanGap)))
-	if !s.running {
-		s.running = true
-		s.nextScan = s.now + s.gap
-		go s.loop()
-	} else if s.nextScan > s.now+s.gap {
+	if !s.run() && s.nextScan > s.now+s.gap {
 		s.nextScan = s.now + s.gap
 		_ = s.file.SetReadDeadline(epoch.Add(time.Duration(s.nextScan)))
 	}
+	return true
+}
+
+// run starts the shard goroutine if it is not running, and reports whether
+// it did (mu held, s.now current).
+func (s *shard) run() bool {
+	if s.running {
+		return false
+	}
+	s.running = true
+	s.nextScan = s.now + s.gap
+	go s.loop()
 	return true
 }
 
@@ -613,11 +700,11 @@ func (r *erelay) register() error {
 			Fd:     r.slot,
 			Pad:    s.gens[r.slot]<<1 | int32(i),
 		}
-		if err := unix.EpollCtl(s.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		if errno := epollCtl(s.epfd, unix.EPOLL_CTL_ADD, fd, &ev); errno != 0 {
 			if i == 1 {
-				_ = unix.EpollCtl(s.epfd, unix.EPOLL_CTL_DEL, fds[0], nil)
+				_ = epollCtl(s.epfd, unix.EPOLL_CTL_DEL, fds[0], nil)
 			}
-			return os.NewSyscallError("epoll_ctl", err)
+			return os.NewSyscallError("epoll_ctl", errno)
 		}
 	}
 	return nil

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"runtime"
 	"sync/atomic"
 	"testing"
@@ -432,5 +433,152 @@ func TestEpollFINRidesWithLastBytes(t *testing.T) {
 		}
 		cc.Close()
 		bc.Close()
+	}
+}
+
+// The relay suite runs in one more mode on Linux: the backend handed to
+// StartFD as a descriptor, as the l4 path hands it the raw dial's.
+func init() {
+	modes = append(modes, mode{name: "epoll-fd", path: PathSplice, start: true, engine: EngineEpoll, shed: true, fd: true})
+	tcpModes = append(tcpModes, modes[len(modes)-1])
+}
+
+// startFDFromConn returns a Start that gives StartFD a duplicate of the
+// backend conn's descriptor and closes the conn: the relay owns the only
+// descriptor of that socket, as it owns a raw dial's.
+func startFDFromConn(tb testing.TB) func(ctx context.Context, client, backend net.Conn, opts Options, done func(Stats)) {
+	return func(ctx context.Context, client, backend net.Conn, opts Options, done func(Stats)) {
+		rc, err := backend.(*net.TCPConn).SyscallConn()
+		if err != nil {
+			tb.Fatal(err)
+		}
+		fd := -1
+		var derr error
+		rc.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) })
+		if derr != nil {
+			tb.Fatal(derr)
+		}
+		backend.Close()
+		if !StartFD(ctx, client, fd, opts, done) {
+			unix.Close(fd)
+			tb.Fatal("StartFD did not start")
+		}
+	}
+}
+
+// fdOf returns c's descriptor number; c keeps it open.
+func fdOf(t *testing.T, c *net.TCPConn) int {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd := -1
+	rc.Control(func(s uintptr) { fd = int(s) })
+	return fd
+}
+
+// WaitFD, the raw dial's wait: writable at once on a connected socket;
+// readable when the peer writes, and when it closes; the deadline's error
+// when nothing comes; ctx's error when ctx ends. The shard goroutines it
+// started are gone afterwards (checkLeaks).
+func TestWaitFD(t *testing.T) {
+	checkLeaks(t)
+	a, b := tcpPair(t)
+	defer a.Close()
+	defer b.Close()
+	fd := fdOf(t, a)
+	ctx := t.Context()
+	if err := WaitFD(ctx, fd, true, time.Now().Add(10*time.Second)); err != nil {
+		t.Fatalf("write wait on a connected socket: %v", err)
+	}
+	if err := WaitFD(ctx, fd, false, time.Now().Add(50*time.Millisecond)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read wait with nothing to read: %v, want the deadline's error", err)
+	}
+	go b.Write([]byte("x"))
+	if err := WaitFD(ctx, fd, false, time.Now().Add(10*time.Second)); err != nil {
+		t.Fatalf("read wait while the peer writes: %v", err)
+	}
+	var one [1]byte
+	if n, _ := a.Read(one[:]); n != 1 {
+		t.Fatal("the byte is not there")
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	time.AfterFunc(20*time.Millisecond, cancel)
+	if err := WaitFD(cctx, fd, false, time.Time{}); !errors.Is(err, context.Canceled) {
+		t.Fatalf("read wait under a cancelled ctx: %v, want context.Canceled", err)
+	}
+	go b.Close()
+	if err := WaitFD(ctx, fd, false, time.Now().Add(10*time.Second)); err != nil {
+		t.Fatalf("read wait while the peer closes: %v", err)
+	}
+}
+
+// refuser is an Owner that refuses Detach: the backend's connection was
+// closed (CloseConnections) before the relay started.
+type refuser struct{}
+
+func (refuser) Detach(Killer) bool { return false }
+
+// StartFD with an Owner that refuses ends the relay at once, as killed,
+// closing both sides; with one that accepts, the relay sets the backend's
+// deferred options (Options.BackendOptions) on its descriptor once it has
+// lived optionsDelay.
+func TestStartFDOwner(t *testing.T) {
+	checkLeaks(t)
+	dupOf := func(c *net.TCPConn) int {
+		fd, err := unix.FcntlInt(uintptr(fdOf(t, c)), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+		return fd
+	}
+
+	cc, rc := tcpPair(t)
+	rb, bc := tcpPair(t)
+	done := make(chan Stats, 1)
+	if !StartFD(t.Context(), rc, dupOf(rb), Options{Engine: EngineEpoll, Owner: refuser{}}, func(st Stats) { done <- st }) {
+		t.Fatal("StartFD did not start")
+	}
+	st := within(t, done, 10*time.Second, "relay end")
+	if st.Reason != ReasonError || !errors.Is(st.Err, net.ErrClosed) {
+		t.Errorf("reason %q err %v, want error/net.ErrClosed", st.Reason, st.Err)
+	}
+	for _, c := range []*net.TCPConn{cc, bc} {
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if n, err := c.Read(make([]byte, 1)); n != 0 || !isEOF(err) {
+			t.Errorf("peer read %d, %v; want EOF", n, err)
+		}
+		c.Close()
+	}
+
+	defer func(d time.Duration) { optionsDelay = d }(optionsDelay)
+	optionsDelay = 10 * time.Millisecond
+	cc, rc = tcpPair(t)
+	rb, bc = tcpPair(t)
+	defer cc.Close()
+	defer bc.Close()
+	fd := dupOf(rb)
+	set := make(chan int, 2)
+	opts := Options{Engine: EngineEpoll, Owner: &testOwner{}, IdleTimeout: time.Second,
+		BackendOptions: func(fd int) error { set <- fd; return nil }}
+	if !StartFD(t.Context(), rc, fd, opts, func(st Stats) { done <- st }) {
+		t.Fatal("StartFD did not start")
+	}
+	if got := within(t, set, 10*time.Second, "BackendOptions"); got != fd {
+		t.Errorf("BackendOptions got descriptor %d, want the backend's %d", got, fd)
+	}
+	if _, err := cc.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	bc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(bc, make([]byte, 4)); err != nil {
+		t.Fatal(err)
+	}
+	cc.CloseWrite()
+	bc.CloseWrite()
+	if st := within(t, done, 10*time.Second, "relay end"); st.Reason != ReasonEOF || len(set) != 0 {
+		t.Errorf("reason %q, BackendOptions calls after the first: %d; want eof and 0", st.Reason, len(set))
 	}
 }

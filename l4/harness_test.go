@@ -80,6 +80,7 @@ type mode struct {
 	engine Engine // the engine asked for (EngineEpoll runs TCP↔TCP, and TLS over an nbConn)
 	nb     bool   // the relay's *tls.Conn runs over an nbConn (as l7's wss:// tunnels)
 	shed   bool   // Options.Owner set: the relay sheds its conns (testOwner)
+	fd     bool   // the backend goes to StartFD as a descriptor (balancer's raw dial)
 }
 
 // testOwner is an Owner that always lets the relay detach.
@@ -236,7 +237,11 @@ func startRelay(tb testing.TB, m mode, opts Options) *harness {
 	}
 	if m.start {
 		var calls atomic.Int32
-		Start(ctx, relayClient, rb, opts, func(st Stats) {
+		start := Start
+		if m.fd {
+			start = startFDFromConn(tb)
+		}
+		start(ctx, relayClient, rb, opts, func(st Stats) {
 			if calls.Add(1) != 1 {
 				tb.Error("Start called done twice")
 				return
