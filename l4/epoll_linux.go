@@ -349,7 +349,7 @@ func (r *erelay) shed() {
 	undo := func() {
 		for _, fd := range fds {
 			if fd >= 0 {
-				_ = unix.Close(fd)
+				closeFD(fd)
 			}
 		}
 	}
@@ -1002,7 +1002,7 @@ func (r *erelay) gotEOF(d *edir) {
 		r.finish(ReasonEOF, nil, -1)
 		return
 	}
-	_ = unix.Shutdown(int(d.dst), unix.SHUT_WR)
+	shutdownWrite(d.dst)
 	if r.finAt == 0 {
 		r.finAt = max(r.s.now, 1)
 	}
@@ -1042,7 +1042,7 @@ func (r *erelay) finish(reason Reason, err error, rst int) {
 	switch {
 	case rst < 0:
 	case r.det[rst]:
-		_ = unix.SetsockoptLinger(int(r.fds[rst]), unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1})
+		setLingerZero(r.fds[rst])
 	default:
 		_ = r.conns[rst].SetLinger(0)
 	}
@@ -1124,7 +1124,7 @@ func (r *erelay) cleanup() {
 	}
 	for i, c := range r.conns {
 		if r.det[i] {
-			_ = unix.Close(int(r.fds[i]))
+			closeFD(int(r.fds[i]))
 		} else {
 			closeNow(c)
 		}
@@ -1240,7 +1240,7 @@ func (r *erelay) flushTLS(d *edir) bool {
 	}
 	if d.finQueued {
 		d.finQueued = false
-		_ = unix.Shutdown(int(d.dst), unix.SHUT_WR)
+		shutdownWrite(d.dst)
 	}
 	if r.endQueued {
 		r.finish(ReasonEOF, nil, -1)

@@ -128,3 +128,20 @@ func sendNBFlags(fd int32, b []byte, flags uintptr) (int, unix.Errno) {
 		unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL|flags, 0, 0)
 	return int(n), errno
 }
+
+// The relay's other calls on its descriptors, raw as recvNB and sendNB are:
+// none of them blocks (no SO_LINGER but the zero one, which resets at
+// once), so the scheduler need not hear of them: no P handoff, and no wake
+// of a sleeping sysmon, whose 20 µs ticks that wake starts again (issue 11).
+
+// closeFD closes a descriptor of the relay's own.
+func closeFD(fd int) { unix.RawSyscall(unix.SYS_CLOSE, uintptr(fd), 0, 0) }
+
+// shutdownWrite sends fd's FIN (shutdown SHUT_WR).
+func shutdownWrite(fd int32) { unix.RawSyscall(unix.SYS_SHUTDOWN, uintptr(fd), unix.SHUT_WR, 0) }
+
+// setLingerZero makes fd's close a reset (SO_LINGER on, zero seconds).
+func setLingerZero(fd int32) {
+	l := unix.Linger{Onoff: 1}
+	unix.RawSyscall6(unix.SYS_SETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_LINGER, uintptr(unsafe.Pointer(&l)), unsafe.Sizeof(l), 0)
+}
