@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
+	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -26,14 +29,22 @@ const (
 type acceptor struct {
 	log    *zap.Logger
 	handle func(key string, c *net.TCPConn, accepted time.Time)
+	// raw, if set, says per connection whether key's next one is
+	// accepted raw (acceptRaw) and given to handleRaw instead.
+	raw       func(key string) bool
+	handleRaw func(key string, fd int, peer netip.AddrPort, accepted time.Time)
 
 	released chan struct{} // wakes a loop backing off on EMFILE
 	closed   chan struct{} // closed by close: backoffs end at once
 
 	mu        sync.Mutex
 	listeners map[string]*net.TCPListener
-	shut      bool
-	loops     sync.WaitGroup
+	// rawFiles holds, by key, a duplicate of the listening socket as an
+	// *os.File: its RawConn can wait for a connection (a listener's
+	// cannot), for acceptRaw. nil where raw accept is unsupported.
+	rawFiles map[string]*os.File
+	shut     bool
+	loops    sync.WaitGroup
 }
 
 func newAcceptor(log *zap.Logger, handle func(key string, c *net.TCPConn, accepted time.Time)) *acceptor {
@@ -43,6 +54,7 @@ func newAcceptor(log *zap.Logger, handle func(key string, c *net.TCPConn, accept
 		released:  make(chan struct{}, 1),
 		closed:    make(chan struct{}),
 		listeners: map[string]*net.TCPListener{},
+		rawFiles:  map[string]*os.File{},
 	}
 }
 
@@ -68,12 +80,14 @@ func (a *acceptor) bind(addrs []listenAddr) ([]string, error) {
 		ln, err := lc.Listen(context.Background(), "tcp", l.address)
 		if err != nil {
 			for _, k := range added {
-				a.listeners[k].Close()
-				delete(a.listeners, k)
+				a.closeKey(k)
 			}
 			return nil, fmt.Errorf("listeners.%s: %w", l.name, err)
 		}
 		a.listeners[l.key] = ln.(*net.TCPListener)
+		if f := rawListenerFile(a.listeners[l.key]); f != nil {
+			a.rawFiles[l.key] = f
+		}
 		added = append(added, l.key)
 	}
 	return added, nil
@@ -86,7 +100,7 @@ func (a *acceptor) start(keys []string) {
 	for _, k := range keys {
 		if ln := a.listeners[k]; ln != nil {
 			a.loops.Add(1)
-			go a.loop(k, ln)
+			go a.loop(k, ln, a.rawFiles[k])
 		}
 	}
 }
@@ -97,14 +111,33 @@ func (a *acceptor) closeUnless(keep func(key string) bool) []string {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	var removed []string
-	for k, ln := range a.listeners {
+	for k := range a.listeners {
 		if !keep(k) {
-			ln.Close()
-			delete(a.listeners, k)
+			a.closeKey(k)
 			removed = append(removed, k)
 		}
 	}
 	return removed
+}
+
+// closeKey closes key's listener and its raw duplicate (a.mu held): a
+// loop waiting on either wakes with an error, and isClosed is true.
+func (a *acceptor) closeKey(k string) {
+	ln, f := a.listeners[k], a.rawFiles[k]
+	delete(a.listeners, k)
+	delete(a.rawFiles, k)
+	ln.Close()
+	if f != nil {
+		f.Close()
+	}
+}
+
+// isClosed reports whether key's listener was closed (closeKey): an
+// *os.File's RawConn says so with an error errors.Is does not name.
+func (a *acceptor) isClosed(key string, ln *net.TCPListener) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.listeners[key] != ln
 }
 
 // close closes every socket and returns when every accept loop has ended.
@@ -142,14 +175,30 @@ func (a *acceptor) wake() {
 // loop accepts until the socket closes. It never spins: temporary errors
 // (EMFILE, ENFILE, ENOBUFS...) back off from 5 ms doubling to 100 ms, waking
 // early when a connection is released (RELIABILITY rule 9).
-func (a *acceptor) loop(key string, ln *net.TCPListener) {
+func (a *acceptor) loop(key string, ln *net.TCPListener, raw *os.File) {
 	defer a.loops.Done()
 	var delay time.Duration
 	var lastLog time.Time
+	var rc syscall.RawConn
+	if raw != nil {
+		rc, _ = raw.SyscallConn()
+	}
 	for {
-		c, err := ln.AcceptTCP()
+		var c *net.TCPConn
+		var err error
+		if rc != nil && a.raw != nil && a.raw(key) {
+			var fd int
+			var peer netip.AddrPort
+			if fd, peer, err = acceptRaw(rc); err == nil {
+				delay = 0
+				a.handleRaw(key, fd, peer, time.Now())
+				continue
+			}
+		} else {
+			c, err = ln.AcceptTCP()
+		}
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
+			if errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) || a.isClosed(key, ln) {
 				return
 			}
 			delay = min(max(2*delay, acceptBackoffMin), acceptBackoffMax)

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"sluice/balancer"
+	"sluice/l4"
 	"sluice/l7"
 	"sluice/tlsutil"
 )
@@ -81,8 +82,18 @@ func (rt *Runtime) buildListeners(routes map[string]*route) {
 			},
 			certs: tlsutil.NewCertStore(tlsutil.NewCerts()),
 		}
+		// Raw accept (session.serveRaw) where every route is l4 on the
+		// epoll relay: a connection for an l7 route would need a
+		// *net.TCPConn made of the descriptor (net.FileConn), about 15
+		// syscalls more than Go's accept (issue 11: wss:// handshakes
+		// 5-9 % dearer on a mixed listener), so a listener with any l7
+		// route accepts with Go.
+		rawOK := rawAcceptOK && ls.tls && !ls.proxyIn.accept
+		l4Epoll := func(r *route) bool { return r == nil || r.mode == "l4" && r.relay.Engine == l4.EngineEpoll }
+		lr.rawAccept = rawOK && l4Epoll(lr.table.def) && l4Epoll(lr.table.plain)
 		for p, r := range ls.names.All() {
 			lr.table.names.Add(p, routes[r])
+			lr.rawAccept = lr.rawAccept && l4Epoll(routes[r])
 		}
 		rt.Listeners[name] = lr
 		rt.byAddr[lr.key] = lr

@@ -111,6 +111,10 @@ type listenerRuntime struct {
 	table    routeTable
 	certs    *tlsutil.CertStore
 	redirect *l7.Route // tls = false with redirect_https: every request → https
+	// rawAccept: connections are accepted raw (session.serveRaw): a TLS
+	// listener without accept_proxy whose routes are all l4 on the epoll
+	// relay, on Linux.
+	rawAccept bool
 }
 
 // route is one built [routes.NAME] table.

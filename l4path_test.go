@@ -20,6 +20,7 @@ import (
 
 	"sluice/balancer"
 	"sluice/balancer/balancertest"
+	"sluice/l4"
 	"sluice/tlsutil"
 	"sluice/tlsutil/tlstest"
 )
@@ -48,7 +49,7 @@ backends = [{ address = %q }]
 backends = [{ address = %q }]
 `, ba.addr, bb.addr))
 
-	raw := balancer.RawDials()
+	raw, rawStarts := balancer.RawDials(), l4.RawStarts()
 	for _, tc := range []struct {
 		sni  string
 		want *x509.Certificate
@@ -88,10 +89,14 @@ backends = [{ address = %q }]
 	if ba.accepts() != 1 || bb.accepts() != 2 {
 		t.Fatalf("backend accepts a=%d b=%d, want 1 and 2", ba.accepts(), bb.accepts())
 	}
-	// The backends were connected by the raw dial (the epoll relay's
-	// default), on Linux; parallel tests only add to the count.
+	// The backends were connected by the raw dial and the clients
+	// accepted raw (the epoll relay's default, an l4-only listener), on
+	// Linux; parallel tests only add to the counts.
 	if n := balancer.RawDials() - raw; runtime.GOOS == "linux" && n < 3 {
 		t.Fatalf("%d raw dials for 3 connections", n)
+	}
+	if n := l4.RawStarts() - rawStarts; runtime.GOOS == "linux" && n < 3 {
+		t.Fatalf("%d relays on descriptors only for 3 connections", n)
 	}
 	// The L4 path must splice: both directions, on every connection.
 	for _, e := range l.waitAccess(t, 3) {
@@ -730,5 +735,63 @@ backends = [{ address = "127.0.0.1:1" }]
 	}
 	if !strings.Contains(got, `\n\x1b[31mFAKE LOG LINE\r\n`) {
 		t.Fatalf("sni field %q does not show the escaped bytes", got)
+	}
+}
+
+// A listener whose routes are all l4 accepts raw: its L4 connections run
+// on descriptors only (l4.RawStarts). A listener with an l7 route accepts
+// with Go (an l7 connection would need a conn made of the descriptor), so
+// its L4 connections do not. Both carry the bytes. Not parallel: the count
+// is the process's.
+func TestRawAcceptOnlyOnL4Listeners(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("raw accept is Linux-only")
+	}
+	be, cert := tlsEchoBackend(t, "game.test")
+	l := startLB(t, fmt.Sprintf(`
+[listeners.native]
+address = "127.0.0.1:0"
+[listeners.mixed]
+address = "127.0.0.1:0"
+[routes.a]
+listener = "native"
+sni = ["game.test"]
+pool = "p"
+[routes.b]
+listener = "mixed"
+sni = ["game.test"]
+pool = "p"
+[routes.web]
+listener = "mixed"
+sni = ["web.test"]
+mode = "l7"
+pool = "p"
+[pools.p]
+backends = [{ address = %q }]
+`, be.addr))
+	roots := x509.NewCertPool()
+	roots.AddCert(cert)
+	for _, tc := range []struct {
+		listener string
+		raw      int64
+	}{{"native", 1}, {"mixed", 0}} {
+		before := l4.RawStarts()
+		c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", l.addr(tc.listener).String(),
+			&tls.Config{ServerName: "game.test", RootCAs: roots})
+		if err != nil {
+			t.Fatalf("%s: handshake through sluice: %v", tc.listener, err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Write([]byte("ping")); err != nil {
+			t.Fatal(err)
+		}
+		b := make([]byte, 4)
+		if _, err := io.ReadFull(c, b); err != nil || string(b) != "ping" {
+			t.Fatalf("%s: echo %q, %v", tc.listener, b, err)
+		}
+		c.Close()
+		if n := l4.RawStarts() - before; n != tc.raw {
+			t.Errorf("%s listener: %d relays on descriptors only, want %d", tc.listener, n, tc.raw)
+		}
 	}
 }

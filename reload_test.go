@@ -820,18 +820,23 @@ func TestShutdownClosesIdleKeepAlive(t *testing.T) {
 	}
 }
 
-// An idle L4 session sheds Go's state of its two sockets (l4.Options.Owner,
-// after about a second idle): it still carries bytes both ways, and a
-// reload that removes its backend still closes it after drain_timeout.
-// Not parallel: the shed count is the process's.
-func TestIdleL4SessionShedsAndCloses(t *testing.T) {
+// An idle L4 session holds none of Go's socket state: on Linux it was
+// accepted and dialled raw (l4.RawStarts), or, where a side was a conn, its
+// relay sheds it after about a second idle (l4.Sheds). It still carries
+// bytes both ways, and a reload that removes its backend still closes it
+// after drain_timeout (the lease's Kill). Not parallel: both counts are
+// the process's.
+func TestIdleL4SessionHoldsNoGoSocketsAndCloses(t *testing.T) {
 	b1, b2 := echoBackend(t), echoBackend(t)
 	f := startFileLB(t, fmt.Sprintf(reloadBase, b1.addr))
+	raw, shed := l4.RawStarts(), l4.Sheds()
 	live := dial(t, f.addr("public"))
 	echoOnce(t, live)
-	before := l4.Sheds()
+	if runtime.GOOS == "linux" && l4.RawStarts() == raw {
+		t.Fatal("the session's relay did not start on descriptors (raw accept and dial)")
+	}
 	deadline := time.Now().Add(15 * time.Second)
-	for l4.Sheds() == before {
+	for l4.RawStarts() == raw && l4.Sheds() == shed {
 		if time.Now().After(deadline) {
 			t.Fatal("the idle session did not shed its sockets in 15s")
 		}

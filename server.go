@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -71,6 +72,7 @@ func newServer(rt *Runtime, log *zap.Logger, rejectLog *zap.Logger) *server {
 		cancel:    cancel,
 	}
 	s.acc = newAcceptor(log, s.accepted)
+	s.acc.raw, s.acc.handleRaw = s.rawAccept, s.acceptedRaw
 	s.reloader = newReloader(log, s.acc, s.install)
 	s.prepare(rt)
 	s.rt.Store(rt)
@@ -194,12 +196,48 @@ func (s *server) accepted(key string, c *net.TCPConn, at time.Time) {
 		return
 	}
 	s.conns.Add(1)
-	ss := &session{srv: s, rt: rt, lr: lr, c: c, client: c.RemoteAddr(), local: c.LocalAddr(), accepted: at}
+	ss := &session{srv: s, rt: rt, lr: lr, c: c, fd: -1, client: c.RemoteAddr(), local: c.LocalAddr(), accepted: at}
 	if lr.tls {
 		go ss.serve()
 	} else {
 		go ss.serveCleartext()
 	}
+}
+
+// rawAccept reports whether key's next connection is accepted raw: its
+// listener's rawAccept, in the current config.
+func (s *server) rawAccept(key string) bool {
+	lr := s.rt.Load().byAddr[key]
+	return lr != nil && lr.rawAccept
+}
+
+// acceptedRaw is accepted for a connection accepted raw (acceptRaw): a
+// descriptor and the peer's address, no *net.TCPConn. Its session reads
+// the hello and runs an l4 route on the descriptor (serveRaw); anything
+// else gets a conn made of it there.
+func (s *server) acceptedRaw(key string, fd int, peer netip.AddrPort, at time.Time) {
+	rt := s.rt.Load()
+	for !rt.acquire() {
+		rt = s.rt.Load()
+	}
+	lr := rt.byAddr[key]
+	if lr == nil {
+		rt.release()
+		closeRaw(fd, false)
+		return
+	}
+	client := net.TCPAddrFromAddrPort(peer)
+	s.metrics.accepted(lr.name)
+	if s.active.Add(1) > s.maxConns.Load() {
+		s.active.Add(-1)
+		rt.release()
+		closeRaw(fd, true)
+		s.reject(lr.name, client, reasonMaxConnections, "", zap.Int64("max_connections", s.maxConns.Load()))
+		return
+	}
+	s.conns.Add(1)
+	ss := &session{srv: s, rt: rt, lr: lr, fd: fd, client: client, accepted: at}
+	go ss.serveRaw()
 }
 
 // release ends a session's hold on its config and on a connection slot.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -37,6 +38,7 @@ type session struct {
 	rt       *Runtime // the config generation it was accepted under
 	lr       *listenerRuntime
 	c        *net.TCPConn
+	fd       int        // accepted raw (serveRaw): the descriptor, until wrap makes c of it; else -1
 	client   net.Addr   // the player's address: c's peer, or the PROXY header's source
 	local    net.Addr   // the address the player connected to: c's, or the PROXY header's destination
 	first    []byte     // bytes read past a PROXY header: the start of the hello or head
@@ -60,9 +62,15 @@ func (ss *session) end() {
 // refuse closes the conn (with close, or lingerClose after a refusal was
 // written), counts and logs the rejection, and ends the session.
 func (ss *session) refuse(linger bool, reason l4.Reason, sni string, extra ...zap.Field) {
-	if linger {
+	switch {
+	case ss.c == nil: // raw: nothing was written
+		if ss.fd >= 0 {
+			closeRaw(ss.fd, false)
+			ss.fd = -1
+		}
+	case linger:
 		lingerClose(ss.c)
-	} else {
+	default:
 		ss.c.Close()
 	}
 	ss.srv.reject(ss.lr.name, ss.client, reason, sni, extra...)
@@ -81,8 +89,16 @@ func (ss *session) serve() {
 	if !ss.admit() {
 		return
 	}
+	ss.route(true)
+}
+
+// route reads the ClientHello (or first bytes) under the read deadline
+// set, routes it and hands the conn to its route; a refusal ends here.
+// count: the hello's time is counted here (serveRaw counted it already).
+func (ss *session) route(count bool) {
+	c, lr := ss.c, ss.lr
 	h, err := tlsutil.ReadClientHello(ss.reader(), lr.maxHelloBytes)
-	if err == nil || errors.Is(err, tlsutil.ErrNotTLS) {
+	if count && (err == nil || errors.Is(err, tlsutil.ErrNotTLS)) {
 		ss.srv.metrics.helloDone(lr.name, time.Since(ss.accepted))
 	}
 	var r *route
@@ -158,6 +174,87 @@ func (ss *session) serveCleartext() {
 		return
 	}
 	ss.toL7(r, head, host)
+}
+
+// serveRaw is serve for a connection accepted raw (server.acceptedRaw): it
+// reads the ClientHello from the descriptor (waiting on the shards' epoll
+// sets, l4.WaitFD, until hello_timeout from accept), and an l4 route on the
+// epoll relay runs on it as it is: the socket never becomes one of Go's
+// (issue 11). A refusal that writes nothing closes it here. Anything else
+// (an l7 route, a TLS alert or HTTP answer to write) gets a *net.TCPConn
+// made of it (fdConn), with the bytes read so far put back in front, and
+// goes the conn's way (route).
+func (ss *session) serveRaw() {
+	growStack()
+	lr := ss.lr
+	if !ss.admit() {
+		return
+	}
+	deadline := ss.accepted.Add(lr.helloTimeout)
+	h, err := tlsutil.ReadClientHello(&fdReader{fd: ss.fd, deadline: deadline, ctx: ss.srv.ctx}, lr.maxHelloBytes)
+	var r *route
+	switch {
+	case err == nil:
+		r = lr.table.lookup(h.ServerName)
+	case errors.Is(err, tlsutil.ErrNotTLS):
+		r = lr.table.plain
+	case len(h.Raw) == 0 && lr.table.plain != nil && errors.Is(err, os.ErrDeadlineExceeded):
+		ss.refuse(false, reasonNoFirstBytes, "")
+		return
+	default:
+		ss.refuse(false, peekFailure(err), h.RawServerName, zap.Error(err))
+		return
+	}
+	ss.srv.metrics.helloDone(lr.name, time.Since(ss.accepted))
+	if r != nil && r.mode == "l4" && r.relay.Engine == l4.EngineEpoll {
+		ss.toL4(r, h, err == nil)
+		return
+	}
+	c, werr := fdConn(ss.fd)
+	ss.fd = -1
+	if werr != nil {
+		ss.srv.reject(lr.name, ss.client, l4.ReasonError, h.RawServerName, zap.Error(werr))
+		ss.end()
+		return
+	}
+	ss.c, ss.local, ss.first = c, c.LocalAddr(), h.Raw
+	c.SetReadDeadline(deadline)
+	ss.route(false)
+}
+
+// fdReader reads a raw descriptor for ReadClientHello: what is there, and
+// while nothing is, a wait on its readability (l4.WaitFD) until deadline
+// (os.ErrDeadlineExceeded) or the server's drain context ends.
+type fdReader struct {
+	fd       int
+	deadline time.Time
+	ctx      context.Context
+}
+
+func (r *fdReader) Read(b []byte) (int, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	for {
+		n, errno := recvRaw(r.fd, b)
+		switch {
+		case errno == 0 && n > 0:
+			return n, nil
+		case errno == 0:
+			return 0, io.EOF
+		case errno == syscall.EINTR:
+		case errno == syscall.EAGAIN:
+			wait := l4.FDWaiter()
+			if wait == nil {
+				return 0, errors.ErrUnsupported
+			}
+			if err := wait(r.ctx, r.fd, false, r.deadline); err != nil {
+				return 0, err
+			}
+		default:
+			return 0, os.NewSyscallError("read", errno)
+		}
+	}
 }
 
 // toL7 hands the conn to an l7 route (TLS termination, HTTP and WebSocket)
@@ -236,9 +333,12 @@ func (ss *session) toL4(r *route, h *tlsutil.ClientHello, isHello bool) {
 		// none of Go's netFD costs (balancer's raw dial, issue 11).
 		req.Wait = l4.FDWaiter()
 	}
+	if req.Local == nil && ss.c == nil && r.pool.ProxyProtocol() != balancer.ProxyNone {
+		req.Local = localAddrOf(ss.fd) // accepted raw: asked only for the PROXY header
+	}
 	lease, err := r.pool.Dial(s.ctx, req)
 	if err != nil {
-		ss.c.Close()
+		ss.closeClient()
 		ss.logL4(r, sni, l4Result{Stats: l4.Stats{Reason: l4.DialFailure(err), Err: err}})
 		ss.end()
 		return
@@ -246,9 +346,12 @@ func (ss *session) toL4(r *route, h *tlsutil.ClientHello, isHello bool) {
 	prefix := int64(len(h.Raw)) // not h.Raw: the relay must not keep the hello alive
 	opts := r.relay
 	opts.Owner, opts.ShedClient = lease, true // an idle relay sheds Go's socket state
-	c := ss.c
-	ss.c = nil     // nor the client conn, which would keep that state alive
-	ss.local = nil // nor its local address: only the dial needed it
+	client := l4.Socket{Conn: ss.c, FD: ss.fd}
+	if ss.c == nil {
+		client.Conn = nil // not a nil *net.TCPConn in the interface: the descriptor is the client
+	}
+	ss.c, ss.fd = nil, -1 // nor the client conn, which would keep that state alive
+	ss.local = nil        // nor its local address: only the dial needed it
 	done := func(st l4.Stats) {
 		defer ss.end()
 		// Passive health: a backend that resets before sending anything
@@ -258,18 +361,41 @@ func (ss *session) toL4(r *route, h *tlsutil.ClientHello, isHello bool) {
 		st.BytesIn += prefix // the hello went out with the connect
 		ss.logL4(r, sni, l4Result{Stats: st, Backend: lease.Backend.ID(), Attempts: lease.Attempts})
 	}
-	if lease.Conn != nil {
-		l4.Start(s.ctx, c, lease.Conn, opts, done)
+	if lease.Conn != nil && client.Conn != nil {
+		l4.Start(s.ctx, client.Conn, lease.Conn, opts, done)
 		return
 	}
-	opts.BackendOptions = balancer.SetBackendOptions
-	if !l4.StartFD(s.ctx, c, lease.FD, opts, done) {
+	backend := l4.Socket{FD: lease.FD}
+	if lease.Conn == nil {
+		opts.BackendOptions = balancer.SetBackendOptions
+	} else {
+		backend = l4.Socket{Conn: lease.Conn, FD: -1}
+	}
+	if !l4.StartSockets(s.ctx, client, backend, opts, done) {
 		// The epoll set refused the sockets (ENOMEM, max_user_watches):
 		// sluice's own trouble, after a good connect.
-		unix.Close(lease.FD)
-		c.SetLinger(0)
-		c.Close()
-		done(l4.Stats{Reason: l4.ReasonError, Err: errors.New("l4: the relay could not start on the backend's socket")})
+		if lease.Conn != nil {
+			lease.Conn.Close()
+		} else {
+			unix.Close(lease.FD)
+		}
+		if client.Conn != nil {
+			client.Conn.(*net.TCPConn).SetLinger(0)
+			client.Conn.Close()
+		} else {
+			closeRaw(client.FD, true)
+		}
+		done(l4.Stats{Reason: l4.ReasonError, Err: errors.New("l4: the relay could not start on its sockets")})
+	}
+}
+
+// closeClient closes the client's conn, or its descriptor if accepted raw.
+func (ss *session) closeClient() {
+	if ss.c != nil {
+		ss.c.Close()
+	} else if ss.fd >= 0 {
+		closeRaw(ss.fd, false)
+		ss.fd = -1
 	}
 }
 
@@ -393,7 +519,12 @@ func (ss *session) admit() bool {
 		return true
 	}
 	if ok, reason := l.admit(key, time.Now()); !ok {
-		ss.c.SetLinger(0)
+		if ss.c != nil {
+			ss.c.SetLinger(0)
+		} else {
+			closeRaw(ss.fd, true)
+			ss.fd = -1
+		}
 		ss.refuse(false, reason, "")
 		return false
 	}

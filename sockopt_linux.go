@@ -30,6 +30,9 @@ func controlListener(_, _ string, c syscall.RawConn) error {
 			{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, int(balancer.KeepAlive.Interval / time.Second)},
 			{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, balancer.KeepAlive.Count},
 			{unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(balancer.UserTimeout / time.Millisecond)},
+			// Go's accept sets it on each conn; a raw accept (serveRaw)
+			// relies on the inherited one.
+			{unix.IPPROTO_TCP, unix.TCP_NODELAY, 1},
 		} {
 			if err := unix.SetsockoptInt(int(fd), o.level, o.opt, o.val); err != nil {
 				serr = fmt.Errorf("setsockopt %d/%d: %w", o.level, o.opt, err)

@@ -397,6 +397,14 @@ var shedCount atomic.Int64
 // since the process started.
 func Sheds() int64 { return shedCount.Load() }
 
+// rawStarts counts relays started with both sides as descriptors: RawStarts.
+var rawStarts atomic.Int64
+
+// RawStarts returns how many relays started with both sides as
+// descriptors of their own (the l4 path's raw accept and raw dial): they
+// never held Go's socket state, so they have none to shed.
+func RawStarts() int64 { return rawStarts.Load() }
+
 // Kill is Killer's, for the relay's owner after shed: the relay ends at
 // the next scan, as it would see a closed conn.
 func (r *erelay) Kill() { r.killed.Store(true) }
@@ -484,7 +492,7 @@ type erelay struct {
 // *net.TCPConn or drivable *tls.Conn client (tlsClient), or when epoll is
 // not available: the caller runs the goroutine engine.
 func startEpoll(ctx context.Context, client, backend net.Conn, opts Options, done func(Stats)) bool {
-	return startEpollFD(ctx, client, backend, -1, opts, done)
+	return startEpollFD(ctx, client, -1, backend, -1, opts, done)
 }
 
 // StartFD is Start with the backend as a connected socket's descriptor
@@ -495,16 +503,44 @@ func startEpoll(ctx context.Context, client, backend net.Conn, opts Options, don
 // before the relay started). false: nothing changed, and the caller still
 // owns backendFD (a client the engine cannot drive, no epoll).
 func StartFD(ctx context.Context, client net.Conn, backendFD int, opts Options, done func(Stats)) bool {
-	return backendFD >= 0 && startEpollFD(ctx, client, nil, backendFD, opts, done)
+	return StartSockets(ctx, Socket{Conn: client, FD: -1}, Socket{FD: backendFD}, opts, done)
 }
 
-// startEpollFD is startEpoll with the backend as a conn, or as a
-// descriptor of its own (bfd >= 0, backend nil).
-func startEpollFD(ctx context.Context, client, backend net.Conn, bfd int, opts Options, done func(Stats)) bool {
+// Socket is one side given to StartSockets: Conn, or (Conn nil) FD, the
+// descriptor of a connected nonblocking TCP socket that the relay takes
+// over (a raw accept's, a raw dial's).
+type Socket struct {
+	Conn net.Conn
+	FD   int
+}
+
+// StartSockets is StartFD with either side a conn or a descriptor of the
+// relay's own: the l4 path's client accepted raw, its backend dialled raw
+// or by Go (a host name). It reports whether the relay started; false:
+// nothing changed, the caller still owns both.
+func StartSockets(ctx context.Context, client, backend Socket, opts Options, done func(Stats)) bool {
+	if (client.Conn == nil && client.FD < 0) || (backend.Conn == nil && backend.FD < 0) {
+		return false
+	}
+	cfd, bfd := -1, -1
+	if client.Conn == nil {
+		cfd = client.FD
+	}
+	if backend.Conn == nil {
+		bfd = backend.FD
+	}
+	return startEpollFD(ctx, client.Conn, cfd, backend.Conn, bfd, opts, done)
+}
+
+// startEpollFD is startEpoll with either side as a conn, or as a
+// descriptor of its own (fd >= 0, conn nil).
+func startEpollFD(ctx context.Context, client net.Conn, cfd int, backend net.Conn, bfd int, opts Options, done func(Stats)) bool {
 	var tc *tls.Conn
 	var nb *NBIO
 	c, ok := client.(*net.TCPConn)
-	if !ok {
+	if cfd >= 0 {
+		ok = true
+	} else if !ok {
 		tc, nb, c = tlsClient(client)
 		ok = c != nil
 	}
@@ -523,6 +559,10 @@ func startEpollFD(ctx context.Context, client, backend net.Conn, bfd int, opts O
 	r := &erelay{conns: [2]*net.TCPConn{c, b}, tc: tc, nb: nb, drain: ctx.Done(), done: done,
 		owner: opts.Owner, shedClient: opts.ShedClient,
 		idle: int64(o.IdleTimeout), halfClose: int64(min(o.IdleTimeout, o.HalfCloseTimeout)), stall: int64(o.WriteStallTimeout)}
+	if cfd >= 0 {
+		r.conns[sideClient] = nil
+		r.fds[sideClient], r.det[sideClient] = int32(cfd), true
+	}
 	if bfd >= 0 {
 		r.conns[sideBackend] = nil
 		r.fds[sideBackend], r.det[sideBackend] = int32(bfd), true
@@ -577,6 +617,9 @@ func startEpollFD(ctx context.Context, client, backend net.Conn, bfd int, opts O
 			s.drainWatch[ch] = w
 		}
 		w.n++
+	}
+	if r.det[sideClient] && r.det[sideBackend] {
+		rawStarts.Add(1)
 	}
 	if bfd >= 0 && r.owner != nil && !r.owner.Detach(r) {
 		// Its connection was closed (CloseConnections) before it started.

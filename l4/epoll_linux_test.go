@@ -441,14 +441,17 @@ func TestEpollFINRidesWithLastBytes(t *testing.T) {
 func init() {
 	modes = append(modes, mode{name: "epoll-fd", path: PathSplice, start: true, engine: EngineEpoll, shed: true, fd: true})
 	tcpModes = append(tcpModes, modes[len(modes)-1])
+	// Both sides as descriptors: the l4 path's raw accept and raw dial.
+	modes = append(modes, mode{name: "epoll-fds", path: PathSplice, start: true, engine: EngineEpoll, shed: true, fd: true, cfd: true})
+	tcpModes = append(tcpModes, modes[len(modes)-1])
 }
 
 // startFDFromConn returns a Start that gives StartFD a duplicate of the
 // backend conn's descriptor and closes the conn: the relay owns the only
 // descriptor of that socket, as it owns a raw dial's.
-func startFDFromConn(tb testing.TB) func(ctx context.Context, client, backend net.Conn, opts Options, done func(Stats)) {
-	return func(ctx context.Context, client, backend net.Conn, opts Options, done func(Stats)) {
-		rc, err := backend.(*net.TCPConn).SyscallConn()
+func startFDFromConn(tb testing.TB, m mode) func(ctx context.Context, client, backend net.Conn, opts Options, done func(Stats)) {
+	dup := func(c net.Conn) int {
+		rc, err := c.(*net.TCPConn).SyscallConn()
 		if err != nil {
 			tb.Fatal(err)
 		}
@@ -458,10 +461,18 @@ func startFDFromConn(tb testing.TB) func(ctx context.Context, client, backend ne
 		if derr != nil {
 			tb.Fatal(derr)
 		}
-		backend.Close()
-		if !StartFD(ctx, client, fd, opts, done) {
-			unix.Close(fd)
-			tb.Fatal("StartFD did not start")
+		c.Close()
+		return fd
+	}
+	return func(ctx context.Context, client, backend net.Conn, opts Options, done func(Stats)) {
+		cs := Socket{Conn: client, FD: -1}
+		if m.cfd {
+			cs = Socket{FD: dup(client)}
+		}
+		bs := Socket{FD: dup(backend)}
+		if !StartSockets(ctx, cs, bs, opts, done) {
+			unix.Close(bs.FD)
+			tb.Fatal("StartSockets did not start")
 		}
 	}
 }

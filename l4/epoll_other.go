@@ -26,3 +26,17 @@ func StartFD(ctx context.Context, client net.Conn, backendFD int, opts Options, 
 func FDWaiter() func(ctx context.Context, fd int, write bool, deadline time.Time) error {
 	return nil
 }
+
+// Socket is StartSockets' side: see the Linux build.
+type Socket struct {
+	Conn net.Conn
+	FD   int
+}
+
+// StartSockets: the epoll engine is Linux-only; the caller keeps both.
+func StartSockets(ctx context.Context, client, backend Socket, opts Options, done func(Stats)) bool {
+	return false
+}
+
+// RawStarts: only the epoll engine starts relays on descriptors.
+func RawStarts() int64 { return 0 }

@@ -81,6 +81,7 @@ type mode struct {
 	nb     bool   // the relay's *tls.Conn runs over an nbConn (as l7's wss:// tunnels)
 	shed   bool   // Options.Owner set: the relay sheds its conns (testOwner)
 	fd     bool   // the backend goes to StartFD as a descriptor (balancer's raw dial)
+	cfd    bool   // with fd, the client too (the l4 path's raw accept)
 }
 
 // testOwner is an Owner that always lets the relay detach.
@@ -239,7 +240,7 @@ func startRelay(tb testing.TB, m mode, opts Options) *harness {
 		var calls atomic.Int32
 		start := Start
 		if m.fd {
-			start = startFDFromConn(tb)
+			start = startFDFromConn(tb, m)
 		}
 		start(ctx, relayClient, rb, opts, func(st Stats) {
 			if calls.Add(1) != 1 {

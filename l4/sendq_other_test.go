@@ -13,7 +13,7 @@ import (
 func waitSendQueueEmpty(*net.TCPConn, time.Duration) { time.Sleep(200 * time.Millisecond) }
 
 // startFDFromConn: StartFD is Linux-only (no fd modes here).
-func startFDFromConn(tb testing.TB) func(ctx context.Context, client, backend net.Conn, opts Options, done func(Stats)) {
+func startFDFromConn(tb testing.TB, m mode) func(ctx context.Context, client, backend net.Conn, opts Options, done func(Stats)) {
 	tb.Fatal("no StartFD here")
 	return nil
 }
