@@ -149,7 +149,7 @@ go build -o "$tmp/loadgen" ./scripts/bench/loadgen
 "$tmp/backends" -gencert "$tmp"
 
 # --- ports and configs -----------------------------------------------------
-names=(B_L4 B_PP B_TLS B_WS B_WSS B_HTTP B_HTTPS HA_L4 HA_WS HA_HTTP NG_L4 NG_PP NG_WS NG_HTTP SL)
+names=(B_L4 B_PP B_TLS B_WS B_WSS B_HTTP B_HTTPS HA_L4 HA_WS HA_HTTP NG_L4 NG_PP NG_WS NG_HTTP SL SL_WEB)
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 declare -A port=()
 for try in $(seq 1 20); do
@@ -216,7 +216,7 @@ start() { # start NAME: (re)start one process under test
   sluice)
     GOMAXPROCS=$WORKERS "$tmp/sluice" -config "$tmp/sluice.toml" >"$tmp/sluice.log" 2>&1 &
     pid[sluice]=$!
-    wait_port "${port[SL]}" sluice
+    wait_port "${port[SL]}" sluice && wait_port "${port[SL_WEB]}" sluice
     ;;
   esac
 }
@@ -226,7 +226,7 @@ spec() { # spec NAME: the loadgen target spec (no static=: the http-static row i
   direct) echo "name=direct,pid=${pid[direct]},l4=$a:${port[B_L4]},pp=$a:${port[B_PP]},ppself,tls=$a:${port[B_TLS]},wss=$a:${port[B_WSS]},http=$a:${port[B_HTTPS]},static=$a:${port[B_HTTPS]}" ;;
   haproxy) echo "name=haproxy,pid=${pid[haproxy]},l4=$a:${port[HA_L4]},pp=$a:${port[HA_L4]},tls=$a:${port[HA_L4]},wss=$a:${port[HA_WS]},http=$a:${port[HA_HTTP]}" ;;
   nginx) echo "name=nginx,pid=${pid[nginx]},l4=$a:${port[NG_L4]},pp=$a:${port[NG_PP]},tls=$a:${port[NG_L4]},wss=$a:${port[NG_WS]},http=$a:${port[NG_HTTP]},static=$a:${port[NG_HTTP]}" ;;
-  sluice) echo "name=sluice,pid=${pid[sluice]},l4=$a:${port[SL]},pp=$a:${port[SL]},tls=$a:${port[SL]},wss=$a:${port[SL]},http=$a:${port[SL]},static=$a:${port[SL]}" ;;
+  sluice) echo "name=sluice,pid=${pid[sluice]},l4=$a:${port[SL]},pp=$a:${port[SL]},tls=$a:${port[SL]},wss=$a:${port[SL_WEB]},http=$a:${port[SL_WEB]},static=$a:${port[SL_WEB]}" ;;
   esac
 }
 targets=(direct haproxy nginx sluice)
@@ -251,7 +251,7 @@ for s in ${SCENARIOS//,/ }; do
 done
 secs() { local d=$1; [[ $d == *ms ]] && echo $(((${d%ms} + 999) / 1000)) || echo "${d%s}"; }
 results=$tmp/results.jsonl
-log "$(nproc) cores; WORKERS=$WORKERS REPS=$REPS DURATION=$DURATION STORM_DURATION=$STORM_DURATION IDLE_CONNS=$IDLE_CONNS; ports ${port[B_L4]}-${port[SL]}"
+log "$(nproc) cores; WORKERS=$WORKERS REPS=$REPS DURATION=$DURATION STORM_DURATION=$STORM_DURATION IDLE_CONNS=$IDLE_CONNS; ports ${port[B_L4]}-${port[SL_WEB]}"
 if ((${#load[@]})); then
   list=$(
     IFS=,
