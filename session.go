@@ -89,18 +89,27 @@ func (ss *session) serve() {
 	if !ss.admit() {
 		return
 	}
-	ss.route(true)
+	ss.route()
 }
 
 // route reads the ClientHello (or first bytes) under the read deadline
-// set, routes it and hands the conn to its route; a refusal ends here.
-// count: the hello's time is counted here (serveRaw counted it already).
-func (ss *session) route(count bool) {
-	c, lr := ss.c, ss.lr
+// set and dispatches it.
+func (ss *session) route() {
+	lr := ss.lr
 	h, err := tlsutil.ReadClientHello(ss.reader(), lr.maxHelloBytes)
-	if count && (err == nil || errors.Is(err, tlsutil.ErrNotTLS)) {
+	if err == nil || errors.Is(err, tlsutil.ErrNotTLS) {
 		ss.srv.metrics.helloDone(lr.name, time.Since(ss.accepted))
 	}
+	ss.dispatch(h, err)
+}
+
+// dispatch routes what the hello read gave (h, err) and hands the client
+// to its route; a refusal ends here. A client accepted raw stays a
+// descriptor for an l4 route and a refusal that writes nothing; for the
+// rest (a TLS alert or an HTTP answer to write, an l7 route) conn makes a
+// *net.TCPConn of it first.
+func (ss *session) dispatch(h *tlsutil.ClientHello, err error) {
+	lr := ss.lr
 	var r *route
 	switch {
 	case err == nil:
@@ -112,19 +121,22 @@ func (ss *session) route(count bool) {
 			} else if h.ServerName == "" {
 				reason = reasonNoSNI
 			}
-			c.SetWriteDeadline(time.Now().Add(rejectWriteTimeout))
-			tlsutil.WriteAlert(c, tlsutil.AlertUnrecognizedName)
+			if !ss.conn(h.RawServerName) {
+				return
+			}
+			ss.c.SetWriteDeadline(time.Now().Add(rejectWriteTimeout))
+			tlsutil.WriteAlert(ss.c, tlsutil.AlertUnrecognizedName)
 			ss.refuse(true, reason, h.RawServerName)
 			return
 		}
 	case errors.Is(err, tlsutil.ErrNotTLS):
 		if r = lr.table.plain; r == nil {
-			if tlsutil.LooksLikeHTTP(h.Raw) {
-				c.SetWriteDeadline(time.Now().Add(rejectWriteTimeout))
-				io.WriteString(c, httpOnTLSPort)
-				ss.refuse(true, reasonNotTLS, "")
-			} else {
+			if !tlsutil.LooksLikeHTTP(h.Raw) {
 				ss.refuse(false, reasonNotTLS, "")
+			} else if ss.conn("") {
+				ss.c.SetWriteDeadline(time.Now().Add(rejectWriteTimeout))
+				io.WriteString(ss.c, httpOnTLSPort)
+				ss.refuse(true, reasonNotTLS, "")
 			}
 			return
 		}
@@ -138,10 +150,30 @@ func (ss *session) route(count bool) {
 		return
 	}
 	if r.mode == "l7" {
-		ss.toL7(r, h.Raw, h.RawServerName)
+		if ss.conn(h.RawServerName) {
+			ss.toL7(r, h.Raw, h.RawServerName)
+		}
 		return
 	}
 	ss.toL4(r, h, err == nil)
+}
+
+// conn makes the raw descriptor of a client accepted raw a *net.TCPConn
+// (fdConn), if it is not one yet, and reports whether the session goes on:
+// on failure the connection is closed and refused.
+func (ss *session) conn(sni string) bool {
+	if ss.c != nil {
+		return true
+	}
+	c, err := fdConn(ss.fd)
+	ss.fd = -1 // closed by fdConn, failed or not
+	if err != nil {
+		ss.srv.reject(ss.lr.name, ss.client, l4.ReasonError, sni, zap.Error(err))
+		ss.end()
+		return false
+	}
+	ss.c, ss.local = c, c.LocalAddr()
+	return true
 }
 
 // serveCleartext serves a conn on a cleartext HTTP listener (tls = false):
@@ -178,48 +210,20 @@ func (ss *session) serveCleartext() {
 
 // serveRaw is serve for a connection accepted raw (server.acceptedRaw): it
 // reads the ClientHello from the descriptor (waiting on the shards' epoll
-// sets, l4.WaitFD, until hello_timeout from accept), and an l4 route on the
-// epoll relay runs on it as it is: the socket never becomes one of Go's
-// (issue 11). A refusal that writes nothing closes it here. Anything else
-// (an l7 route, a TLS alert or HTTP answer to write) gets a *net.TCPConn
-// made of it (fdConn), with the bytes read so far put back in front, and
-// goes the conn's way (route).
+// sets, l4.WaitFD, until hello_timeout from accept) and dispatches it: an
+// l4 route runs on the descriptor as it is, so the socket never becomes
+// one of Go's (issue 11).
 func (ss *session) serveRaw() {
 	growStack()
 	lr := ss.lr
 	if !ss.admit() {
 		return
 	}
-	deadline := ss.accepted.Add(lr.helloTimeout)
-	h, err := tlsutil.ReadClientHello(&fdReader{fd: ss.fd, deadline: deadline, ctx: ss.srv.ctx}, lr.maxHelloBytes)
-	var r *route
-	switch {
-	case err == nil:
-		r = lr.table.lookup(h.ServerName)
-	case errors.Is(err, tlsutil.ErrNotTLS):
-		r = lr.table.plain
-	case len(h.Raw) == 0 && lr.table.plain != nil && errors.Is(err, os.ErrDeadlineExceeded):
-		ss.refuse(false, reasonNoFirstBytes, "")
-		return
-	default:
-		ss.refuse(false, peekFailure(err), h.RawServerName, zap.Error(err))
-		return
+	h, err := tlsutil.ReadClientHello(&fdReader{fd: ss.fd, deadline: ss.accepted.Add(lr.helloTimeout), ctx: ss.srv.ctx}, lr.maxHelloBytes)
+	if err == nil || errors.Is(err, tlsutil.ErrNotTLS) {
+		ss.srv.metrics.helloDone(lr.name, time.Since(ss.accepted))
 	}
-	ss.srv.metrics.helloDone(lr.name, time.Since(ss.accepted))
-	if r != nil && r.mode == "l4" && r.relay.Engine == l4.EngineEpoll {
-		ss.toL4(r, h, err == nil)
-		return
-	}
-	c, werr := fdConn(ss.fd)
-	ss.fd = -1
-	if werr != nil {
-		ss.srv.reject(lr.name, ss.client, l4.ReasonError, h.RawServerName, zap.Error(werr))
-		ss.end()
-		return
-	}
-	ss.c, ss.local, ss.first = c, c.LocalAddr(), h.Raw
-	c.SetReadDeadline(deadline)
-	ss.route(false)
+	ss.dispatch(h, err)
 }
 
 // fdReader reads a raw descriptor for ReadClientHello: what is there, and
