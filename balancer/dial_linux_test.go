@@ -55,55 +55,63 @@ func blackhole(t *testing.T) string {
 // TestDialBlackholeRetry pins T12: a blackholed backend costs one
 // ConnectTimeout, then the next backend serves the connection.
 func TestDialBlackholeRetry(t *testing.T) {
-	good := startBackend(t, "tcp", "127.0.0.1:0", false)
-	p := mustPool(t, PoolConfig{Name: "bh", Backends: backendsOf(blackhole(t), good.addr()), ConnectTimeout: bhTimeout})
-	start := time.Now()
-	l, err := p.Dial(context.Background(), DialRequest{Prefix: []byte("hello")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	finish(t, l)
-	if l.Attempts != 2 || l.Backend.Addr() != good.addr() {
-		t.Fatalf("lease on %s after %d attempts", l.Backend.Addr(), l.Attempts)
-	}
-	if el := time.Since(start); el < bhTimeout {
-		t.Errorf("returned after %v, before the first attempt's timeout", el)
-	}
-	if r := good.next(t); string(r.data) != "hello" {
-		t.Errorf("got %q", r.data)
-	}
-	if f := p.Backends()[0].Failures(); f != 1 {
-		t.Errorf("blackholed backend failures = %d", f)
+	for _, k := range dialKinds {
+		t.Run(k.name, func(t *testing.T) {
+			good := startBackend(t, "tcp", "127.0.0.1:0", false)
+			p := mustPool(t, PoolConfig{Name: "bh", Backends: backendsOf(blackhole(t), good.addr()), ConnectTimeout: bhTimeout})
+			start := time.Now()
+			l, err := p.Dial(context.Background(), DialRequest{Prefix: []byte("hello"), Wait: k.wait})
+			if err != nil {
+				t.Fatal(err)
+			}
+			finish(t, l)
+			if l.Attempts != 2 || l.Backend.Addr() != good.addr() {
+				t.Fatalf("lease on %s after %d attempts", l.Backend.Addr(), l.Attempts)
+			}
+			if el := time.Since(start); el < bhTimeout {
+				t.Errorf("returned after %v, before the first attempt's timeout", el)
+			}
+			if r := good.next(t); string(r.data) != "hello" {
+				t.Errorf("got %q", r.data)
+			}
+			if f := p.Backends()[0].Failures(); f != 1 {
+				t.Errorf("blackholed backend failures = %d", f)
+			}
+		})
 	}
 }
 
 // TestDialAllBlackholed pins the bound on a dead pool: MaxAttempts timeouts,
 // one cause per backend, each a deadline.
 func TestDialAllBlackholed(t *testing.T) {
-	p := mustPool(t, PoolConfig{Name: "bh", Backends: backendsOf(blackhole(t), blackhole(t), blackhole(t)), ConnectTimeout: bhTimeout})
-	start := time.Now()
-	_, err := p.Dial(context.Background(), DialRequest{})
-	el := time.Since(start)
-	var de *DialError
-	if !errors.As(err, &de) || len(de.Attempts) != 3 || de.Stop != nil {
-		t.Fatalf("err = %v", err)
-	}
-	for i, a := range de.Attempts {
-		// Whichever fires first, the context's deadline or the socket's,
-		// the cause is a net.Error timeout.
-		if ne, ok := errors.AsType[net.Error](a.Err); !ok || !ne.Timeout() {
-			t.Errorf("attempt %d: %v, want a timeout", i, a.Err)
-		}
-	}
-	// Timers never fire early; the upper bound only catches a missing
-	// per-attempt timeout (the default would take 3 x 3 s).
-	if el < 3*bhTimeout || el > 3*bhTimeout+5*time.Second {
-		t.Errorf("took %v, want about %v", el, 3*bhTimeout)
-	}
-	for i, b := range p.Backends() {
-		if b.Dials() != 1 || b.Failures() != 1 || b.Active() != 0 {
-			t.Errorf("backend %d: dials %d failures %d active %d", i, b.Dials(), b.Failures(), b.Active())
-		}
+	for _, k := range dialKinds {
+		t.Run(k.name, func(t *testing.T) {
+			p := mustPool(t, PoolConfig{Name: "bh", Backends: backendsOf(blackhole(t), blackhole(t), blackhole(t)), ConnectTimeout: bhTimeout})
+			start := time.Now()
+			_, err := p.Dial(context.Background(), DialRequest{Wait: k.wait})
+			el := time.Since(start)
+			var de *DialError
+			if !errors.As(err, &de) || len(de.Attempts) != 3 || de.Stop != nil {
+				t.Fatalf("err = %v", err)
+			}
+			for i, a := range de.Attempts {
+				// Whichever fires first, the context's deadline or the socket's,
+				// the cause is a net.Error timeout.
+				if ne, ok := errors.AsType[net.Error](a.Err); !ok || !ne.Timeout() {
+					t.Errorf("attempt %d: %v, want a timeout", i, a.Err)
+				}
+			}
+			// Timers never fire early; the upper bound only catches a missing
+			// per-attempt timeout (the default would take 3 x 3 s).
+			if el < 3*bhTimeout || el > 3*bhTimeout+5*time.Second {
+				t.Errorf("took %v, want about %v", el, 3*bhTimeout)
+			}
+			for i, b := range p.Backends() {
+				if b.Dials() != 1 || b.Failures() != 1 || b.Active() != 0 {
+					t.Errorf("backend %d: dials %d failures %d active %d", i, b.Dials(), b.Failures(), b.Active())
+				}
+			}
+		})
 	}
 }
 

@@ -39,60 +39,68 @@ func want(t *testing.T, v ProxyProtocol, req DialRequest) []byte {
 // TestDialRetryRefused pins T12 and rule 4: a refused backend is skipped,
 // the next one gets exactly the same header and prefix bytes.
 func TestDialRetryRefused(t *testing.T) {
-	good := startBackend(t, "tcp", "127.0.0.1:0", false)
-	p := mustPool(t, PoolConfig{
-		Name:          "retry",
-		Backends:      backendsOf(closedAddr(t), good.addr()),
-		ProxyProtocol: ProxyV2,
-	})
-	req := DialRequest{Client: testClient, Local: testLocal, SNI: "game.example.com", Prefix: payloadOf(2000)}
-	l, err := p.Dial(context.Background(), req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	finish(t, l)
-	if l.Attempts != 2 || l.Backend.Addr() != good.addr() {
-		t.Fatalf("lease on %s after %d attempts, want %s after 2", l.Backend.Addr(), l.Attempts, good.addr())
-	}
-	r := good.next(t)
-	if sha256.Sum256(r.data) != sha256.Sum256(want(t, ProxyV2, req)) {
-		t.Fatalf("backend got %d bytes that differ from header+prefix", len(r.data))
-	}
-	bad, ok := p.Backends()[0], p.Backends()[1]
-	if bad.Dials() != 1 || bad.Failures() != 1 || bad.Active() != 0 {
-		t.Errorf("refused backend: dials %d failures %d active %d", bad.Dials(), bad.Failures(), bad.Active())
-	}
-	if ok.Dials() != 1 || ok.Failures() != 0 || ok.Active() != 1 {
-		t.Errorf("good backend: dials %d failures %d active %d", ok.Dials(), ok.Failures(), ok.Active())
+	for _, k := range dialKinds {
+		t.Run(k.name, func(t *testing.T) {
+			good := startBackend(t, "tcp", "127.0.0.1:0", false)
+			p := mustPool(t, PoolConfig{
+				Name:          "retry",
+				Backends:      backendsOf(closedAddr(t), good.addr()),
+				ProxyProtocol: ProxyV2,
+			})
+			req := DialRequest{Client: testClient, Local: testLocal, SNI: "game.example.com", Prefix: payloadOf(2000), Wait: k.wait}
+			l, err := p.Dial(context.Background(), req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			finish(t, l)
+			if l.Attempts != 2 || l.Backend.Addr() != good.addr() {
+				t.Fatalf("lease on %s after %d attempts, want %s after 2", l.Backend.Addr(), l.Attempts, good.addr())
+			}
+			r := good.next(t)
+			if sha256.Sum256(r.data) != sha256.Sum256(want(t, ProxyV2, req)) {
+				t.Fatalf("backend got %d bytes that differ from header+prefix", len(r.data))
+			}
+			bad, ok := p.Backends()[0], p.Backends()[1]
+			if bad.Dials() != 1 || bad.Failures() != 1 || bad.Active() != 0 {
+				t.Errorf("refused backend: dials %d failures %d active %d", bad.Dials(), bad.Failures(), bad.Active())
+			}
+			if ok.Dials() != 1 || ok.Failures() != 0 || ok.Active() != 1 {
+				t.Errorf("good backend: dials %d failures %d active %d", ok.Dials(), ok.Failures(), ok.Active())
+			}
+		})
 	}
 }
 
 // TestDialAllRefused pins the error shape: one cause per backend, each
 // reachable with errors.Is / errors.As.
 func TestDialAllRefused(t *testing.T) {
-	addrs := []string{closedAddr(t), closedAddr(t), closedAddr(t)}
-	p := mustPool(t, PoolConfig{Name: "down", Backends: backendsOf(addrs...)})
-	l, err := p.Dial(context.Background(), DialRequest{Prefix: []byte("x")})
-	if l != nil {
-		t.Fatal("lease on a dead pool")
-	}
-	var de *DialError
-	if !errors.As(err, &de) {
-		t.Fatalf("err = %T %v, want *DialError", err, err)
-	}
-	if len(de.Attempts) != 3 || de.Stop != nil {
-		t.Fatalf("attempts %d stop %v, want 3 and nil", len(de.Attempts), de.Stop)
-	}
-	for i, a := range de.Attempts {
-		if a.Backend != addrs[i] || !errors.Is(a.Err, syscall.ECONNREFUSED) {
-			t.Errorf("attempt %d: %s %v", i, a.Backend, a.Err)
-		}
-	}
-	if !errors.Is(err, syscall.ECONNREFUSED) {
-		t.Error("errors.Is(err, ECONNREFUSED) is false")
-	}
-	if errors.Is(err, ErrNoBackend) {
-		t.Error("failed attempts reported as ErrNoBackend (503 instead of 502)")
+	for _, k := range dialKinds {
+		t.Run(k.name, func(t *testing.T) {
+			addrs := []string{closedAddr(t), closedAddr(t), closedAddr(t)}
+			p := mustPool(t, PoolConfig{Name: "down", Backends: backendsOf(addrs...)})
+			l, err := p.Dial(context.Background(), DialRequest{Prefix: []byte("x"), Wait: k.wait})
+			if l != nil {
+				t.Fatal("lease on a dead pool")
+			}
+			var de *DialError
+			if !errors.As(err, &de) {
+				t.Fatalf("err = %T %v, want *DialError", err, err)
+			}
+			if len(de.Attempts) != 3 || de.Stop != nil {
+				t.Fatalf("attempts %d stop %v, want 3 and nil", len(de.Attempts), de.Stop)
+			}
+			for i, a := range de.Attempts {
+				if a.Backend != addrs[i] || !errors.Is(a.Err, syscall.ECONNREFUSED) {
+					t.Errorf("attempt %d: %s %v", i, a.Backend, a.Err)
+				}
+			}
+			if !errors.Is(err, syscall.ECONNREFUSED) {
+				t.Error("errors.Is(err, ECONNREFUSED) is false")
+			}
+			if errors.Is(err, ErrNoBackend) {
+				t.Error("failed attempts reported as ErrNoBackend (503 instead of 502)")
+			}
+		})
 	}
 }
 

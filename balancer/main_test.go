@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -139,6 +140,7 @@ func backendsOf(addrs ...string) []BackendConfig {
 // and releases it.
 func finish(t *testing.T, l *Lease) {
 	t.Helper()
+	leaseConn(t, l)
 	if err := l.Conn.CloseWrite(); err != nil {
 		t.Error(err)
 	}
@@ -158,4 +160,34 @@ func parseHeader(t *testing.T, b []byte) (*proxyproto.Header, []byte) {
 	}
 	rest, _ := io.ReadAll(br)
 	return h, rest
+}
+
+// dialKind is a way Dial connects: Go's dial, or (Linux) the raw dial
+// with a test Wait (rawdial_linux_test.go adds it).
+type dialKind struct {
+	name string
+	wait Waiter
+}
+
+var dialKinds = []dialKind{{"go", nil}}
+
+// leaseConn returns l's conn; an FD lease (the raw dial) becomes a Conn
+// one first, for the tests' reads and closes: net.FileConn dups the
+// descriptor, and the original is closed.
+func leaseConn(t *testing.T, l *Lease) *net.TCPConn {
+	t.Helper()
+	if l.Conn != nil {
+		return l.Conn
+	}
+	if l.FD < 0 {
+		t.Fatal("lease with neither Conn nor FD")
+	}
+	f := os.NewFile(uintptr(l.FD), "backend")
+	c, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Conn, l.FD = c.(*net.TCPConn), -1
+	return l.Conn
 }
