@@ -24,6 +24,13 @@
 //	...
 //	lease.Observe(bytesFromBackend, reset) // passive health, before Release
 //
+// With DialRequest.Wait (l4.FDWaiter, Linux) a backend whose address is an
+// IP literal is connected with syscalls of the package's own
+// (rawdial_linux.go): the Lease then has FD, a connected nonblocking
+// descriptor, instead of Conn (l4.StartFD takes it over; SetBackendOptions
+// sets its deferred options), with the same attempts, errors, timeouts and
+// answer wait.
+//
 // Balancing (policy.go): smooth weighted round robin, weighted least_conn,
 // power of two choices, and weighted rendezvous hashing with an optional
 // bounded-load factor. Picks allocate nothing and take no pool-wide lock

@@ -12,4 +12,9 @@
 // relay, and EngineEpoll (Linux, TCP↔TCP), where idle relays sit in an
 // epoll set of the package's own and hold no goroutine (epoll_linux.go).
 // Both keep the same rules: half-close, reset pass-through, timeouts, Stats.
+//
+// On EngineEpoll either side may also be a descriptor the relay takes over
+// (StartFD, StartSockets: the l4 path's raw accept and balancer's raw
+// dial), and WaitFD parks a goroutine on a descriptor's readiness through
+// the same epoll sets (wait_linux.go).
 package l4
