@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"runtime"
 	"strings"
 	"syscall"
@@ -792,6 +793,26 @@ backends = [{ address = %q }]
 		c.Close()
 		if n := l4.RawStarts() - before; n != tc.raw {
 			t.Errorf("%s listener: %d relays on descriptors only, want %d", tc.listener, n, tc.raw)
+		}
+	}
+}
+
+// peekFailure names why a hello read failed: the client's doing, or (a
+// raw accept's wait that could not be set up) sluice's own.
+func TestPeekFailureReasons(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want l4.Reason
+	}{
+		{fmt.Errorf("read: %w", os.ErrDeadlineExceeded), reasonHelloTimeout},
+		{fmt.Errorf("read: %w", os.NewSyscallError("read", syscall.ECONNRESET)), l4.ReasonClientReset},
+		{fmt.Errorf("read: %w", io.EOF), l4.ReasonClientClosed},
+		{fmt.Errorf("read: %w", tlsutil.ErrHelloTooLarge), reasonHelloTooLarge},
+		{fmt.Errorf("read: %w", os.NewSyscallError("epoll_ctl", syscall.ENOSPC)), l4.ReasonLocalLimit},
+		{fmt.Errorf("read: %w", os.NewSyscallError("epoll_create1", syscall.EMFILE)), l4.ReasonLocalLimit},
+	} {
+		if got := peekFailure(tc.err); got != tc.want {
+			t.Errorf("peekFailure(%v) = %s, want %s", tc.err, got, tc.want)
 		}
 	}
 }

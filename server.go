@@ -312,6 +312,10 @@ func peekFailure(err error) l4.Reason {
 		return reasonHelloMalformed
 	case errors.Is(err, syscall.ECONNRESET):
 		return l4.ReasonClientReset
+	case balancer.ClassifyLocal(err) != balancer.NotLocal:
+		// The wait for the rest of a hello read raw could not be set up
+		// (l4.WaitFD: epoll's watch limit, no memory): sluice's trouble.
+		return l4.ReasonLocalLimit
 	default:
 		return l4.ReasonClientClosed
 	}

@@ -25,7 +25,9 @@ const (
 	LocalNoSourcePort
 	// LocalFDLimit is EMFILE or ENFILE: the process or system descriptor limit.
 	LocalFDLimit
-	// LocalNoBuffers is ENOBUFS or ENOMEM: the kernel is out of memory for sockets.
+	// LocalNoBuffers is ENOBUFS or ENOMEM: the kernel is out of memory for
+	// sockets; or ENOSPC: the raw dial's wait (DialRequest.Wait) could not
+	// add the socket to an epoll set (fs.epoll.max_user_watches).
 	LocalNoBuffers
 
 	numLocalReasons
@@ -64,7 +66,7 @@ func ClassifyLocal(err error) LocalReason {
 		return LocalNoSourcePort
 	case syscall.EMFILE, syscall.ENFILE:
 		return LocalFDLimit
-	case syscall.ENOBUFS, syscall.ENOMEM:
+	case syscall.ENOBUFS, syscall.ENOMEM, syscall.ENOSPC:
 		return LocalNoBuffers
 	}
 	return NotLocal

@@ -25,6 +25,7 @@ func TestClassifyLocal(t *testing.T) {
 		{"emfile", wrap(syscall.EMFILE), LocalFDLimit},
 		{"enfile", wrap(syscall.ENFILE), LocalFDLimit},
 		{"enobufs", wrap(syscall.ENOBUFS), LocalNoBuffers},
+		{"epoll watch limit", &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("epoll_ctl", syscall.ENOSPC)}, LocalNoBuffers},
 		{"refused is the backend's", wrap(syscall.ECONNREFUSED), NotLocal},
 		{"reset is the backend's", wrap(syscall.ECONNRESET), NotLocal},
 		{"timeout is the backend's", os.ErrDeadlineExceeded, NotLocal},
