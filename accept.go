@@ -198,7 +198,7 @@ func (a *acceptor) loop(key string, ln *net.TCPListener, raw *os.File) {
 			c, err = ln.AcceptTCP()
 		}
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) || a.isClosed(key, ln) {
+			if errors.Is(err, net.ErrClosed) || a.isClosed(key, ln) {
 				return
 			}
 			delay = min(max(2*delay, acceptBackoffMin), acceptBackoffMax)

@@ -97,19 +97,19 @@ func (ss *session) serve() {
 func (ss *session) route() {
 	lr := ss.lr
 	h, err := tlsutil.ReadClientHello(ss.reader(), lr.maxHelloBytes)
-	if err == nil || errors.Is(err, tlsutil.ErrNotTLS) {
-		ss.srv.metrics.helloDone(lr.name, time.Since(ss.accepted))
-	}
 	ss.dispatch(h, err)
 }
 
-// dispatch routes what the hello read gave (h, err) and hands the client
-// to its route; a refusal ends here. A client accepted raw stays a
-// descriptor for an l4 route and a refusal that writes nothing; for the
-// rest (a TLS alert or an HTTP answer to write, an l7 route) conn makes a
-// *net.TCPConn of it first.
+// dispatch counts the hello's time, routes what the hello read gave
+// (h, err) and hands the client to its route; a refusal ends here. A
+// client accepted raw stays a descriptor for an l4 route and a refusal
+// that writes nothing; for the rest (a TLS alert or an HTTP answer to
+// write, an l7 route) conn makes a *net.TCPConn of it first.
 func (ss *session) dispatch(h *tlsutil.ClientHello, err error) {
 	lr := ss.lr
+	if err == nil || errors.Is(err, tlsutil.ErrNotTLS) {
+		ss.srv.metrics.helloDone(lr.name, time.Since(ss.accepted))
+	}
 	var r *route
 	switch {
 	case err == nil:
@@ -220,9 +220,6 @@ func (ss *session) serveRaw() {
 		return
 	}
 	h, err := tlsutil.ReadClientHello(&fdReader{fd: ss.fd, deadline: ss.accepted.Add(lr.helloTimeout), ctx: ss.srv.ctx}, lr.maxHelloBytes)
-	if err == nil || errors.Is(err, tlsutil.ErrNotTLS) {
-		ss.srv.metrics.helloDone(lr.name, time.Since(ss.accepted))
-	}
 	ss.dispatch(h, err)
 }
 
@@ -350,10 +347,7 @@ func (ss *session) toL4(r *route, h *tlsutil.ClientHello, isHello bool) {
 	prefix := int64(len(h.Raw)) // not h.Raw: the relay must not keep the hello alive
 	opts := r.relay
 	opts.Owner, opts.ShedClient = lease, true // an idle relay sheds Go's socket state
-	client := l4.Socket{Conn: ss.c, FD: ss.fd}
-	if ss.c == nil {
-		client.Conn = nil // not a nil *net.TCPConn in the interface: the descriptor is the client
-	}
+	c, cfd := ss.c, ss.fd
 	ss.c, ss.fd = nil, -1 // nor the client conn, which would keep that state alive
 	ss.local = nil        // nor its local address: only the dial needed it
 	done := func(st l4.Stats) {
@@ -365,15 +359,20 @@ func (ss *session) toL4(r *route, h *tlsutil.ClientHello, isHello bool) {
 		st.BytesIn += prefix // the hello went out with the connect
 		ss.logL4(r, sni, l4Result{Stats: st, Backend: lease.Backend.ID(), Attempts: lease.Attempts})
 	}
-	if lease.Conn != nil && client.Conn != nil {
-		l4.Start(s.ctx, client.Conn, lease.Conn, opts, done)
+	if lease.Conn != nil && c != nil {
+		l4.Start(s.ctx, c, lease.Conn, opts, done)
 		return
 	}
-	backend := l4.Socket{FD: lease.FD}
-	if lease.Conn == nil {
-		opts.BackendOptions = balancer.SetBackendOptions
-	} else {
+	// A side without its conn is a descriptor (raw accept, raw dial). A
+	// nil *net.TCPConn must not go into Socket.Conn: it would not be nil.
+	client, backend := l4.Socket{FD: cfd}, l4.Socket{FD: lease.FD}
+	if c != nil {
+		client = l4.Socket{Conn: c, FD: -1}
+	}
+	if lease.Conn != nil {
 		backend = l4.Socket{Conn: lease.Conn, FD: -1}
+	} else {
+		opts.BackendOptions = balancer.SetBackendOptions
 	}
 	if !l4.StartSockets(s.ctx, client, backend, opts, done) {
 		// The epoll set refused the sockets (ENOMEM, max_user_watches):
@@ -383,11 +382,11 @@ func (ss *session) toL4(r *route, h *tlsutil.ClientHello, isHello bool) {
 		} else {
 			unix.Close(lease.FD)
 		}
-		if client.Conn != nil {
-			client.Conn.(*net.TCPConn).SetLinger(0)
-			client.Conn.Close()
+		if c != nil {
+			c.SetLinger(0)
+			c.Close()
 		} else {
-			closeRaw(client.FD, true)
+			closeRaw(cfd, true)
 		}
 		done(l4.Stats{Reason: l4.ReasonError, Err: errors.New("l4: the relay could not start on its sockets")})
 	}

@@ -45,10 +45,8 @@ func sendPeek(c *net.TCPConn, payload []byte) (sent int, werr, err error) {
 			}
 			return false // all sent: wait for the answer
 		}
-		var b [1]byte
 		for {
-			n, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
-				unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+			n, errno := peekByte(fd)
 			switch {
 			case errno == unix.EINTR:
 				continue
@@ -66,4 +64,14 @@ func sendPeek(c *net.TCPConn, payload []byte) (sent int, werr, err error) {
 		return sent, werr, err
 	}
 	return sent, nil, perr
+}
+
+// peekByte looks at the next byte of fd without consuming it or blocking:
+// n is 1 for data, 0 for the peer's FIN; errno is EAGAIN when nothing is
+// there. A stack byte and a raw syscall: no allocation, no P handoff.
+func peekByte(fd uintptr) (int, unix.Errno) {
+	var b [1]byte
+	n, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
+		unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+	return int(n), errno
 }

@@ -94,7 +94,7 @@ type DialRequest struct {
 	// Wait, if set (l4.FDWaiter: Linux), makes Dial connect to a backend
 	// whose address is an IP literal with a socket of its own instead of
 	// one of Go's (rawdial_linux.go): the Lease has FD, not Conn, for
-	// l4.StartFD. Wait parks the caller until the descriptor is writable
+	// l4.StartSockets. Wait parks the caller until the descriptor is writable
 	// (write) or readable, hung up or failed, the deadline passes
 	// (os.ErrDeadlineExceeded) or ctx ends. Other backends (a host name)
 	// are dialled as without it.
@@ -112,7 +112,7 @@ type Lease struct {
 	// raw dial (DialRequest.Wait) connected FD.
 	Conn *net.TCPConn
 	// FD is the raw dial's connected nonblocking socket, or -1. Its owner
-	// (l4.StartFD) is ended through Detach's Killer, never by closing it
+	// (l4.StartSockets) is ended through Detach's Killer, never by closing it
 	// from here: CloseConnections before Detach marks the lease killed and
 	// Detach then refuses.
 	FD int

@@ -27,7 +27,7 @@
 // With DialRequest.Wait (l4.FDWaiter, Linux) a backend whose address is an
 // IP literal is connected with syscalls of the package's own
 // (rawdial_linux.go): the Lease then has FD, a connected nonblocking
-// descriptor, instead of Conn (l4.StartFD takes it over; SetBackendOptions
+// descriptor, instead of Conn (l4.StartSockets takes it over; SetBackendOptions
 // sets its deferred options), with the same attempts, errors, timeouts and
 // answer wait.
 //

@@ -180,9 +180,7 @@ func awaitAnswerFD(ctx context.Context, fd int, wait Waiter, deadline time.Time)
 		case err != nil:
 			return err
 		}
-		var b [1]byte
-		n, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), 1,
-			unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+		n, errno := peekByte(uintptr(fd))
 		switch {
 		case errno == unix.EAGAIN || errno == unix.EINTR:
 			continue // woken for nothing: wait on

@@ -14,7 +14,7 @@
 // Both keep the same rules: half-close, reset pass-through, timeouts, Stats.
 //
 // On EngineEpoll either side may also be a descriptor the relay takes over
-// (StartFD, StartSockets: the l4 path's raw accept and balancer's raw
+// (StartSockets: the l4 path's raw accept and balancer's raw
 // dial), and WaitFD parks a goroutine on a descriptor's readiness through
 // the same epoll sets (wait_linux.go).
 package l4

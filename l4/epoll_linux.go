@@ -49,7 +49,7 @@ import (
 // descriptors of its own there; the owner ends it through Kill where it
 // would have closed the backend's conn.
 //
-// StartFD's backend (balancer's raw dial, the l4 path's) never had a
+// StartSockets' backend (balancer's raw dial, the l4 path's) never had a
 // *net.TCPConn: the relay owns its descriptor from the start, asks the
 // owner to Detach at once, and sets the socket's deferred options itself
 // (Options.BackendOptions) at the first scan after optionsDelay. WaitFD
@@ -304,12 +304,10 @@ func (s *shard) scan() {
 			continue
 		}
 		if r.optsAt != 0 && s.now >= r.optsAt {
-			// StartFD's backend lived optionsDelay: its keepalive and
+			// StartSockets' backend lived optionsDelay: its keepalive and
 			// TCP_USER_TIMEOUT, as balancer sets them on a conn's.
 			r.optsAt = 0
-			if r.setOpts != nil {
-				_ = r.setOpts(int(r.fds[sideBackend]))
-			}
+			_ = r.setOpts(int(r.fds[sideBackend]))
 		}
 		if r.owner != nil && s.now-r.lastActivity >= int64(shedIdle) {
 			r.shed()
@@ -342,7 +340,7 @@ func (r *erelay) shed() {
 		first = sideClient
 	}
 	if r.det[first] && r.det[sideBackend] {
-		r.owner = nil // nothing left to shed (StartFD's backend, no client to shed)
+		r.owner = nil // nothing left to shed (StartSockets' backend, no client to shed)
 		return
 	}
 	fds := [2]int{-1, -1}
@@ -355,7 +353,7 @@ func (r *erelay) shed() {
 	}
 	for i := first; i <= sideBackend; i++ {
 		if r.det[i] {
-			continue // StartFD's backend: a descriptor of its own from the start
+			continue // StartSockets' backend: a descriptor of its own from the start
 		}
 		var derr error
 		err := r.raws[i].Control(func(fd uintptr) {
@@ -477,7 +475,7 @@ type erelay struct {
 	fds        [2]int32
 	det        [2]bool
 	shedClient bool // Options.ShedClient
-	// StartFD: the backend's deferred socket options (Options.BackendOptions),
+	// StartSockets: the backend's deferred socket options (Options.BackendOptions),
 	// set by the first scan from optsAt on; optsAt is 0 once they are.
 	setOpts func(fd int) error
 	optsAt  int64
@@ -495,17 +493,6 @@ func startEpoll(ctx context.Context, client, backend net.Conn, opts Options, don
 	return startEpollFD(ctx, client, -1, backend, -1, opts, done)
 }
 
-// StartFD is Start with the backend as a connected socket's descriptor
-// (balancer's raw dial: it never had a *net.TCPConn), always on the epoll
-// engine. It reports whether the relay started; from then on the relay
-// owns backendFD and closes it, and an Owner is asked to Detach at once
-// (the relay ends as killed if it refuses: its connection was closed
-// before the relay started). false: nothing changed, and the caller still
-// owns backendFD (a client the engine cannot drive, no epoll).
-func StartFD(ctx context.Context, client net.Conn, backendFD int, opts Options, done func(Stats)) bool {
-	return StartSockets(ctx, Socket{Conn: client, FD: -1}, Socket{FD: backendFD}, opts, done)
-}
-
 // Socket is one side given to StartSockets: Conn, or (Conn nil) FD, the
 // descriptor of a connected nonblocking TCP socket that the relay takes
 // over (a raw accept's, a raw dial's).
@@ -514,10 +501,14 @@ type Socket struct {
 	FD   int
 }
 
-// StartSockets is StartFD with either side a conn or a descriptor of the
-// relay's own: the l4 path's client accepted raw, its backend dialled raw
-// or by Go (a host name). It reports whether the relay started; false:
-// nothing changed, the caller still owns both.
+// StartSockets is Start with either side a conn or a descriptor the relay
+// takes over (the l4 path's client accepted raw, its backend dialled raw),
+// always on the epoll engine. It reports whether the relay started; from
+// then on the relay owns and closes the descriptors, and with a backend
+// descriptor an Owner is asked to Detach at once (the relay ends as killed
+// if it refuses: its connection was closed before the relay started).
+// false: nothing changed, the caller still owns both (a client the engine
+// cannot drive, no epoll).
 func StartSockets(ctx context.Context, client, backend Socket, opts Options, done func(Stats)) bool {
 	if (client.Conn == nil && client.FD < 0) || (backend.Conn == nil && backend.FD < 0) {
 		return false
@@ -566,7 +557,6 @@ func startEpollFD(ctx context.Context, client net.Conn, cfd int, backend net.Con
 	if bfd >= 0 {
 		r.conns[sideBackend] = nil
 		r.fds[sideBackend], r.det[sideBackend] = int32(bfd), true
-		r.setOpts, r.optsAt = opts.BackendOptions, 1 // the time is set below
 	}
 	for i, tc := range r.conns {
 		if r.det[i] {
@@ -603,8 +593,8 @@ func startEpollFD(ctx context.Context, client net.Conn, cfd int, backend net.Con
 		return false
 	}
 	s.live++
-	if r.optsAt != 0 {
-		r.optsAt = s.now + int64(optionsDelay)
+	if bfd >= 0 && opts.BackendOptions != nil {
+		r.setOpts, r.optsAt = opts.BackendOptions, s.now+int64(optionsDelay)
 	}
 	if r.drain != nil {
 		// If ctx is done already, the AfterFunc runs at once, on a

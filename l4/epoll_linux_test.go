@@ -437,7 +437,7 @@ func TestEpollFINRidesWithLastBytes(t *testing.T) {
 }
 
 // The relay suite runs in one more mode on Linux: the backend handed to
-// StartFD as a descriptor, as the l4 path hands it the raw dial's.
+// StartSockets as a descriptor, as the l4 path hands it the raw dial's.
 func init() {
 	modes = append(modes, mode{name: "epoll-fd", path: PathSplice, start: true, engine: EngineEpoll, shed: true, fd: true})
 	tcpModes = append(tcpModes, modes[len(modes)-1])
@@ -446,7 +446,7 @@ func init() {
 	tcpModes = append(tcpModes, modes[len(modes)-1])
 }
 
-// startFDFromConn returns a Start that gives StartFD a duplicate of the
+// startFDFromConn returns a Start that gives StartSockets a duplicate of the
 // backend conn's descriptor and closes the conn: the relay owns the only
 // descriptor of that socket, as it owns a raw dial's.
 func startFDFromConn(tb testing.TB, m mode) func(ctx context.Context, client, backend net.Conn, opts Options, done func(Stats)) {
@@ -531,11 +531,11 @@ type refuser struct{}
 
 func (refuser) Detach(Killer) bool { return false }
 
-// StartFD with an Owner that refuses ends the relay at once, as killed,
+// StartSockets with a backend descriptor and an Owner that refuses ends the relay at once, as killed,
 // closing both sides; with one that accepts, the relay sets the backend's
 // deferred options (Options.BackendOptions) on its descriptor once it has
 // lived optionsDelay.
-func TestStartFDOwner(t *testing.T) {
+func TestStartSocketsOwner(t *testing.T) {
 	checkLeaks(t)
 	dupOf := func(c *net.TCPConn) int {
 		fd, err := unix.FcntlInt(uintptr(fdOf(t, c)), unix.F_DUPFD_CLOEXEC, 0)
@@ -549,8 +549,8 @@ func TestStartFDOwner(t *testing.T) {
 	cc, rc := tcpPair(t)
 	rb, bc := tcpPair(t)
 	done := make(chan Stats, 1)
-	if !StartFD(t.Context(), rc, dupOf(rb), Options{Engine: EngineEpoll, Owner: refuser{}}, func(st Stats) { done <- st }) {
-		t.Fatal("StartFD did not start")
+	if !StartSockets(t.Context(), Socket{Conn: rc, FD: -1}, Socket{FD: dupOf(rb)}, Options{Engine: EngineEpoll, Owner: refuser{}}, func(st Stats) { done <- st }) {
+		t.Fatal("StartSockets did not start")
 	}
 	st := within(t, done, 10*time.Second, "relay end")
 	if st.Reason != ReasonError || !errors.Is(st.Err, net.ErrClosed) {
@@ -574,8 +574,8 @@ func TestStartFDOwner(t *testing.T) {
 	set := make(chan int, 2)
 	opts := Options{Engine: EngineEpoll, Owner: &testOwner{}, IdleTimeout: time.Second,
 		BackendOptions: func(fd int) error { set <- fd; return nil }}
-	if !StartFD(t.Context(), rc, fd, opts, func(st Stats) { done <- st }) {
-		t.Fatal("StartFD did not start")
+	if !StartSockets(t.Context(), Socket{Conn: rc, FD: -1}, Socket{FD: fd}, opts, func(st Stats) { done <- st }) {
+		t.Fatal("StartSockets did not start")
 	}
 	if got := within(t, set, 10*time.Second, "BackendOptions"); got != fd {
 		t.Errorf("BackendOptions got descriptor %d, want the backend's %d", got, fd)

@@ -17,11 +17,6 @@ func startEpoll(ctx context.Context, client, backend net.Conn, opts Options, don
 // Sheds: only the epoll engine sheds.
 func Sheds() int64 { return 0 }
 
-// StartFD: the epoll engine is Linux-only; the caller keeps backendFD.
-func StartFD(ctx context.Context, client net.Conn, backendFD int, opts Options, done func(Stats)) bool {
-	return false
-}
-
 // FDWaiter: no WaitFD here, so no raw dial.
 func FDWaiter() func(ctx context.Context, fd int, write bool, deadline time.Time) error {
 	return nil

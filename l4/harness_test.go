@@ -80,7 +80,7 @@ type mode struct {
 	engine Engine // the engine asked for (EngineEpoll runs TCP↔TCP, and TLS over an nbConn)
 	nb     bool   // the relay's *tls.Conn runs over an nbConn (as l7's wss:// tunnels)
 	shed   bool   // Options.Owner set: the relay sheds its conns (testOwner)
-	fd     bool   // the backend goes to StartFD as a descriptor (balancer's raw dial)
+	fd     bool   // the backend goes to StartSockets as a descriptor (balancer's raw dial)
 	cfd    bool   // with fd, the client too (the l4 path's raw accept)
 }
 

@@ -46,11 +46,11 @@ type Options struct {
 	// a raw TCP client the caller neither uses nor closes after Start (the
 	// l4 path). A terminated client's socket is never shed.
 	ShedClient bool
-	// BackendOptions, for StartFD, sets the backend socket's deferred
+	// BackendOptions, for StartSockets, sets the backend socket's deferred
 	// options (keepalive, TCP_USER_TIMEOUT: balancer.SetBackendOptions)
 	// once the relay has lived about a second (1 to 2 s), from the relay's
-	// shard, which owns the descriptor. Start ignores it: balancer sets
-	// them on a conn.
+	// shard, which owns the descriptor. Start and a backend conn ignore
+	// it: balancer sets them on a conn.
 	BackendOptions func(fd int) error
 }
 

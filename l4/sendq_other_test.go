@@ -12,8 +12,8 @@ import (
 // waitSendQueueEmpty cannot ask the kernel here; it waits a little.
 func waitSendQueueEmpty(*net.TCPConn, time.Duration) { time.Sleep(200 * time.Millisecond) }
 
-// startFDFromConn: StartFD is Linux-only (no fd modes here).
+// startFDFromConn: StartSockets is Linux-only (no fd modes here).
 func startFDFromConn(tb testing.TB, m mode) func(ctx context.Context, client, backend net.Conn, opts Options, done func(Stats)) {
-	tb.Fatal("no StartFD here")
+	tb.Fatal("no StartSockets here")
 	return nil
 }

@@ -12,7 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// optionsDelay is how long a StartFD relay lives before its backend's
+// optionsDelay is how long a StartSockets relay lives before its backend's
 // deferred options are set (balancer's optionsDelay for a conn's).
 var optionsDelay = time.Second
 
