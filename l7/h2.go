@@ -110,6 +110,11 @@ type h2conn struct {
 	expect atomic.Int32 // streams whose HEADERS will be followed by DATA at once
 	holdT  *time.Timer  // flushHeld, h2HoldMax after the last hold
 
+	// own serves the conn (h2srv.go) unless h2XNet; sctx is its streams'
+	// parent context.
+	own  *h2server
+	sctx context.Context
+
 	// shut's Shutdown sends this conn's GOAWAY (Route.Retire): x/net
 	// starts a graceful shutdown only for the conns of a Server that
 	// ConfigureServer tied to an http.Server. nil if that failed.
@@ -129,6 +134,34 @@ func (rt *Route) serveH2(cs *connState, t *tls.Conn, c *net.TCPConn, rw *recordW
 	_ = c.SetReadDeadline(start.Add(rt.headerTimeout))
 	_ = c.SetWriteDeadline(time.Time{}) // Write sets its own
 	stop := context.AfterFunc(cs.ctx, h.closeHard)
+	// Not cancelled with cs.ctx: closeHard records drain first, then
+	// closes the conn, and the streams' contexts are cancelled as it ends.
+	h.sctx = context.WithValue(context.WithoutCancel(cs.ctx), connStateKey{}, cs)
+	if !h2XNet {
+		h.own = newH2server(h)
+		rt.track(nil, h)
+		h.own.run()
+	} else {
+		h.serveXNet()
+	}
+	rt.untrack(nil, h)
+	_ = h.Close() // x/net closes it, except when it rejects the conn early
+	h.mu.Lock()
+	h.ended = true
+	h.mu.Unlock()
+	// x/net cancelled the streams' contexts when the conn closed, but
+	// does not wait for their handlers.
+	h.handlers.Wait()
+	stop()
+	cs.finish()
+}
+
+// h2XNet serves HTTP/2 with x/net/http2's server instead of sluice's own
+// (h2srv.go): kept for A/B measurements and tests of both.
+var h2XNet = false
+
+func (h *h2conn) serveXNet() {
+	rt := h.rt
 	srv := &http2.Server{
 		MaxConcurrentStreams: h2MaxStreams,
 		// The protocol's initial SETTINGS_MAX_FRAME_SIZE, not x/net's 1 MiB:
@@ -142,22 +175,10 @@ func (rt *Route) serveH2(cs *connState, t *tls.Conn, c *net.TCPConn, rw *recordW
 	}
 	rt.track(nil, h)
 	srv.ServeConn(h, &http2.ServeConnOpts{
-		// Not cancelled with cs.ctx: closeHard records drain first, then
-		// closes the conn, and x/net cancels the streams' contexts.
-		Context:    context.WithValue(context.WithoutCancel(cs.ctx), connStateKey{}, cs),
+		Context:    h.sctx,
 		BaseConfig: rt.h2base,
 		Handler:    h,
 	})
-	rt.untrack(nil, h)
-	_ = h.Close() // x/net closes it, except when it rejects the conn early
-	h.mu.Lock()
-	h.ended = true
-	h.mu.Unlock()
-	// x/net cancelled the streams' contexts when the conn closed, but
-	// does not wait for their handlers.
-	h.handlers.Wait()
-	stop()
-	cs.finish()
 }
 
 // ServeHTTP runs one stream: the route's handler, with a progress timeout
@@ -336,6 +357,11 @@ func (h *h2conn) readFailed(err error) {
 	h.mu.Lock()
 	started, active := h.started, h.active
 	h.mu.Unlock()
+	if h.own != nil {
+		// A stream whose response is written may still be running: it
+		// was answered.
+		active = h.own.unanswered()
+	}
 	cs := h.cs
 	switch {
 	case h.hard.Load():
@@ -568,6 +594,10 @@ func (h *h2conn) closeConn() {
 // once its streams are done. A conn x/net has not registered yet gets it
 // with its first response instead (serveHTTP's Connection: close).
 func (h *h2conn) goAway() {
+	if h.own != nil {
+		h.own.shutdown()
+		return
+	}
 	if h.shut != nil {
 		_ = h.shut.Shutdown(context.Background()) // returns at once: it serves no conn itself
 	}
