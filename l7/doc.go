@@ -24,8 +24,9 @@
 // request head, keep-alive idle, head, body, then the relay's own.
 //
 // A connection that negotiates h2 (RouteConfig.HTTP2) is served by
-// x/net/http2's server instead (h2.go): each stream runs the same handler
-// (Host check, locations, body limits), and backends still get HTTP/1.1.
+// sluice's own HTTP/2 server instead (h2.go, h2srv.go): each stream runs the
+// same handler (Host check, locations, body limits), and backends still get
+// HTTP/1.1.
 //
 // Plain requests whose body is absent or buffered (readBody) go through
 // sluice's own HTTP/1.1 client on the handler's goroutine (fastproxy.go,

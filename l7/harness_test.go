@@ -333,7 +333,7 @@ type wsBackend struct {
 	n    int
 }
 
-func startWSBackend(t *testing.T, wrap func(net.Listener) net.Listener) *wsBackend {
+func startWSBackend(t testing.TB, wrap func(net.Listener) net.Listener) *wsBackend {
 	t.Helper()
 	b := &wsBackend{}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

@@ -35,7 +35,7 @@ func countedBackend(t *testing.T) (*wsBackend, *atomic.Int32) {
 	return startWSBackend(t, func(ln net.Listener) net.Listener { return countingListener{ln, n} }), n
 }
 
-func poolOf(t *testing.T, cfg balancer.PoolConfig, maxConns int, addrs ...string) *balancer.Pool {
+func poolOf(t testing.TB, cfg balancer.PoolConfig, maxConns int, addrs ...string) *balancer.Pool {
 	t.Helper()
 	for _, a := range addrs {
 		cfg.Backends = append(cfg.Backends, balancer.BackendConfig{Address: a, MaxConnections: maxConns})

@@ -165,7 +165,7 @@ type Route struct {
 	fast             bool // a location the fast path can serve (fastLocation): h1fast.go first
 
 	srv    *http.Server
-	h2base *http.Server // x/net/http2's HTTP/1 settings, when h2 is offered
+	h2     bool // HTTP/2 is offered (ALPN h2): h2srv.go serves it
 	ln     *handoff
 	served chan struct{} // srv.Serve returned
 
@@ -315,9 +315,7 @@ func NewRoute(cfg RouteConfig) (*Route, error) {
 	if l, err := zap.NewStdLogAt(rt.log.Named("http"), zap.DebugLevel); err == nil {
 		rt.srv.ErrorLog = l // net/http's own complaints: debug only
 	}
-	if cfg.HTTP2 && rt.tls != nil {
-		rt.h2base = rt.h2Base()
-	}
+	rt.h2 = cfg.HTTP2 && rt.tls != nil
 	rt.served = make(chan struct{})
 	go rt.serve()
 	return rt, nil
@@ -508,7 +506,7 @@ func (rt *Route) Serve(ctx context.Context, c *net.TCPConn, client net.Addr, pre
 		state := t.ConnectionState()
 		cs.sni = state.ServerName
 		cs.res.SNI = cs.sni
-		if state.NegotiatedProtocol == http2.NextProtoTLS && rt.h2base != nil {
+		if state.NegotiatedProtocol == http2.NextProtoTLS && rt.h2 {
 			cs.h2 = true
 			cs.end = func() { end(cs.result()) }
 			go rt.serveH2(cs, t, c, rw, start)
@@ -560,7 +558,7 @@ func stateFrom(ctx context.Context) *connState {
 
 // statusWriter records the status of a response for the Result, and
 // closes keep-alive on a response that starts after Retire: net/http closes
-// the connection after it, x/net sends GOAWAY (and drops the header).
+// the connection after it, h2server sends GOAWAY (and drops the header).
 type statusWriter struct {
 	http.ResponseWriter
 	status  int
@@ -718,7 +716,7 @@ func (l *location) serve(w http.ResponseWriter, r *http.Request) {
 }
 
 // refuse answers an error and closes the connection; on HTTP/2 it ends
-// only the stream (x/net would take Connection: close for a GOAWAY), and
+// only the stream (h2server would take Connection: close for a GOAWAY), and
 // the connection's reason stays why the connection ends.
 func (rt *Route) refuse(w http.ResponseWriter, cs *connState, code int, reason l4.Reason, msg string) {
 	h := w.Header()
