@@ -249,7 +249,7 @@ func (r *fdReader) Read(b []byte) (int, error) {
 			if wait == nil {
 				return 0, errors.ErrUnsupported
 			}
-			if err := wait(r.ctx, r.fd, false, r.deadline); err != nil {
+			if _, err := wait(r.ctx, r.fd, false, r.deadline); err != nil {
 				return 0, err
 			}
 		default:

@@ -101,8 +101,9 @@ type DialRequest struct {
 	Wait Waiter
 }
 
-// Waiter is DialRequest.Wait.
-type Waiter func(ctx context.Context, fd int, write bool, deadline time.Time) error
+// Waiter is DialRequest.Wait (l4.WaitFD): it returns the epoll events that
+// ended the wait, or 0 if it does not know them.
+type Waiter func(ctx context.Context, fd int, write bool, deadline time.Time) (uint32, error)
 
 // Lease is a connected backend connection with the header and prefix already
 // written. The caller owns Conn or FD (and closes it) and calls Release once

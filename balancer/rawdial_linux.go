@@ -128,7 +128,7 @@ func (p *Pool) rawAttempt(ctx context.Context, b *Backend, ap netip.AddrPort, re
 				return -1, fmt.Errorf("write proxy header and prefix: %w", fail("write", errno))
 			}
 		}
-		if err := req.Wait(ctx, fd, true, deadline); err != nil {
+		if _, err := req.Wait(ctx, fd, true, deadline); err != nil {
 			if ctx.Err() != nil {
 				return -1, ctx.Err()
 			}
@@ -171,7 +171,7 @@ func RawDials() int64 { return rawDials.Load() }
 // ErrNoAnswer when it closed or reset first; ctx's error when ctx ended.
 func awaitAnswerFD(ctx context.Context, fd int, wait Waiter, deadline time.Time) error {
 	for {
-		err := wait(ctx, fd, false, deadline)
+		events, err := wait(ctx, fd, false, deadline)
 		switch {
 		case ctx.Err() != nil:
 			return ctx.Err()
@@ -179,6 +179,10 @@ func awaitAnswerFD(ctx context.Context, fd int, wait Waiter, deadline time.Time)
 			return nil
 		case err != nil:
 			return err
+		case events == unix.EPOLLIN:
+			// Bytes are there, with no FIN or error: the answer, without
+			// the peek (a recvfrom per connection).
+			return nil
 		}
 		n, errno := peekByte(uintptr(fd))
 		switch {

@@ -14,22 +14,24 @@ import (
 func init() { dialKinds = append(dialKinds, dialKind{"raw", pollWait}) }
 
 // pollWait is a DialRequest.Wait for these tests: poll(2) in slices of at
-// most 10 ms, watching ctx between them. sluice's own is l4.WaitFD (l4
-// imports balancer, so its tests and the l4 path run that one).
-func pollWait(ctx context.Context, fd int, write bool, deadline time.Time) error {
+// most 10 ms, watching ctx between them; its revents are epoll's events
+// (POLLIN, POLLRDHUP, POLLHUP and POLLERR have the same values). sluice's
+// own is l4.WaitFD (l4 imports balancer, so its tests and the l4 path run
+// that one).
+func pollWait(ctx context.Context, fd int, write bool, deadline time.Time) (uint32, error) {
 	ev := int16(unix.POLLIN | unix.POLLRDHUP)
 	if write {
 		ev = unix.POLLOUT
 	}
 	for {
 		if err := ctx.Err(); err != nil {
-			return err
+			return 0, err
 		}
 		ms := 10
 		if !deadline.IsZero() {
 			d := time.Until(deadline)
 			if d <= 0 {
-				return os.ErrDeadlineExceeded
+				return 0, os.ErrDeadlineExceeded
 			}
 			ms = min(ms, int(d/time.Millisecond)+1)
 		}
@@ -39,10 +41,10 @@ func pollWait(ctx context.Context, fd int, write bool, deadline time.Time) error
 			continue
 		}
 		if err != nil {
-			return err
+			return 0, err
 		}
 		if n > 0 {
-			return nil
+			return uint32(uint16(fds[0].Revents)), nil
 		}
 	}
 }

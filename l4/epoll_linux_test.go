@@ -490,9 +490,10 @@ func fdOf(t *testing.T, c *net.TCPConn) int {
 }
 
 // WaitFD, the raw dial's wait: writable at once on a connected socket;
-// readable when the peer writes, and when it closes; the deadline's error
-// when nothing comes; ctx's error when ctx ends. The shard goroutines it
-// started are gone afterwards (checkLeaks).
+// readable when the peer writes (EPOLLIN alone: the raw dial's sign that
+// the backend answered), and when it closes (with EPOLLRDHUP); the
+// deadline's error when nothing comes; ctx's error when ctx ends. The
+// shard goroutines it started are gone afterwards (checkLeaks).
 func TestWaitFD(t *testing.T) {
 	checkLeaks(t)
 	a, b := tcpPair(t)
@@ -500,15 +501,15 @@ func TestWaitFD(t *testing.T) {
 	defer b.Close()
 	fd := fdOf(t, a)
 	ctx := t.Context()
-	if err := WaitFD(ctx, fd, true, time.Now().Add(10*time.Second)); err != nil {
-		t.Fatalf("write wait on a connected socket: %v", err)
+	if ev, err := WaitFD(ctx, fd, true, time.Now().Add(10*time.Second)); err != nil || ev&unix.EPOLLOUT == 0 {
+		t.Fatalf("write wait on a connected socket: %#x, %v", ev, err)
 	}
-	if err := WaitFD(ctx, fd, false, time.Now().Add(50*time.Millisecond)); !errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Fatalf("read wait with nothing to read: %v, want the deadline's error", err)
+	if ev, err := WaitFD(ctx, fd, false, time.Now().Add(50*time.Millisecond)); !errors.Is(err, os.ErrDeadlineExceeded) || ev != 0 {
+		t.Fatalf("read wait with nothing to read: %#x, %v, want the deadline's error", ev, err)
 	}
 	go b.Write([]byte("x"))
-	if err := WaitFD(ctx, fd, false, time.Now().Add(10*time.Second)); err != nil {
-		t.Fatalf("read wait while the peer writes: %v", err)
+	if ev, err := WaitFD(ctx, fd, false, time.Now().Add(10*time.Second)); err != nil || ev != unix.EPOLLIN {
+		t.Fatalf("read wait while the peer writes: %#x, %v, want EPOLLIN alone", ev, err)
 	}
 	var one [1]byte
 	if n, _ := a.Read(one[:]); n != 1 {
@@ -516,12 +517,12 @@ func TestWaitFD(t *testing.T) {
 	}
 	cctx, cancel := context.WithCancel(ctx)
 	time.AfterFunc(20*time.Millisecond, cancel)
-	if err := WaitFD(cctx, fd, false, time.Time{}); !errors.Is(err, context.Canceled) {
+	if _, err := WaitFD(cctx, fd, false, time.Time{}); !errors.Is(err, context.Canceled) {
 		t.Fatalf("read wait under a cancelled ctx: %v, want context.Canceled", err)
 	}
 	go b.Close()
-	if err := WaitFD(ctx, fd, false, time.Now().Add(10*time.Second)); err != nil {
-		t.Fatalf("read wait while the peer closes: %v", err)
+	if ev, err := WaitFD(ctx, fd, false, time.Now().Add(10*time.Second)); err != nil || ev&unix.EPOLLRDHUP == 0 {
+		t.Fatalf("read wait while the peer closes: %#x, %v, want EPOLLRDHUP", ev, err)
 	}
 }
 

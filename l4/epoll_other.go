@@ -18,7 +18,7 @@ func startEpoll(ctx context.Context, client, backend net.Conn, opts Options, don
 func Sheds() int64 { return 0 }
 
 // FDWaiter: no WaitFD here, so no raw dial.
-func FDWaiter() func(ctx context.Context, fd int, write bool, deadline time.Time) error {
+func FDWaiter() func(ctx context.Context, fd int, write bool, deadline time.Time) (uint32, error) {
 	return nil
 }
 

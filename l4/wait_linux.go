@@ -16,8 +16,12 @@ import (
 // deferred options are set (balancer's optionsDelay for a conn's).
 var optionsDelay = time.Second
 
-// fdWait is one WaitFD: the shard signals ch when the descriptor is ready.
-type fdWait struct{ ch chan struct{} }
+// fdWait is one WaitFD: the shard signals ch when the descriptor is ready,
+// with the epoll events in events (under the shard's mu).
+type fdWait struct {
+	ch     chan struct{}
+	events uint32
+}
 
 var waitPool = sync.Pool{New: func() any { return &fdWait{ch: make(chan struct{}, 1)} }}
 
@@ -31,21 +35,22 @@ func epollCtl(epfd, op, fd int, ev *unix.EpollEvent) unix.Errno {
 // WaitFD waits until fd, a nonblocking socket of the caller's (balancer's
 // raw dial), is writable (write) or readable, hung up or in error (!write);
 // or until deadline (os.ErrDeadlineExceeded; zero: none) or ctx's end
-// (ctx.Err()). It parks the calling goroutine, not a thread: fd sits in a
+// (ctx.Err()). It returns the epoll events that ended the wait (0 if none
+// did): EPOLLIN alone says bytes are there, no FIN or error with them. It parks the calling goroutine, not a thread: fd sits in a
 // shard's epoll set, one-shot, for the wait only, and the shard goroutine
 // wakes the caller. The caller keeps fd and must not close it during the
 // wait. Readiness is what epoll reports when the wait starts or after: a
 // socket ready already returns at once.
-func WaitFD(ctx context.Context, fd int, write bool, deadline time.Time) error {
+func WaitFD(ctx context.Context, fd int, write bool, deadline time.Time) (uint32, error) {
 	ss, err := getShards()
 	if err != nil {
-		return err
+		return 0, err
 	}
 	s := ss[nextShard.Add(1)%uint32(len(ss))]
 	w := waitPool.Get().(*fdWait)
-	events := uint32(unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT)
+	want := uint32(unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT)
 	if write {
-		events = unix.EPOLLOUT | unix.EPOLLONESHOT
+		want = unix.EPOLLOUT | unix.EPOLLONESHOT
 	}
 
 	s.mu.Lock()
@@ -59,18 +64,19 @@ func WaitFD(ctx context.Context, fd int, write bool, deadline time.Time) error {
 		s.waits = append(s.waits, w)
 		s.waitGens = append(s.waitGens, 0)
 	}
-	ev := unix.EpollEvent{Events: events, Fd: slot, Pad: ^s.waitGens[slot]}
+	ev := unix.EpollEvent{Events: want, Fd: slot, Pad: ^s.waitGens[slot]}
 	if errno := epollCtl(s.epfd, unix.EPOLL_CTL_ADD, fd, &ev); errno != 0 {
 		s.freeWait(slot)
 		s.mu.Unlock()
 		waitPool.Put(w)
-		return os.NewSyscallError("epoll_ctl", errno)
+		return 0, os.NewSyscallError("epoll_ctl", errno)
 	}
 	s.live++
 	s.now = monoNow()
 	s.run()
 	s.mu.Unlock()
 
+	var events uint32
 	var timer <-chan time.Time
 	var t *time.Timer
 	if !deadline.IsZero() {
@@ -91,6 +97,8 @@ func WaitFD(ctx context.Context, fd int, write bool, deadline time.Time) error {
 	s.mu.Lock()
 	_ = epollCtl(s.epfd, unix.EPOLL_CTL_DEL, fd, nil)
 	s.freeWait(slot) // no event reaches w from here on
+	events = w.events
+	w.events = 0
 	s.live--
 	if s.live == 0 {
 		s.kick()
@@ -104,7 +112,10 @@ func WaitFD(ctx context.Context, fd int, write bool, deadline time.Time) error {
 	default:
 	}
 	waitPool.Put(w)
-	return err
+	if err != nil {
+		events = 0
+	}
+	return events, err
 }
 
 // freeWait frees a waiter's slot (mu held): its generation changes, so an
@@ -121,6 +132,7 @@ func (s *shard) wake(ev *unix.EpollEvent) {
 	if i < 0 || i >= len(s.waits) || s.waits[i] == nil || s.waitGens[i] != ^ev.Pad {
 		return
 	}
+	s.waits[i].events |= ev.Events
 	select {
 	case s.waits[i].ch <- struct{}{}:
 	default:
@@ -129,6 +141,6 @@ func (s *shard) wake(ev *unix.EpollEvent) {
 
 // FDWaiter returns WaitFD where it works (Linux), for balancer's raw dial
 // (DialRequest.Wait); nil elsewhere.
-func FDWaiter() func(ctx context.Context, fd int, write bool, deadline time.Time) error {
+func FDWaiter() func(ctx context.Context, fd int, write bool, deadline time.Time) (uint32, error) {
 	return WaitFD
 }
