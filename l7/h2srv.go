@@ -51,7 +51,7 @@ type h2server struct {
 	// Write side, under h.wmu.
 	wb   writeBuf
 	enc  *hpack.Encoder
-	hbuf writeBuf
+	hbuf headerBuf
 
 	mu      sync.Mutex
 	cond    *sync.Cond // a window grew, a body got data, a stream ended
@@ -82,10 +82,49 @@ const (
 	h2MaxFrame     = 16 << 10 // the protocol's initial SETTINGS_MAX_FRAME_SIZE
 )
 
-// writeBuf is the io.Writer the framer writes into.
+// writeBuf is the io.Writer the framer writes into. The connection's
+// buffer comes from h2WriteBufs for each flush and goes back after it, so
+// an idle connection holds none (x/net's server pools its write buffer
+// the same way).
 type writeBuf struct{ b []byte }
 
-func (w *writeBuf) Write(p []byte) (int, error) { w.b = append(w.b, p...); return len(p), nil }
+func (w *writeBuf) Write(p []byte) (int, error) {
+	if w.b == nil {
+		w.b = (*h2WriteBufs.Get().(*[]byte))[:0]
+	}
+	w.b = append(w.b, p...)
+	return len(p), nil
+}
+
+// headerBuf is what the HPACK encoder writes a header block into.
+type headerBuf struct{ b []byte }
+
+func (w *headerBuf) Write(p []byte) (int, error) { w.b = append(w.b, p...); return len(p), nil }
+
+// writeData appends a DATA frame to the write buffer, its payload copied
+// once (the framer's WriteData copies it into a buffer of its own first,
+// which then stays as large as the largest frame). h.wmu is held.
+func (s *h2server) writeData(id uint32, end bool, p []byte) {
+	var flags byte
+	if end {
+		flags = byte(http2.FlagDataEndStream)
+	}
+	n := len(p)
+	hdr := [9]byte{byte(n >> 16), byte(n >> 8), byte(n), byte(http2.FrameData), flags,
+		byte(id >> 24 & 0x7f), byte(id >> 16), byte(id >> 8), byte(id)}
+	_, _ = s.wb.Write(hdr[:])
+	s.wb.b = append(s.wb.b, p...)
+}
+
+var h2WriteBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
+
+// release returns the buffer to h2WriteBufs, unless it grew past 64 KiB.
+func (w *writeBuf) release() {
+	if b := w.b[:0]; cap(b) <= 64<<10 {
+		h2WriteBufs.Put(&b)
+	}
+	w.b = nil
+}
 
 // h2stream is one client stream, from its HEADERS until its handler
 // returns.
@@ -517,7 +556,9 @@ func (s *h2server) write(fn func() error) error {
 	s.h.wmu.Lock()
 	defer s.h.wmu.Unlock()
 	if err := fn(); err != nil {
-		s.wb.b = s.wb.b[:0]
+		if s.wb.b != nil {
+			s.wb.release()
+		}
 		return err
 	}
 	return s.flush()
@@ -529,11 +570,7 @@ func (s *h2server) flush() error {
 		return nil
 	}
 	_, err := s.h.write(s.wb.b)
-	if cap(s.wb.b) > 64<<10 {
-		s.wb.b = nil
-	} else {
-		s.wb.b = s.wb.b[:0]
-	}
+	s.wb.release()
 	if err != nil {
 		_ = s.h.raw.Close() // the read fails too: serve ends
 	}
@@ -749,30 +786,30 @@ func (st *h2stream) trailers(f *http2.MetaHeadersFrame) error {
 // newRequest builds the stream's request from its HEADERS, with x/net's
 // checks (RFC 9113 8.2 and 8.3): a malformed request is a stream error.
 func (s *h2server) newRequest(st *h2stream, f *http2.MetaHeadersFrame) (*http.Request, error) {
-	bad := streamErr(st.id, http2.ErrCodeProtocol)
+	bad := func() error { return streamErr(st.id, http2.ErrCodeProtocol) }
 	method, scheme := f.PseudoValue("method"), f.PseudoValue("scheme")
 	authority, path := f.PseudoValue("authority"), f.PseudoValue("path")
 	if f.PseudoValue("protocol") != "" {
-		return nil, bad // no extended CONNECT
+		return nil, bad() // no extended CONNECT
 	}
 	connect := method == http.MethodConnect
 	if connect {
 		if path != "" || scheme != "" || authority == "" {
-			return nil, bad
+			return nil, bad()
 		}
 	} else if method == "" || path == "" || scheme != "https" && scheme != "http" ||
 		path[0] != '/' && path != "*" {
-		return nil, bad
+		return nil, bad()
 	}
 	hdr := make(http.Header, len(f.Fields))
 	var host []string
 	for _, hf := range f.RegularFields() {
 		switch hf.Name {
 		case "connection", "proxy-connection", "keep-alive", "transfer-encoding", "upgrade":
-			return nil, bad // connection-specific (RFC 9113 8.2.2)
+			return nil, bad() // connection-specific (RFC 9113 8.2.2)
 		case "te":
 			if hf.Value != "trailers" {
-				return nil, bad
+				return nil, bad()
 			}
 		case "host":
 			host = append(host, hf.Value)
@@ -788,12 +825,12 @@ func (s *h2server) newRequest(st *h2stream, f *http2.MetaHeadersFrame) (*http.Re
 	}
 	switch {
 	case len(host) > 1, len(host) == 1 && authority != "" && host[0] != authority:
-		return nil, bad
+		return nil, bad()
 	case len(host) == 1:
 		authority = host[0]
 	}
 	if authority != "" && (strings.IndexByte(authority, '@') >= 0 || !httpguts.ValidHostHeader(authority)) {
-		return nil, bad
+		return nil, bad()
 	}
 	var u *url.URL
 	var requestURI string
@@ -802,13 +839,13 @@ func (s *h2server) newRequest(st *h2stream, f *http2.MetaHeadersFrame) (*http.Re
 		u, requestURI = &url.URL{Host: authority}, authority
 	case path == "*":
 		if method != http.MethodOptions {
-			return nil, bad
+			return nil, bad()
 		}
 		u, requestURI = &url.URL{Path: "*"}, "*"
 	default:
 		var err error
 		if u, err = url.ParseRequestURI(path); err != nil {
-			return nil, bad
+			return nil, bad()
 		}
 		requestURI = path
 	}
@@ -832,6 +869,7 @@ func (s *h2server) newRequest(st *h2stream, f *http2.MetaHeadersFrame) (*http.Re
 	delete(hdr, "Trailer")
 	st.trailer = trailer
 
+	// A template on the stack: WithContext makes the one Request.
 	req := &http.Request{
 		Method: method, URL: u, Proto: "HTTP/2.0", ProtoMajor: 2,
 		Header: hdr, Host: authority, RequestURI: requestURI,
@@ -846,12 +884,12 @@ func (s *h2server) newRequest(st *h2stream, f *http2.MetaHeadersFrame) (*http.Re
 		if cl := hdr["Content-Length"]; len(cl) > 0 {
 			for _, v := range cl[1:] {
 				if v != cl[0] {
-					return nil, bad
+					return nil, bad()
 				}
 			}
 			n, err := strconv.ParseUint(cl[0], 10, 63)
 			if err != nil {
-				return nil, bad
+				return nil, bad()
 			}
 			st.declLen = int64(n)
 		}
@@ -1202,7 +1240,7 @@ func (w *h2rw) out(a, b []byte, end bool) error {
 				w.ended = true
 			}
 		} else if end && bodyLen == 0 && !trailers {
-			_ = s.fr.WriteData(st.id, true, nil)
+			s.writeData(st.id, true, nil)
 			w.ended = true
 		}
 		for len(a)+len(b) > 0 {
@@ -1215,7 +1253,7 @@ func (w *h2rw) out(a, b []byte, end bool) error {
 				break
 			}
 			last := k == len(a)+len(b)
-			_ = s.fr.WriteData(st.id, end && last && !trailers, p[:k])
+			s.writeData(st.id, end && last && !trailers, p[:k])
 			if end && last && !trailers {
 				w.ended = true
 			}
