@@ -570,7 +570,18 @@ func startEpollFD(ctx context.Context, client net.Conn, cfd int, backend net.Con
 	}
 	r.dirs[sideClient] = edir{srcSide: sideClient, dstSide: sideBackend, path: PathBuffer, tlsSrc: tc != nil}
 	r.dirs[sideBackend] = edir{srcSide: sideBackend, dstSide: sideClient, path: PathBuffer, tlsDst: tc != nil}
-	s := ss[nextShard.Add(1)%uint32(len(ss))]
+	// The shard a WaitFD left the backend's (or the client's) descriptor
+	// in, if any: its registration is re-armed there (register).
+	var s *shard
+	if bfd >= 0 {
+		s = waitReg(bfd, false)
+	}
+	if s == nil && cfd >= 0 {
+		s = waitReg(cfd, false)
+	}
+	if s == nil {
+		s = ss[nextShard.Add(1)%uint32(len(ss))]
+	}
 	r.s = s
 
 	s.mu.Lock()
@@ -722,7 +733,8 @@ func (s *shard) ctlBackend(fd uintptr) {
 
 // register adds both sockets to the shard's epoll set, edge-triggered, for
 // input and output at once: no epoll_ctl per message. Whatever is already
-// queued raises the first event.
+// queued raises the first event. A descriptor a WaitFD left in this set
+// (waitRegs) is re-armed with MOD.
 func (r *erelay) register() error {
 	s := r.s
 	var fds [2]int
@@ -733,7 +745,13 @@ func (r *erelay) register() error {
 			Fd:     r.slot,
 			Pad:    s.gens[r.slot]<<1 | int32(i),
 		}
-		if errno := epollCtl(s.epfd, unix.EPOLL_CTL_ADD, fd, &ev); errno != 0 {
+		mod := false
+		if r.det[i] {
+			// A registration left in another shard stays there, disarmed,
+			// until the descriptor closes.
+			mod = waitReg(fd, true) == s
+		}
+		if errno := ctlArm(s, fd, mod, &ev); errno != 0 {
 			if i == 1 {
 				_ = epollCtl(s.epfd, unix.EPOLL_CTL_DEL, fds[0], nil)
 			}

@@ -594,3 +594,93 @@ func TestStartSocketsOwner(t *testing.T) {
 		t.Errorf("reason %q, BackendOptions calls after the first: %d; want eof and 0", st.Reason, len(set))
 	}
 }
+
+// A WaitFD woken by its event leaves the descriptor in its shard's epoll
+// set, disarmed (waitRegs): the next WaitFD on it and the relay that takes
+// it re-arm that registration (MOD) and work as with a fresh one; a
+// descriptor closed meanwhile leaves a stale entry that the next user of
+// its number gets past (MOD finds nothing, ADD). Each wait also reports
+// no event that was not there.
+func TestWaitFDRegistrationReused(t *testing.T) {
+	checkLeaks(t)
+	dupOf := func(c *net.TCPConn) int {
+		fd, err := unix.FcntlInt(uintptr(fdOf(t, c)), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+		return fd
+	}
+	ctx := t.Context()
+	cc, rc := tcpPair(t)
+	rb, bc := tcpPair(t)
+	defer cc.Close()
+	defer bc.Close()
+	fd := dupOf(rb)
+	if _, err := WaitFD(ctx, fd, true, time.Now().Add(10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if waitReg(fd, false) == nil {
+		t.Fatal("a wait woken by its event left no registration to re-arm")
+	}
+	if ev, err := WaitFD(ctx, fd, false, time.Now().Add(20*time.Millisecond)); !errors.Is(err, os.ErrDeadlineExceeded) || ev != 0 {
+		t.Fatalf("re-armed read wait with nothing to read: %#x, %v", ev, err)
+	}
+	if waitReg(fd, false) != nil {
+		t.Fatal("a wait that timed out kept its registration")
+	}
+	if _, err := bc.Write([]byte("h")); err != nil {
+		t.Fatal(err)
+	}
+	if ev, err := WaitFD(ctx, fd, false, time.Now().Add(10*time.Second)); err != nil || ev != unix.EPOLLIN {
+		t.Fatalf("read wait: %#x, %v", ev, err)
+	}
+	done := make(chan Stats, 1)
+	if !StartSockets(ctx, Socket{Conn: rc, FD: -1}, Socket{FD: fd}, Options{Engine: EngineEpoll, IdleTimeout: time.Minute},
+		func(st Stats) { done <- st }) {
+		t.Fatal("StartSockets did not start")
+	}
+	if waitReg(fd, false) != nil {
+		t.Fatal("the relay did not take the registration")
+	}
+	// The relay gets the byte that woke the wait, and what follows, both ways.
+	cc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(cc, make([]byte, 1)); err != nil {
+		t.Fatalf("the backend's first byte: %v", err)
+	}
+	if _, err := cc.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	bc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(bc, make([]byte, 4)); err != nil {
+		t.Fatal(err)
+	}
+	cc.CloseWrite()
+	bc.CloseWrite()
+	if st := within(t, done, 10*time.Second, "relay end"); st.Reason != ReasonEOF {
+		t.Errorf("reason %q, want eof", st.Reason)
+	}
+
+	// A stale entry: the descriptor closed after its wait, its number
+	// taken by a new socket.
+	a, b := tcpPair(t)
+	defer b.Close()
+	fd = dupOf(a)
+	if _, err := WaitFD(ctx, fd, true, time.Now().Add(10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(fd)
+	a2, b2 := tcpPair(t)
+	defer b2.Close()
+	fd2 := dupOf(a2)
+	defer unix.Close(fd2)
+	if fd2 != fd {
+		t.Skipf("descriptor %d not reused (got %d)", fd, fd2)
+	}
+	if _, err := b2.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if ev, err := WaitFD(ctx, fd2, false, time.Now().Add(10*time.Second)); err != nil || ev != unix.EPOLLIN {
+		t.Fatalf("wait on a reused descriptor number: %#x, %v", ev, err)
+	}
+}

@@ -25,6 +25,48 @@ type fdWait struct {
 
 var waitPool = sync.Pool{New: func() any { return &fdWait{ch: make(chan struct{}, 1)} }}
 
+// waitRegs are the descriptors a WaitFD woken by its event left in a
+// shard's epoll set, disarmed (EPOLLONESHOT fired), by descriptor: the next
+// WaitFD on it or the relay that takes it re-arms that registration with
+// EPOLL_CTL_MOD, where a DEL and an ADD would make two epoll_ctl (issue 11:
+// one syscall less per l4 connection, whose backend's answer is waited
+// for). An entry whose descriptor was closed since (the registration went
+// with it) is stale: MOD fails with ENOENT and the caller adds.
+var (
+	waitRegsMu sync.Mutex
+	waitRegs   = map[int]*shard{}
+)
+
+// waitReg returns the shard fd is registered in by a WaitFD (nil if none);
+// with take, it forgets it.
+func waitReg(fd int, take bool) *shard {
+	waitRegsMu.Lock()
+	defer waitRegsMu.Unlock()
+	s := waitRegs[fd]
+	if take && s != nil {
+		delete(waitRegs, fd)
+	}
+	return s
+}
+
+// ctlArm registers fd in s's epoll set with ev: MOD if a WaitFD left it
+// there (mod), else ADD; each falls back to the other when the kernel says
+// the registration is, or is not, there after all.
+func ctlArm(s *shard, fd int, mod bool, ev *unix.EpollEvent) unix.Errno {
+	op := unix.EPOLL_CTL_ADD
+	if mod {
+		op = unix.EPOLL_CTL_MOD
+	}
+	errno := epollCtl(s.epfd, op, fd, ev)
+	switch {
+	case errno == unix.ENOENT && mod:
+		errno = epollCtl(s.epfd, unix.EPOLL_CTL_ADD, fd, ev)
+	case errno == unix.EEXIST && !mod:
+		errno = epollCtl(s.epfd, unix.EPOLL_CTL_MOD, fd, ev)
+	}
+	return errno
+}
+
 // epollCtl is epoll_ctl without the scheduler's syscall bookkeeping: it
 // never blocks.
 func epollCtl(epfd, op, fd int, ev *unix.EpollEvent) unix.Errno {
@@ -46,7 +88,11 @@ func WaitFD(ctx context.Context, fd int, write bool, deadline time.Time) (uint32
 	if err != nil {
 		return 0, err
 	}
-	s := ss[nextShard.Add(1)%uint32(len(ss))]
+	s := waitReg(fd, true)
+	mod := s != nil
+	if !mod {
+		s = ss[nextShard.Add(1)%uint32(len(ss))]
+	}
 	w := waitPool.Get().(*fdWait)
 	want := uint32(unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT)
 	if write {
@@ -65,7 +111,7 @@ func WaitFD(ctx context.Context, fd int, write bool, deadline time.Time) (uint32
 		s.waitGens = append(s.waitGens, 0)
 	}
 	ev := unix.EpollEvent{Events: want, Fd: slot, Pad: ^s.waitGens[slot]}
-	if errno := epollCtl(s.epfd, unix.EPOLL_CTL_ADD, fd, &ev); errno != 0 {
+	if errno := ctlArm(s, fd, mod, &ev); errno != 0 {
 		s.freeWait(slot)
 		s.mu.Unlock()
 		waitPool.Put(w)
@@ -95,10 +141,18 @@ func WaitFD(ctx context.Context, fd int, write bool, deadline time.Time) (uint32
 	}
 
 	s.mu.Lock()
-	_ = epollCtl(s.epfd, unix.EPOLL_CTL_DEL, fd, nil)
-	s.freeWait(slot) // no event reaches w from here on
 	events = w.events
 	w.events = 0
+	if events != 0 {
+		// Its event disarmed it: it stays, for the next WaitFD or the
+		// relay to re-arm (waitRegs).
+		waitRegsMu.Lock()
+		waitRegs[fd] = s
+		waitRegsMu.Unlock()
+	} else {
+		_ = epollCtl(s.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+	}
+	s.freeWait(slot) // no event reaches w from here on
 	s.live--
 	if s.live == 0 {
 		s.kick()
