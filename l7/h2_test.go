@@ -1070,3 +1070,35 @@ func TestH2HeaderListTooLong(t *testing.T) {
 		t.Fatalf("backend got %d requests, want only the small one", n)
 	}
 }
+
+// A worker parked for its conn's next stream gives up after h2ParkTime; a
+// stream that comes as it does still gets served (by it, or by a new one):
+// with a park time about as long as the gap between requests, both sides
+// of that race happen, and every request is answered.
+func TestH2WorkerParkRace(t *testing.T) {
+	checkLeaks(t)
+	defer h2ParkTime.Store(h2ParkTime.Load())
+	h2ParkTime.Store(int64(200 * time.Microsecond))
+	be := startWSBackend(t, nil)
+	l := h2LB(t, RouteConfig{}, be.addr)
+	cc := l.h2Conn(t)
+	for i := range 300 {
+		// A lost stream would hang: each request has 10 s.
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		req, _ := http.NewRequestWithContext(ctx, "GET", l.url("/api/park?"+strconv.Itoa(i)), nil)
+		resp, err := cc.RoundTrip(req)
+		if err != nil {
+			cancel()
+			t.Fatalf("request %d: %v", i, err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		cancel()
+		if err != nil || resp.StatusCode != 200 || !strings.HasPrefix(string(body), "plain /api/park") {
+			t.Fatalf("request %d: %d %q %v", i, resp.StatusCode, body, err)
+		}
+		if i%3 == 0 {
+			time.Sleep(time.Duration(i%7) * 100 * time.Microsecond)
+		}
+	}
+}
