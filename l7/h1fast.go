@@ -419,8 +419,11 @@ func skipField(name []byte) bool {
 
 // writeRequest writes r's head to the backend: writeRequest's (fastproxy.go)
 // for a request without body.
-func (f *h1fast) writeRequest(bw *bufio.Writer) {
-	r, cs := &f.req, f.cs
+func (f *h1fast) writeRequest(bw *bufio.Writer) { writeFastRequest(bw, &f.req, f.cs) }
+
+// writeFastRequest writes r's head (and body) to the backend, for the
+// HTTP/1.1 fast path and HTTP/2's (h2fast.go).
+func writeFastRequest(bw *bufio.Writer, r *h1req, cs *connState) {
 	bw.WriteString(r.method)
 	bw.WriteByte(' ')
 	bw.WriteString(r.path)

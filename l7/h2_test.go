@@ -1,6 +1,7 @@
 package l7
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -1099,6 +1100,159 @@ func TestH2WorkerParkRace(t *testing.T) {
 		}
 		if i%3 == 0 {
 			time.Sleep(time.Duration(i%7) * 100 * time.Microsecond)
+		}
+	}
+}
+
+// The HTTP/2 fast path (h2fast.go) answers what a backend sends as the
+// handler's path (http.ReadResponse) does, whatever its framing, and the
+// connection goes on after a 502.
+func TestH2FastPathResponses(t *testing.T) {
+	checkLeaks(t)
+	responses := map[string]string{
+		"/close":   "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nhello until close",
+		"/chunked": "HTTP/1.1 200 OK\r\nTrailer: X-Sum\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\nX-Sum: 42\r\n\r\n",
+		"/named":   "HTTP/1.1 200 OK\r\nConnection: X-Secret, keep-alive\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\n\r\nok",
+		"/head":    "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n",
+		"/empty":   "HTTP/1.1 204 No Content\r\nX-A: b\r\n\r\n",
+		"/http10":  "HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nold",
+		"/early":   "HTTP/1.1 103 Early Hints\r\nLink: </a.js>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+		"/bad":     "HTTP/1.1 2x0 OK\r\nContent-Length: 2\r\n\r\nok",
+		"/twocl":   "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
+		"/short":   "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nok",
+	}
+	be := startScriptBackend(t, func(_ int, c net.Conn, br *bufio.Reader) {
+		for {
+			r, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			if _, err := io.WriteString(c, responses[r.URL.Path]); err != nil {
+				return
+			}
+			switch r.URL.Path {
+			case "/close", "/http10", "/bad", "/twocl", "/short":
+				return // close-delimited, HTTP/1.0, broken or cut: close
+			}
+		}
+	})
+	l := startLB(t, RouteConfig{Name: "h5", TLS: serverTLS(), HTTP2: true, Pool: pool(t, balancer.ProxyNone, be.addr)})
+	cc := l.h2Conn(t)
+	get := func(method, path string) (*http.Response, string, error) {
+		req, _ := http.NewRequest(method, l.url(path), nil)
+		resp, err := cc.RoundTrip(req)
+		if err != nil {
+			return nil, "", err
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp, string(b), err
+	}
+	if resp, body, err := get("GET", "/close"); err != nil || resp.StatusCode != 200 || body != "hello until close" {
+		t.Fatalf("close-delimited: %v %q %v", resp, body, err)
+	}
+	if resp, body, err := get("GET", "/chunked"); err != nil || body != "hello world" || resp.Trailer.Get("X-Sum") != "42" {
+		t.Fatalf("chunked: %q trailer %v %v", body, resp.Trailer, err)
+	}
+	if resp, body, err := get("GET", "/named"); err != nil || body != "ok" || resp.Header.Get("X-Secret") != "" ||
+		resp.Header.Get("Keep-Alive") != "" || resp.Header.Get("Date") == "" || resp.ContentLength != 2 {
+		t.Fatalf("hop-by-hop: %q %v %v", body, resp.Header, err)
+	}
+	if resp, body, err := get("HEAD", "/head"); err != nil || resp.StatusCode != 200 || resp.ContentLength != 10 || body != "" {
+		t.Fatalf("HEAD: %v %q %v", resp, body, err)
+	}
+	if resp, body, err := get("GET", "/empty"); err != nil || resp.StatusCode != 204 || body != "" || resp.Header.Get("X-A") != "b" {
+		t.Fatalf("204: %v %q %v", resp, body, err)
+	}
+	if resp, body, err := get("GET", "/http10"); err != nil || resp.StatusCode != 200 || body != "old" {
+		t.Fatalf("HTTP/1.0 backend: %v %q %v", resp, body, err)
+	}
+	if resp, body, err := get("GET", "/early"); err != nil || resp.StatusCode != 200 || body != "ok" {
+		t.Fatalf("after a 103: %v %q %v", resp, body, err)
+	}
+	for _, p := range []string{"/bad", "/twocl"} {
+		if resp, _, err := get("GET", p); err != nil || resp.StatusCode != http.StatusBadGateway {
+			t.Fatalf("%s: %v %v, want 502", p, resp, err)
+		}
+	}
+	if _, _, err := get("GET", "/short"); err == nil {
+		t.Fatal("a body cut short by the backend came whole")
+	}
+	if resp, body, err := get("GET", "/named"); err != nil || resp.StatusCode != 200 || body != "ok" {
+		t.Fatalf("after the 502s: %v %q %v", resp, body, err)
+	}
+	if res := fastStreams.Load(); res == 0 {
+		t.Fatal("no stream took the fast path")
+	}
+}
+
+// A backend gets the same request from the HTTP/2 fast path as from the
+// handler's path: method, target, Host, fields (cookies in one), the
+// forwarding fields.
+func TestH2FastPathSendsWhatSlowSends(t *testing.T) {
+	checkLeaks(t)
+	got := make(chan string, 1)
+	be := startScriptBackend(t, func(_ int, c net.Conn, br *bufio.Reader) {
+		for {
+			r, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			body, _ := io.ReadAll(r.Body)
+			var keys []string
+			for k, vv := range r.Header {
+				for _, v := range vv {
+					keys = append(keys, k+": "+v)
+				}
+			}
+			slices.Sort(keys)
+			got <- r.Method + " " + r.RequestURI + " " + r.Host + " " + strconv.FormatInt(r.ContentLength, 10) + "\n" + strings.Join(keys, "\n") + "\n" + string(body)
+			if _, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"); err != nil {
+				return
+			}
+		}
+	})
+	fast := startLB(t, RouteConfig{Name: "fast", TLS: serverTLS(), HTTP2: true, Pool: pool(t, balancer.ProxyNone, be.addr)})
+	slow := startLB(t, RouteConfig{Name: "slow", TLS: serverTLS(), HTTP2: true, Locations: []Location{
+		{Path: "/", Pool: pool(t, balancer.ProxyNone, be.addr), Headers: map[string]string{"X-Route": "slow"}}}})
+	type rq struct {
+		method, path string
+		fields       [][2]string
+	}
+	for _, r := range []rq{
+		{"GET", "/", nil},
+		{"GET", "/a/b?q=1&r=%20x", [][2]string{{"User-Agent", "ua"}, {"Accept", "*/*"}, {"Accept", "text/html"}}},
+		{"GET", "/c", [][2]string{{"Cookie", "a=1"}, {"Cookie", "b=2"}, {"X-Lower", "1"}}},
+		{"HEAD", "/h", [][2]string{{"Te", "trailers"}}},
+		{"GET", "/f", [][2]string{{"X-Forwarded-For", "192.0.2.1"}, {"Forwarded", "for=1"}, {"X-Real-Ip", "9.9.9.9"}, {"X-Forwarded-Host", "evil"}}},
+		{"POST", "/e", nil},
+		{"DELETE", "/d", nil},
+		{"OPTIONS", "/o", [][2]string{{"Access-Control-Request-Method", "POST"}, {"Origin", "https://game.example"}}},
+	} {
+		var sent [2]string
+		before := fastStreams.Load()
+		for i, l := range []*lb{fast, slow} {
+			cc := l.h2Conn(t)
+			req, _ := http.NewRequest(r.method, l.url(r.path), nil)
+			for _, f := range r.fields {
+				req.Header.Add(f[0], f[1])
+			}
+			resp, err := cc.RoundTrip(req)
+			if err != nil || resp.StatusCode != 200 {
+				t.Fatalf("%s %s: %v %v", r.method, r.path, resp, err)
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			sent[i] = <-got
+		}
+		if fastStreams.Load() != before+1 {
+			t.Errorf("%s %s: %d streams on the fast path, want 1", r.method, r.path, fastStreams.Load()-before)
+		}
+		// The ports differ: the :authority names each lb.
+		sent[0] = strings.ReplaceAll(sent[0], fast.addr[strings.LastIndexByte(fast.addr, ':'):], ":PORT")
+		sent[1] = strings.ReplaceAll(sent[1], slow.addr[strings.LastIndexByte(slow.addr, ':'):], ":PORT")
+		if sent[0] != sent[1] {
+			t.Errorf("%s %s:\nfast path sent\n%s\nhandler's path sent\n%s", r.method, r.path, sent[0], sent[1])
 		}
 	}
 }

@@ -147,7 +147,9 @@ type h2stream struct {
 	gotLen     int64
 	trailer    http.Header // the request's declared trailers (req.Trailer)
 	needs100   bool
-	answered   bool // the response's END_STREAM is written
+	answered   bool         // the response's END_STREAM is written
+	cur        *backendConn // the fast path's backend conn while it waits on it (h2fast.go)
+	start      time.Time    // when its HEADERS came
 }
 
 var errStreamClosed = errors.New("l7: h2 stream closed")
@@ -550,6 +552,9 @@ func (st *h2stream) fail(err error) {
 		st.bodyErr = err
 	}
 	st.cancel()
+	if st.cur != nil {
+		_ = st.cur.c.SetDeadline(aLongTimeAgo) // the fast path's wait ends
+	}
 }
 
 // write runs fn, which writes frames, under the write lock and flushes.
@@ -677,15 +682,34 @@ func (s *h2server) headers(f *http2.MetaHeadersFrame) error {
 	}
 
 	ctx, cancel := context.WithCancel(h.sctx)
-	st := &h2stream{s: s, id: id, ctx: ctx, cancel: cancel, recvWin: h2StreamWindow, declLen: -1}
+	st := &h2stream{s: s, id: id, ctx: ctx, cancel: cancel, recvWin: h2StreamWindow, declLen: -1,
+		start: time.Now()}
 	var req *http.Request
 	var err error
-	if f.Truncated {
+	handler := h.rt.serveHTTP
+	var fs *h2fastScratch
+	var loc *location
+	if h.rt.fast && f.StreamEnded() && !f.Truncated {
+		fs = h2fastScratches.Get().(*h2fastScratch)
+		var ok bool
+		if loc, ok = s.h2Fast(f, &fs.req); !ok {
+			h2fastScratches.Put(fs)
+			fs = nil
+		}
+	}
+	switch {
+	case fs != nil:
+		// The fast path (h2fast.go): the request is fs.req; this one
+		// carries the context, the method and no body.
+		req = (&http.Request{Method: fs.req.method, Proto: "HTTP/2.0", ProtoMajor: 2, Body: http.NoBody,
+			Host: fs.req.host, RemoteAddr: s.remoteAddr}).WithContext(ctx)
+		handler = st.fastHandler(loc, fs)
+	case f.Truncated:
 		// Over MAX_HEADER_LIST_SIZE: the fields are cut short, so not
 		// checked; the answer is 431 (x/net's too).
 		req = (&http.Request{Method: http.MethodGet, URL: &url.URL{Path: "/"}, Header: http.Header{},
 			Body: http.NoBody, RemoteAddr: s.remoteAddr}).WithContext(ctx)
-	} else {
+	default:
 		req, err = s.newRequest(st, f)
 	}
 	if err != nil {
@@ -701,7 +725,6 @@ func (s *h2server) headers(f *http2.MetaHeadersFrame) error {
 	}
 	s.streams[id] = st
 	s.mu.Unlock()
-	handler := h.rt.serveHTTP
 	if f.Truncated {
 		handler = headerListTooLong
 	}
