@@ -526,6 +526,17 @@ func TestWaitFD(t *testing.T) {
 	}
 }
 
+// dupClose returns a descriptor of its own for c's socket and closes c.
+func dupClose(t *testing.T, c *net.TCPConn) int {
+	t.Helper()
+	fd, err := unix.FcntlInt(uintptr(fdOf(t, c)), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	return fd
+}
+
 // refuser is an Owner that refuses Detach: the backend's connection was
 // closed (CloseConnections) before the relay started.
 type refuser struct{}
@@ -538,14 +549,7 @@ func (refuser) Detach(Killer) bool { return false }
 // lived optionsDelay.
 func TestStartSocketsOwner(t *testing.T) {
 	checkLeaks(t)
-	dupOf := func(c *net.TCPConn) int {
-		fd, err := unix.FcntlInt(uintptr(fdOf(t, c)), unix.F_DUPFD_CLOEXEC, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.Close()
-		return fd
-	}
+	dupOf := func(c *net.TCPConn) int { return dupClose(t, c) }
 
 	cc, rc := tcpPair(t)
 	rb, bc := tcpPair(t)
@@ -603,14 +607,7 @@ func TestStartSocketsOwner(t *testing.T) {
 // no event that was not there.
 func TestWaitFDRegistrationReused(t *testing.T) {
 	checkLeaks(t)
-	dupOf := func(c *net.TCPConn) int {
-		fd, err := unix.FcntlInt(uintptr(fdOf(t, c)), unix.F_DUPFD_CLOEXEC, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.Close()
-		return fd
-	}
+	dupOf := func(c *net.TCPConn) int { return dupClose(t, c) }
 	ctx := t.Context()
 	cc, rc := tcpPair(t)
 	rb, bc := tcpPair(t)

@@ -417,12 +417,9 @@ func skipField(name []byte) bool {
 	return false
 }
 
-// writeRequest writes r's head to the backend: writeRequest's (fastproxy.go)
-// for a request without body.
-func (f *h1fast) writeRequest(bw *bufio.Writer) { writeFastRequest(bw, &f.req, f.cs) }
-
 // writeFastRequest writes r's head (and body) to the backend, for the
-// HTTP/1.1 fast path and HTTP/2's (h2fast.go).
+// HTTP/1.1 fast path and HTTP/2's (h2fast.go): writeRequest's
+// (fastproxy.go).
 func writeFastRequest(bw *bufio.Writer, r *h1req, cs *connState) {
 	bw.WriteString(r.method)
 	bw.WriteByte(' ')
@@ -586,8 +583,22 @@ func (f *h1fast) exchange(bc *backendConn) error {
 	_ = bc.c.SetDeadline(probe)
 	bc.deadline = true
 	bc.slow = f.slow
+	return fastExchange(bc, &f.req, f.cs, &f.res, func() error {
+		// An interim response goes to the client as it is.
+		f.out = f.res.appendHead(f.out[:0], nil)
+		f.out = append(f.out, "\r\n"...)
+		_, err := f.v.Write(f.out)
+		return err
+	})
+}
+
+// fastExchange writes r to bc and reads the response head into res, for
+// the fast paths of both protocols: interim (1xx) responses go to interim
+// (101 is refused); a failure before any byte of the first head is marked
+// errStaleConn (headError).
+func fastExchange(bc *backendConn, r *h1req, cs *connState, res *h1res, interim func() error) error {
 	bc.werr = nil
-	f.writeRequest(bc.bw)
+	writeFastRequest(bc.bw, r, cs)
 	bc.holdNext = true // sent by the response's first Read
 	werr := bc.bw.Flush()
 	bc.holdNext = false
@@ -600,29 +611,26 @@ func (f *h1fast) exchange(bc *backendConn) error {
 	}
 	for first := true; ; first = false {
 		bc.limit = maxProxyResponseHead
-		err := f.res.read(bc.br, f.req.head)
+		err := res.read(bc.br, r.head)
 		if werr == nil {
 			werr = bc.werr
 		}
 		if err != nil {
 			return bc.headError(err, first)
 		}
-		code := f.res.code
+		code := res.code
 		if code == http.StatusSwitchingProtocols {
 			return errUnaskedSwitch
 		}
 		if code >= 200 {
 			break
 		}
-		// An interim response goes to the client as it is.
-		f.out = f.res.appendHead(f.out[:0], nil)
-		f.out = append(f.out, "\r\n"...)
-		if _, err := f.v.Write(f.out); err != nil {
+		if err := interim(); err != nil {
 			return err
 		}
 	}
 	bc.limit = 1<<63 - 1
-	f.res.reuse = f.res.reuse && werr == nil
+	res.reuse = res.reuse && werr == nil
 	return nil
 }
 
@@ -1008,6 +1016,31 @@ func trimSpan(b []byte, s span) span {
 // chunked answer.
 var respSkips = keysBut(hopByHop, "Trailer")
 
+// endToEnd calls fn with each of the response's fields that goes on to
+// the client: not hopByHop's (Content-Length is written from the framing),
+// not one Connection names, Trailer only with a chunked answer (as
+// net/http's client reads it, a HEAD answer's included).
+func (r *h1res) endToEnd(fn func(name, value []byte)) {
+fields:
+	for _, fv := range r.fields {
+		name := r.at(fv[0])
+		for _, s := range respSkips {
+			if asciiEqualFold(name, s) {
+				continue fields
+			}
+		}
+		if !r.chunked && asciiEqualFold(name, "Trailer") {
+			continue
+		}
+		for _, t := range r.named {
+			if bytes.EqualFold(name, r.at(t)) {
+				continue fields
+			}
+		}
+		fn(name, r.at(fv[1]))
+	}
+}
+
 // appendHead appends the response head for the client, without its final
 // empty line: status line, the backend's end-to-end fields, the framing,
 // Date if the backend sent none, and what extra adds.
@@ -1022,29 +1055,12 @@ func (r *h1res) appendHead(out []byte, extra func([]byte) []byte) []byte {
 		out = strconv.AppendInt(out, int64(r.code), 10)
 	}
 	out = append(out, "\r\n"...)
-fields:
-	for _, fv := range r.fields {
-		name := r.at(fv[0])
-		for _, s := range respSkips {
-			if asciiEqualFold(name, s) {
-				continue fields
-			}
-		}
-		// Trailer announces trailers: only with a chunked answer (as
-		// net/http's client reads it, a HEAD answer's included).
-		if !r.chunked && asciiEqualFold(name, "Trailer") {
-			continue
-		}
-		for _, t := range r.named {
-			if bytes.EqualFold(name, r.at(t)) {
-				continue fields
-			}
-		}
+	r.endToEnd(func(name, value []byte) {
 		out = append(out, name...)
 		out = append(out, ": "...)
-		out = append(out, r.at(fv[1])...)
+		out = append(out, value...)
 		out = append(out, "\r\n"...)
-	}
+	})
 	if r.code < 200 {
 		return out
 	}

@@ -3,7 +3,6 @@ package l7
 import (
 	"bufio"
 	"errors"
-	"fmt"
 	"io"
 	"net/http"
 	"net/http/httputil"
@@ -273,66 +272,22 @@ func (st *h2stream) exchangeFast(w *h2rw, bc *backendConn, r *h1req, res *h1res)
 	_ = bc.c.SetDeadline(st.start.Add(st.s.h.rt.requestCap))
 	bc.deadline = true
 	st.setCur(bc)
-	bc.werr = nil
-	writeFastRequest(bc.bw, r, st.s.h.cs)
-	bc.holdNext = true // sent by the response's first Read
-	werr := bc.bw.Flush()
-	bc.holdNext = false
-	if werr != nil {
-		bc.held = nil
-		bc.bw.Reset(bc)
-		if _, perr := bc.br.Peek(1); perr != nil {
-			return fmt.Errorf("%w: %w", errStaleConn, werr)
-		}
-	}
-	for first := true; ; first = false {
-		bc.limit = maxProxyResponseHead
-		err := res.read(bc.br, r.head)
-		if werr == nil {
-			werr = bc.werr
-		}
-		if err != nil {
-			return bc.headError(err, first)
-		}
-		code := res.code
-		if code == http.StatusSwitchingProtocols {
-			return errUnaskedSwitch
-		}
-		if code >= 200 {
-			break
-		}
+	return fastExchange(bc, r, st.s.h.cs, res, func() error {
 		// An interim response goes to the client as it is.
 		res.copyFields(w.hdr)
-		w.WriteHeader(code)
+		w.WriteHeader(res.code)
 		clear(w.hdr)
-	}
-	bc.limit = 1<<63 - 1
-	res.reuse = res.reuse && werr == nil
-	return nil
+		return w.err
+	})
 }
 
-// copyFields adds the response's end-to-end fields to h (appendHead's
-// rules), under their canonical names.
+// copyFields adds the response's end-to-end fields (endToEnd) to h, under
+// their canonical names.
 func (r *h1res) copyFields(h http.Header) {
-fields:
-	for _, fv := range r.fields {
-		name := r.at(fv[0])
-		for _, s := range respSkips {
-			if asciiEqualFold(name, s) {
-				continue fields
-			}
-		}
-		if !r.chunked && asciiEqualFold(name, "Trailer") {
-			continue
-		}
-		for _, t := range r.named {
-			if asciiEqualFold(name, string(r.at(t))) {
-				continue fields
-			}
-		}
+	r.endToEnd(func(name, value []byte) {
 		k := canonicalBytes(name)
-		h[k] = append(h[k], string(r.at(fv[1])))
-	}
+		h[k] = append(h[k], string(value))
+	})
 }
 
 // canonicalBytes is the canonical form of a field name, without an
