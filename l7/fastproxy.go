@@ -2,6 +2,7 @@ package l7
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -33,25 +34,11 @@ func (p *proxy) serveFast(w http.ResponseWriter, in *http.Request) {
 	ctx := in.Context()
 	cs := stateFrom(ctx)
 	req := dialRequest(p.pool, in, cs)
-	ch := p.pool.NewChooser(&req)
-	var claim *balancer.Claim
-	var resp *http.Response
-	for {
-		c, err := ch.Next(ctx)
-		if err != nil {
-			p.rt.proxyError(w, in, err)
-			return
-		}
-		resp, err = p.conns.roundTrip(in, cs, c.Backend, &req, w)
-		if err == nil {
-			claim = c
-			break
-		}
-		if _, dialFailed := errors.AsType[*balancer.AttemptError](err); dialFailed {
-			ch.Failed(c, err) // the body is in memory: the next backend gets it too
-			continue
-		}
-		c.Release()
+	// The body is in memory: a next backend gets it too.
+	resp, claim, err := tryBackends(ctx, p.pool.NewChooser(&req), func(b *balancer.Backend) (*http.Response, error) {
+		return p.conns.roundTrip(in, cs, b, &req, w)
+	})
+	if err != nil {
 		p.rt.proxyError(w, in, err)
 		return
 	}
@@ -101,6 +88,30 @@ func (p *proxy) serveFast(w http.ResponseWriter, in *http.Request) {
 		for _, v := range vv {
 			h.Add(http.TrailerPrefix+k, v)
 		}
+	}
+}
+
+// tryBackends claims the chooser's backends in turn and runs try on each
+// until one answers: a backend that could not be connected to (an
+// AttemptError) is given up for the next, any other error ends the tries.
+// The claim of the backend that answered is the caller's to release.
+func tryBackends[T any](ctx context.Context, ch *balancer.Chooser, try func(*balancer.Backend) (T, error)) (T, *balancer.Claim, error) {
+	for {
+		c, err := ch.Next(ctx)
+		if err != nil {
+			var zero T
+			return zero, nil, err
+		}
+		v, err := try(c.Backend)
+		if err == nil {
+			return v, c, nil
+		}
+		if _, dialFailed := errors.AsType[*balancer.AttemptError](err); dialFailed {
+			ch.Failed(c, err)
+			continue
+		}
+		c.Release()
+		return v, nil, err
 	}
 }
 

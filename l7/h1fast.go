@@ -300,6 +300,14 @@ func (f *h1fast) parse(head []byte) (*location, bool) {
 	if hosts != 1 || r.host == "" || !httpguts.ValidHostHeader(r.host) {
 		return nil, false // net/http answers 400
 	}
+	r.path = string(p)
+	return f.rt.fastRoute(r)
+}
+
+// fastRoute finishes a parsed request for either fast path: whether it may
+// be sent again (isReplayable's rule), and the location that serves it if
+// the fast path takes its path and host.
+func (rt *Route) fastRoute(r *h1req) (*location, bool) {
 	switch r.method {
 	case "GET", "HEAD", "OPTIONS":
 		r.replay = true
@@ -308,14 +316,13 @@ func (f *h1fast) parse(head []byte) (*location, bool) {
 		_, b := r.field("X-Idempotency-Key")
 		r.replay = a || b
 	}
-	r.path = string(p)
-	if hasDotSegment(r.path) || f.rt.slashless[r.path] {
+	if hasDotSegment(r.path) || rt.slashless[r.path] {
 		return nil, false
 	}
-	if _, ok := f.rt.hostAllowed(r.host); !ok {
-		return nil, false
+	if _, ok := rt.hostAllowed(r.host); !ok {
+		return nil, false // 421 and its kin: the handler's
 	}
-	loc := f.rt.match(r.path)
+	loc := rt.match(r.path)
 	if !fastLocation(loc) {
 		return nil, false
 	}
@@ -492,24 +499,10 @@ func writeFastRequest(bw *bufio.Writer, r *h1req, cs *connState) {
 func (f *h1fast) serve(p *proxy) (keep bool) {
 	cs := f.cs
 	dr := dialRequestFor(p.pool, &f.req, cs)
-	ch := p.pool.NewChooser(&dr)
-	var claim *balancer.Claim
-	var bc *backendConn
-	for {
-		c, err := ch.Next(cs.ctx)
-		if err != nil {
-			return f.fail(err)
-		}
-		bc, err = f.roundTrip(p.conns, c.Backend, &dr)
-		if err == nil {
-			claim = c
-			break
-		}
-		if _, dialFailed := errors.AsType[*balancer.AttemptError](err); dialFailed {
-			ch.Failed(c, err)
-			continue
-		}
-		c.Release()
+	bc, claim, err := tryBackends(cs.ctx, p.pool.NewChooser(&dr), func(b *balancer.Backend) (*backendConn, error) {
+		return f.roundTrip(p.conns, b, &dr)
+	})
+	if err != nil {
 		return f.fail(err)
 	}
 	cs.mu.Lock()

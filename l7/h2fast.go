@@ -92,25 +92,7 @@ func (s *h2server) h2Fast(f *http2.MetaHeadersFrame, r *h1req) (*location, bool)
 	if strings.IndexByte(authority, '@') >= 0 || !httpguts.ValidHostHeader(authority) {
 		return nil, false
 	}
-	switch r.method {
-	case "GET", "HEAD", "OPTIONS":
-		r.replay = true
-	default:
-		_, a := r.field("Idempotency-Key")
-		_, b := r.field("X-Idempotency-Key")
-		r.replay = a || b
-	}
-	if hasDotSegment(r.path) || rt.slashless[r.path] {
-		return nil, false
-	}
-	if _, ok := rt.hostAllowed(r.host); !ok {
-		return nil, false // 421: the handler's
-	}
-	loc := rt.match(r.path)
-	if !fastLocation(loc) {
-		return nil, false
-	}
-	return loc, true
+	return rt.fastRoute(r)
 }
 
 // joinCookies makes the request's Cookie fields one, as HTTP/1.1 backends
@@ -179,25 +161,10 @@ func (st *h2stream) fastHandler(loc *location, fs *h2fastScratch) func(http.Resp
 func (st *h2stream) proxyFast(w *h2rw, in *http.Request, p *proxy, r *h1req, res *h1res) {
 	cs := st.s.h.cs
 	dr := dialRequestFor(p.pool, r, cs)
-	ch := p.pool.NewChooser(&dr)
-	var claim *balancer.Claim
-	var bc *backendConn
-	for {
-		c, err := ch.Next(st.ctx)
-		if err != nil {
-			p.rt.proxyError(w, in, err)
-			return
-		}
-		bc, err = st.roundTripFast(w, p.conns, c.Backend, &dr, r, res)
-		if err == nil {
-			claim = c
-			break
-		}
-		if _, dialFailed := errors.AsType[*balancer.AttemptError](err); dialFailed {
-			ch.Failed(c, err)
-			continue
-		}
-		c.Release()
+	bc, claim, err := tryBackends(st.ctx, p.pool.NewChooser(&dr), func(b *balancer.Backend) (*backendConn, error) {
+		return st.roundTripFast(w, p.conns, b, &dr, r, res)
+	})
+	if err != nil {
 		p.rt.proxyError(w, in, err)
 		return
 	}
