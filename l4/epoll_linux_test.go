@@ -526,6 +526,22 @@ func TestWaitFD(t *testing.T) {
 	}
 }
 
+// pingThenEOF sends "ping" from the client end cc through a relay to the
+// backend end bc, half-closes both and returns the relay's Stats.
+func pingThenEOF(t *testing.T, cc, bc *net.TCPConn, done <-chan Stats) Stats {
+	t.Helper()
+	if _, err := cc.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	bc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(bc, make([]byte, 4)); err != nil {
+		t.Fatal(err)
+	}
+	cc.CloseWrite()
+	bc.CloseWrite()
+	return within(t, done, 10*time.Second, "relay end")
+}
+
 // dupClose returns a descriptor of its own for c's socket and closes c.
 func dupClose(t *testing.T, c *net.TCPConn) int {
 	t.Helper()
@@ -585,16 +601,7 @@ func TestStartSocketsOwner(t *testing.T) {
 	if got := within(t, set, 10*time.Second, "BackendOptions"); got != fd {
 		t.Errorf("BackendOptions got descriptor %d, want the backend's %d", got, fd)
 	}
-	if _, err := cc.Write([]byte("ping")); err != nil {
-		t.Fatal(err)
-	}
-	bc.SetReadDeadline(time.Now().Add(10 * time.Second))
-	if _, err := io.ReadFull(bc, make([]byte, 4)); err != nil {
-		t.Fatal(err)
-	}
-	cc.CloseWrite()
-	bc.CloseWrite()
-	if st := within(t, done, 10*time.Second, "relay end"); st.Reason != ReasonEOF || len(set) != 0 {
+	if st := pingThenEOF(t, cc, bc, done); st.Reason != ReasonEOF || len(set) != 0 {
 		t.Errorf("reason %q, BackendOptions calls after the first: %d; want eof and 0", st.Reason, len(set))
 	}
 }
@@ -645,16 +652,7 @@ func TestWaitFDRegistrationReused(t *testing.T) {
 	if _, err := io.ReadFull(cc, make([]byte, 1)); err != nil {
 		t.Fatalf("the backend's first byte: %v", err)
 	}
-	if _, err := cc.Write([]byte("ping")); err != nil {
-		t.Fatal(err)
-	}
-	bc.SetReadDeadline(time.Now().Add(10 * time.Second))
-	if _, err := io.ReadFull(bc, make([]byte, 4)); err != nil {
-		t.Fatal(err)
-	}
-	cc.CloseWrite()
-	bc.CloseWrite()
-	if st := within(t, done, 10*time.Second, "relay end"); st.Reason != ReasonEOF {
+	if st := pingThenEOF(t, cc, bc, done); st.Reason != ReasonEOF {
 		t.Errorf("reason %q, want eof", st.Reason)
 	}
 

@@ -33,38 +33,49 @@ func rawHead(br *bufio.Reader) (string, error) {
 	}
 }
 
-// The fast path answers what a backend sends as net/http's client
-// (http.ReadResponse, the oracle here) reads it, and the connection goes on
-// after each, whatever the backend's framing.
-func TestFastPathResponses(t *testing.T) {
-	checkLeaks(t)
-	responses := map[string]string{
+// fastAnswers is what startAnswersBackend answers, by path: every framing
+// a backend may use, and broken heads; fastCloses, the paths after which it
+// closes (close-delimited, HTTP/1.0, broken, cut short).
+var (
+	fastAnswers = map[string]string{
 		"/close":   "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nhello until close",
 		"/chunked": "HTTP/1.1 200 OK\r\nTrailer: X-Sum\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\nX-Sum: 42\r\n\r\n",
 		"/named":   "HTTP/1.1 200 OK\r\nConnection: X-Secret, keep-alive\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\n\r\nok",
 		"/head":    "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n",
 		"/empty":   "HTTP/1.1 204 No Content\r\nX-A: b\r\n\r\n",
 		"/http10":  "HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nold",
+		"/early":   "HTTP/1.1 103 Early Hints\r\nLink: </a.js>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
 		"/bad":     "HTTP/1.1 2x0 OK\r\nContent-Length: 2\r\n\r\nok",
 		"/twocl":   "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
 		"/fold":    "HTTP/1.1 200 OK\r\nX-A: a\r\n b\r\nContent-Length: 2\r\n\r\nok",
 		"/te":      "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nok",
+		"/short":   "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nok",
 	}
-	be := startScriptBackend(t, func(_ int, c net.Conn, br *bufio.Reader) {
+	fastCloses = map[string]bool{"/close": true, "/http10": true, "/bad": true, "/twocl": true,
+		"/fold": true, "/te": true, "/short": true}
+)
+
+// startAnswersBackend answers each request with fastAnswers.
+func startAnswersBackend(t *testing.T) *scriptBackend {
+	return startScriptBackend(t, func(_ int, c net.Conn, br *bufio.Reader) {
 		for {
 			r, err := http.ReadRequest(br)
 			if err != nil {
 				return
 			}
-			if _, err := io.WriteString(c, responses[r.URL.Path]); err != nil {
+			if _, err := io.WriteString(c, fastAnswers[r.URL.Path]); err != nil || fastCloses[r.URL.Path] {
 				return
-			}
-			switch r.URL.Path {
-			case "/close", "/http10", "/bad", "/twocl", "/fold", "/te":
-				return // close-delimited, HTTP/1.0 or broken: close
 			}
 		}
 	})
+}
+
+// The fast path answers what a backend sends as net/http's client
+// (http.ReadResponse, the oracle here) reads it, and the connection goes on
+// after each, whatever the backend's framing.
+func TestFastPathResponses(t *testing.T) {
+	checkLeaks(t)
+	be := startAnswersBackend(t)
 	l := startLB(t, RouteConfig{Name: "h5", TLS: serverTLS(), Pool: pool(t, balancer.ProxyNone, be.addr)})
 	c := l.dial(t)
 	defer c.Close()

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -127,12 +126,9 @@ func (h *h2conn) idledOut() bool {
 }
 
 // countError records a connection error ("conn_..."): the likely reason
-// when the conn closes. A stream's error ("stream_...": a stream reset, the
-// others go on) is not the connection's.
+// when the conn closes. A stream's error (a stream reset, the others go
+// on) is not recorded: it is not the connection's.
 func (h *h2conn) countError(name string) {
-	if !strings.HasPrefix(name, "conn_") && !strings.HasPrefix(name, "frame_") {
-		return
-	}
 	h.mu.Lock()
 	h.protoErr = name
 	h.mu.Unlock()

@@ -1109,33 +1109,7 @@ func TestH2WorkerParkRace(t *testing.T) {
 // connection goes on after a 502.
 func TestH2FastPathResponses(t *testing.T) {
 	checkLeaks(t)
-	responses := map[string]string{
-		"/close":   "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nhello until close",
-		"/chunked": "HTTP/1.1 200 OK\r\nTrailer: X-Sum\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\nX-Sum: 42\r\n\r\n",
-		"/named":   "HTTP/1.1 200 OK\r\nConnection: X-Secret, keep-alive\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\n\r\nok",
-		"/head":    "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n",
-		"/empty":   "HTTP/1.1 204 No Content\r\nX-A: b\r\n\r\n",
-		"/http10":  "HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nold",
-		"/early":   "HTTP/1.1 103 Early Hints\r\nLink: </a.js>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
-		"/bad":     "HTTP/1.1 2x0 OK\r\nContent-Length: 2\r\n\r\nok",
-		"/twocl":   "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
-		"/short":   "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nok",
-	}
-	be := startScriptBackend(t, func(_ int, c net.Conn, br *bufio.Reader) {
-		for {
-			r, err := http.ReadRequest(br)
-			if err != nil {
-				return
-			}
-			if _, err := io.WriteString(c, responses[r.URL.Path]); err != nil {
-				return
-			}
-			switch r.URL.Path {
-			case "/close", "/http10", "/bad", "/twocl", "/short":
-				return // close-delimited, HTTP/1.0, broken or cut: close
-			}
-		}
-	})
+	be := startAnswersBackend(t)
 	l := startLB(t, RouteConfig{Name: "h5", TLS: serverTLS(), HTTP2: true, Pool: pool(t, balancer.ProxyNone, be.addr)})
 	cc := l.h2Conn(t)
 	get := func(method, path string) (*http.Response, string, error) {

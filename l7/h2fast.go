@@ -1,7 +1,6 @@
 package l7
 
 import (
-	"bufio"
 	"errors"
 	"io"
 	"net/http"
@@ -324,7 +323,7 @@ func (st *h2stream) bodyFast(w *h2rw, bc *backendConn, res *h1res) bool {
 		return got == res.cl
 	case bodyChunked:
 		// The trailer section after the last chunk, passed on as trailers.
-		tr, err := textproto.NewReader(bufio.NewReaderSize(&limitedPeek{bc.br}, 512)).ReadMIMEHeader()
+		tr, err := textproto.NewReader(bc.br).ReadMIMEHeader()
 		if err != nil {
 			return false
 		}
@@ -335,20 +334,4 @@ func (st *h2stream) bodyFast(w *h2rw, bc *backendConn, res *h1res) bool {
 	}
 	res.reuse = false
 	return true
-}
-
-// limitedPeek reads br byte by byte: the trailer section is read without
-// taking more of br than it holds (bufio over it would read ahead).
-type limitedPeek struct{ br *bufio.Reader }
-
-func (l *limitedPeek) Read(p []byte) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
-	}
-	b, err := l.br.ReadByte()
-	if err != nil {
-		return 0, err
-	}
-	p[0] = b
-	return 1, nil
 }

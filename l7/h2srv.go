@@ -253,42 +253,39 @@ func (s *h2server) serve() {
 	first := true
 	for {
 		f, err := s.fr.ReadFrame()
-		if err != nil {
-			var se http2.StreamError
-			var ce http2.ConnectionError
-			switch {
-			case errors.As(err, &se):
-				h.countError("stream_frame")
-				s.resetStream(se.StreamID, se.Code)
-				continue
-			case errors.As(err, &ce):
-				s.connError(http2.ErrCode(ce), "frame")
-			case errors.Is(err, http2.ErrFrameTooLarge):
-				s.connError(http2.ErrCodeFrameSize, "frame_too_large")
-			}
-			return
-		}
-		if first {
+		if err == nil && first {
 			if _, ok := f.(*http2.SettingsFrame); !ok {
 				s.connError(http2.ErrCodeProtocol, "first_settings")
 				return
 			}
 			first = false
 		}
-		if err := s.process(f); err != nil {
-			var se http2.StreamError
-			var ce http2.ConnectionError
-			switch {
-			case errors.As(err, &se):
-				s.resetStream(se.StreamID, se.Code)
-			case errors.As(err, &ce):
-				s.connError(http2.ErrCode(ce), err.Error())
-				return
-			default:
-				return // the conn is done (a graceful GOAWAY with nothing open)
-			}
+		if err == nil {
+			err = s.process(f)
+		}
+		if err != nil && !s.frameError(err) {
+			return
 		}
 	}
+}
+
+// frameError answers err, from reading a frame or from processing it, and
+// reports whether the conn goes on: a stream error resets its stream; a
+// connection error sends GOAWAY; any other error (a read that failed, a
+// graceful GOAWAY with nothing open) ends the conn.
+func (s *h2server) frameError(err error) bool {
+	var se http2.StreamError
+	var ce http2.ConnectionError
+	switch {
+	case errors.As(err, &se):
+		s.resetStream(se.StreamID, se.Code)
+		return true
+	case errors.As(err, &ce):
+		s.connError(http2.ErrCode(ce), err.Error())
+	case errors.Is(err, http2.ErrFrameTooLarge):
+		s.connError(http2.ErrCodeFrameSize, "frame_too_large")
+	}
+	return false
 }
 
 func connErr(code http2.ErrCode, name string) error {
