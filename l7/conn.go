@@ -121,7 +121,11 @@ var (
 func newVconn(rt *Route, cs *connState, tc net.Conn, raw *net.TCPConn, prefix []byte, start time.Time) *vconn {
 	v := &vconn{rt: rt, cs: cs, tc: tc, raw: raw, first: true}
 	v.firstDL = start.Add(rt.headerTimeout)
-	v.buf = make([]byte, max(initialBuf, len(prefix)))
+	if len(prefix) <= initialBuf {
+		v.buf = *vbufs.Get().(*[]byte)
+	} else {
+		v.buf = make([]byte, len(prefix))
+	}
 	v.w = copy(v.buf, prefix)
 	return v
 }
@@ -639,9 +643,19 @@ func (v *vconn) takeBuffered() []byte {
 	b := append([]byte(nil), v.ready...)
 	b = append(b, v.buf[v.r:v.w]...)
 	v.ready, v.r, v.w = nil, 0, 0
-	v.buf = nil // nothing reads through v after a hijack: not kept for the tunnel's life
+	// Nothing reads through v after a hijack: the buffer is not kept for
+	// the tunnel's life, but is the next conn's.
+	if cap(v.buf) == initialBuf {
+		buf := v.buf[:initialBuf]
+		vbufs.Put(&buf)
+	}
+	v.buf = nil
 	return b
 }
+
+// vbufs are the vconns' first buffers, back from hijacked conns (a wss://
+// handshake allocated 4 KiB less).
+var vbufs = sync.Pool{New: func() any { b := make([]byte, initialBuf); return &b }}
 
 // connState is one connection's shared state: what handlers need to know
 // and the Result being built.

@@ -202,6 +202,22 @@ func (rt *Route) serveH1(v *vconn, hc net.Conn) {
 			_ = v.Close() // the reason is fill's or the refusal's
 			return
 		}
+		if v.head.framing() == framePassthrough {
+			// An upgrade: served here or by net/http (h1upgrade.go),
+			// and the conn's last request either way.
+			req, ok := f.upgradeRequest(v.buf[v.r : v.r+n])
+			stop()
+			if !ok {
+				v.handHead()
+				rt.handOff(v, hc)
+				return
+			}
+			v.takeHead(n)
+			if !f.serveUpgrade(req, hc) {
+				_ = v.Close()
+			}
+			return
+		}
 		loc, ok := f.parse(v.buf[v.r : v.r+n])
 		if !ok {
 			stop()

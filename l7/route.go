@@ -113,6 +113,8 @@ type RouteConfig struct {
 	Relay l4.Options
 	// Log receives debug lines only. If nil, zap.NewNop() is used.
 	Log *zap.Logger
+
+	slowUpgrades bool // tests: every upgrade by net/http, as before h1upgrade.go
 }
 
 // Result summarizes a finished connection for the caller's access line.
@@ -163,11 +165,15 @@ type Route struct {
 	writeStall       time.Duration
 	relay            l4.Options
 	fast             bool // a location the fast path can serve (fastLocation): h1fast.go first
+	fastUpgrade      bool // a location with a pool: upgrades served by h1fast.go too (h1upgrade.go)
 
-	srv    *http.Server
-	h2     bool // HTTP/2 is offered (ALPN h2): h2srv.go serves it
-	ln     *handoff
-	served chan struct{} // srv.Serve returned
+	srv *http.Server
+	h2  bool // HTTP/2 is offered (ALPN h2): h2srv.go serves it
+	ln  *handoff
+	// handoffs counts the conns given to srv (tests: which requests the
+	// HTTP/1.1 loop served itself).
+	handoffs atomic.Int64
+	served   chan struct{} // srv.Serve returned
 
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
@@ -283,6 +289,7 @@ func NewRoute(cfg RouteConfig) (*Route, error) {
 	}
 	slices.SortFunc(rt.locations, func(a, b *location) int { return len(b.path) - len(a.path) })
 	rt.fast = !rt.redirect && slices.ContainsFunc(rt.locations, fastLocation)
+	rt.fastUpgrade = !rt.redirect && !cfg.slowUpgrades && slices.ContainsFunc(rt.locations, func(l *location) bool { return l.proxy != nil })
 	for _, l := range rt.locations {
 		if p, ok := strings.CutSuffix(l.path, "/"); ok && p != "" && !seen[p] {
 			rt.slashless[p] = true
@@ -531,7 +538,7 @@ func (rt *Route) Serve(ctx context.Context, c *net.TCPConn, client net.Addr, pre
 	if rt.tls != nil {
 		hc = tlsVconn{v}
 	}
-	if rt.fast {
+	if rt.fast || rt.fastUpgrade {
 		go rt.serveH1(v, hc)
 		return
 	}
@@ -540,6 +547,7 @@ func (rt *Route) Serve(ctx context.Context, c *net.TCPConn, client net.Addr, pre
 
 // handOff gives the connection to the route's http.Server.
 func (rt *Route) handOff(v *vconn, hc net.Conn) {
+	rt.handoffs.Add(1)
 	select {
 	case rt.ln.c <- hc:
 	case <-rt.ln.closed:

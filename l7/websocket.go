@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"sluice/balancer"
@@ -171,9 +172,23 @@ func upgradeRequest(r *http.Request, cs *connState) []byte {
 // through it.
 func readAnswer(bc io.Reader, r *http.Request) (*http.Response, *bufio.Reader, *io.LimitedReader, error) {
 	lr := &io.LimitedReader{R: bc, N: maxResponseHead}
-	br := bufio.NewReaderSize(lr, 4<<10)
+	br, _ := answerReaders.Get().(*bufio.Reader)
+	if br == nil {
+		br = bufio.NewReaderSize(lr, 4<<10)
+	} else {
+		br.Reset(lr)
+	}
 	resp, err := http.ReadResponse(br, r)
 	return resp, br, lr, err
+}
+
+// answerReaders are readAnswer's readers, back once an upgrade's answer
+// has been relayed or its tunnel started (putAnswerReader).
+var answerReaders sync.Pool
+
+func putAnswerReader(br *bufio.Reader) {
+	br.Reset(nil)
+	answerReaders.Put(br)
 }
 
 // switchProblem checks a 101 answer to an upgrade whose Sec-WebSocket-Key
@@ -230,6 +245,7 @@ func (rt *Route) serveUpgrade(w *statusWriter, r *http.Request, cs *connState, p
 	// coalesced with the 101) stay in br.
 	_ = bc.SetReadDeadline(time.Now().Add(rt.headerTimeout))
 	resp, br, lr, err := readAnswer(bc, r)
+	defer func() { putAnswerReader(br) }() // the last attempt's: nothing reads it once this returns
 	if err != nil {
 		if isTimeout(err) {
 			rt.refuse(w, cs, http.StatusGatewayTimeout, ReasonBackendTimeout, "backend did not answer the upgrade in time")

@@ -1,0 +1,164 @@
+package l7
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"sluice/balancer"
+)
+
+// An upgrade served by the HTTP/1.1 loop (h1upgrade.go) reaches the
+// backend as the same request, and gets the same answer, status, fields,
+// body and access line, as one served by net/http; the requests net/http
+// must see (not GET, HTTP/1.0, Expect, an escaped path) still go to it.
+func TestUpgradeLoopAnswersWhatNetHTTPAnswers(t *testing.T) {
+	checkLeaks(t)
+	got := make(chan string, 4)
+	be := startScriptBackend(t, func(_ int, c net.Conn, br *bufio.Reader) {
+		r, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		var keys []string
+		for k, vv := range r.Header {
+			for _, v := range vv {
+				keys = append(keys, k+": "+v)
+			}
+		}
+		slices.Sort(keys)
+		got <- r.Method + " " + r.RequestURI + " " + r.Host + "\n" + strings.Join(keys, "\n")
+		accept := acceptKey(r.Header.Get("Sec-WebSocket-Key"))
+		switch r.URL.Path {
+		case "/ok":
+			io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade, X-Hop\r\n"+
+				"X-Hop: dropped\r\nSec-WebSocket-Accept: "+accept+"\r\nSec-WebSocket-Protocol: game\r\nX-Server: a\r\n\r\n")
+			buf := make([]byte, 4)
+			if _, err := io.ReadFull(br, buf); err == nil {
+				c.Write(buf)
+			}
+		case "/badaccept":
+			io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: x\r\n\r\n")
+		case "/refuse":
+			io.WriteString(c, "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nX-Reason: full\r\nConnection: X-Hop\r\nX-Hop: 1\r\nContent-Length: 4\r\n\r\nfull")
+		case "/chunked":
+			io.WriteString(c, "HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n<html\r\n0\r\n\r\n")
+		case "/nocontent":
+			io.WriteString(c, "HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n")
+		case "/garbage":
+			io.WriteString(c, "HTTP/1.1 x\r\n\r\n")
+		}
+	})
+	newLB := func(slow bool) *lb {
+		return startLB(t, RouteConfig{Name: "r", TLS: serverTLS(), Hosts: []string{testHost, "x"},
+			Pool: pool(t, balancer.ProxyNone, be.addr), slowUpgrades: slow})
+	}
+	fast, slow := newLB(false), newLB(true)
+	const up = "Upgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\n" +
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+	for _, tc := range []struct {
+		req     string
+		reaches bool // the backend gets it
+		handoff bool // net/http serves it on the fast route too
+	}{
+		{"GET /ok?room=1 HTTP/1.1\r\nHost: x\r\n" + up + "Origin: https://game.example\r\nX-Forwarded-For: 192.0.2.1\r\n" +
+			"Cookie: a=1\r\nCookie: b=2\r\nx-lower: 1\r\nKeep-Alive: 5\r\nX-Pad:  sp \t\r\n\r\n", true, false},
+		{"GET /ok HTTP/1.1\r\nHost: x:443\r\n" + up + "Content-Length: 0\r\n\r\n", true, false},
+		{"GET /badaccept HTTP/1.1\r\nHost: x\r\n" + up + "\r\n", true, false},
+		{"GET /refuse HTTP/1.1\r\nHost: x\r\n" + up + "\r\n", true, false},
+		{"GET /chunked HTTP/1.1\r\nHost: x\r\n" + up + "\r\n", true, false},
+		{"GET /nocontent HTTP/1.1\r\nHost: x\r\n" + up + "\r\n", true, false},
+		{"GET /garbage HTTP/1.1\r\nHost: x\r\n" + up + "\r\n", true, false},
+		{"GET /ok HTTP/1.1\r\nHost: y\r\n" + up + "\r\n", false, false}, // 421
+		{"GET /ok HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n", false, false},
+		{"GET /ok HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 12\r\n" +
+			"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n", false, false}, // 426
+		{"GET /ok HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n", false, false},
+		{"GET /ok HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: close\r\nSec-WebSocket-Version: 13\r\n" +
+			"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n", false, false},
+		{"GET /a/../ok HTTP/1.1\r\nHost: x\r\n" + up + "\r\n", false, false},
+		{"POST /ok HTTP/1.1\r\nHost: x\r\n" + up + "\r\n", false, true},
+		{"GET /ok HTTP/1.0\r\nHost: x\r\n" + up + "\r\n", false, true},
+		{"GET /ok HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n" + up + "\r\n", true, true},
+		{"GET /o%6b HTTP/1.1\r\nHost: x\r\n" + up + "\r\n", true, true},
+	} {
+		var answers, sent [2]string
+		var results [2]Result
+		for i, l := range []*lb{fast, slow} {
+			before := l.route.handoffs.Load()
+			c := l.dial(t)
+			if _, err := io.WriteString(c, tc.req); err != nil {
+				t.Fatal(err)
+			}
+			answers[i] = readAnswerText(t, c)
+			c.Close()
+			results[i] = l.nextResult(t)
+			if tc.reaches {
+				select {
+				case sent[i] = <-got:
+				case <-time.After(5 * time.Second):
+					t.Fatalf("%q: the backend got nothing", tc.req)
+				}
+			}
+			if n := l.route.handoffs.Load() - before; i == 0 && n != map[bool]int64{false: 0, true: 1}[tc.handoff] {
+				t.Errorf("%q: %d handoffs to net/http on the fast route", tc.req, n)
+			}
+		}
+		if answers[0] != answers[1] {
+			t.Errorf("%q:\nthe loop answered\n%s\nnet/http answered\n%s", tc.req, answers[0], answers[1])
+		}
+		if sent[0] != sent[1] {
+			t.Errorf("%q:\nthe loop sent\n%s\nnet/http sent\n%s", tc.req, sent[0], sent[1])
+		}
+		r0, r1 := results[0], results[1]
+		if r0.Status != r1.Status || r0.Reason != r1.Reason || r0.Requests != r1.Requests || r0.Upgraded != r1.Upgraded ||
+			r0.Backend != r1.Backend || r0.BytesIn != r1.BytesIn || r0.BytesOut != r1.BytesOut {
+			t.Errorf("%q: access results differ:\nloop     %+v\nnet/http %+v", tc.req, r0, r1)
+		}
+	}
+	select {
+	case s := <-got:
+		t.Errorf("the backend got a request no client sent: %s", s)
+	default:
+	}
+}
+
+// readAnswerText reads an answer to an upgrade: status, fields but Date
+// (sorted), body; after a 101, what a 4-byte write comes back as.
+func readAnswerText(t *testing.T, c net.Conn) string {
+	t.Helper()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		return "error: " + err.Error()
+	}
+	var fields []string
+	for k, vv := range resp.Header {
+		if k == "Date" {
+			continue
+		}
+		for _, v := range vv {
+			fields = append(fields, k+": "+v)
+		}
+	}
+	slices.Sort(fields)
+	var body []byte
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		if _, err := io.WriteString(c, "ping"); err != nil {
+			t.Fatal(err)
+		}
+		body = make([]byte, 4)
+		if _, err := io.ReadFull(br, body); err != nil {
+			t.Fatalf("tunnel: %v", err)
+		}
+	} else if body, err = io.ReadAll(resp.Body); err != nil {
+		body = []byte("error: " + err.Error())
+	}
+	return resp.Status + "\n" + strings.Join(fields, "\n") + "\n\n" + string(body)
+}
