@@ -48,7 +48,7 @@ func (rt *Route) readBody(w http.ResponseWriter, r *http.Request, cs *connState)
 	}
 	if int64(buf.Len()) <= limit {
 		data := buf.Bytes()
-		r.Body = io.NopCloser(bytes.NewReader(data))
+		r.Body = &bufferedBody{Reader: bytes.NewReader(data), data: data}
 		r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil }
 		r.ContentLength = int64(len(data))
 		r.TransferEncoding = nil
@@ -62,6 +62,15 @@ func (rt *Route) readBody(w http.ResponseWriter, r *http.Request, cs *connState)
 	}
 	return true
 }
+
+// bufferedBody is a request body readBody read whole; data is for the
+// HTTP/2 fast path (h2fast.go).
+type bufferedBody struct {
+	*bytes.Reader
+	data []byte
+}
+
+func (*bufferedBody) Close() error { return nil }
 
 // bodyFailed answers a body that could not be read: 408 when the client went
 // quiet for BodyTimeout, the reader's own status for a malformed body (400

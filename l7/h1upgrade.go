@@ -7,9 +7,11 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"runtime"
 	"strconv"
 	"sync"
 
+	"go.uber.org/zap"
 	"golang.org/x/net/http/httpguts"
 )
 
@@ -89,6 +91,18 @@ var upgradeReaders = sync.Pool{New: func() any {
 // and the connection is to be closed.
 func (f *h1fast) serveUpgrade(req *http.Request, hc net.Conn) (tunneled bool) {
 	w := &upgradeRW{v: f.v, hc: hc, h: http.Header{}}
+	defer func() {
+		// As net/http: a panic ends the conn, not the process; a conn the
+		// tunnel took is its own.
+		if e := recover(); e != nil {
+			if e != http.ErrAbortHandler {
+				buf := make([]byte, 64<<10)
+				buf = buf[:runtime.Stack(buf, false)]
+				f.rt.log.Error("panic serving an upgrade", zap.Any("panic", e), zap.ByteString("stack", buf))
+			}
+			tunneled = w.hijacked
+		}
+	}()
 	f.rt.serveHTTP(w, req)
 	if w.hijacked {
 		return true

@@ -815,15 +815,23 @@ func BenchmarkH2(b *testing.B) {
 		}
 	}()
 	_, port, _ := net.SplitHostPort(ln.Addr().String())
-	for _, bench := range []struct{ name, path string }{{"proxied", "/api/state"}, {"static", "/static/app.js"}} {
+	for _, bench := range []struct {
+		name, path string
+		body       []byte
+	}{
+		{"proxied", "/api/state", nil},
+		{"posted", "/socket.io/?EIO=4&transport=polling", []byte(`42["move",{"x":12,"y":34}]`)},
+		{"static", "/static/app.js", nil},
+	} {
 		url := "https://" + testHost + ":" + port + bench.path
 		for _, proto := range []string{"h1", "h2"} {
-			b.Run(bench.name+"/"+proto, func(b *testing.B) { benchGet(b, proto, ln.Addr().String(), url) })
+			b.Run(bench.name+"/"+proto, func(b *testing.B) { benchGet(b, proto, ln.Addr().String(), url, bench.body) })
 		}
 	}
 }
 
-func benchGet(b *testing.B, proto, addr, url string) {
+// benchGet measures GETs of url, or POSTs of body if it is set.
+func benchGet(b *testing.B, proto, addr, url string, body []byte) {
 	protos := new(http.Protocols)
 	if proto == "h2" {
 		protos.SetHTTP2(true)
@@ -842,7 +850,13 @@ func benchGet(b *testing.B, proto, addr, url string) {
 	defer tr.CloseIdleConnections()
 	hc := &http.Client{Transport: tr}
 	get := func() error {
-		resp, err := hc.Get(url)
+		var resp *http.Response
+		var err error
+		if body != nil {
+			resp, err = hc.Post(url, "text/plain;charset=UTF-8", bytes.NewReader(body))
+		} else {
+			resp, err = hc.Get(url)
+		}
 		if err != nil {
 			return err
 		}
@@ -1192,22 +1206,36 @@ func TestH2FastPathSendsWhatSlowSends(t *testing.T) {
 	type rq struct {
 		method, path string
 		fields       [][2]string
+		body         string
+		unsized      bool // no content-length: the handler's path
 	}
+	big := strings.Repeat("b", maxFastBody+1)
 	for _, r := range []rq{
-		{"GET", "/", nil},
-		{"GET", "/a/b?q=1&r=%20x", [][2]string{{"User-Agent", "ua"}, {"Accept", "*/*"}, {"Accept", "text/html"}}},
-		{"GET", "/c", [][2]string{{"Cookie", "a=1"}, {"Cookie", "b=2"}, {"X-Lower", "1"}}},
-		{"HEAD", "/h", [][2]string{{"Te", "trailers"}}},
-		{"GET", "/f", [][2]string{{"X-Forwarded-For", "192.0.2.1"}, {"Forwarded", "for=1"}, {"X-Real-Ip", "9.9.9.9"}, {"X-Forwarded-Host", "evil"}}},
-		{"POST", "/e", nil},
-		{"DELETE", "/d", nil},
-		{"OPTIONS", "/o", [][2]string{{"Access-Control-Request-Method", "POST"}, {"Origin", "https://game.example"}}},
+		{"GET", "/", nil, "", false},
+		{"GET", "/a/b?q=1&r=%20x", [][2]string{{"User-Agent", "ua"}, {"Accept", "*/*"}, {"Accept", "text/html"}}, "", false},
+		{"GET", "/c", [][2]string{{"Cookie", "a=1"}, {"Cookie", "b=2"}, {"X-Lower", "1"}}, "", false},
+		{"HEAD", "/h", [][2]string{{"Te", "trailers"}}, "", false},
+		{"GET", "/f", [][2]string{{"X-Forwarded-For", "192.0.2.1"}, {"Forwarded", "for=1"}, {"X-Real-Ip", "9.9.9.9"}, {"X-Forwarded-Host", "evil"}}, "", false},
+		{"POST", "/e", nil, "", false},
+		{"DELETE", "/d", nil, "", false},
+		{"OPTIONS", "/o", [][2]string{{"Access-Control-Request-Method", "POST"}, {"Origin", "https://game.example"}}, "", false},
+		{"POST", "/socket.io/?EIO=4&transport=polling&sid=x", [][2]string{{"Content-Type", "text/plain;charset=UTF-8"}}, "42[\"move\",{\"x\":1}]", false},
+		{"PUT", "/p", [][2]string{{"Content-Type", "application/json"}, {"Idempotency-Key", "k"}}, `{"a":1}`, false},
+		{"POST", "/unsized", nil, "abc", true},
+		{"POST", "/big", nil, big, false},
 	} {
 		var sent [2]string
 		before := fastStreams.Load()
 		for i, l := range []*lb{fast, slow} {
 			cc := l.h2Conn(t)
-			req, _ := http.NewRequest(r.method, l.url(r.path), nil)
+			var body io.Reader
+			if r.body != "" {
+				body = strings.NewReader(r.body)
+				if r.unsized {
+					body = io.MultiReader(body) // no length: none sent
+				}
+			}
+			req, _ := http.NewRequest(r.method, l.url(r.path), body)
 			for _, f := range r.fields {
 				req.Header.Add(f[0], f[1])
 			}
@@ -1219,8 +1247,12 @@ func TestH2FastPathSendsWhatSlowSends(t *testing.T) {
 			resp.Body.Close()
 			sent[i] = <-got
 		}
-		if fastStreams.Load() != before+1 {
-			t.Errorf("%s %s: %d streams on the fast path, want 1", r.method, r.path, fastStreams.Load()-before)
+		want := int64(1)
+		if r.unsized || len(r.body) > maxFastBody {
+			want = 0
+		}
+		if n := fastStreams.Load() - before; n != want {
+			t.Errorf("%s %s: %d streams on the fast path, want %d", r.method, r.path, n, want)
 		}
 		// The ports differ: the :authority names each lb.
 		sent[0] = strings.ReplaceAll(sent[0], fast.addr[strings.LastIndexByte(fast.addr, ':'):], ":PORT")

@@ -34,12 +34,16 @@ import (
 // a response without Content-Type gets none (sniffed on the other path).
 
 // h2Fast reports whether the stream of f can take the fast path, and if so
-// fills r and returns the location.
-func (s *h2server) h2Fast(f *http2.MetaHeadersFrame, r *h1req) (*location, bool) {
+// fills r and returns the location and the body's declared length (0 for
+// none). A stream with a body takes it when its content-length is at most
+// what the HTTP/1.1 loop takes with a head (maxFastBody) and what the route
+// buffers whole (readBody, which the fast handler reads it with).
+func (s *h2server) h2Fast(f *http2.MetaHeadersFrame, r *h1req) (*location, int64, bool) {
 	rt := s.h.rt
-	if !rt.fast || !f.StreamEnded() || f.Truncated {
-		return nil, false
+	if !rt.fast || f.Truncated {
+		return nil, 0, false
 	}
+	var declLen int64 = -1
 	var method, scheme, authority, path string
 	for _, hf := range f.PseudoFields() {
 		switch hf.Name {
@@ -52,16 +56,16 @@ func (s *h2server) h2Fast(f *http2.MetaHeadersFrame, r *h1req) (*location, bool)
 		case ":path":
 			path = hf.Value
 		default:
-			return nil, false
+			return nil, 0, false
 		}
 	}
 	m, ok := fastMethod(bytesOf(method))
 	if !ok || scheme != "https" && scheme != "http" || len(path) == 0 || path[0] != '/' || authority == "" {
-		return nil, false
+		return nil, 0, false
 	}
 	p, q, hasQ := strings.Cut(path, "?")
 	if !plainPath(bytesOf(p)) || hasQ && !plainQuery(bytesOf(q)) {
-		return nil, false
+		return nil, 0, false
 	}
 	r.method, r.head, r.body = m, m == http.MethodHead, nil
 	r.path, r.rawQuery, r.hasQuery, r.host = p, bytesOf(q), hasQ, authority
@@ -71,14 +75,19 @@ func (s *h2server) h2Fast(f *http2.MetaHeadersFrame, r *h1req) (*location, bool)
 		switch hf.Name {
 		case "connection", "proxy-connection", "keep-alive", "transfer-encoding", "upgrade", "host",
 			"expect", "trailer":
-			return nil, false // checked, refused or framed by the handler's path
+			return nil, 0, false // checked, refused or framed by the handler's path
 		case "content-length":
-			if hf.Value != "0" {
-				return nil, false // with END_STREAM: malformed, the handler's path resets it
+			// One value (a repeated one is the handler's path's to check),
+			// "0" with END_STREAM (else malformed: the handler's path
+			// resets it).
+			n, err := strconv.ParseUint(hf.Value, 10, 63)
+			if err != nil || declLen >= 0 || f.StreamEnded() && n != 0 {
+				return nil, 0, false
 			}
+			declLen = int64(n)
 		case "te":
 			if hf.Value != "trailers" {
-				return nil, false
+				return nil, 0, false
 			}
 		case "cookie":
 			cookies++
@@ -89,9 +98,13 @@ func (s *h2server) h2Fast(f *http2.MetaHeadersFrame, r *h1req) (*location, bool)
 		r.joinCookies()
 	}
 	if strings.IndexByte(authority, '@') >= 0 || !httpguts.ValidHostHeader(authority) {
-		return nil, false
+		return nil, 0, false
 	}
-	return rt.fastRoute(r)
+	if !f.StreamEnded() && (declLen <= 0 || declLen > min(rt.requestBuffer, rt.maxBody, maxFastBody)) {
+		return nil, 0, false // no length, or more than readBody buffers: the handler's path
+	}
+	loc, ok := rt.fastRoute(r)
+	return loc, max(declLen, 0), ok
 }
 
 // joinCookies makes the request's Cookie fields one, as HTTP/1.1 backends
@@ -152,6 +165,18 @@ func (st *h2stream) fastHandler(loc *location, fs *h2fastScratch) func(http.Resp
 			}
 			cs.mu.Unlock()
 		}()
+		if in.Body != http.NoBody {
+			// Read whole first, as the handler's path does: its errors
+			// (408, 413, a client gone mid-body) are answered there.
+			if !st.s.h.rt.readBody(rw, in, st.s.h.cs) {
+				return
+			}
+			bb, ok := in.Body.(*bufferedBody)
+			if !ok {
+				panic("l7: a fast stream's body was not buffered") // h2Fast bounds it
+			}
+			fs.req.body = bb.data
+		}
 		st.proxyFast(rw, in, loc.proxy, &fs.req, &fs.res)
 	}
 }

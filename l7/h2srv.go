@@ -686,10 +686,11 @@ func (s *h2server) headers(f *http2.MetaHeadersFrame) error {
 	handler := h.rt.serveHTTP
 	var fs *h2fastScratch
 	var loc *location
-	if h.rt.fast && f.StreamEnded() && !f.Truncated {
+	var declLen int64
+	if h.rt.fast && !f.Truncated {
 		fs = h2fastScratches.Get().(*h2fastScratch)
 		var ok bool
-		if loc, ok = s.h2Fast(f, &fs.req); !ok {
+		if loc, declLen, ok = s.h2Fast(f, &fs.req); !ok {
 			h2fastScratches.Put(fs)
 			fs = nil
 		}
@@ -697,9 +698,16 @@ func (s *h2server) headers(f *http2.MetaHeadersFrame) error {
 	switch {
 	case fs != nil:
 		// The fast path (h2fast.go): the request is fs.req; this one
-		// carries the context, the method and no body.
-		req = (&http.Request{Method: fs.req.method, Proto: "HTTP/2.0", ProtoMajor: 2, Body: http.NoBody,
-			Host: fs.req.host, RemoteAddr: s.remoteAddr}).WithContext(ctx)
+		// carries the context, the method and the body, if any (of
+		// declLen bytes, read whole by the handler).
+		req = &http.Request{Method: fs.req.method, Proto: "HTTP/2.0", ProtoMajor: 2, Body: http.NoBody,
+			Host: fs.req.host, RemoteAddr: s.remoteAddr}
+		if !f.StreamEnded() {
+			st.declLen = declLen
+			req.ContentLength = declLen
+			req.Body = &h2body{st: st, timeout: h.rt.bodyTimeout}
+		}
+		req = req.WithContext(ctx)
 		handler = st.fastHandler(loc, fs)
 	case f.Truncated:
 		// Over MAX_HEADER_LIST_SIZE: the fields are cut short, so not
