@@ -2,9 +2,11 @@ package l7
 
 import (
 	"bufio"
+	"context"
 	"io"
 	"net"
 	"net/http"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -161,4 +163,76 @@ func readAnswerText(t *testing.T, c net.Conn) string {
 		body = []byte("error: " + err.Error())
 	}
 	return resp.Status + "\n" + strings.Join(fields, "\n") + "\n\n" + string(body)
+}
+
+// FuzzUpgradeRequest is a differential check of the HTTP/1.1 loop's
+// upgrade parsing: a head the head scanner accepts as an upgrade and
+// upgradeRequest takes must be one net/http's server hands its handler,
+// as the same request (method, target, Host, fields, length).
+func FuzzUpgradeRequest(f *testing.F) {
+	const up = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+	for _, s := range []string{
+		"GET /ws HTTP/1.1\r\nHost: game.example.com\r\n" + up + "\r\n",
+		"GET /ws?room=1&x=%20 HTTP/1.1\r\nHost: a:443\r\n" + up + "Origin: https://a\r\nCookie: a=1\r\nCookie: b=2\r\n\r\n",
+		"GET /ws HTTP/1.1\nHost: a\nUpgrade: websocket\nConnection: keep-alive, Upgrade\n\n",
+		"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nContent-Length: 0\r\nX-Empty:\r\nX-Tab: \ta\t\r\n\r\n",
+		"GET http://a/ws HTTP/1.1\r\nHost: a\r\n" + up + "\r\n",
+		"GET /ws HTTP/1.0\r\nHost: a\r\n" + up + "\r\n",
+		"GET /ws HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n" + up + "\r\n",
+		"GET /a/%2e%2e/ws HTTP/1.1\r\nHost: [::1]:8443\r\n" + up + "\r\n",
+	} {
+		f.Add([]byte(s))
+	}
+	rt, err := NewRoute(RouteConfig{Name: "r", Pool: pool(f, balancer.ProxyNone, "127.0.0.1:1")})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { rt.Close() })
+	type seen struct {
+		method, uri, host string
+		proto             int
+		length            int64
+		header            http.Header
+	}
+	handled := make(chan seen, 1)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		handled <- seen{r.Method, r.RequestURI, r.Host, r.ProtoMinor, r.ContentLength, r.Header.Clone()}
+		w.WriteHeader(299)
+	})}
+	ln := newHandoff()
+	go srv.Serve(ln)
+	f.Cleanup(func() { srv.Close() })
+	cs := &connState{ctx: context.Background(), client: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 1}}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if len(data) > maxHeadBytes {
+			return
+		}
+		out, h := scanHead(t, data, func() int { return len(data) + 1 })
+		if out.n == 0 || out.code != 0 || h.framing() != framePassthrough {
+			return
+		}
+		head := data[out.skipped : out.skipped+out.n]
+		fast := &h1fast{rt: rt, v: &vconn{head: *h}, cs: cs}
+		req, ok := fast.upgradeRequest(head)
+		if !ok {
+			return // net/http's to answer
+		}
+		if req.Method != http.MethodGet || req.ProtoMinor != 1 || len(req.Header["Host"]) > 0 || stateFrom(req.Context()) != cs {
+			t.Fatalf("took %q as %s %s %v", head, req.Method, req.Proto, req.Header)
+		}
+		c, sc := net.Pipe()
+		defer c.Close()
+		ln.c <- sc
+		go func() { _, _ = c.Write(head) }()
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil || resp.StatusCode != 299 {
+			t.Fatalf("the loop took %q, net/http's server answered %v %v", head, resp, err)
+		}
+		s := <-handled
+		mine := seen{req.Method, req.RequestURI, req.Host, req.ProtoMinor, req.ContentLength, req.Header}
+		if !reflect.DeepEqual(s, mine) {
+			t.Fatalf("%q:\nthe loop parsed %+v\nnet/http's server %+v", head, mine, s)
+		}
+	})
 }

@@ -69,6 +69,7 @@ fuzz FuzzChunkScanner ./l7 40000x
 fuzz FuzzPeekHost ./l7 40000x
 fuzz FuzzUpgradeResponse ./l7 80000x
 fuzz FuzzFastResponseHead ./l7 100000x
+fuzz FuzzUpgradeRequest ./l7 100000x
 fuzz FuzzH2Conn ./l7 20000x
 fuzz FuzzProxyHeader ./balancer 80000x
 fuzz FuzzReadProxyHeader ./balancer 100000x
