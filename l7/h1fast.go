@@ -46,7 +46,40 @@ import (
 
 // fastLocation reports whether the fast path may serve l's requests.
 func fastLocation(l *location) bool {
-	return l != nil && l.proxy != nil && l.proxy.conns != nil && !l.gzip && l.headers == nil
+	return l != nil && l.proxy != nil && l.proxy.conns != nil && !l.gzip && !l.slowHeaders
+}
+
+// addHeaders is what of l's headers goes on a response of code: all of
+// them on a 2xx or 3xx, none else (headerWriter's rule).
+func (l *location) addHeaders(code int) *location {
+	if l.headers == nil || code < 200 || code >= 400 {
+		return nil
+	}
+	return l
+}
+
+// replaces reports whether the location's headers replace a backend's
+// field name (all but Vary, which they add to).
+func (l *location) replaces(name []byte) bool {
+	for _, k := range l.headerKeys {
+		if k != "Vary" && asciiEqualFold(name, k) {
+			return true
+		}
+	}
+	return false
+}
+
+// appendHeaders appends the location's headers, sorted by name.
+func (l *location) appendHeaders(out []byte) []byte {
+	for _, k := range l.headerKeys {
+		for _, v := range l.headers[k] {
+			out = append(out, k...)
+			out = append(out, ": "...)
+			out = append(out, v...)
+			out = append(out, "\r\n"...)
+		}
+	}
+	return out
 }
 
 type hfield struct{ name, value []byte }
@@ -226,7 +259,7 @@ func (rt *Route) serveH1(v *vconn, hc net.Conn) {
 			return
 		}
 		v.takeHead(n + len(f.req.body))
-		keep := f.serve(loc.proxy)
+		keep := f.serve(loc)
 		f.unwatch()
 		v.responseDone()
 		// A large response's scratch is not kept for an idle connection.
@@ -512,7 +545,8 @@ func writeFastRequest(bw *bufio.Writer, r *h1req, cs *connState) {
 
 // serve proxies f.req through p and reports whether the connection may
 // take another request.
-func (f *h1fast) serve(p *proxy) (keep bool) {
+func (f *h1fast) serve(loc *location) (keep bool) {
+	p := loc.proxy
 	cs := f.cs
 	dr := dialRequestFor(p.pool, &f.req, cs)
 	bc, claim, err := tryBackends(cs.ctx, p.pool.NewChooser(&dr), func(b *balancer.Backend) (*backendConn, error) {
@@ -524,7 +558,7 @@ func (f *h1fast) serve(p *proxy) (keep bool) {
 	cs.mu.Lock()
 	cs.res.Backend = claim.Backend.ID()
 	cs.mu.Unlock()
-	return f.respond(p, bc, claim, dr.Sticky)
+	return f.respond(loc, bc, claim, dr.Sticky)
 }
 
 // roundTrip writes the request to an idle or new conn to b and reads the
@@ -594,7 +628,7 @@ func (f *h1fast) exchange(bc *backendConn) error {
 	bc.slow = f.slow
 	return fastExchange(bc, &f.req, f.cs, &f.res, func() error {
 		// An interim response goes to the client as it is.
-		f.out = f.res.appendHead(f.out[:0], nil)
+		f.out = f.res.appendHead(f.out[:0], nil, nil)
 		f.out = append(f.out, "\r\n"...)
 		_, err := f.v.Write(f.out)
 		return err
@@ -648,10 +682,11 @@ func fastExchange(bc *backendConn, r *h1req, cs *connState, res *h1res, interim 
 // pool or closed, the claim released, so that a client that sends its next
 // request as soon as it has the response finds both free, as on the
 // net/http path (its handler returns before net/http's final flush).
-func (f *h1fast) respond(p *proxy, bc *backendConn, claim *balancer.Claim, sentCookie string) (keep bool) {
+func (f *h1fast) respond(loc *location, bc *backendConn, claim *balancer.Claim, sentCookie string) (keep bool) {
+	p := loc.proxy
 	res := &f.res
 	keep = !f.rt.retired.Load()
-	out := res.appendHead(f.out[:0], func(out []byte) []byte {
+	out := res.appendHead(f.out[:0], loc.addHeaders(res.code), func(out []byte) []byte {
 		if c := stickySetCookie(p.pool, sentCookie, claim.Backend, f.cs.tls); c != "" {
 			out = append(out, "Set-Cookie: "...)
 			out = append(out, c...)
@@ -1051,9 +1086,10 @@ fields:
 }
 
 // appendHead appends the response head for the client, without its final
-// empty line: status line, the backend's end-to-end fields, the framing,
-// Date if the backend sent none, and what extra adds.
-func (r *h1res) appendHead(out []byte, extra func([]byte) []byte) []byte {
+// empty line: status line, the backend's end-to-end fields (but those
+// loc's headers replace), the framing, Date if the backend sent none, loc's
+// headers, and what extra adds. loc may be nil.
+func (r *h1res) appendHead(out []byte, loc *location, extra func([]byte) []byte) []byte {
 	out = append(out, "HTTP/1.1 "...)
 	out = strconv.AppendInt(out, int64(r.code), 10)
 	out = append(out, ' ')
@@ -1065,6 +1101,9 @@ func (r *h1res) appendHead(out []byte, extra func([]byte) []byte) []byte {
 	}
 	out = append(out, "\r\n"...)
 	r.endToEnd(func(name, value []byte) {
+		if loc != nil && loc.replaces(name) {
+			return
+		}
 		out = append(out, name...)
 		out = append(out, ": "...)
 		out = append(out, value...)
@@ -1085,6 +1124,9 @@ func (r *h1res) appendHead(out []byte, extra func([]byte) []byte) []byte {
 		out = append(out, "Date: "...)
 		out = time.Now().UTC().AppendFormat(out, http.TimeFormat)
 		out = append(out, "\r\n"...)
+	}
+	if loc != nil {
+		out = loc.appendHeaders(out)
 	}
 	if extra != nil {
 		out = extra(out)

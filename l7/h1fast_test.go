@@ -245,7 +245,7 @@ func FuzzFastResponseHead(f *testing.F) {
 		if r.frame != bodyToClose && r.code >= 200 && r.reuse == resp.Close {
 			t.Fatalf("reuse %v, net/http close %v: %q", r.reuse, resp.Close, b)
 		}
-		out := string(r.appendHead(nil, nil))
+		out := string(r.appendHead(nil, nil, nil))
 		for _, fv := range r.fields {
 			v := string(r.at(fv[1]))
 			if strings.ContainsAny(v, "\r\n") {
@@ -287,9 +287,10 @@ func TestFastPathSendsWhatNetHTTPSends(t *testing.T) {
 			}
 		}
 	})
-	fast := startLB(t, RouteConfig{Name: "fast", TLS: serverTLS(), Pool: pool(t, balancer.ProxyNone, be.addr)})
+	fast := startLB(t, RouteConfig{Name: "fast", TLS: serverTLS(), Locations: []Location{
+		{Path: "/", Pool: pool(t, balancer.ProxyNone, be.addr), Headers: routeHeaders}}})
 	slow := startLB(t, RouteConfig{Name: "slow", TLS: serverTLS(), Locations: []Location{
-		{Path: "/", Pool: pool(t, balancer.ProxyNone, be.addr), Headers: map[string]string{"X-Route": "slow"}}}})
+		{Path: "/", Pool: pool(t, balancer.ProxyNone, be.addr), Headers: routeHeaders}}, slowPaths: true})
 	for _, req := range []string{
 		"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
 		"GET /a/b?q=1&r=%20x HTTP/1.1\r\nHost: x:443\r\nUser-Agent: ua\r\nAccept: */*\r\nAccept: text/html\r\n\r\n",
@@ -320,6 +321,10 @@ func TestFastPathSendsWhatNetHTTPSends(t *testing.T) {
 		if sent[0] != sent[1] {
 			t.Errorf("%q:\nfast path sent\n%s\nnet/http sent\n%s", req, sent[0], sent[1])
 		}
+	}
+	// One: "/a?x;y" (a ';' in the query is net/http's to refuse).
+	if n := fast.route.handoffs.Load(); n != 1 {
+		t.Errorf("%d connections went to net/http on the fast route, want 1", n)
 	}
 }
 
@@ -436,10 +441,11 @@ func TestFastPathAnswersWhatNetHTTPAnswers(t *testing.T) {
 			}
 		}
 	})
-	fast := startLB(t, RouteConfig{Name: "fast", TLS: serverTLS(), Pool: pool(t, balancer.ProxyNone, be.addr)})
+	fast := startLB(t, RouteConfig{Name: "fast", TLS: serverTLS(), Locations: []Location{
+		{Path: "/", Pool: pool(t, balancer.ProxyNone, be.addr), Headers: routeHeaders}}})
 	slow := startLB(t, RouteConfig{Name: "slow", TLS: serverTLS(), Locations: []Location{
-		{Path: "/", Pool: pool(t, balancer.ProxyNone, be.addr), Headers: map[string]string{"X-Route": "slow"}}}})
-	skip := map[string]bool{"Date": true, "X-Route": true, "Content-Length": true, "Transfer-Encoding": true}
+		{Path: "/", Pool: pool(t, balancer.ProxyNone, be.addr), Headers: routeHeaders}}, slowPaths: true})
+	skip := map[string]bool{"Date": true, "Content-Length": true, "Transfer-Encoding": true}
 	for i, raw := range responses {
 		for _, method := range []string{"GET", "HEAD"} {
 			var got [2]string
@@ -475,4 +481,12 @@ func TestFastPathAnswersWhatNetHTTPAnswers(t *testing.T) {
 			}
 		}
 	}
+	if n := fast.route.handoffs.Load(); n != 0 {
+		t.Errorf("%d connections went to net/http on the fast route", n)
+	}
 }
+
+// routeHeaders are the fast-path comparisons' location headers, on both
+// routes: one the backends' answers do not have, one they do (replaced),
+// and Vary (added to).
+var routeHeaders = map[string]string{"X-Route": "r", "cache-control": "max-age=5", "Vary": "Accept-Encoding"}

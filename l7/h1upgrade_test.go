@@ -44,6 +44,7 @@ func TestUpgradeLoopAnswersWhatNetHTTPAnswers(t *testing.T) {
 			if _, err := io.ReadFull(br, buf); err == nil {
 				c.Write(buf)
 			}
+			_, _ = io.Copy(io.Discard, br) // the client ends the tunnel: one reason on both paths
 		case "/badaccept":
 			io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: x\r\n\r\n")
 		case "/refuse":
@@ -58,7 +59,7 @@ func TestUpgradeLoopAnswersWhatNetHTTPAnswers(t *testing.T) {
 	})
 	newLB := func(slow bool) *lb {
 		return startLB(t, RouteConfig{Name: "r", TLS: serverTLS(), Hosts: []string{testHost, "x"},
-			Pool: pool(t, balancer.ProxyNone, be.addr), slowUpgrades: slow})
+			Pool: pool(t, balancer.ProxyNone, be.addr), slowPaths: slow})
 	}
 	fast, slow := newLB(false), newLB(true)
 	const up = "Upgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\n" +

@@ -1195,14 +1195,15 @@ func TestH2FastPathSendsWhatSlowSends(t *testing.T) {
 			}
 			slices.Sort(keys)
 			got <- r.Method + " " + r.RequestURI + " " + r.Host + " " + strconv.FormatInt(r.ContentLength, 10) + "\n" + strings.Join(keys, "\n") + "\n" + string(body)
-			if _, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"); err != nil {
+			if _, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nCache-Control: no-cache\r\nVary: Origin\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"); err != nil {
 				return
 			}
 		}
 	})
-	fast := startLB(t, RouteConfig{Name: "fast", TLS: serverTLS(), HTTP2: true, Pool: pool(t, balancer.ProxyNone, be.addr)})
+	fast := startLB(t, RouteConfig{Name: "fast", TLS: serverTLS(), HTTP2: true, Locations: []Location{
+		{Path: "/", Pool: pool(t, balancer.ProxyNone, be.addr), Headers: routeHeaders}}})
 	slow := startLB(t, RouteConfig{Name: "slow", TLS: serverTLS(), HTTP2: true, Locations: []Location{
-		{Path: "/", Pool: pool(t, balancer.ProxyNone, be.addr), Headers: map[string]string{"X-Route": "slow"}}}})
+		{Path: "/", Pool: pool(t, balancer.ProxyNone, be.addr), Headers: routeHeaders}}, slowPaths: true})
 	type rq struct {
 		method, path string
 		fields       [][2]string
@@ -1224,7 +1225,7 @@ func TestH2FastPathSendsWhatSlowSends(t *testing.T) {
 		{"POST", "/unsized", nil, "abc", true},
 		{"POST", "/big", nil, big, false},
 	} {
-		var sent [2]string
+		var sent, answered [2]string
 		before := fastStreams.Load()
 		for i, l := range []*lb{fast, slow} {
 			cc := l.h2Conn(t)
@@ -1246,6 +1247,11 @@ func TestH2FastPathSendsWhatSlowSends(t *testing.T) {
 			_, _ = io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
 			sent[i] = <-got
+			delete(resp.Header, "Date")
+			answered[i] = fmt.Sprint(resp.Header)
+		}
+		if answered[0] != answered[1] {
+			t.Errorf("%s %s: the fast path answered %s, the handler's path %s", r.method, r.path, answered[0], answered[1])
 		}
 		want := int64(1)
 		if r.unsized || len(r.body) > maxFastBody {

@@ -177,12 +177,13 @@ func (st *h2stream) fastHandler(loc *location, fs *h2fastScratch) func(http.Resp
 			}
 			fs.req.body = bb.data
 		}
-		st.proxyFast(rw, in, loc.proxy, &fs.req, &fs.res)
+		st.proxyFast(rw, in, loc, &fs.req, &fs.res)
 	}
 }
 
 // proxyFast is serveFast for a fast stream.
-func (st *h2stream) proxyFast(w *h2rw, in *http.Request, p *proxy, r *h1req, res *h1res) {
+func (st *h2stream) proxyFast(w *h2rw, in *http.Request, loc *location, r *h1req, res *h1res) {
+	p := loc.proxy
 	cs := st.s.h.cs
 	dr := dialRequestFor(p.pool, r, cs)
 	bc, claim, err := tryBackends(st.ctx, p.pool.NewChooser(&dr), func(b *balancer.Backend) (*backendConn, error) {
@@ -200,6 +201,15 @@ func (st *h2stream) proxyFast(w *h2rw, in *http.Request, p *proxy, r *h1req, res
 	res.copyFields(h)
 	if res.frame == bodyLength || res.frame == bodyNone && res.cl >= 0 && res.code != http.StatusNoContent {
 		h["Content-Length"] = []string{strconv.FormatInt(res.cl, 10)}
+	}
+	if l := loc.addHeaders(res.code); l != nil {
+		for k, vv := range l.headers { // headerWriter's
+			if k == "Vary" {
+				h[k] = append(h[k], vv...)
+			} else {
+				h[k] = vv
+			}
+		}
 	}
 	setSticky(h, p.pool, dr.Sticky, claim.Backend, cs.tls)
 	if p.rt.retired.Load() {

@@ -114,7 +114,7 @@ type RouteConfig struct {
 	// Log receives debug lines only. If nil, zap.NewNop() is used.
 	Log *zap.Logger
 
-	slowUpgrades bool // tests: every upgrade by net/http, as before h1upgrade.go
+	slowPaths bool // tests: every request by net/http and the h2 handler's path, no fast path
 }
 
 // Result summarizes a finished connection for the caller's access line.
@@ -196,6 +196,11 @@ type location struct {
 	proxy   *proxy       // pool
 	headers http.Header  // Location.Headers, values clipped; nil if none
 	gzip    bool         // compress proxied responses (static: its handler)
+	// headerKeys are headers' names, sorted (the fast paths write them);
+	// slowHeaders: a Date or Set-Cookie among them, which the fast paths
+	// leave to the handler's path (headerWriter).
+	headerKeys  []string
+	slowHeaders bool
 }
 
 // NewRoute validates cfg and starts the route's http.Server.
@@ -270,8 +275,12 @@ func NewRoute(cfg RouteConfig) (*Route, error) {
 			if loc.headers == nil {
 				loc.headers = http.Header{}
 			}
-			loc.headers[http.CanonicalHeaderKey(k)] = []string{v} // cap 1: an append copies
+			k = http.CanonicalHeaderKey(k)
+			loc.headers[k] = []string{v} // cap 1: an append copies
+			loc.headerKeys = append(loc.headerKeys, k)
+			loc.slowHeaders = loc.slowHeaders || k == "Date" || k == "Set-Cookie"
 		}
+		slices.Sort(loc.headerKeys)
 		switch {
 		case l.Pool != nil:
 			loc.proxy = newProxy(rt, l.Pool)
@@ -288,8 +297,8 @@ func NewRoute(cfg RouteConfig) (*Route, error) {
 		rt.locations = append(rt.locations, loc)
 	}
 	slices.SortFunc(rt.locations, func(a, b *location) int { return len(b.path) - len(a.path) })
-	rt.fast = !rt.redirect && slices.ContainsFunc(rt.locations, fastLocation)
-	rt.fastUpgrade = !rt.redirect && !cfg.slowUpgrades && slices.ContainsFunc(rt.locations, func(l *location) bool { return l.proxy != nil })
+	rt.fast = !rt.redirect && !cfg.slowPaths && slices.ContainsFunc(rt.locations, fastLocation)
+	rt.fastUpgrade = !rt.redirect && !cfg.slowPaths && slices.ContainsFunc(rt.locations, func(l *location) bool { return l.proxy != nil })
 	for _, l := range rt.locations {
 		if p, ok := strings.CutSuffix(l.path, "/"); ok && p != "" && !seen[p] {
 			rt.slashless[p] = true
