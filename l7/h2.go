@@ -201,6 +201,12 @@ func (h *h2conn) writeFailed(err error) {
 	h.mu.Lock()
 	active := h.active
 	h.mu.Unlock()
+	if h.own != nil {
+		// As readFailed: a write of a frame after the last answer (a
+		// WINDOW_UPDATE for a refused body) that finds the client gone
+		// found a finished conn.
+		active = h.own.unanswered()
+	}
 	cs := h.cs
 	switch {
 	case isTimeout(err):
