@@ -700,14 +700,14 @@ func (s *h2server) headers(f *http2.MetaHeadersFrame) error {
 		// The fast path (h2fast.go): the request is fs.req; this one
 		// carries the context, the method and the body, if any (of
 		// declLen bytes, read whole by the handler).
-		req = &http.Request{Method: fs.req.method, Proto: "HTTP/2.0", ProtoMajor: 2, Body: http.NoBody,
-			Host: fs.req.host, RemoteAddr: s.remoteAddr}
+		tmpl := http.Request{Method: fs.req.method, Proto: "HTTP/2.0", ProtoMajor: 2, Body: http.NoBody,
+			Host: fs.req.host, RemoteAddr: s.remoteAddr} // on the stack: WithContext makes the one Request
 		if !f.StreamEnded() {
 			st.declLen = declLen
-			req.ContentLength = declLen
-			req.Body = &h2body{st: st, timeout: h.rt.bodyTimeout}
+			tmpl.ContentLength = declLen
+			tmpl.Body = &h2body{st: st, timeout: h.rt.bodyTimeout}
 		}
-		req = req.WithContext(ctx)
+		req = tmpl.WithContext(ctx)
 		handler = st.fastHandler(loc, fs)
 	case f.Truncated:
 		// Over MAX_HEADER_LIST_SIZE: the fields are cut short, so not
