@@ -83,18 +83,27 @@ func (rt *Runtime) buildListeners(routes map[string]*route) {
 			certs: tlsutil.NewCertStore(tlsutil.NewCerts()),
 		}
 		// Raw accept (session.serveRaw) where every route is l4 on the
-		// epoll relay: a connection for an l7 route would need a
-		// *net.TCPConn made of the descriptor (net.FileConn), about 15
-		// syscalls more than Go's accept (issue 11: wss:// handshakes
-		// 5-9 % dearer on a mixed listener), so a listener with any l7
-		// route accepts with Go.
+		// epoll relay. A connection for an l7 route needs a *net.TCPConn
+		// made of the descriptor (net.FileConn), about 9 syscalls more
+		// than Go's accept (wss:// handshakes about 3 % dearer), and an
+		// l4 one accepted with Go costs about 15 % more (issue 11), so a
+		// listener with l7 routes too accepts raw while most of its
+		// recent connections were l4 (mixedRaw, routeMix).
 		rawOK := rawAcceptOK && ls.tls && !ls.proxyIn.accept
 		l4Epoll := func(r *route) bool { return r == nil || r.mode == "l4" && r.relay.Engine == l4.EngineEpoll }
+		// mixedRaw: l7 routes aside, all is as for rawAccept; with l7
+		// routes, the mix of recent connections decides (routeMix).
+		notL7 := func(r *route) bool { return r == nil || r.mode != "l7" }
 		lr.rawAccept = rawOK && l4Epoll(lr.table.def) && l4Epoll(lr.table.plain)
+		lr.mixedRaw = rawOK && (l4Epoll(lr.table.def) || !notL7(lr.table.def)) && (l4Epoll(lr.table.plain) || !notL7(lr.table.plain))
+		hasL7 := !notL7(lr.table.def) || !notL7(lr.table.plain)
 		for p, r := range ls.names.All() {
 			lr.table.names.Add(p, routes[r])
 			lr.rawAccept = lr.rawAccept && l4Epoll(routes[r])
+			lr.mixedRaw = lr.mixedRaw && (l4Epoll(routes[r]) || !notL7(routes[r]))
+			hasL7 = hasL7 || !notL7(routes[r])
 		}
+		lr.mixedRaw = lr.mixedRaw && hasL7 && !lr.rawAccept
 		rt.Listeners[name] = lr
 		rt.byAddr[lr.key] = lr
 	}

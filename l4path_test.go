@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
@@ -10,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"runtime"
 	"strings"
@@ -740,11 +742,12 @@ backends = [{ address = "127.0.0.1:1" }]
 }
 
 // A listener whose routes are all l4 accepts raw: its L4 connections run
-// on descriptors only (l4.RawStarts). A listener with an l7 route accepts
-// with Go (an l7 connection would need a conn made of the descriptor), so
-// its L4 connections do not. Both carry the bytes. Not parallel: the count
-// is the process's.
-func TestRawAcceptOnlyOnL4Listeners(t *testing.T) {
+// on descriptors only (l4.RawStarts). A listener with an l7 route too
+// accepts raw while most of its recent connections went to l4 routes
+// (routeMix), with Go otherwise; an l7 connection accepted raw is served on
+// a conn made of its descriptor. All carry the bytes. Not parallel: the
+// count is the process's.
+func TestRawAcceptFollowsTheRouteMix(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("raw accept is Linux-only")
 	}
@@ -772,27 +775,69 @@ backends = [{ address = %q }]
 `, be.addr))
 	roots := x509.NewCertPool()
 	roots.AddCert(cert)
-	for _, tc := range []struct {
-		listener string
-		raw      int64
-	}{{"native", 1}, {"mixed", 0}} {
-		before := l4.RawStarts()
-		c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", l.addr(tc.listener).String(),
+	l4conn := func(listener string) {
+		t.Helper()
+		c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", l.addr(listener).String(),
 			&tls.Config{ServerName: "game.test", RootCAs: roots})
 		if err != nil {
-			t.Fatalf("%s: handshake through sluice: %v", tc.listener, err)
+			t.Fatalf("%s: handshake through sluice: %v", listener, err)
 		}
+		defer c.Close()
 		c.SetDeadline(time.Now().Add(10 * time.Second))
 		if _, err := c.Write([]byte("ping")); err != nil {
 			t.Fatal(err)
 		}
 		b := make([]byte, 4)
 		if _, err := io.ReadFull(c, b); err != nil || string(b) != "ping" {
-			t.Fatalf("%s: echo %q, %v", tc.listener, b, err)
+			t.Fatalf("%s: echo %q, %v", listener, b, err)
 		}
-		c.Close()
-		if n := l4.RawStarts() - before; n != tc.raw {
-			t.Errorf("%s listener: %d relays on descriptors only, want %d", tc.listener, n, tc.raw)
+	}
+	l7conn := func() {
+		t.Helper()
+		c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", l.addr("mixed").String(),
+			&tls.Config{ServerName: "web.test", InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
+		if err != nil {
+			t.Fatalf("l7: handshake with sluice: %v", err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: web.test\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		// The pool speaks TLS, not HTTP: any answer shows the l7 path ran.
+		if _, err := http.ReadResponse(bufio.NewReader(c), nil); err != nil {
+			t.Fatalf("l7: %v", err)
+		}
+	}
+	// The accept loop decides before it waits, so a connection's mode
+	// counts from the next connection but one; steps whose count races
+	// with that are not checked (-1). Only l4 connections show how they
+	// were accepted.
+	for i, step := range []struct {
+		l7       bool
+		listener string
+		raw      int64 // relays on descriptors only; -1: not checked
+	}{
+		{false, "native", 1},
+		{false, "mixed", 0},  // nothing seen yet: Go's accept
+		{false, "mixed", -1}, // decided before the first was dispatched, or after
+		{false, "mixed", 1},  // l4 1 or 2, l7 0
+		{true, "mixed", 0},   // accepted raw, served on a conn made of it
+		{true, "mixed", 0},   // raw too
+		{true, "mixed", 0},   // l4 3, l7 1 or 2: raw
+		{true, "mixed", 0},
+		{true, "mixed", 0},
+		{true, "mixed", 0},
+		{false, "mixed", 0}, // l4 3, l7 5 or 6: Go's
+	} {
+		before := l4.RawStarts()
+		if step.l7 {
+			l7conn()
+		} else {
+			l4conn(step.listener)
+		}
+		if n := l4.RawStarts() - before; step.raw >= 0 && n != step.raw {
+			t.Errorf("step %d (%s listener): %d relays on descriptors only, want %d", i, step.listener, n, step.raw)
 		}
 	}
 }
@@ -814,5 +859,27 @@ func TestPeekFailureReasons(t *testing.T) {
 		if got := peekFailure(tc.err); got != tc.want {
 			t.Errorf("peekFailure(%v) = %s, want %s", tc.err, got, tc.want)
 		}
+	}
+}
+
+// routeMix follows the recent connections: it halves its counts every
+// mixWindow, so a listener whose traffic turns from l4 to l7 turns back
+// to Go's accept within a window or two.
+func TestRouteMixFollowsRecentConnections(t *testing.T) {
+	var m routeMix
+	if m.raw() {
+		t.Fatal("raw with nothing seen")
+	}
+	for range 10 * mixWindow {
+		m.saw("l4")
+	}
+	if !m.raw() || m.l4.Load() >= mixWindow {
+		t.Fatalf("after l4 only: raw %v, l4 %d (window %d)", m.raw(), m.l4.Load(), mixWindow)
+	}
+	for range mixWindow {
+		m.saw("l7")
+	}
+	if m.raw() {
+		t.Fatalf("after a window of l7: still raw (l4 %d, l7 %d)", m.l4.Load(), m.l7.Load())
 	}
 }

@@ -208,7 +208,7 @@ func (s *server) accepted(key string, c *net.TCPConn, at time.Time) {
 // listener's rawAccept, in the current config.
 func (s *server) rawAccept(key string) bool {
 	lr := s.rt.Load().byAddr[key]
-	return lr != nil && lr.rawAccept
+	return lr != nil && (lr.rawAccept || lr.mixedRaw && lr.mix.raw())
 }
 
 // acceptedRaw is accepted for a connection accepted raw (acceptRaw): a

@@ -149,6 +149,9 @@ func (ss *session) dispatch(h *tlsutil.ClientHello, err error) {
 		ss.refuse(false, peekFailure(err), h.RawServerName, zap.Error(err))
 		return
 	}
+	if lr.mixedRaw {
+		lr.mix.saw(r.mode)
+	}
 	if r.mode == "l7" {
 		if ss.conn(h.RawServerName) {
 			ss.toL7(r, h.Raw, h.RawServerName)
