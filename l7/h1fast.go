@@ -28,10 +28,11 @@ import (
 // keep-alive pool and neither gzip nor its own headers) is served with no
 // http.Request, header map, context or goroutine per request: the request
 // head is written from the client's bytes, the backend's response head is
-// read by h1res and the body relayed as it comes. The first request it does
-// not take is left in the buffer and the connection goes to net/http for
-// the rest of its life (handOff), where everything else is served as
-// before: upgrades, other bodies, static files, redirects, gzip, refusals
+// read by h1res and the body relayed as it comes. A WebSocket upgrade is
+// served here too, by the route's handler (h1upgrade.go). The first other
+// request it does not take is left in the buffer and the connection goes to
+// net/http for the rest of its life (handOff), where everything else is
+// served as before: other bodies, static files, redirects, gzip, refusals
 // by Host or path.
 //
 // What reaches the backend and the client is what the net/http path sends
