@@ -96,14 +96,17 @@ func (rt *Runtime) buildListeners(routes map[string]*route) {
 		notL7 := func(r *route) bool { return r == nil || r.mode != "l7" }
 		lr.rawAccept = rawOK && l4Epoll(lr.table.def) && l4Epoll(lr.table.plain)
 		lr.mixedRaw = rawOK && (l4Epoll(lr.table.def) || !notL7(lr.table.def)) && (l4Epoll(lr.table.plain) || !notL7(lr.table.plain))
+		isL4 := func(r *route) bool { return r != nil && r.mode == "l4" }
 		hasL7 := !notL7(lr.table.def) || !notL7(lr.table.plain)
+		hasL4 := isL4(lr.table.def) || isL4(lr.table.plain)
 		for p, r := range ls.names.All() {
 			lr.table.names.Add(p, routes[r])
 			lr.rawAccept = lr.rawAccept && l4Epoll(routes[r])
 			lr.mixedRaw = lr.mixedRaw && (l4Epoll(routes[r]) || !notL7(routes[r]))
 			hasL7 = hasL7 || !notL7(routes[r])
+			hasL4 = hasL4 || isL4(routes[r])
 		}
-		lr.mixedRaw = lr.mixedRaw && hasL7 && !lr.rawAccept
+		lr.mixedRaw = lr.mixedRaw && hasL7 && hasL4 && !lr.rawAccept
 		rt.Listeners[name] = lr
 		rt.byAddr[lr.key] = lr
 	}
