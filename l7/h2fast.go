@@ -149,7 +149,7 @@ func (st *h2stream) fastHandler(loc *location, fs *h2fastScratch) func(http.Resp
 	return func(w http.ResponseWriter, in *http.Request) {
 		defer func() {
 			if cap(fs.res.head) <= maxKeptScratch {
-				fs.req.fields, fs.req.rawQuery = fs.req.fields[:0], nil
+				fs.req.fields, fs.req.rawQuery, fs.req.body = fs.req.fields[:0], nil, nil
 				h2fastScratches.Put(fs)
 			}
 		}()
