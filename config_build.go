@@ -90,23 +90,25 @@ func (rt *Runtime) buildListeners(routes map[string]*route) {
 		// listener with l7 routes too accepts raw while most of its
 		// recent connections were l4 (mixedRaw, routeMix).
 		rawOK := rawAcceptOK && ls.tls && !ls.proxyIn.accept
-		l4Epoll := func(r *route) bool { return r == nil || r.mode == "l4" && r.relay.Engine == l4.EngineEpoll }
-		// mixedRaw: l7 routes aside, all is as for rawAccept; with l7
-		// routes, the mix of recent connections decides (routeMix).
-		notL7 := func(r *route) bool { return r == nil || r.mode != "l7" }
-		lr.rawAccept = rawOK && l4Epoll(lr.table.def) && l4Epoll(lr.table.plain)
-		lr.mixedRaw = rawOK && (l4Epoll(lr.table.def) || !notL7(lr.table.def)) && (l4Epoll(lr.table.plain) || !notL7(lr.table.plain))
-		isL4 := func(r *route) bool { return r != nil && r.mode == "l4" }
-		hasL7 := !notL7(lr.table.def) || !notL7(lr.table.plain)
-		hasL4 := isL4(lr.table.def) || isL4(lr.table.plain)
+		l4Epoll := func(r *route) bool { return r.mode == "l4" && r.relay.Engine == l4.EngineEpoll }
+		allL4, mixed, hasL4, hasL7 := rawOK, rawOK, false, false
+		see := func(r *route) {
+			if r == nil {
+				return
+			}
+			allL4 = allL4 && l4Epoll(r)
+			mixed = mixed && (l4Epoll(r) || r.mode == "l7")
+			hasL4 = hasL4 || r.mode == "l4"
+			hasL7 = hasL7 || r.mode == "l7"
+		}
+		see(lr.table.def)
+		see(lr.table.plain)
 		for p, r := range ls.names.All() {
 			lr.table.names.Add(p, routes[r])
-			lr.rawAccept = lr.rawAccept && l4Epoll(routes[r])
-			lr.mixedRaw = lr.mixedRaw && (l4Epoll(routes[r]) || !notL7(routes[r]))
-			hasL7 = hasL7 || !notL7(routes[r])
-			hasL4 = hasL4 || isL4(routes[r])
+			see(routes[r])
 		}
-		lr.mixedRaw = lr.mixedRaw && hasL7 && hasL4 && !lr.rawAccept
+		lr.rawAccept = allL4
+		lr.mixedRaw = mixed && hasL4 && hasL7
 		rt.Listeners[name] = lr
 		rt.byAddr[lr.key] = lr
 	}

@@ -136,22 +136,16 @@ func (m *routeMix) raw() bool { return m.l4.Load() > m.l7.Load() }
 
 // saw counts a connection dispatched to a route of mode.
 func (m *routeMix) saw(mode string) {
-	n := &m.l4
 	if mode == "l7" {
-		n = &m.l7
+		m.l7.Add(1)
+	} else {
+		m.l4.Add(1)
 	}
-	if n.Add(1)+m.other(n).Load() >= mixWindow {
+	if m.l4.Load()+m.l7.Load() >= mixWindow {
 		// Racing halvings lose a count or two: the mix stays a mix.
 		m.l4.Store(m.l4.Load() / 2)
 		m.l7.Store(m.l7.Load() / 2)
 	}
-}
-
-func (m *routeMix) other(n *atomic.Int64) *atomic.Int64 {
-	if n == &m.l4 {
-		return &m.l7
-	}
-	return &m.l4
 }
 
 // route is one built [routes.NAME] table.
