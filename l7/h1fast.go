@@ -567,24 +567,35 @@ func (f *h1fast) serve(loc *location) (keep bool) {
 // is replaced once if the request is replayable (h1req.replay, as
 // isReplayable).
 func (f *h1fast) roundTrip(bcs *backendConns, b *balancer.Backend, dr *balancer.DialRequest) (*backendConn, error) {
-	ctx := f.cs.ctx
+	return bcs.fastRoundTrip(f.cs.ctx, b, dr, f.exchange, func() { f.setCur(nil) }, func() bool {
+		// Not once the client is watched: the watch reads into the buffer
+		// the request's fields point into.
+		return f.req.replay && !f.watched()
+	})
+}
+
+// fastRoundTrip is both fast paths' round trip: exchange on an idle or new
+// conn to b. A failed conn is closed (after unset, which forgets it as the
+// one waited on); a reused one found closed before it answered
+// (errStaleConn) is replaced once if replay says the request may go again
+// (isReplayable's rule).
+func (bcs *backendConns) fastRoundTrip(ctx context.Context, b *balancer.Backend, dr *balancer.DialRequest,
+	exchange func(*backendConn) error, unset func(), replay func() bool) (*backendConn, error) {
 	for retried := false; ; retried = true {
 		bc, reused, err := bcs.get(ctx, b, dr)
 		if err != nil {
 			return nil, err
 		}
-		err = f.exchange(bc)
+		err = exchange(bc)
 		if err == nil {
 			return bc, nil
 		}
-		f.setCur(nil)
+		unset()
 		_ = bc.c.Close()
 		if cerr := ctx.Err(); cerr != nil {
 			return nil, cerr
 		}
-		// Not once the client is watched: the watch reads into the buffer
-		// the request's fields point into.
-		if reused && !retried && f.req.replay && errors.Is(err, errStaleConn) && !f.watched() {
+		if reused && !retried && errors.Is(err, errStaleConn) && replay() {
 			bcs.dropIdle(b)
 			continue
 		}

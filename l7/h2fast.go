@@ -1,7 +1,6 @@
 package l7
 
 import (
-	"errors"
 	"io"
 	"net/http"
 	"net/http/httputil"
@@ -232,27 +231,8 @@ func (st *h2stream) proxyFast(w *h2rw, in *http.Request, loc *location, r *h1req
 // roundTripFast writes the request to an idle or new conn to b and reads
 // the response head into res (h1fast.roundTrip).
 func (st *h2stream) roundTripFast(w *h2rw, bcs *backendConns, b *balancer.Backend, dr *balancer.DialRequest, r *h1req, res *h1res) (*backendConn, error) {
-	ctx := st.ctx
-	for retried := false; ; retried = true {
-		bc, reused, err := bcs.get(ctx, b, dr)
-		if err != nil {
-			return nil, err
-		}
-		err = st.exchangeFast(w, bc, r, res)
-		if err == nil {
-			return bc, nil
-		}
-		st.setCur(nil)
-		_ = bc.c.Close()
-		if cerr := ctx.Err(); cerr != nil {
-			return nil, cerr
-		}
-		if reused && !retried && r.replay && errors.Is(err, errStaleConn) {
-			bcs.dropIdle(b)
-			continue
-		}
-		return nil, err
-	}
+	return bcs.fastRoundTrip(st.ctx, b, dr, func(bc *backendConn) error { return st.exchangeFast(w, bc, r, res) },
+		func() { st.setCur(nil) }, func() bool { return r.replay })
 }
 
 // setCur records the backend conn the stream waits on: a reset of the
