@@ -260,33 +260,13 @@ func FuzzFastResponseHead(f *testing.F) {
 
 // The fast path sends a backend what net/http's path sends for the same
 // request, but for the order of the fields: each request below goes
-// through a route the fast path serves and through one it cannot (a
-// location with its own headers), and the two requests the backend
-// receives must match field for field once names are canonical and the
-// fields sorted.
+// through a route the fast path serves and through one it may not
+// (slowPaths), and the two requests the backend receives must match field
+// for field once names are canonical and the fields sorted.
 func TestFastPathSendsWhatNetHTTPSends(t *testing.T) {
 	checkLeaks(t)
 	got := make(chan string, 1)
-	be := startScriptBackend(t, func(_ int, c net.Conn, br *bufio.Reader) {
-		for {
-			r, err := http.ReadRequest(br)
-			if err != nil {
-				return
-			}
-			body, _ := io.ReadAll(r.Body)
-			var keys []string
-			for k, vv := range r.Header {
-				for _, v := range vv {
-					keys = append(keys, k+": "+v)
-				}
-			}
-			slices.Sort(keys)
-			got <- r.Method + " " + r.RequestURI + " " + r.Host + "\n" + strings.Join(keys, "\n") + "\n" + string(body)
-			if _, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"); err != nil {
-				return
-			}
-		}
-	})
+	be := recordingBackend(t, got, false, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 	fast := startLB(t, RouteConfig{Name: "fast", TLS: serverTLS(), Locations: []Location{
 		{Path: "/", Pool: pool(t, balancer.ProxyNone, be.addr), Headers: routeHeaders}}})
 	slow := startLB(t, RouteConfig{Name: "slow", TLS: serverTLS(), Locations: []Location{
@@ -490,3 +470,42 @@ func TestFastPathAnswersWhatNetHTTPAnswers(t *testing.T) {
 // routes: one the backends' answers do not have, one they do (replaced),
 // and Vary (added to).
 var routeHeaders = map[string]string{"X-Route": "r", "cache-control": "max-age=5", "Vary": "Accept-Encoding"}
+
+// recordingBackend sends got each request it reads, as text (method,
+// target, Host, with withLength its Content-Length, the fields sorted, the
+// body), and answers each with answer.
+func recordingBackend(t *testing.T, got chan<- string, withLength bool, answer string) *scriptBackend {
+	return startScriptBackend(t, func(_ int, c net.Conn, br *bufio.Reader) {
+		for {
+			r, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			body, _ := io.ReadAll(r.Body)
+			line := r.Method + " " + r.RequestURI + " " + r.Host
+			if withLength {
+				line += " " + strconv.FormatInt(r.ContentLength, 10)
+			}
+			got <- line + "\n" + sortedFields(r.Header) + "\n" + string(body)
+			if _, err := io.WriteString(c, answer); err != nil {
+				return
+			}
+		}
+	})
+}
+
+// sortedFields is h's fields as "Name: value" lines, sorted, without those
+// named in skip.
+func sortedFields(h http.Header, skip ...string) string {
+	var keys []string
+	for k, vv := range h {
+		if slices.Contains(skip, k) {
+			continue
+		}
+		for _, v := range vv {
+			keys = append(keys, k+": "+v)
+		}
+	}
+	slices.Sort(keys)
+	return strings.Join(keys, "\n")
+}

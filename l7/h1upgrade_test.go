@@ -7,8 +7,6 @@ import (
 	"net"
 	"net/http"
 	"reflect"
-	"slices"
-	"strings"
 	"testing"
 	"time"
 
@@ -27,14 +25,7 @@ func TestUpgradeLoopAnswersWhatNetHTTPAnswers(t *testing.T) {
 		if err != nil {
 			return
 		}
-		var keys []string
-		for k, vv := range r.Header {
-			for _, v := range vv {
-				keys = append(keys, k+": "+v)
-			}
-		}
-		slices.Sort(keys)
-		got <- r.Method + " " + r.RequestURI + " " + r.Host + "\n" + strings.Join(keys, "\n")
+		got <- r.Method + " " + r.RequestURI + " " + r.Host + "\n" + sortedFields(r.Header)
 		accept := acceptKey(r.Header.Get("Sec-WebSocket-Key"))
 		switch r.URL.Path {
 		case "/ok":
@@ -141,16 +132,6 @@ func readAnswerText(t *testing.T, c net.Conn) string {
 	if err != nil {
 		return "error: " + err.Error()
 	}
-	var fields []string
-	for k, vv := range resp.Header {
-		if k == "Date" {
-			continue
-		}
-		for _, v := range vv {
-			fields = append(fields, k+": "+v)
-		}
-	}
-	slices.Sort(fields)
 	var body []byte
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		if _, err := io.WriteString(c, "ping"); err != nil {
@@ -163,7 +144,7 @@ func readAnswerText(t *testing.T, c net.Conn) string {
 	} else if body, err = io.ReadAll(resp.Body); err != nil {
 		body = []byte("error: " + err.Error())
 	}
-	return resp.Status + "\n" + strings.Join(fields, "\n") + "\n\n" + string(body)
+	return resp.Status + "\n" + sortedFields(resp.Header, "Date") + "\n\n" + string(body)
 }
 
 // FuzzUpgradeRequest is a differential check of the HTTP/1.1 loop's

@@ -1,7 +1,6 @@
 package l7
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -1180,26 +1179,7 @@ func TestH2FastPathResponses(t *testing.T) {
 func TestH2FastPathSendsWhatSlowSends(t *testing.T) {
 	checkLeaks(t)
 	got := make(chan string, 1)
-	be := startScriptBackend(t, func(_ int, c net.Conn, br *bufio.Reader) {
-		for {
-			r, err := http.ReadRequest(br)
-			if err != nil {
-				return
-			}
-			body, _ := io.ReadAll(r.Body)
-			var keys []string
-			for k, vv := range r.Header {
-				for _, v := range vv {
-					keys = append(keys, k+": "+v)
-				}
-			}
-			slices.Sort(keys)
-			got <- r.Method + " " + r.RequestURI + " " + r.Host + " " + strconv.FormatInt(r.ContentLength, 10) + "\n" + strings.Join(keys, "\n") + "\n" + string(body)
-			if _, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nCache-Control: no-cache\r\nVary: Origin\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"); err != nil {
-				return
-			}
-		}
-	})
+	be := recordingBackend(t, got, true, "HTTP/1.1 200 OK\r\nCache-Control: no-cache\r\nVary: Origin\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok")
 	fast := startLB(t, RouteConfig{Name: "fast", TLS: serverTLS(), HTTP2: true, Locations: []Location{
 		{Path: "/", Pool: pool(t, balancer.ProxyNone, be.addr), Headers: routeHeaders}}})
 	slow := startLB(t, RouteConfig{Name: "slow", TLS: serverTLS(), HTTP2: true, Locations: []Location{
