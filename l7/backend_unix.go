@@ -20,7 +20,7 @@ func peekIdle(c *net.TCPConn) bool {
 	err = rc.Read(func(fd uintptr) bool {
 		var b [1]byte
 		for {
-			_, _, errno := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+			_, errno := rawRecv(fd, b[:], unix.MSG_PEEK)
 			if errno == unix.EINTR {
 				continue
 			}
@@ -49,14 +49,14 @@ func writeThenRead(bc *backendConn, held, p []byte) (int, error) {
 		if !wrote {
 			wrote = true
 			for len(held) > 0 {
-				m, errno := unix.Write(int(fd), held)
+				m, errno := rawSend(fd, held)
 				if errno == unix.EINTR {
 					continue
 				}
 				if errno == unix.EAGAIN {
 					break
 				}
-				if errno != nil {
+				if errno != 0 {
 					bc.werr = bc.opError("write", errno)
 					held = nil
 					break
@@ -76,13 +76,13 @@ func writeThenRead(bc *backendConn, held, p []byte) (int, error) {
 			// it all: read what there is.
 		}
 		for {
-			m, errno := unix.Read(int(fd), p)
+			m, errno := rawRead(fd, p)
 			switch {
 			case errno == unix.EINTR:
 				continue
 			case errno == unix.EAGAIN:
 				return false
-			case errno != nil:
+			case errno != 0:
 				rerr = bc.opError("read", errno)
 			case m == 0:
 				rerr = io.EOF

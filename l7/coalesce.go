@@ -35,6 +35,25 @@ type recordWriter struct {
 	waitFor *net.TCPConn
 
 	nb l4.NBIO // on only while the epoll relay works on the tunnel
+
+	// sock, if set, reads and writes the socket under Conn once no prefix
+	// is left (rawio_linux.go).
+	sock sockIO
+}
+
+// sockIO is a socket's Read and Write without the scheduler's syscall
+// bookkeeping (rawio_linux.go).
+type sockIO interface {
+	Read([]byte) (int, error)
+	Write([]byte) (int, error)
+}
+
+// conn is what Writes go to: the socket's raw calls if set, else Conn.
+func (w *recordWriter) conn() interface{ Write([]byte) (int, error) } {
+	if w.sock != nil {
+		return w.sock
+	}
+	return w.Conn
 }
 
 var _ l4.NonblockingTransport = (*recordWriter)(nil)
@@ -66,6 +85,11 @@ func (w *recordWriter) Read(p []byte) (int, error) {
 			return 0, err
 		}
 	}
+	if w.sock != nil {
+		if pc, ok := w.Conn.(*tlsutil.PrefixConn); !ok || pc.Buffered() == 0 {
+			return w.sock.Read(p)
+		}
+	}
 	return w.Conn.Read(p)
 }
 
@@ -93,7 +117,7 @@ func (w *recordWriter) Write(p []byte) (int, error) {
 	if w.nb.On() {
 		return w.nb.Write(p)
 	}
-	return w.Conn.Write(p)
+	return w.conn().Write(p)
 }
 
 // collect starts collecting the records of a Write of n bytes; it reports
@@ -137,7 +161,7 @@ func (w *recordWriter) flush() error {
 	w.buf = nil
 	var err error
 	if len(*b) > 0 {
-		_, err = w.Conn.Write(*b)
+		_, err = w.conn().Write(*b)
 	}
 	putRecordBuf(b)
 	return err

@@ -499,7 +499,7 @@ func (rt *Route) Serve(ctx context.Context, c *net.TCPConn, client net.Addr, pre
 		// One absolute deadline for the handshake, read and write; it stays
 		// until the first head's deadline replaces it (rule 1).
 		_ = c.SetDeadline(accepted.Add(rt.handshakeTimeout))
-		rw = &recordWriter{Conn: tlsutil.NewPrefixConn(c, prefix)}
+		rw = &recordWriter{Conn: tlsutil.NewPrefixConn(c, prefix), sock: newSockIO(c)}
 		t := tls.Server(rw, rt.tls)
 		hs := time.Now()
 		if err := t.HandshakeContext(cctx); err != nil {
