@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 	"unsafe"
 
@@ -43,11 +44,25 @@ func rawSend(fd uintptr, b []byte) (int, unix.Errno) {
 }
 
 // rawSock is a *net.TCPConn's Read and Write through its RawConn with
-// rawRecv and rawSend: the same deadlines, waits and errors as the conn's
+// rawRead and rawSend: the same deadlines, waits and errors as the conn's
 // own methods (net.OpError around a syscall or poll error, io.EOF bare).
+// The callbacks and their arguments live in the struct, so that a call
+// allocates nothing; rmu and wmu keep concurrent calls of one direction
+// apart as the conn's own locks do.
 type rawSock struct {
 	c  *net.TCPConn
 	rc syscall.RawConn
+
+	rmu     sync.Mutex
+	rp      []byte
+	rn      int
+	rerrno  unix.Errno
+	readFn  func(uintptr) bool
+	wmu     sync.Mutex
+	wp      []byte
+	wn      int
+	werrno  unix.Errno
+	writeFn func(uintptr) bool
 }
 
 // newSockIO returns c's raw reads and writes, or nil if c has no RawConn.
@@ -56,27 +71,34 @@ func newSockIO(c *net.TCPConn) sockIO {
 	if err != nil {
 		return nil
 	}
-	return &rawSock{c: c, rc: rc}
+	s := &rawSock{c: c, rc: rc}
+	s.readFn, s.writeFn = s.read, s.write
+	return s
+}
+
+func (s *rawSock) read(fd uintptr) bool {
+	for {
+		s.rn, s.rerrno = rawRead(fd, s.rp)
+		switch s.rerrno {
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		}
+		return true
+	}
 }
 
 func (s *rawSock) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	var n int
-	var errno unix.Errno
-	err := s.rc.Read(func(fd uintptr) bool {
-		for {
-			n, errno = rawRead(fd, p)
-			switch errno {
-			case unix.EINTR:
-				continue
-			case unix.EAGAIN:
-				return false
-			}
-			return true
-		}
-	})
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
+	s.rp, s.rn, s.rerrno = p, 0, 0
+	err := s.rc.Read(s.readFn)
+	n, errno := s.rn, s.rerrno
+	s.rp = nil
 	switch {
 	case err != nil:
 		return 0, s.opError("read", err)
@@ -88,25 +110,30 @@ func (s *rawSock) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-func (s *rawSock) Write(p []byte) (int, error) {
-	var n int
-	var errno unix.Errno
-	err := s.rc.Write(func(fd uintptr) bool {
-		for n < len(p) {
-			m, e := rawSend(fd, p[n:])
-			switch e {
-			case 0:
-				n += m
-			case unix.EINTR:
-			case unix.EAGAIN:
-				return false
-			default:
-				errno = e
-				return true
-			}
+func (s *rawSock) write(fd uintptr) bool {
+	for s.wn < len(s.wp) {
+		m, e := rawSend(fd, s.wp[s.wn:])
+		switch e {
+		case 0:
+			s.wn += m
+		case unix.EINTR:
+		case unix.EAGAIN:
+			return false
+		default:
+			s.werrno = e
+			return true
 		}
-		return true
-	})
+	}
+	return true
+}
+
+func (s *rawSock) Write(p []byte) (int, error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	s.wp, s.wn, s.werrno = p, 0, 0
+	err := s.rc.Write(s.writeFn)
+	n, errno := s.wn, s.werrno
+	s.wp = nil
 	switch {
 	case err != nil:
 		return n, s.opError("write", err)
