@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"sluice/balancer"
+	"sluice/l4"
 )
 
 // An upgrade served by the HTTP/1.1 loop (h1upgrade.go) reaches the
@@ -48,11 +49,13 @@ func TestUpgradeLoopAnswersWhatNetHTTPAnswers(t *testing.T) {
 			io.WriteString(c, "HTTP/1.1 x\r\n\r\n")
 		}
 	})
-	newLB := func(slow bool) *lb {
+	newLB := func(slow bool, engine l4.Engine) *lb {
 		return startLB(t, RouteConfig{Name: "r", TLS: serverTLS(), Hosts: []string{testHost, "x"},
-			Pool: pool(t, balancer.ProxyNone, be.addr), slowPaths: slow})
+			Pool: pool(t, balancer.ProxyNone, be.addr), slowPaths: slow, Relay: l4.Options{Engine: engine}})
 	}
-	fast, slow := newLB(false), newLB(true)
+	// raw: the loop with sluice's default engine, whose tunnels take a raw
+	// dial's descriptor (upstream.go) where the others have Go's conn.
+	fast, slow, raw := newLB(false, l4.EngineGoroutine), newLB(true, l4.EngineGoroutine), newLB(false, l4.EngineEpoll)
 	const up = "Upgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\n" +
 		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
 	for _, tc := range []struct {
@@ -81,10 +84,10 @@ func TestUpgradeLoopAnswersWhatNetHTTPAnswers(t *testing.T) {
 		{"GET /ok HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n" + up + "\r\n", true, true},
 		{"GET /o%6b HTTP/1.1\r\nHost: x\r\n" + up + "\r\n", true, true},
 	} {
-		var answers, sent [2]string
-		var results [2]Result
-		for i, l := range []*lb{fast, slow} {
-			before := l.route.handoffs.Load()
+		var answers, sent [3]string
+		var results [3]Result
+		for i, l := range []*lb{fast, slow, raw} {
+			before, rawBefore := l.route.handoffs.Load(), l.route.rawTunnels.Load()
 			c := l.dial(t)
 			if _, err := io.WriteString(c, tc.req); err != nil {
 				t.Fatal(err)
@@ -99,9 +102,19 @@ func TestUpgradeLoopAnswersWhatNetHTTPAnswers(t *testing.T) {
 					t.Fatalf("%q: the backend got nothing", tc.req)
 				}
 			}
-			if n := l.route.handoffs.Load() - before; i == 0 && n != map[bool]int64{false: 0, true: 1}[tc.handoff] {
+			if n := l.route.handoffs.Load() - before; i != 1 && n != map[bool]int64{false: 0, true: 1}[tc.handoff] {
 				t.Errorf("%q: %d handoffs to net/http on the fast route", tc.req, n)
 			}
+			if n := l.route.rawTunnels.Load() - rawBefore; n != map[bool]int64{true: 1}[i == 2 && results[i].Upgraded] {
+				t.Errorf("%q: %d tunnels on a raw dial's descriptor on route %d", tc.req, n, i)
+			}
+		}
+		if answers[0] != answers[2] || sent[0] != sent[2] {
+			t.Errorf("%q:\nGo's dial: answered\n%s\nsent\n%s\nthe raw dial: answered\n%s\nsent\n%s", tc.req, answers[0], sent[0], answers[2], sent[2])
+		}
+		if r0, r2 := results[0], results[2]; r0.Status != r2.Status || r0.Reason != r2.Reason || r0.Upgraded != r2.Upgraded ||
+			r0.Backend != r2.Backend || r0.BytesIn != r2.BytesIn || r0.BytesOut != r2.BytesOut {
+			t.Errorf("%q: access results differ:\nGo's dial %+v\nraw dial  %+v", tc.req, r0, r2)
 		}
 		if answers[0] != answers[1] {
 			t.Errorf("%q:\nthe loop answered\n%s\nnet/http answered\n%s", tc.req, answers[0], answers[1])

@@ -115,6 +115,8 @@ type RouteConfig struct {
 	Log *zap.Logger
 
 	slowPaths bool // tests: every request by net/http and the h2 handler's path, no fast path
+	// goDialUpgrades (tests): upgrades' backends dialled by Go, never raw.
+	goDialUpgrades bool
 }
 
 // Result summarizes a finished connection for the caller's access line.
@@ -166,6 +168,7 @@ type Route struct {
 	relay            l4.Options
 	fast             bool // a location the fast path can serve (fastLocation): h1fast.go first
 	fastUpgrade      bool // a location with a pool: upgrades served by h1fast.go too (h1upgrade.go)
+	goDialUpgrades   bool // RouteConfig.goDialUpgrades
 
 	srv *http.Server
 	h2  bool // HTTP/2 is offered (ALPN h2): h2srv.go serves it
@@ -173,7 +176,10 @@ type Route struct {
 	// handoffs counts the conns given to srv (tests: which requests the
 	// HTTP/1.1 loop served itself).
 	handoffs atomic.Int64
-	served   chan struct{} // srv.Serve returned
+	// rawTunnels counts the tunnels started on a raw dial's descriptor
+	// (tests: which backends were dialled raw).
+	rawTunnels atomic.Int64
+	served     chan struct{} // srv.Serve returned
 
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
@@ -298,6 +304,7 @@ func NewRoute(cfg RouteConfig) (*Route, error) {
 	}
 	slices.SortFunc(rt.locations, func(a, b *location) int { return len(b.path) - len(a.path) })
 	rt.fast = !rt.redirect && !cfg.slowPaths && slices.ContainsFunc(rt.locations, fastLocation)
+	rt.goDialUpgrades = cfg.goDialUpgrades
 	rt.fastUpgrade = !rt.redirect && !cfg.slowPaths && slices.ContainsFunc(rt.locations, func(l *location) bool { return l.proxy != nil })
 	for _, l := range rt.locations {
 		if p, ok := strings.CutSuffix(l.path, "/"); ok && p != "" && !seen[p] {

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"crypto/sha1"
 	"encoding/base64"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -225,12 +226,15 @@ func (rt *Route) serveUpgrade(w *statusWriter, r *http.Request, cs *connState, p
 	dreq := dialRequest(pool, r, cs)
 	second := secondChance(r, pool, &dreq)
 	dreq.Prefix, dreq.AwaitAnswer = upgradeRequest(r, cs), true
+	if rt.rawUpgrade() {
+		dreq.Wait = l4.FDWaiter() // the tunnel takes the descriptor (upstream)
+	}
 	lease, err := pool.Dial(cs.ctx, dreq)
 	if err != nil {
 		rt.dialFailed(w, cs, err)
 		return
 	}
-	bc := lease.Conn
+	bc := upstreamOf(lease)
 	defer func() {
 		if !tunneled {
 			_ = bc.Close()
@@ -255,10 +259,11 @@ func (rt *Route) serveUpgrade(w *statusWriter, r *http.Request, cs *connState, p
 		return
 	}
 	if second && resp.StatusCode == pool.SecondChanceStatus() {
-		if l2, resp2, br2, lr2 := rt.unknownRoom(cs, r, pool, dreq, lease.Backend); l2 != nil {
+		if l2, bc2, resp2, br2, lr2 := rt.unknownRoom(cs, r, pool, dreq, lease.Backend); l2 != nil {
 			_ = bc.Close()
 			lease.Release()
-			lease, bc, resp, br, lr = l2, l2.Conn, resp2, br2, lr2
+			putAnswerReader(br)
+			lease, bc, resp, br, lr = l2, bc2, resp2, br2, lr2
 			cs.mu.Lock()
 			cs.res.Backend = lease.Backend.ID()
 			cs.mu.Unlock()
@@ -340,18 +345,20 @@ func secondChance(r *http.Request, pool *balancer.Pool, dreq *balancer.DialReque
 // unknownRoom follows up an "unknown room" answer of first to the upgrade
 // r (see SecondChanceHeader): the key's previous owner when first joined
 // recently, and if that one does not switch protocols, first again (by the
-// pool's pick) without the header. It returns the lease and the answer of
-// the attempt that answered last; nil when none did, and the first answer
-// stands.
-func (rt *Route) unknownRoom(cs *connState, r *http.Request, pool *balancer.Pool, dreq balancer.DialRequest, first *balancer.Backend) (*balancer.Lease, *http.Response, *bufio.Reader, *io.LimitedReader) {
+// pool's pick) without the header. It returns the lease, its connection
+// and the answer of the attempt that answered last; nil when none did, and
+// the first answer stands.
+func (rt *Route) unknownRoom(cs *connState, r *http.Request, pool *balancer.Pool, dreq balancer.DialRequest, first *balancer.Backend) (*balancer.Lease, upstream, *http.Response, *bufio.Reader, *io.LimitedReader) {
 	if pool.JoinedRecently(first) {
 		if lease, err := pool.DialPrevious(cs.ctx, dreq); err == nil {
-			_ = lease.Conn.SetReadDeadline(time.Now().Add(rt.headerTimeout))
-			resp, br, lr, err := readAnswer(lease.Conn, r)
+			bc := upstreamOf(lease)
+			_ = bc.SetReadDeadline(time.Now().Add(rt.headerTimeout))
+			resp, br, lr, err := readAnswer(bc, r)
 			if err == nil && resp.StatusCode == http.StatusSwitchingProtocols {
-				return lease, resp, br, lr
+				return lease, bc, resp, br, lr
 			}
-			_ = lease.Conn.Close()
+			putAnswerReader(br)
+			_ = bc.Close()
 			lease.Release()
 		}
 	}
@@ -359,16 +366,18 @@ func (rt *Route) unknownRoom(cs *connState, r *http.Request, pool *balancer.Pool
 	dreq.Prefix = upgradeRequest(r, cs)
 	lease, err := pool.Dial(cs.ctx, dreq)
 	if err != nil {
-		return nil, nil, nil, nil
+		return nil, nil, nil, nil, nil
 	}
-	_ = lease.Conn.SetReadDeadline(time.Now().Add(rt.headerTimeout))
-	resp, br, lr, err := readAnswer(lease.Conn, r)
+	bc := upstreamOf(lease)
+	_ = bc.SetReadDeadline(time.Now().Add(rt.headerTimeout))
+	resp, br, lr, err := readAnswer(bc, r)
 	if err != nil {
-		_ = lease.Conn.Close()
+		putAnswerReader(br)
+		_ = bc.Close()
 		lease.Release()
-		return nil, nil, nil, nil
+		return nil, nil, nil, nil, nil
 	}
-	return lease, resp, br, lr
+	return lease, bc, resp, br, lr
 }
 
 // tunnel writes the 101 and the backend's coalesced bytes to the client, the
@@ -380,7 +389,7 @@ func (rt *Route) unknownRoom(cs *connState, r *http.Request, pool *balancer.Pool
 // The lease owns bc besides the relay: an idle tunnel sheds Go's state of
 // its backend socket (l4.Options.Owner). The client's stays: the conn's
 // state and drain close it.
-func (rt *Route) tunnel(cs *connState, client net.Conn, bc *net.TCPConn, lease *balancer.Lease, resp *http.Response, coalesced, pipelined []byte, done func(l4.Stats)) {
+func (rt *Route) tunnel(cs *connState, client net.Conn, bc upstream, lease *balancer.Lease, resp *http.Response, coalesced, pipelined []byte, done func(l4.Stats)) {
 	var b bytes.Buffer
 	b.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n")
 	writeHeaders(&b, resp.Header)
@@ -405,11 +414,29 @@ func (rt *Route) tunnel(cs *connState, client net.Conn, bc *net.TCPConn, lease *
 	in, out := int64(len(pipelined)), int64(len(coalesced))
 	opts := rt.relay
 	opts.Owner = lease
-	l4.Start(cs.ctx, client, bc, opts, func(st l4.Stats) {
+	end := func(st l4.Stats) {
 		st.BytesIn += in
 		st.BytesOut += out
 		done(st)
-	})
+	}
+	u, ok := bc.(*fdUpstream)
+	if !ok {
+		l4.Start(cs.ctx, client, bc.(*net.TCPConn), opts, end)
+		return
+	}
+	// The raw dial's descriptor: the epoll engine takes it as it is
+	// (rawUpgrade checked that it can drive the client too).
+	opts.BackendOptions = balancer.SetBackendOptions
+	if !l4.StartSockets(cs.ctx, l4.Socket{Conn: client, FD: -1}, l4.Socket{FD: u.fd}, opts, end) {
+		// The epoll set refused the sockets (ENOMEM, max_user_watches):
+		// sluice's own trouble, after a good connect (as the l4 path).
+		_ = u.Close()
+		_ = client.Close()
+		end(l4.Stats{Reason: l4.ReasonError, Err: errors.New("l7: the tunnel's relay could not start on its sockets")})
+		return
+	}
+	u.take() // the relay's now
+	rt.rawTunnels.Add(1)
 }
 
 // writeHeaders writes the end-to-end headers of h, skipping hop-by-hop ones

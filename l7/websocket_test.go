@@ -203,46 +203,59 @@ func TestWebSocketIdleNotCut(t *testing.T) {
 	}
 }
 
-// An idle wss:// tunnel sheds Go's state of its backend socket (l4's
-// Options.Owner, the lease) and goes on carrying messages both ways; a
-// removed backend's CloseConnections still ends it. Not parallel: the
-// shed count is the process's.
+// An idle wss:// tunnel whose backend Go dialled (a host name; here the
+// test's switch) sheds Go's state of its backend socket (l4's
+// Options.Owner, the lease); one dialled raw (an IP literal, the default)
+// never had it. Both go on carrying messages both ways, and a removed
+// backend's CloseConnections still ends either. Not parallel: the shed
+// count is the process's.
 func TestIdleTunnelSheds(t *testing.T) {
-	checkLeaks(t)
-	be := startWSBackend(t, nil)
-	p := poolOf(t, balancer.PoolConfig{}, 0, be.addr)
-	l := startLB(t, RouteConfig{Name: "h5", Hosts: []string{testHost}, TLS: serverTLS(), Pool: p,
-		Relay: l4.Options{Engine: l4.EngineEpoll}}) // sluice's default
-	ctx := t.Context()
-	ws := l.wsDial(t, ctx, "/ws")
-	echo := func(msg string) {
-		t.Helper()
-		if err := ws.Write(ctx, websocket.MessageText, []byte(msg)); err != nil {
-			t.Fatal(err)
-		}
-		if _, got, err := ws.Read(ctx); err != nil || string(got) != msg {
-			t.Fatalf("echo %q: %q, %v", msg, got, err)
-		}
-	}
-	echo("before")
-	before := l4.Sheds()
-	deadline := time.Now().Add(15 * time.Second)
-	for l4.Sheds() == before {
-		if time.Now().After(deadline) {
-			t.Fatal("the idle tunnel did not shed in 15s")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	for i := range 3 {
-		echo(fmt.Sprint("after ", i))
-	}
-	if n, err := p.CloseConnections(be.addr); n != 1 || err != nil {
-		t.Fatalf("CloseConnections: %d, %v", n, err)
-	}
-	if _, _, err := ws.Read(ctx); err == nil {
-		t.Fatal("the tunnel still reads after its backend's connections were closed")
-	}
-	if res := l.nextResult(t); !res.Upgraded || res.Reason != l4.ReasonError {
-		t.Errorf("result %+v, want an upgraded conn ended by the closed backend", res)
+	for _, goDial := range []bool{true, false} {
+		t.Run(fmt.Sprint("go dial ", goDial), func(t *testing.T) {
+			checkLeaks(t)
+			be := startWSBackend(t, nil)
+			p := poolOf(t, balancer.PoolConfig{}, 0, be.addr)
+			l := startLB(t, RouteConfig{Name: "h5", Hosts: []string{testHost}, TLS: serverTLS(), Pool: p,
+				Relay: l4.Options{Engine: l4.EngineEpoll}, goDialUpgrades: goDial}) // sluice's default engine
+			ctx := t.Context()
+			ws := l.wsDial(t, ctx, "/ws")
+			echo := func(msg string) {
+				t.Helper()
+				if err := ws.Write(ctx, websocket.MessageText, []byte(msg)); err != nil {
+					t.Fatal(err)
+				}
+				if _, got, err := ws.Read(ctx); err != nil || string(got) != msg {
+					t.Fatalf("echo %q: %q, %v", msg, got, err)
+				}
+			}
+			echo("before")
+			if n, want := l.route.rawTunnels.Load(), map[bool]int64{true: 0, false: 1}[goDial]; n != want {
+				t.Fatalf("%d tunnels on a raw dial's descriptor, want %d", n, want)
+			}
+			if goDial {
+				before := l4.Sheds()
+				deadline := time.Now().Add(15 * time.Second)
+				for l4.Sheds() == before {
+					if time.Now().After(deadline) {
+						t.Fatal("the idle tunnel did not shed in 15s")
+					}
+					time.Sleep(50 * time.Millisecond)
+				}
+			} else {
+				time.Sleep(1500 * time.Millisecond) // idle as long as a shed takes
+			}
+			for i := range 3 {
+				echo(fmt.Sprint("after ", i))
+			}
+			if n, err := p.CloseConnections(be.addr); n != 1 || err != nil {
+				t.Fatalf("CloseConnections: %d, %v", n, err)
+			}
+			if _, _, err := ws.Read(ctx); err == nil {
+				t.Fatal("the tunnel still reads after its backend's connections were closed")
+			}
+			if res := l.nextResult(t); !res.Upgraded || res.Reason != l4.ReasonError {
+				t.Errorf("result %+v, want an upgraded conn ended by the closed backend", res)
+			}
+		})
 	}
 }
