@@ -386,9 +386,10 @@ func (rt *Route) unknownRoom(cs *connState, r *http.Request, pool *balancer.Pool
 // here failed). Nothing of the request or the backend's answer is kept while
 // the relay runs.
 //
-// The lease owns bc besides the relay: an idle tunnel sheds Go's state of
-// its backend socket (l4.Options.Owner). The client's stays: the conn's
-// state and drain close it.
+// The lease owns bc besides the relay (l4.Options.Owner): an idle tunnel
+// sheds Go's state of a backend socket Go dialled, and a raw dial's
+// descriptor (fdUpstream) goes to the relay as it is. The client's state
+// stays: the conn's state and drain close it.
 func (rt *Route) tunnel(cs *connState, client net.Conn, bc upstream, lease *balancer.Lease, resp *http.Response, coalesced, pipelined []byte, done func(l4.Stats)) {
 	var b bytes.Buffer
 	b.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n")
@@ -424,8 +425,8 @@ func (rt *Route) tunnel(cs *connState, client net.Conn, bc upstream, lease *bala
 		l4.Start(cs.ctx, client, bc.(*net.TCPConn), opts, end)
 		return
 	}
-	// The raw dial's descriptor: the epoll engine takes it as it is
-	// (rawUpgrade checked that it can drive the client too).
+	// The raw dial's descriptor (rawUpgrade: the route's tunnels run on
+	// the epoll engine): the relay takes it as it is.
 	opts.BackendOptions = balancer.SetBackendOptions
 	if !l4.StartSockets(cs.ctx, l4.Socket{Conn: client, FD: -1}, l4.Socket{FD: u.fd}, opts, end) {
 		// The epoll set refused the sockets (ENOMEM, max_user_watches):
