@@ -99,12 +99,10 @@ func (s *rawSock) Read(p []byte) (int, error) {
 	err := s.rc.Read(s.readFn)
 	n, errno := s.rn, s.rerrno
 	s.rp = nil
-	switch {
-	case err != nil:
-		return 0, s.opError("read", err)
-	case errno != 0:
-		return 0, s.opError("read", os.NewSyscallError("read", errno))
-	case n == 0:
+	if err := s.callError("read", err, errno); err != nil {
+		return 0, err
+	}
+	if n == 0 {
 		return 0, io.EOF
 	}
 	return n, nil
@@ -134,13 +132,20 @@ func (s *rawSock) Write(p []byte) (int, error) {
 	err := s.rc.Write(s.writeFn)
 	n, errno := s.wn, s.werrno
 	s.wp = nil
+	return n, s.callError("write", err, errno)
+}
+
+// callError is a RawConn call's outcome as the conn's own error: the poll
+// error (a deadline, a closed conn) or the callback's errno, wrapped; nil
+// if neither.
+func (s *rawSock) callError(op string, err error, errno unix.Errno) error {
 	switch {
 	case err != nil:
-		return n, s.opError("write", err)
+		return s.opError(op, err)
 	case errno != 0:
-		return n, s.opError("write", os.NewSyscallError("write", errno))
+		return s.opError(op, os.NewSyscallError(op, errno))
 	}
-	return n, nil
+	return nil
 }
 
 // opError wraps err as the conn's Read and Write do; an error of the

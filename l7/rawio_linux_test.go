@@ -67,103 +67,128 @@ func errClass(err error) string {
 	return s
 }
 
+// sockUnderTest is a socket's Read and Write as one of sluice's paths
+// gives them (a *net.TCPConn, rawSock, fdUpstream), with the deadlines and
+// the close that go with them.
+type sockUnderTest struct {
+	rw interface {
+		Read([]byte) (int, error)
+		Write([]byte) (int, error)
+	}
+	readDeadline, writeDeadline func(time.Time) error
+	close                       func() error
+}
+
+func tcpConnUnderTest(c *net.TCPConn) sockUnderTest {
+	return sockUnderTest{c, c.SetReadDeadline, c.SetWriteDeadline, c.Close}
+}
+
+// sockCases are what the l7 path meets on a socket: bytes that come late,
+// the end, a reset, deadlines, a peer that reads slowly, a closed conn.
+var sockCases = []struct {
+	name string
+	run  func(s sockUnderTest, peer *net.TCPConn) string
+}{
+	{"read data then EOF", func(s sockUnderTest, peer *net.TCPConn) string {
+		go func() {
+			time.Sleep(10 * time.Millisecond) // the Read waits for it
+			_, _ = peer.Write([]byte("HTTP/1.1 101 Switching Protocols\r\n\r\n"))
+			peer.CloseWrite()
+		}()
+		got, err := io.ReadAll(readerOf(s.rw))
+		return string(got) + " " + errClass(err) + " " + errClass(readErr(s.rw))
+	}},
+	{"read deadline", func(s sockUnderTest, peer *net.TCPConn) string {
+		_ = s.readDeadline(time.Now().Add(20 * time.Millisecond))
+		_, err := s.rw.Read(make([]byte, 8))
+		return errClass(err)
+	}},
+	{"read after close", func(s sockUnderTest, peer *net.TCPConn) string {
+		_ = s.close()
+		_, err := s.rw.Read(make([]byte, 8))
+		return errClass(err)
+	}},
+	{"read of a reset", func(s sockUnderTest, peer *net.TCPConn) string {
+		_ = peer.SetLinger(0)
+		peer.Close()
+		_, err := s.rw.Read(make([]byte, 8))
+		return errClass(err)
+	}},
+	{"large write to a slow reader", func(s sockUnderTest, peer *net.TCPConn) string {
+		want := bytes.Repeat([]byte("0123456789abcdef"), 1<<19) // 8 MiB: many EAGAINs
+		got := make(chan []byte)
+		go func() {
+			var b bytes.Buffer
+			buf := make([]byte, 64<<10)
+			for b.Len() < len(want) {
+				time.Sleep(time.Millisecond)
+				n, err := peer.Read(buf)
+				b.Write(buf[:n])
+				if err != nil {
+					break
+				}
+			}
+			got <- b.Bytes()
+		}()
+		_ = s.writeDeadline(time.Now().Add(time.Minute))
+		n, err := s.rw.Write(want)
+		same := bytes.Equal(<-got, want)
+		return errClass(err) + " " + strconv.Itoa(n) + " " + strconv.FormatBool(same)
+	}},
+	{"write deadline", func(s sockUnderTest, peer *net.TCPConn) string {
+		_ = s.writeDeadline(time.Now().Add(50 * time.Millisecond))
+		_, err := s.rw.Write(make([]byte, 64<<20)) // more than the buffers hold
+		return errClass(err)
+	}},
+	{"write after a reset", func(s sockUnderTest, peer *net.TCPConn) string {
+		_ = peer.SetLinger(0)
+		peer.Close()
+		time.Sleep(10 * time.Millisecond)
+		var err error
+		for range 100 {
+			if _, err = s.rw.Write([]byte("x")); err != nil {
+				break
+			}
+		}
+		return errClass(err)
+	}},
+	{"write after close", func(s sockUnderTest, peer *net.TCPConn) string {
+		_ = s.close()
+		_, err := s.rw.Write([]byte("x"))
+		return errClass(err)
+	}},
+}
+
+// sameAsTCPConn runs every sockCase on a *net.TCPConn and on what under
+// makes of another one, and wants the same outcome of both.
+func sameAsTCPConn(t *testing.T, under func(t *testing.T, c *net.TCPConn) sockUnderTest) {
+	for _, tc := range sockCases {
+		t.Run(tc.name, func(t *testing.T) {
+			checkLeaks(t)
+			c1, p1 := tcpPair(t)
+			want := tc.run(tcpConnUnderTest(c1), p1)
+			c2, p2 := tcpPair(t)
+			got := tc.run(under(t, c2), p2)
+			if got != want {
+				t.Fatalf("got %q, *net.TCPConn: %q", got, want)
+			}
+			t.Logf("both: %q", got)
+		})
+	}
+}
+
 // The raw socket calls (rawSock) behave as the *net.TCPConn's own: the
 // same bytes, the same waits, and errors that errors.Is, net.Error and
 // *net.OpError see the same: the route's timeouts, 408s and access
 // reasons depend on them.
 func TestRawSockBehavesAsTCPConn(t *testing.T) {
-	type rw interface {
-		Read([]byte) (int, error)
-		Write([]byte) (int, error)
-	}
-	cases := []struct {
-		name string
-		run  func(t *testing.T, c *net.TCPConn, peer *net.TCPConn, io rw) string
-	}{
-		{"read data then EOF", func(t *testing.T, c, peer *net.TCPConn, s rw) string {
-			go func() {
-				time.Sleep(10 * time.Millisecond) // the Read waits for it
-				_, _ = peer.Write([]byte("hello"))
-				peer.CloseWrite()
-			}()
-			got, err := io.ReadAll(readerOf(s))
-			return string(got) + " " + errClass(err) + " " + errClass(readErr(s))
-		}},
-		{"read deadline", func(t *testing.T, c, peer *net.TCPConn, s rw) string {
-			_ = c.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
-			_, err := s.Read(make([]byte, 8))
-			return errClass(err)
-		}},
-		{"read after close", func(t *testing.T, c, peer *net.TCPConn, s rw) string {
-			c.Close()
-			_, err := s.Read(make([]byte, 8))
-			return errClass(err)
-		}},
-		{"read of a reset", func(t *testing.T, c, peer *net.TCPConn, s rw) string {
-			_ = peer.SetLinger(0)
-			peer.Close()
-			_, err := s.Read(make([]byte, 8))
-			return errClass(err)
-		}},
-		{"large write to a slow reader", func(t *testing.T, c, peer *net.TCPConn, s rw) string {
-			want := bytes.Repeat([]byte("0123456789abcdef"), 1<<19) // 8 MiB: many EAGAINs
-			got := make(chan []byte)
-			go func() {
-				var b bytes.Buffer
-				buf := make([]byte, 64<<10)
-				for b.Len() < len(want) {
-					time.Sleep(time.Millisecond)
-					n, err := peer.Read(buf)
-					b.Write(buf[:n])
-					if err != nil {
-						break
-					}
-				}
-				got <- b.Bytes()
-			}()
-			n, err := s.Write(want)
-			same := bytes.Equal(<-got, want)
-			return errClass(err) + " " + strconv.Itoa(n) + " " + map[bool]string{true: "same", false: "differ"}[same]
-		}},
-		{"write deadline", func(t *testing.T, c, peer *net.TCPConn, s rw) string {
-			_ = c.SetWriteDeadline(time.Now().Add(50 * time.Millisecond))
-			_, err := s.Write(make([]byte, 64<<20)) // more than the buffers hold
-			return errClass(err)
-		}},
-		{"write after a reset", func(t *testing.T, c, peer *net.TCPConn, s rw) string {
-			_ = peer.SetLinger(0)
-			peer.Close()
-			time.Sleep(10 * time.Millisecond)
-			var err error
-			for range 100 {
-				if _, err = s.Write([]byte("x")); err != nil {
-					break
-				}
-			}
-			return errClass(err)
-		}},
-		{"write after close", func(t *testing.T, c, peer *net.TCPConn, s rw) string {
-			c.Close()
-			_, err := s.Write([]byte("x"))
-			return errClass(err)
-		}},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			c1, p1 := tcpPair(t)
-			want := tc.run(t, c1, p1, c1)
-			c2, p2 := tcpPair(t)
-			s := newSockIO(c2)
-			if s == nil {
-				t.Fatal("no raw socket calls on Linux")
-			}
-			got := tc.run(t, c2, p2, s)
-			if got != want {
-				t.Fatalf("raw: %q, *net.TCPConn: %q", got, want)
-			}
-			t.Logf("both: %q", got)
-		})
-	}
+	sameAsTCPConn(t, func(t *testing.T, c *net.TCPConn) sockUnderTest {
+		s := newSockIO(c)
+		if s == nil {
+			t.Fatal("no raw socket calls on Linux")
+		}
+		return sockUnderTest{s, c.SetReadDeadline, c.SetWriteDeadline, c.Close}
+	})
 }
 
 type readerFunc func([]byte) (int, error)
