@@ -6,7 +6,6 @@ import (
 	"net"
 	"os"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -63,11 +62,10 @@ func (u *fdUpstream) Write(p []byte) (int, error) {
 		if u.fd < 0 {
 			return n, u.opError("write", net.ErrClosed)
 		}
-		m, _, errno := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(u.fd), uintptr(unsafe.Pointer(&p[n])), uintptr(len(p)-n),
-			unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL, 0, 0)
+		m, errno := rawSend(uintptr(u.fd), p[n:])
 		switch errno {
 		case 0:
-			n += int(m)
+			n += m
 			continue
 		case unix.EINTR:
 			continue
