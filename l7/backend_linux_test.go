@@ -98,21 +98,7 @@ func threadReads(t *testing.T) int {
 // read, vconn.fill); the wait is once, the next Read reads at once.
 func TestRecordWriterWaitFor(t *testing.T) {
 	checkLeaks(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	cc, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	sc, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sc.Close()
+	cc, sc := tcpPair(t)
 	_ = sc.SetReadDeadline(time.Now().Add(10 * time.Second))
 	w := &recordWriter{Conn: sc}
 
@@ -125,7 +111,7 @@ func TestRecordWriterWaitFor(t *testing.T) {
 		time.Sleep(20 * time.Millisecond) // a read(2) right away finds nothing
 		_, _ = cc.Write([]byte("late"))
 	}()
-	w.waitFor = sc.(*net.TCPConn)
+	w.waitFor = sc
 	before := threadReads(t)
 	buf := make([]byte, 16)
 	n, err := w.Read(buf)
