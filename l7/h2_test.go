@@ -1,6 +1,7 @@
 package l7
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -1173,6 +1174,109 @@ func TestH2FastPathResponses(t *testing.T) {
 	}
 }
 
+// h2HeadAnswers is what the backend of TestH2FastPathAnswersWhatSlowAnswers
+// answers, by path: the response fields the fast path encodes itself
+// (encodeFast), against encodeHead's rules on the handler's path.
+var h2HeadAnswers = map[string]string{
+	// Lower-case and mixed-case names, a repeated Set-Cookie, a Vary the
+	// location adds to and a Cache-Control it replaces, no Content-Type
+	// (sniffed).
+	"/fields": "HTTP/1.1 200 OK\r\nx-lower: a\r\nX-MiXeD: b\r\nset-cookie: a=1\r\nSet-Cookie: b=2\r\n" +
+		"Vary: Origin\r\ncache-control: no-store\r\nContent-Length: 15\r\n\r\n<html>hi</html>",
+	"/gzip":     "HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 3\r\n\r\nabc",
+	"/ctempty":  "HTTP/1.1 200 OK\r\nContent-Type:\r\nContent-Length: 3\r\n\r\nabc",
+	"/date":     "HTTP/1.1 200 OK\r\nDate: Mon, 02 Jan 2006 15:04:05 GMT\r\nContent-Length: 3\r\n\r\nabc",
+	"/created":  "HTTP/1.1 201 Created\r\nLocation: /x/1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+	"/missing":  "HTTP/1.1 404 Not Found\r\nCache-Control: no-cache\r\nContent-Length: 4\r\n\r\nnope",
+	"/close":    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nhello until close",
+	"/closeraw": "HTTP/1.1 200 OK\r\n\r\nhello until close",
+	"/chunked":  "HTTP/1.1 200 OK\r\nTrailer: X-Sum\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-Sum: 42\r\n\r\n",
+	"/events":   "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: 9\r\n\r\ndata: 1\n\n",
+	"/empty":    "HTTP/1.1 204 No Content\r\nX-A: b\r\n\r\n",
+	"/big":      "HTTP/1.1 200 OK\r\nContent-Length: 20000\r\n\r\n" + strings.Repeat("z", 20000),
+	"/long": "HTTP/1.1 200 OK\r\nX-" + strings.Repeat("Long", 20) + ": " + strings.Repeat("v", 300) +
+		"\r\nContent-Length: 2\r\n\r\nok",
+}
+
+// The HTTP/2 fast path encodes a backend's response head (encodeFast) as
+// the handler's path does (encodeHead on an http.Header): the same fields,
+// body and trailers for every kind of head, with the location's headers
+// and the sticky cookie; and over more distinct values than the conn keeps
+// strings for (str), each answer still its own.
+func TestH2FastPathAnswersWhatSlowAnswers(t *testing.T) {
+	checkLeaks(t)
+	be := startScriptBackend(t, func(_ int, c net.Conn, br *bufio.Reader) {
+		for {
+			r, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			answer, ok := h2HeadAnswers[r.URL.Path]
+			if !ok { // /id/N: values that differ on each request
+				n := strings.TrimPrefix(r.URL.Path, "/id/")
+				answer = "HTTP/1.1 200 OK\r\nX-Id: " + n + "\r\nETag: \"" + strings.Repeat(n, 8) +
+					"\"\r\nX-Name-" + n + ": 1\r\nContent-Length: " + strconv.Itoa(len(n)+1) + "\r\n\r\n" + n + "."
+			}
+			if _, err := io.WriteString(c, answer); err != nil || strings.HasPrefix(r.URL.Path, "/close") {
+				return
+			}
+		}
+	})
+	var lbs [2]*lb
+	for i, slow := range []bool{false, true} {
+		lbs[i] = startLB(t, RouteConfig{Name: "r", TLS: serverTLS(), HTTP2: true, slowPaths: slow, Locations: []Location{
+			{Path: "/", Pool: stickyPool(t, be.addr), Headers: routeHeaders}}})
+	}
+	ccs := [2]*http.ClientConn{lbs[0].h2Conn(t), lbs[1].h2Conn(t)}
+	answer := func(i int, method, path string) string {
+		t.Helper()
+		req, _ := http.NewRequest(method, lbs[i].url(path), nil)
+		req.Header.Set("Accept-Encoding", "identity") // no gunzip by the client (/gzip)
+		resp, err := ccs[i].RoundTrip(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, path, err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatalf("%s %s: body: %v", method, path, err)
+		}
+		if resp.Header.Get("Date") == "" {
+			t.Errorf("%s %s: no Date", method, path)
+		}
+		if !strings.HasPrefix(path, "/date") {
+			delete(resp.Header, "Date")
+		}
+		return fmt.Sprintf("%d length %d\n%s\ntrailers %v\n%q", resp.StatusCode, resp.ContentLength,
+			sortedFields(resp.Header), resp.Trailer, body)
+	}
+	var paths []string
+	for p := range h2HeadAnswers {
+		paths = append(paths, p)
+	}
+	slices.Sort(paths)
+	for i := range 3 * maxStrs {
+		paths = append(paths, "/id/"+strconv.Itoa(i%(2*maxStrs)))
+	}
+	before := fastStreams.Load()
+	fast := 0
+	for _, p := range paths {
+		for _, method := range []string{"GET", "HEAD"} {
+			if strings.HasPrefix(p, "/close") && method == "HEAD" {
+				continue
+			}
+			got, want := answer(0, method, p), answer(1, method, p)
+			if got != want {
+				t.Errorf("%s %s: the fast path answered\n%s\nthe handler's path\n%s", method, p, got, want)
+			}
+			fast++
+		}
+	}
+	if n := fastStreams.Load() - before; n != int64(fast) {
+		t.Errorf("%d streams on the fast path, want %d", n, fast)
+	}
+}
+
 // A backend gets the same request from the HTTP/2 fast path as from the
 // handler's path: method, target, Host, fields (cookies in one), the
 // forwarding fields.
@@ -1246,5 +1350,48 @@ func TestH2FastPathSendsWhatSlowSends(t *testing.T) {
 		if sent[0] != sent[1] {
 			t.Errorf("%s %s:\nfast path sent\n%s\nhandler's path sent\n%s", r.method, r.path, sent[0], sent[1])
 		}
+	}
+}
+
+// The strings encodeFast gives the HPACK encoder (which keeps them in its
+// dynamic table) are copies: a later change to the bytes they came from
+// changes none of them. The conn keeps at most maxStrs of them, none
+// longer than maxStrLen.
+func TestH2ServerStringsAreCopies(t *testing.T) {
+	s := &h2server{}
+	b := []byte("text/plain")
+	v := s.str(b)
+	copy(b, "XXXXXXXXXX")
+	if v != "text/plain" || s.str([]byte("text/plain")) != "text/plain" {
+		t.Fatalf("str gave %q after its bytes changed", v)
+	}
+	name := []byte("X-Custom-Field")
+	l := s.lowerName(name)
+	copy(name, "Y-Other-Fields")
+	if l != "x-custom-field" {
+		t.Fatalf("lowerName gave %q after its bytes changed", l)
+	}
+	if got := s.lowerName([]byte(strings.Repeat("A", maxStrLen+1))); got != strings.Repeat("a", maxStrLen+1) {
+		t.Fatalf("lowerName of a long name: %q", got)
+	}
+	var seen []string
+	for i := range 3 * maxStrs {
+		want := strconv.Itoa(1000 + i)
+		if got := s.intString(int64(1000 + i)); got != want {
+			t.Fatalf("intString(%d) = %q", 1000+i, got)
+		}
+		seen = append(seen, s.str([]byte("v"+want)))
+		if len(s.strs) > maxStrs {
+			t.Fatalf("%d strings kept, at most %d", len(s.strs), maxStrs)
+		}
+	}
+	for i, v := range seen {
+		if v != "v"+strconv.Itoa(1000+i) {
+			t.Fatalf("string %d became %q", i, v)
+		}
+	}
+	n := len(s.strs)
+	if s.str([]byte(strings.Repeat("v", maxStrLen+1))); len(s.strs) > n {
+		t.Fatal("a string longer than maxStrLen was kept")
 	}
 }

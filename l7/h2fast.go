@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 
 	"sluice/balancer"
 )
@@ -137,56 +138,61 @@ var fastStreams atomic.Int64
 
 // h2fastScratch is a fast stream's request and response scratch.
 type h2fastScratch struct {
-	req h1req
-	res h1res
+	req  h1req
+	res  h1res
+	head fastHead
+	dr   balancer.DialRequest
+	lr   io.LimitedReader
 }
 
 var h2fastScratches = sync.Pool{New: func() any { return new(h2fastScratch) }}
 
-// fastHandler is the stream's handler on the fast path.
-func (st *h2stream) fastHandler(loc *location, fs *h2fastScratch) func(http.ResponseWriter, *http.Request) {
-	return func(w http.ResponseWriter, in *http.Request) {
-		defer func() {
-			if cap(fs.res.head) <= maxKeptScratch {
-				fs.req.fields, fs.req.rawQuery, fs.req.body = fs.req.fields[:0], nil, nil
-				h2fastScratches.Put(fs)
-			}
-		}()
-		fastStreams.Add(1)
-		rw := w.(*h2rw)
-		defer func() {
-			// As serveHTTP counts, a response cut short included.
-			cs := st.s.h.cs
-			cs.mu.Lock()
-			cs.res.Requests++
-			if rw.status != 0 {
-				cs.res.Status = rw.status
-			}
-			cs.mu.Unlock()
-		}()
-		if in.Body != http.NoBody {
-			// Read whole first, as the handler's path does: its errors
-			// (408, 413, a client gone mid-body) are answered there.
-			if !st.s.h.rt.readBody(rw, in, st.s.h.cs) {
-				return
-			}
-			bb, ok := in.Body.(*bufferedBody)
-			if !ok {
-				panic("l7: a fast stream's body was not buffered") // h2Fast bounds it
-			}
-			fs.req.body = bb.data
+// serveFast is the stream's handler on the fast path.
+func (st *h2stream) serveFast(rw *h2rw, in *http.Request, loc *location, fs *h2fastScratch) {
+	defer func() {
+		rw.fast = nil // its fields are fs's
+		if cap(fs.res.head) <= maxKeptScratch {
+			fs.req.fields, fs.req.rawQuery, fs.req.body = fs.req.fields[:0], nil, nil
+			fs.head, fs.dr, fs.lr = fastHead{}, balancer.DialRequest{}, io.LimitedReader{}
+			h2fastScratches.Put(fs)
 		}
-		st.proxyFast(rw, in, loc, &fs.req, &fs.res)
+	}()
+	fastStreams.Add(1)
+	defer func() {
+		// As serveHTTP counts, a response cut short included.
+		cs := st.s.h.cs
+		cs.mu.Lock()
+		cs.res.Requests++
+		if rw.status != 0 {
+			cs.res.Status = rw.status
+		}
+		cs.mu.Unlock()
+	}()
+	if in.Body != http.NoBody {
+		// Read whole first, as the handler's path does: its errors
+		// (408, 413, a client gone mid-body) are answered there.
+		if !st.s.h.rt.readBody(rw, in, st.s.h.cs) {
+			return
+		}
+		bb, ok := in.Body.(*bufferedBody)
+		if !ok {
+			panic("l7: a fast stream's body was not buffered") // h2Fast bounds it
+		}
+		fs.req.body = bb.data
 	}
+	st.proxyFast(rw, in, loc, fs)
 }
 
-// proxyFast is serveFast for a fast stream.
-func (st *h2stream) proxyFast(w *h2rw, in *http.Request, loc *location, r *h1req, res *h1res) {
+// proxyFast is serveFast for a fast stream. The response's HEADERS are
+// made from the backend's head as it was read (fastHead), and sent before
+// it returns: fs goes back to its pool then.
+func (st *h2stream) proxyFast(w *h2rw, in *http.Request, loc *location, fs *h2fastScratch) {
 	p := loc.proxy
 	cs := st.s.h.cs
-	dr := dialRequestFor(p.pool, r, cs)
-	bc, claim, err := tryBackends(st.ctx, p.pool.NewChooser(&dr), func(b *balancer.Backend) (*backendConn, error) {
-		return st.roundTripFast(w, p.conns, b, &dr, r, res)
+	r, res := &fs.req, &fs.res
+	fs.dr = dialRequestFor(p.pool, r, cs)
+	bc, claim, err := tryBackends(st.ctx, p.pool.NewChooser(&fs.dr), func(b *balancer.Backend) (*backendConn, error) {
+		return st.roundTripFast(w, p.conns, b, &fs.dr, r, res)
 	})
 	if err != nil {
 		p.rt.proxyError(w, in, err)
@@ -196,26 +202,24 @@ func (st *h2stream) proxyFast(w *h2rw, in *http.Request, loc *location, r *h1req
 	cs.res.Backend = claim.Backend.ID()
 	cs.mu.Unlock()
 
-	h := w.hdr
-	res.copyFields(h)
-	if res.frame == bodyLength || res.frame == bodyNone && res.cl >= 0 && res.code != http.StatusNoContent {
-		h["Content-Length"] = []string{strconv.FormatInt(res.cl, 10)}
-	}
-	if l := loc.addHeaders(res.code); l != nil {
-		for k, vv := range l.headers { // headerWriter's
-			if k == "Vary" {
-				h[k] = append(h[k], vv...)
-			} else {
-				h[k] = vv
-			}
+	fs.head = fastHead{res: res, loc: loc.addHeaders(res.code),
+		cookie: stickySetCookie(p.pool, fs.dr.Sticky, claim.Backend, cs.tls),
+		cl:     res.frame == bodyLength || res.frame == bodyNone && res.cl >= 0 && res.code != http.StatusNoContent}
+	res.endToEnd(func(name, value []byte) {
+		if asciiEqualFold(name, "Trailer") { // declared trailers: sent as such (h2rw)
+			h := w.Header()
+			h["Trailer"] = append(h["Trailer"], string(value))
 		}
-	}
-	setSticky(h, p.pool, dr.Sticky, claim.Backend, cs.tls)
+	})
 	if p.rt.retired.Load() {
-		h["Connection"] = []string{"close"} // GOAWAY after it (h2rw)
+		fs.head.close = true // GOAWAY after it (encodeFast)
 	}
+	w.fast = &fs.head
 	w.WriteHeader(res.code)
-	ok := st.bodyFast(w, bc, res)
+	if fs.head.cl {
+		w.clen = res.cl
+	}
+	ok := st.bodyFast(w, bc, fs)
 	st.setCur(nil)
 	if ok && res.reuse {
 		p.conns.put(bc)
@@ -225,6 +229,9 @@ func (st *h2stream) proxyFast(w *h2rw, in *http.Request, loc *location, r *h1req
 	claim.Release()
 	if !ok {
 		panic(http.ErrAbortHandler) // the response is cut: the stream is reset
+	}
+	if err := w.finish(); err != nil {
+		panic(http.ErrAbortHandler)
 	}
 }
 
@@ -255,12 +262,163 @@ func (st *h2stream) exchangeFast(w *h2rw, bc *backendConn, r *h1req, res *h1res)
 	st.setCur(bc)
 	return fastExchange(bc, r, st.s.h.cs, res, func() error {
 		// An interim response goes to the client as it is.
-		res.copyFields(w.hdr)
+		h := w.Header()
+		res.copyFields(h)
 		w.WriteHeader(res.code)
-		clear(w.hdr)
+		clear(h)
 		return w.err
 	})
 }
+
+// fastHead is a fast stream's response head: the backend's (res) with
+// what sluice adds. encodeFast makes it into HPACK fields when the HEADERS
+// go out, by the rules encodeHead applies to an http.Header holding the
+// same fields (what copyFields, the location's headers and setSticky would
+// put there), without copying them into one.
+type fastHead struct {
+	res    *h1res
+	loc    *location // the location's headers for this status (addHeaders), or nil
+	cookie string    // the sticky Set-Cookie, or ""
+	cl     bool      // res's framing gives the Content-Length
+	close  bool      // Connection: close (the route is retired)
+}
+
+// field returns the first value of the response's field name (canonical):
+// the location's if it sets name (but Vary, which it adds to), else the
+// backend's.
+func (f *fastHead) field(name string) (v []byte, ok bool) {
+	if f.loc != nil && name != "Vary" {
+		if vv, set := f.loc.headers[name]; set && len(vv) > 0 {
+			return bytesOf(vv[0]), true
+		}
+	}
+	f.res.endToEnd(func(n, value []byte) {
+		if !ok && asciiEqualFold(n, name) {
+			v, ok = value, true
+		}
+	})
+	return v, ok
+}
+
+// encodeFast is encodeHead for a fast stream (w.fast): the same fields in
+// the backend's order, then its Content-Length, the location's headers and
+// the sticky cookie. h.wmu is held.
+func (w *h2rw) encodeFast(end bool, a, b []byte) {
+	s := w.st.s
+	f := w.fast
+	enc := s.enc
+	if f.close {
+		go s.shutdown() // GOAWAY after this response: it needs h.wmu
+	}
+	_ = enc.WriteField(hpack.HeaderField{Name: ":status", Value: statusText(w.status)})
+	bodyLen := len(a) + len(b)
+	if !f.cl && end && bodyAllowed(w.status) && !w.hasTrailers() && (bodyLen > 0 || !w.head) {
+		_ = enc.WriteField(hpack.HeaderField{Name: "content-length", Value: s.intString(int64(bodyLen))})
+	}
+	if _, ok := f.field("Content-Type"); !ok && bodyLen > 0 && bodyAllowed(w.status) {
+		if ce, _ := f.field("Content-Encoding"); len(ce) == 0 {
+			p := a
+			if len(p) == 0 {
+				p = b
+			}
+			_ = enc.WriteField(hpack.HeaderField{Name: "content-type", Value: http.DetectContentType(p)})
+		}
+	}
+	if _, ok := f.field("Date"); !ok {
+		_ = enc.WriteField(hpack.HeaderField{Name: "date", Value: httpDate()})
+	}
+	// The backend's names are tokens and its values valid (h1res.read).
+	f.res.endToEnd(func(name, value []byte) {
+		if f.loc != nil && f.loc.replaces(name) || asciiEqualFold(name, "Trailer") {
+			return // Trailer: declared in w.hdr (proxyFast), not sent
+		}
+		_ = enc.WriteField(hpack.HeaderField{Name: s.lowerName(name), Value: s.str(value)})
+	})
+	if f.cl {
+		_ = enc.WriteField(hpack.HeaderField{Name: "content-length", Value: s.intString(f.res.cl)})
+	}
+	if f.loc != nil {
+		for _, k := range f.loc.headerKeys {
+			l := s.lowerName(bytesOf(k))
+			for _, v := range f.loc.headers[k] {
+				if httpguts.ValidHeaderFieldValue(v) {
+					_ = enc.WriteField(hpack.HeaderField{Name: l, Value: v})
+				}
+			}
+		}
+	}
+	if f.cookie != "" {
+		_ = enc.WriteField(hpack.HeaderField{Name: "set-cookie", Value: f.cookie})
+	}
+}
+
+// The conn's strings for encodeFast (str): at most maxStrs, each at most
+// maxStrLen bytes.
+const (
+	maxStrs   = 32
+	maxStrLen = 64
+)
+
+// str is b as a string the HPACK encoder may keep (its dynamic table
+// does, so b's bytes may not be borrowed): one of the conn's strings seen
+// last if it has b, so that the values a backend repeats cost no
+// allocation. h.wmu is held.
+func (s *h2server) str(b []byte) string {
+	if v, ok := s.strs[string(b)]; ok {
+		return v
+	}
+	v := string(b)
+	if len(v) <= maxStrLen {
+		if s.strs == nil {
+			s.strs = make(map[string]string, maxStrs)
+		} else if len(s.strs) >= maxStrs {
+			clear(s.strs)
+		}
+		s.strs[v] = v
+	}
+	return v
+}
+
+// intString is n in decimal, by str.
+func (s *h2server) intString(n int64) string {
+	if n >= 0 && n < 100 {
+		return strconv.FormatInt(n, 10) // Go keeps these
+	}
+	var b [20]byte
+	return s.str(strconv.AppendInt(b[:0], n, 10))
+}
+
+// lowerName is a field name in lower case, as HTTP/2 sends it.
+func (s *h2server) lowerName(name []byte) string {
+	if l, ok := lowerNames[string(name)]; ok {
+		return l
+	}
+	var b [maxStrLen]byte
+	l := b[:0]
+	if len(name) > len(b) {
+		l = make([]byte, 0, len(name))
+	}
+	for _, c := range name {
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		l = append(l, c)
+	}
+	return s.str(l)
+}
+
+// lowerNames maps the response field names backends send most, in
+// canonical or lower case, to their lower case.
+var lowerNames = func() map[string]string {
+	m := map[string]string{}
+	for k, l := range lowerKeys {
+		m[k], m[l] = l, l
+	}
+	return m
+}()
+
+// stringOf is b as a string, not copied: for reading only, while b is.
+func stringOf(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
 
 // copyFields adds the response's end-to-end fields (endToEnd) to h, under
 // their canonical names.
@@ -292,14 +450,16 @@ var canonicalResp = func() map[string]string {
 }()
 
 // bodyFast copies the response body to w; false if either side failed.
-func (st *h2stream) bodyFast(w *h2rw, bc *backendConn, res *h1res) bool {
+func (st *h2stream) bodyFast(w *h2rw, bc *backendConn, fs *h2fastScratch) bool {
+	res := &fs.res
 	if res.frame == bodyNone {
 		return true
 	}
 	var src io.Reader
 	switch res.frame {
 	case bodyLength:
-		src = io.LimitReader(bc.br, res.cl)
+		fs.lr = io.LimitedReader{R: bc.br, N: res.cl}
+		src = &fs.lr
 	case bodyChunked:
 		src = httputil.NewChunkedReader(bc.br)
 	default:
@@ -307,7 +467,8 @@ func (st *h2stream) bodyFast(w *h2rw, bc *backendConn, res *h1res) bool {
 	}
 	// A body of unknown length, or an event stream, goes out as it comes,
 	// its HEADERS at once (copyBody's rule).
-	stream := res.frame != bodyLength || isEventStream(w.hdr.Get("Content-Type"))
+	ct, _ := w.fast.field("Content-Type")
+	stream := res.frame != bodyLength || isEventStream(stringOf(ct))
 	if stream && w.FlushError() != nil {
 		return false
 	}
@@ -342,8 +503,9 @@ func (st *h2stream) bodyFast(w *h2rw, bc *backendConn, res *h1res) bool {
 		if err != nil {
 			return false
 		}
+		h := w.Header()
 		for k, vv := range tr {
-			w.hdr[http.TrailerPrefix+k] = vv
+			h[http.TrailerPrefix+k] = vv
 		}
 		return true
 	}

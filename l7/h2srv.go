@@ -52,6 +52,7 @@ type h2server struct {
 	wb   writeBuf
 	enc  *hpack.Encoder
 	hbuf headerBuf
+	strs map[string]string // encodeFast's strings (str), under h.wmu
 
 	mu      sync.Mutex
 	cond    *sync.Cond // a window grew, a body got data, a stream ended
@@ -86,11 +87,15 @@ const (
 // buffer comes from h2WriteBufs for each flush and goes back after it, so
 // an idle connection holds none (x/net's server pools its write buffer
 // the same way).
-type writeBuf struct{ b []byte }
+type writeBuf struct {
+	b []byte
+	p *[]byte // where b came from, to go back to (release)
+}
 
 func (w *writeBuf) Write(p []byte) (int, error) {
 	if w.b == nil {
-		w.b = (*h2WriteBufs.Get().(*[]byte))[:0]
+		w.p = h2WriteBufs.Get().(*[]byte)
+		w.b = (*w.p)[:0]
 	}
 	w.b = append(w.b, p...)
 	return len(p), nil
@@ -120,10 +125,11 @@ var h2WriteBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); retur
 
 // release returns the buffer to h2WriteBufs, unless it grew past 64 KiB.
 func (w *writeBuf) release() {
-	if b := w.b[:0]; cap(b) <= 64<<10 {
-		h2WriteBufs.Put(&b)
+	if cap(w.b) <= 64<<10 {
+		*w.p = w.b[:0]
+		h2WriteBufs.Put(w.p)
 	}
-	w.b = nil
+	w.b, w.p = nil, nil
 }
 
 // h2stream is one client stream, from its HEADERS until its handler
@@ -150,6 +156,8 @@ type h2stream struct {
 	answered   bool         // the response's END_STREAM is written
 	cur        *backendConn // the fast path's backend conn while it waits on it (h2fast.go)
 	start      time.Time    // when its HEADERS came
+
+	rw h2rw // its response (run), in one allocation with it
 }
 
 var errStreamClosed = errors.New("l7: h2 stream closed")
@@ -683,7 +691,7 @@ func (s *h2server) headers(f *http2.MetaHeadersFrame) error {
 		start: time.Now()}
 	var req *http.Request
 	var err error
-	handler := h.rt.serveHTTP
+	var handler func(http.ResponseWriter, *http.Request) // nil: the route's (serveHTTP)
 	var fs *h2fastScratch
 	var loc *location
 	var declLen int64
@@ -708,7 +716,6 @@ func (s *h2server) headers(f *http2.MetaHeadersFrame) error {
 			tmpl.Body = &h2body{st: st, timeout: h.rt.bodyTimeout}
 		}
 		req = tmpl.WithContext(ctx)
-		handler = st.fastHandler(loc, fs)
 	case f.Truncated:
 		// Over MAX_HEADER_LIST_SIZE: the fields are cut short, so not
 		// checked; the answer is 431 (x/net's too).
@@ -733,15 +740,18 @@ func (s *h2server) headers(f *http2.MetaHeadersFrame) error {
 	if f.Truncated {
 		handler = headerListTooLong
 	}
-	s.start(h2job{st, req, handler})
+	s.start(h2job{st: st, req: req, handler: handler, loc: loc, fs: fs})
 	return nil
 }
 
-// h2job is a stream for a worker to serve.
+// h2job is a stream for a worker to serve: by handler, else by the fast
+// path if fs is set (serveFast), else by the route's handler.
 type h2job struct {
 	st      *h2stream
 	req     *http.Request
 	handler func(http.ResponseWriter, *http.Request)
+	loc     *location
+	fs      *h2fastScratch
 }
 
 // start serves a stream on the conn's parked worker, or on a new one.
@@ -767,7 +777,7 @@ func (s *h2server) start(j h2job) {
 func (s *h2server) worker(j h2job) {
 	var t *time.Timer
 	for {
-		j.st.run(j.req, j.handler)
+		j.st.run(&j)
 		j = h2job{}
 		s.mu.Lock()
 		if s.dead || s.parked {
@@ -1003,9 +1013,11 @@ func lowerKey(k string) string {
 }
 
 // run runs the stream's handler and ends the stream.
-func (st *h2stream) run(req *http.Request, handler func(http.ResponseWriter, *http.Request)) {
+func (st *h2stream) run(j *h2job) {
 	s, h := st.s, st.s.h
-	w := &h2rw{st: st, req: req, hdr: http.Header{}, head: req.Method == http.MethodHead}
+	req := j.req
+	st.rw = h2rw{st: st, req: req, head: req.Method == http.MethodHead}
+	w := &st.rw
 	capT := time.AfterFunc(h.rt.requestCap, func() { st.abort(http2.ErrCodeInternal) })
 	done := false
 	defer func() {
@@ -1040,7 +1052,7 @@ func (st *h2stream) run(req *http.Request, handler func(http.ResponseWriter, *ht
 		h.streamDone()
 		s.closeIfIdle()
 	}()
-	h.serveStream(w, req, handler)
+	h.serveStream(w, j)
 	if w.err == nil {
 		_ = w.finish()
 	}
@@ -1048,7 +1060,8 @@ func (st *h2stream) run(req *http.Request, handler func(http.ResponseWriter, *ht
 }
 
 // serveStream is the route's handler with the conn's body slots.
-func (h *h2conn) serveStream(w http.ResponseWriter, r *http.Request, handler func(http.ResponseWriter, *http.Request)) {
+func (h *h2conn) serveStream(w *h2rw, j *h2job) {
+	r := j.req
 	if r.Body != http.NoBody {
 		select {
 		case h.bodies <- struct{}{}:
@@ -1060,7 +1073,14 @@ func (h *h2conn) serveStream(w http.ResponseWriter, r *http.Request, handler fun
 			(*hook)()
 		}
 	}
-	handler(w, r)
+	switch {
+	case j.handler != nil:
+		j.handler(w, r)
+	case j.fs != nil:
+		j.st.serveFast(w, r, j.loc, j.fs)
+	default:
+		h.rt.serveHTTP(w, r)
+	}
 }
 
 // abort resets the stream (its write timeout, a handler's panic).
@@ -1150,13 +1170,15 @@ func (b *h2body) Close() error {
 type h2rw struct {
 	st      *h2stream
 	req     *http.Request
-	hdr     http.Header
+	hdr     http.Header // made by Header (a fast stream needs none: fast)
+	fast    *fastHead   // a fast stream's response head (h2fast.go)
 	status  int
 	head    bool
 	sent    bool // HEADERS sent
 	ended   bool // END_STREAM sent
 	clen    int64
 	buf     []byte
+	bufp    *[]byte // where buf came from (rwBufs)
 	written int64
 	err     error // the stream or conn failed: writes fail
 }
@@ -1172,7 +1194,12 @@ const h2RespBuf = 16 << 10
 
 var rwBufs = sync.Pool{New: func() any { b := make([]byte, 0, h2RespBuf); return &b }}
 
-func (w *h2rw) Header() http.Header { return w.hdr }
+func (w *h2rw) Header() http.Header {
+	if w.hdr == nil {
+		w.hdr = http.Header{}
+	}
+	return w.hdr
+}
 
 func (w *h2rw) WriteHeader(code int) {
 	if w.status != 0 || w.err != nil {
@@ -1215,7 +1242,8 @@ func (w *h2rw) Write(p []byte) (int, error) {
 	// The declared length reached: the response is complete.
 	end := w.written == w.clen && !w.hasTrailers()
 	if w.buf == nil && (len(p) < h2RespBuf || !end) {
-		w.buf = (*rwBufs.Get().(*[]byte))[:0]
+		w.bufp = rwBufs.Get().(*[]byte)
+		w.buf = (*w.bufp)[:0]
 	}
 	if len(w.buf)+len(p) <= cap(w.buf) {
 		w.buf = append(w.buf, p...)
@@ -1257,9 +1285,9 @@ func (w *h2rw) finish() error {
 		err = w.out(w.buf, nil, true)
 	}
 	if w.buf != nil {
-		b := w.buf[:0]
-		rwBufs.Put(&b)
-		w.buf = nil
+		*w.bufp = w.buf[:0]
+		rwBufs.Put(w.bufp)
+		w.buf, w.bufp = nil, nil
 	}
 	return err
 }
@@ -1358,6 +1386,10 @@ func (w *h2rw) encodeHead(endStream, end bool, a, b []byte) error {
 		delete(h, "Connection")
 	}
 	s.hbuf.b = s.hbuf.b[:0]
+	if w.fast != nil {
+		w.encodeFast(end, a, b)
+		return s.writeHeaderBlock(st.id, endStream)
+	}
 	enc := s.enc
 	_ = enc.WriteField(hpack.HeaderField{Name: ":status", Value: statusText(w.status)})
 	bodyLen := len(a) + len(b)
