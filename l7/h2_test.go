@@ -1395,3 +1395,66 @@ func TestH2ServerStringsAreCopies(t *testing.T) {
 		t.Fatal("a string longer than maxStrLen was kept")
 	}
 }
+
+// A stream that runs for the request cap (the relay's idle timeout) is
+// reset with INTERNAL_ERROR, whichever stream of the conn started first;
+// the conn and its other streams go on. (On the fast path the wait for the
+// backend ends at the cap too, and may answer 502 first.)
+func TestH2RequestCap(t *testing.T) {
+	checkLeaks(t)
+	be := startScriptBackend(t, func(_ int, c net.Conn, br *bufio.Reader) {
+		for {
+			r, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			if r.URL.Path == "/hang" {
+				_, _ = io.Copy(io.Discard, br) // no answer, until sluice closes
+				return
+			}
+			if _, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"); err != nil {
+				return
+			}
+		}
+	})
+	for _, slow := range []bool{false, true} {
+		l := startLB(t, RouteConfig{Name: "r", TLS: serverTLS(), HTTP2: true, slowPaths: slow,
+			Pool: pool(t, balancer.ProxyNone, be.addr), Relay: l4.Options{IdleTimeout: 300 * time.Millisecond}})
+		cc := l.h2Conn(t)
+		get := func(path string) error {
+			// Far longer than the cap: a stream that is not reset fails here.
+			ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+			defer cancel()
+			req, _ := http.NewRequestWithContext(ctx, "GET", l.url(path), nil)
+			resp, err := cc.RoundTrip(req)
+			if err != nil {
+				return err
+			}
+			defer resp.Body.Close()
+			body, err := io.ReadAll(resp.Body)
+			if err == nil && (resp.StatusCode != 200 || string(body) != "ok") {
+				err = fmt.Errorf("%d %q", resp.StatusCode, body)
+			}
+			return err
+		}
+		hung := make(chan error, 2)
+		for range 2 {
+			go func() { hung <- get("/hang") }()
+			if err := get("/ok"); err != nil {
+				t.Fatalf("slow %v: a stream beside a hung one: %v", slow, err)
+			}
+		}
+		for range 2 {
+			err := <-hung
+			if !slow && err != nil && strings.HasPrefix(err.Error(), "502 ") {
+				continue
+			}
+			if err == nil || !strings.Contains(err.Error(), "INTERNAL_ERROR") {
+				t.Fatalf("slow %v: a stream past the cap: %v, want a reset with INTERNAL_ERROR", slow, err)
+			}
+		}
+		if err := get("/ok"); err != nil {
+			t.Fatalf("slow %v: after the resets: %v", slow, err)
+		}
+	}
+}
