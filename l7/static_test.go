@@ -18,11 +18,19 @@ import (
 	"sluice/balancer"
 )
 
+// setCacheRecheck sets cacheRecheck for one test.
+func setCacheRecheck(t *testing.T, d time.Duration) {
+	old := cacheRecheck.Swap(int64(d))
+	t.Cleanup(func() { cacheRecheck.Store(old) })
+}
+
 // The static file cache serves what the disk holds: a changed, replaced or
-// removed file is seen on the next request, and FileServer's semantics
-// (Last-Modified, conditional requests, ranges, Content-Type) hold on hits.
+// removed file is seen on the next request once cacheRecheck has passed
+// (here at once), and FileServer's semantics (Last-Modified, conditional
+// requests, ranges, Content-Type) hold on hits.
 func TestStaticCache(t *testing.T) {
 	checkLeaks(t)
+	setCacheRecheck(t, 0)
 	web := t.TempDir()
 	file := filepath.Join(web, "app.js")
 	write := func(body string, mtime time.Time) {
@@ -117,6 +125,61 @@ func TestStaticCache(t *testing.T) {
 }
 
 // The cache keeps within its limits and holds only regular files.
+// Within cacheRecheck a cached file is served without a look at the disk:
+// a change made meanwhile is seen once it has passed, a removal too.
+func TestStaticCacheRecheck(t *testing.T) {
+	checkLeaks(t)
+	setCacheRecheck(t, time.Hour)
+	web := t.TempDir()
+	file := filepath.Join(web, "app.js")
+	if err := os.WriteFile(file, []byte("console.log(1)"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	l := startLB(t, RouteConfig{Name: "h5", Hosts: []string{testHost}, TLS: serverTLS(), Locations: []Location{
+		{Path: "/static/", Root: web},
+	}})
+	hc := l.httpClient()
+	defer hc.CloseIdleConnections()
+	get := func() (int, string) {
+		t.Helper()
+		resp, err := hc.Get(l.url("/static/app.js"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode, string(b)
+	}
+	if code, body := get(); code != 200 || body != "console.log(1)" {
+		t.Fatalf("first: %d %q", code, body)
+	}
+	t1 := time.Now().Add(time.Hour)
+	if err := os.WriteFile(file, []byte("console.log(22)"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(file, t1, t1); err != nil {
+		t.Fatal(err)
+	}
+	if code, body := get(); code != 200 || body != "console.log(1)" {
+		t.Fatalf("within the recheck time: %d %q, want the cached copy", code, body)
+	}
+	setCacheRecheck(t, 0)
+	if code, body := get(); code != 200 || body != "console.log(22)" {
+		t.Fatalf("after the recheck time: %d %q, want the file on disk", code, body)
+	}
+	setCacheRecheck(t, time.Hour)
+	if err := os.Remove(file); err != nil {
+		t.Fatal(err)
+	}
+	if code, body := get(); code != 200 || body != "console.log(22)" {
+		t.Fatalf("removed, within the recheck time: %d %q, want the cached copy", code, body)
+	}
+	setCacheRecheck(t, 0)
+	if code, _ := get(); code != 404 {
+		t.Fatalf("removed, after the recheck time: %d, want 404", code)
+	}
+}
+
 func TestFileCacheLimits(t *testing.T) {
 	web := t.TempDir()
 	if err := os.WriteFile(filepath.Join(web, "a"), []byte("aaaa"), 0o644); err != nil {
