@@ -47,6 +47,7 @@ import (
 type h2server struct {
 	h  *h2conn
 	fr *http2.Framer
+	mr metaReader // the header blocks fr reads (readFrame); serve's
 
 	// Write side, under h.wmu.
 	wb   writeBuf
@@ -174,8 +175,7 @@ func newH2server(h *h2conn) *h2server {
 	s.tlsState = &st
 	s.remoteAddr = h.cs.client.String()
 	s.fr = http2.NewFramer(&s.wb, h2in{s})
-	s.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	s.fr.MaxHeaderListSize = maxHeadBytes
+	s.initMeta() // header blocks: readFrame
 	s.fr.SetMaxReadFrameSize(h2MaxFrame)
 	s.enc = hpack.NewEncoder(&s.hbuf)
 	return s
@@ -266,7 +266,7 @@ func (s *h2server) serve() {
 
 	first := true
 	for {
-		f, err := s.fr.ReadFrame()
+		f, err := s.readFrame()
 		if err == nil && first {
 			if _, ok := f.(*http2.SettingsFrame); !ok {
 				s.connError(http2.ErrCodeProtocol, "first_settings")
@@ -276,6 +276,9 @@ func (s *h2server) serve() {
 		}
 		if err == nil {
 			err = s.process(f)
+			if _, ok := f.(*http2.MetaHeadersFrame); ok {
+				s.doneMeta()
+			}
 		}
 		if err != nil && !s.frameError(err) {
 			return
