@@ -155,7 +155,10 @@ type h1fast struct {
 	cs  *connState
 	req h1req
 	res h1res
-	out []byte // the response head (and the start of its body) to the client
+	out []byte               // the response head (and the start of its body) to the client
+	dr  balancer.DialRequest // the request's, for the chooser (serve)
+
+	slowFn func() bool // slow, made once: each request's backend conn gets it
 
 	mu      sync.Mutex
 	cur     *backendConn  // the backend conn of the request in flight
@@ -549,17 +552,20 @@ func writeFastRequest(bw *bufio.Writer, r *h1req, cs *connState) {
 func (f *h1fast) serve(loc *location) (keep bool) {
 	p := loc.proxy
 	cs := f.cs
-	dr := dialRequestFor(p.pool, &f.req, cs)
-	bc, claim, err := tryBackends(cs.ctx, p.pool.NewChooser(&dr), func(b *balancer.Backend) (*backendConn, error) {
-		return f.roundTrip(p.conns, b, &dr)
+	f.dr = dialRequestFor(p.pool, &f.req, cs)
+	dr := &f.dr
+	bc, claim, err := tryBackends(cs.ctx, p.pool.NewChooser(dr), func(b *balancer.Backend) (*backendConn, error) {
+		return f.roundTrip(p.conns, b, dr)
 	})
+	sticky := dr.Sticky
+	f.dr = balancer.DialRequest{}
 	if err != nil {
 		return f.fail(err)
 	}
 	cs.mu.Lock()
 	cs.res.Backend = claim.Backend.ID()
 	cs.mu.Unlock()
-	return f.respond(loc, bc, claim, dr.Sticky)
+	return f.respond(loc, bc, claim, sticky)
 }
 
 // roundTrip writes the request to an idle or new conn to b and reads the
@@ -637,7 +643,10 @@ func (f *h1fast) exchange(bc *backendConn) error {
 	}
 	_ = bc.c.SetDeadline(probe)
 	bc.deadline = true
-	bc.slow = f.slow
+	if f.slowFn == nil {
+		f.slowFn = f.slow
+	}
+	bc.slow = f.slowFn
 	return fastExchange(bc, &f.req, f.cs, &f.res, func() error {
 		// An interim response goes to the client as it is.
 		f.out = f.res.appendHead(f.out[:0], nil, nil)
