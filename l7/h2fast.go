@@ -370,7 +370,7 @@ func (s *h2server) str(b []byte) string {
 	v := string(b)
 	if len(v) <= maxStrLen {
 		if s.strs == nil {
-			s.strs = make(map[string]string, maxStrs)
+			s.strs = map[string]string{} // grown as needed: an idle conn keeps it
 		} else if len(s.strs) >= maxStrs {
 			clear(s.strs)
 		}

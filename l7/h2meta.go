@@ -26,8 +26,9 @@ type metaReader struct {
 	invalid error  // the first invalid field in it
 }
 
-// maxKeptFields bounds the field slice a conn keeps between blocks.
-const maxKeptFields = 64
+// maxKeptFields bounds the field slice a conn keeps between blocks (40
+// bytes a field; a browser's request has 15–25).
+const maxKeptFields = 32
 
 func (s *h2server) initMeta() {
 	m := &s.mr
