@@ -856,6 +856,11 @@ func (s *h2server) worker(j h2job) {
 			if s.parked {
 				s.parked = false
 				s.mu.Unlock()
+				// The conn has been idle for the park time: it keeps
+				// neither this stack nor encodeFast's strings.
+				s.h.wmu.Lock()
+				s.strs = nil
+				s.h.wmu.Unlock()
 				return
 			}
 			s.mu.Unlock()
