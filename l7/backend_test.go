@@ -59,6 +59,13 @@ func startScriptBackend(t *testing.T, serve func(i int, c net.Conn, br *bufio.Re
 
 // answerAll answers every request on the conn with resp(request).
 func answerAll(resp func(r *http.Request) string) func(int, net.Conn, *bufio.Reader) {
+	return answerUntil(func(r *http.Request) (string, bool) { return resp(r), false })
+}
+
+// answerUntil is answerAll, closing the conn after an answer for which
+// resp reports done (a body delimited by the close, a broken answer). A
+// HEAD request gets the answer's head only.
+func answerUntil(resp func(r *http.Request) (out string, done bool)) func(int, net.Conn, *bufio.Reader) {
 	return func(_ int, c net.Conn, br *bufio.Reader) {
 		for {
 			r, err := http.ReadRequest(br)
@@ -66,11 +73,11 @@ func answerAll(resp func(r *http.Request) string) func(int, net.Conn, *bufio.Rea
 				return
 			}
 			_, _ = io.Copy(io.Discard, r.Body)
-			out := resp(r)
-			if r.Method == "HEAD" {
-				out = out[:strings.Index(out, "\r\n\r\n")+4]
+			out, done := resp(r)
+			if i := strings.Index(out, "\r\n\r\n"); r.Method == "HEAD" && i >= 0 {
+				out = out[:i+4]
 			}
-			if _, err := io.WriteString(c, out); err != nil {
+			if _, err := io.WriteString(c, out); err != nil || done {
 				return
 			}
 		}

@@ -57,17 +57,9 @@ var (
 
 // startAnswersBackend answers each request with fastAnswers.
 func startAnswersBackend(t *testing.T) *scriptBackend {
-	return startScriptBackend(t, func(_ int, c net.Conn, br *bufio.Reader) {
-		for {
-			r, err := http.ReadRequest(br)
-			if err != nil {
-				return
-			}
-			if _, err := io.WriteString(c, fastAnswers[r.URL.Path]); err != nil || fastCloses[r.URL.Path] {
-				return
-			}
-		}
-	})
+	return startScriptBackend(t, answerUntil(func(r *http.Request) (string, bool) {
+		return fastAnswers[r.URL.Path], fastCloses[r.URL.Path]
+	}))
 }
 
 // The fast path answers what a backend sends as net/http's client

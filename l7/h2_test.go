@@ -1,7 +1,6 @@
 package l7
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -1205,23 +1204,15 @@ var h2HeadAnswers = map[string]string{
 // strings for (str), each answer still its own.
 func TestH2FastPathAnswersWhatSlowAnswers(t *testing.T) {
 	checkLeaks(t)
-	be := startScriptBackend(t, func(_ int, c net.Conn, br *bufio.Reader) {
-		for {
-			r, err := http.ReadRequest(br)
-			if err != nil {
-				return
-			}
-			answer, ok := h2HeadAnswers[r.URL.Path]
-			if !ok { // /id/N: values that differ on each request
-				n := strings.TrimPrefix(r.URL.Path, "/id/")
-				answer = "HTTP/1.1 200 OK\r\nX-Id: " + n + "\r\nETag: \"" + strings.Repeat(n, 8) +
-					"\"\r\nX-Name-" + n + ": 1\r\nContent-Length: " + strconv.Itoa(len(n)+1) + "\r\n\r\n" + n + "."
-			}
-			if _, err := io.WriteString(c, answer); err != nil || strings.HasPrefix(r.URL.Path, "/close") {
-				return
-			}
+	be := startScriptBackend(t, answerUntil(func(r *http.Request) (string, bool) {
+		answer, ok := h2HeadAnswers[r.URL.Path]
+		if !ok { // /id/N: values that differ on each request
+			n := strings.TrimPrefix(r.URL.Path, "/id/")
+			answer = "HTTP/1.1 200 OK\r\nX-Id: " + n + "\r\nETag: \"" + strings.Repeat(n, 8) +
+				"\"\r\nX-Name-" + n + ": 1\r\nContent-Length: " + strconv.Itoa(len(n)+1) + "\r\n\r\n" + n + "."
 		}
-	})
+		return answer, strings.HasPrefix(r.URL.Path, "/close")
+	}))
 	var lbs [2]*lb
 	for i, slow := range []bool{false, true} {
 		lbs[i] = startLB(t, RouteConfig{Name: "r", TLS: serverTLS(), HTTP2: true, slowPaths: slow, Locations: []Location{
@@ -1402,21 +1393,13 @@ func TestH2ServerStringsAreCopies(t *testing.T) {
 // backend ends at the cap too, and may answer 502 first.)
 func TestH2RequestCap(t *testing.T) {
 	checkLeaks(t)
-	be := startScriptBackend(t, func(_ int, c net.Conn, br *bufio.Reader) {
-		for {
-			r, err := http.ReadRequest(br)
-			if err != nil {
-				return
-			}
-			if r.URL.Path == "/hang" {
-				_, _ = io.Copy(io.Discard, br) // no answer, until sluice closes
-				return
-			}
-			if _, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"); err != nil {
-				return
-			}
+	be := startScriptBackend(t, answerUntil(func(r *http.Request) (string, bool) {
+		if r.URL.Path == "/hang" {
+			<-t.Context().Done() // no answer while the test runs
+			return "", true
 		}
-	})
+		return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false
+	}))
 	for _, slow := range []bool{false, true} {
 		l := startLB(t, RouteConfig{Name: "r", TLS: serverTLS(), HTTP2: true, slowPaths: slow,
 			Pool: pool(t, balancer.ProxyNone, be.addr), Relay: l4.Options{IdleTimeout: 300 * time.Millisecond}})
