@@ -214,6 +214,7 @@ func (st *h2stream) proxyFast(w *h2rw, in *http.Request, loc *location, fs *h2fa
 	if p.rt.retired.Load() {
 		fs.head.close = true // GOAWAY after it (encodeFast)
 	}
+	fs.head.scan()
 	w.fast = &fs.head
 	w.WriteHeader(res.code)
 	if fs.head.cl {
@@ -281,23 +282,40 @@ type fastHead struct {
 	cookie string    // the sticky Set-Cookie, or ""
 	cl     bool      // res's framing gives the Content-Length
 	close  bool      // Connection: close (the route is retired)
+
+	// Of the response as it goes out (scan): the first Content-Type and
+	// Content-Encoding values, and whether it has a Date.
+	ctype, cenc    []byte
+	hasCT, hasDate bool
 }
 
-// field returns the first value of the response's field name (canonical):
-// the location's if it sets name (but Vary, which it adds to), else the
-// backend's.
-func (f *fastHead) field(name string) (v []byte, ok bool) {
-	if f.loc != nil && name != "Vary" {
-		if vv, set := f.loc.headers[name]; set && len(vv) > 0 {
-			return bytesOf(vv[0]), true
-		}
-	}
-	f.res.endToEnd(func(n, value []byte) {
-		if !ok && asciiEqualFold(n, name) {
-			v, ok = value, true
+// scan sets ctype, cenc, hasCT and hasDate in one pass over the backend's
+// fields; the location's headers replace the backend's.
+func (f *fastHead) scan() {
+	hasCE := false
+	f.res.endToEnd(func(n, v []byte) {
+		switch {
+		case asciiEqualFold(n, "Content-Type"):
+			if !f.hasCT {
+				f.ctype, f.hasCT = v, true
+			}
+		case asciiEqualFold(n, "Content-Encoding"):
+			if !hasCE {
+				f.cenc, hasCE = v, true
+			}
+		case asciiEqualFold(n, "Date"):
+			f.hasDate = true
 		}
 	})
-	return v, ok
+	if f.loc != nil {
+		if vv := f.loc.headers["Content-Type"]; len(vv) > 0 {
+			f.ctype, f.hasCT = bytesOf(vv[0]), true
+		}
+		if vv := f.loc.headers["Content-Encoding"]; len(vv) > 0 {
+			f.cenc = bytesOf(vv[0])
+		}
+		f.hasDate = f.hasDate || len(f.loc.headers["Date"]) > 0
+	}
 }
 
 // encodeFast is encodeHead for a fast stream (w.fast): the same fields in
@@ -315,8 +333,8 @@ func (w *h2rw) encodeFast(end bool, a, b []byte) {
 	if !f.cl && end && bodyAllowed(w.status) && !w.hasTrailers() && (bodyLen > 0 || !w.head) {
 		_ = enc.WriteField(hpack.HeaderField{Name: "content-length", Value: s.intString(int64(bodyLen))})
 	}
-	if _, ok := f.field("Content-Type"); !ok && bodyLen > 0 && bodyAllowed(w.status) {
-		if ce, _ := f.field("Content-Encoding"); len(ce) == 0 {
+	if !f.hasCT && bodyLen > 0 && bodyAllowed(w.status) {
+		if len(f.cenc) == 0 {
 			p := a
 			if len(p) == 0 {
 				p = b
@@ -324,7 +342,7 @@ func (w *h2rw) encodeFast(end bool, a, b []byte) {
 			_ = enc.WriteField(hpack.HeaderField{Name: "content-type", Value: http.DetectContentType(p)})
 		}
 	}
-	if _, ok := f.field("Date"); !ok {
+	if !f.hasDate {
 		_ = enc.WriteField(hpack.HeaderField{Name: "date", Value: httpDate()})
 	}
 	// The backend's names are tokens and its values valid (h1res.read).
@@ -467,8 +485,7 @@ func (st *h2stream) bodyFast(w *h2rw, bc *backendConn, fs *h2fastScratch) bool {
 	}
 	// A body of unknown length, or an event stream, goes out as it comes,
 	// its HEADERS at once (copyBody's rule).
-	ct, _ := w.fast.field("Content-Type")
-	stream := res.frame != bodyLength || isEventStream(stringOf(ct))
+	stream := res.frame != bodyLength || isEventStream(stringOf(w.fast.ctype))
 	if stream && w.FlushError() != nil {
 		return false
 	}
